@@ -1,0 +1,80 @@
+"""artengine: a plugin-based generative art engine with publication audits.
+
+This module is the public API. Plugins, built-in or third-party, import only what is
+exported here.
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .audit import Audit, AuditItem, FeatureExtractor, Setting, validate_settings
+from .data import Dataset, ImageSet, Sample, open_dataset
+from .errors import (
+    ArtengineError,
+    ImageLoadError,
+    InputError,
+    ModelLoadError,
+    PluginError,
+    PolicyError,
+)
+from .hookspecs import HOOK_API_VERSION
+from .io import (
+    ALLOWED_FORMATS,
+    LoadedImage,
+    atomic_save_image,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    iter_image_files,
+    open_image,
+    remove_stray_temps,
+    restore_alpha,
+    safe_crop,
+    sha256_file,
+    to_rgb,
+)
+from .plugins import Plugins, get_plugins, hookimpl
+from .records import Finding, Outcome
+
+try:
+    __version__ = _version("artengine")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "HOOK_API_VERSION",
+    "ArtengineError",
+    "Audit",
+    "AuditItem",
+    "Dataset",
+    "FeatureExtractor",
+    "Finding",
+    "ImageLoadError",
+    "ImageSet",
+    "InputError",
+    "LoadedImage",
+    "ModelLoadError",
+    "Outcome",
+    "PluginError",
+    "Plugins",
+    "PolicyError",
+    "Sample",
+    "Setting",
+    "__version__",
+    "atomic_save_image",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "get_plugins",
+    "hookimpl",
+    "iter_image_files",
+    "open_dataset",
+    "open_image",
+    "remove_stray_temps",
+    "restore_alpha",
+    "safe_crop",
+    "sha256_file",
+    "to_rgb",
+    "validate_settings",
+]

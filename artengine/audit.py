@@ -1,0 +1,124 @@
+"""The audit API: what audit plugins implement, and the features they share.
+
+An audit plugin subclasses :class:`Audit`, declares its policy settings and the shared
+features it ``needs``, and returns :class:`artengine.Finding` objects. The engine computes
+each needed feature once per image with the registered :class:`FeatureExtractor` and puts
+it in ``AuditItem.features`` before any audit runs. The gate, not the audit, decides what a
+finding means for publication (warn or block), from the policy.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import PolicyError
+from .io import LoadedImage
+from .records import Finding
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One policy setting of an audit (or feature extractor): its type, default and help."""
+
+    type: type | tuple[type, ...]
+    default: Any = _REQUIRED
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+def validate_settings(
+    schema: Mapping[str, Setting], values: Mapping[str, Any], *, source: str, prefix: str
+) -> dict[str, Any]:
+    """Check ``values`` against ``schema``; fill defaults. Errors name ``source`` (the
+    policy file) and the dotted field (``prefix.field``)."""
+    out: dict[str, Any] = {}
+    for key in values:
+        if key not in schema:
+            known = ", ".join(sorted(schema)) or "none"
+            raise PolicyError(source, f"{prefix}.{key}", f"unknown field (known: {known})")
+    for key, setting in schema.items():
+        if key not in values:
+            if setting.required:
+                raise PolicyError(source, f"{prefix}.{key}", "required field is missing")
+            out[key] = setting.default
+            continue
+        value = values[key]
+        expected = setting.type if isinstance(setting.type, tuple) else (setting.type,)
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)
+        if not ok and float in expected and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            names = " or ".join(t.__name__ for t in expected)
+            raise PolicyError(source, f"{prefix}.{key}",
+                              f"expected {names}, got {type(value).__name__} {value!r}")
+        if setting.choices is not None and value not in setting.choices:
+            raise PolicyError(source, f"{prefix}.{key}",
+                              f"must be one of {', '.join(map(repr, setting.choices))}, got {value!r}")
+        out[key] = value
+    return out
+
+
+@dataclass
+class AuditItem:
+    """One image under audit, with everything computed for it once."""
+
+    key: str  # stable identifier: the path relative to the audited folder, or the job index
+    image: LoadedImage
+    meta: dict[str, Any] = field(default_factory=dict)  # seed, label, style, model: when known
+    features: dict[str, Any] = field(default_factory=dict)  # filled by feature extractors
+
+
+class FeatureExtractor:
+    """Computes one named feature for a batch of images, once, for every consumer.
+
+    Subclasses set ``name`` and implement :meth:`compute`. ``settings`` come from the
+    policy's ``[features.<name>]`` table, validated against ``settings_schema``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    settings_schema: ClassVar[Mapping[str, Setting]] = {}
+
+    def __init__(self, settings: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        self.context = context
+
+    def compute(self, items: Sequence[AuditItem]) -> list[Any]:
+        """Return one feature value per item, in order."""
+        raise NotImplementedError
+
+
+class Audit:
+    """Base class of audit plugins.
+
+    Subclasses set ``name`` (the policy's ``[audits.<name>]`` table), ``description``,
+    ``needs`` (feature names), ``settings_schema``, and implement :meth:`check_image`
+    (``per_image = True``) and/or :meth:`check_batch`. ``context`` carries run-wide inputs
+    the CLI collected (registries, reference data, models); an audit that needs one that is
+    missing returns an ``error`` finding, never a ``pass``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    per_image: ClassVar[bool] = True
+    settings_schema: ClassVar[Mapping[str, Setting]] = {}
+
+    def __init__(self, settings: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        self.context = context
+
+    def check_image(self, item: AuditItem) -> Finding:
+        """Audit one image; return exactly one :class:`Finding` with ``item=item.key``."""
+        raise NotImplementedError(f"audit {self.name!r} has no per-image check")
+
+    def check_batch(self, items: Sequence[AuditItem], findings: Sequence[Finding]) -> list[Finding]:
+        """Audit the batch as a whole (statistics); ``findings`` are the per-image ones."""
+        return []

@@ -1,0 +1,323 @@
+"""Safe image input and atomic output.
+
+Every image artengine reads goes through :func:`open_image`; every file it writes goes
+through one of the ``atomic_*`` functions. Reading is defensive because studios audit
+folders from other tools: only an allowlist of formats is decoded (no EPS, which would
+spawn Ghostscript, and no FITS), Pillow's decompression-bomb limit is an error rather than a
+warning, truncated or foreign files are errors naming the file (we never set
+``ImageFile.LOAD_TRUNCATED_IMAGES``), EXIF orientation is applied, and every mode is
+normalised to RGB along one path, with any alpha channel kept aside so it can be restored.
+
+Writing is atomic: a temporary file in the destination folder, flushed and fsynced, then
+``os.replace``. A crash leaves the old file or the new one, never half of either, and
+:func:`remove_stray_temps` clears temporaries left behind by a killed process.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from .errors import ImageLoadError, InputError
+
+#: Formats artengine will decode. Anything else is refused before decoding.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+
+#: File suffixes considered images when scanning folders.
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+)
+
+#: Pillow's own default limit (about 89.5 megapixels), kept even if a library resets it.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+_TEMP_SUFFIX = ".artengine-tmp"
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image read safely: RGB pixels plus what was set aside to get there."""
+
+    path: str
+    rgb: Image.Image  # mode "RGB", EXIF orientation applied
+    alpha: Image.Image | None  # mode "L", or None when the source had no transparency
+    format: str  # the decoder that read it, e.g. "PNG"
+    mode: str  # the source mode before normalisation, e.g. "P", "I;16", "CMYK"
+    text: Mapping[str, str]  # PNG text chunks (tEXt, zTXt, iTXt); empty for other formats
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.size
+
+    def pixels(self) -> np.ndarray:
+        """The RGB pixels as a ``(height, width, 3)`` uint8 array."""
+        return np.asarray(self.rgb, dtype=np.uint8)
+
+
+def open_image(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+) -> LoadedImage:
+    """Read an image safely and normalise it to RGB.
+
+    ``source`` is a path or the file's bytes (then ``name`` is used in messages).
+    Raises :class:`ImageLoadError` naming the file for anything that is not a complete,
+    allowed, reasonably sized image.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; we refuse.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            fp: Any = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+            with Image.open(fp, formats=ALLOWED_FORMATS) as im:
+                width, height = im.size
+                if width * height > limit:
+                    raise ImageLoadError(
+                        label,
+                        f"{width}x{height} pixels exceeds the limit of {limit} pixels "
+                        "(possible decompression bomb)",
+                    )
+                im.load()
+                text = _text_chunks(im)
+                fmt = im.format or "unknown"
+                mode = im.mode
+                oriented = ImageOps.exif_transpose(im)
+                rgb, alpha = to_rgb(oriented)
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(label, "file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(label, "is a directory, not an image") from None
+    except PermissionError:
+        raise ImageLoadError(label, "permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(label, f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(
+            label,
+            "not a readable image in an allowed format (" + ", ".join(ALLOWED_FORMATS) + ")",
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Truncated data, corrupt chunks, bad headers.
+        raise ImageLoadError(label, f"corrupt or truncated image: {exc}") from None
+    return LoadedImage(path=label, rgb=rgb, alpha=alpha, format=fmt, mode=mode, text=text)
+
+
+def _text_chunks(im: Image.Image) -> dict[str, str]:
+    text = getattr(im, "text", None)
+    if not text:
+        return {}
+    return {str(k): str(v) for k, v in text.items()}
+
+
+def to_rgb(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """The one normalisation path: any Pillow mode to ``(RGB image, alpha or None)``.
+
+    Alpha is split off rather than composited, so audits see the painted pixels and a
+    writer can put the transparency back with :func:`restore_alpha`. High bit-depth
+    greyscale is scaled, not clipped.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return im, None
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        return rgba.convert("RGB"), rgba.getchannel("A")
+    if mode in ("L", "P", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+        return im.convert("RGB"), None
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(im)), mode="L").convert("RGB"), None
+    return im.convert("RGB"), None
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale integer or float greyscale to 0..255 by its nominal range."""
+    if values.dtype.kind == "f":
+        top = float(np.nanmax(values)) if values.size else 1.0
+        scaled = values / (top if top > 1.0 else 1.0) * 255.0
+        return np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+    values = values.astype(np.int64)
+    top = int(values.max()) if values.size else 0
+    if top <= 255:
+        return np.clip(values, 0, 255).astype(np.uint8)
+    if top <= 65535:
+        return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+    return (np.clip(values, 0, None) * 255 // top).astype(np.uint8)
+
+
+def restore_alpha(rgb: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    """Put a split-off alpha channel back onto processed RGB pixels."""
+    if alpha is None:
+        return rgb
+    if alpha.size != rgb.size:
+        alpha = alpha.resize(rgb.size, Image.Resampling.BILINEAR)
+    out = rgb.convert("RGB")
+    out.putalpha(alpha)
+    return out
+
+
+def safe_crop(im: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """Crop, refusing any box that is not inside the image.
+
+    Pillow pads an out-of-range box with black and allocates the whole box, so a hostile
+    box can allocate gigabytes; we check first and allocate nothing.
+    """
+    if len(box) != 4 or not all(isinstance(v, (int, np.integer)) for v in box):
+        raise ValueError(f"crop box must be four integers, got {box!r}")
+    left, top, right, bottom = (int(v) for v in box)
+    width, height = im.size
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise ValueError(f"crop box {box!r} is not inside the {width}x{height} image")
+    return im.crop((left, top, right, bottom))
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Image files named directly, or found recursively in folders, in sorted order.
+
+    Hidden files and artengine temporaries are skipped. A missing path is an error.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path)
+                if any(part.startswith(".") for part in rel.parts):
+                    continue
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
+                    yield child
+        elif path.exists():
+            yield path
+        else:
+            raise InputError(f"{path}: no such file or folder")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
+    target = Path(path)
+    tmp = _temp_path(target)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 text atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any, *, indent: int | None = 2) -> Path:
+    """Serialise ``value`` as JSON and write it atomically. Serialisation happens first,
+    so a value that cannot be encoded never touches the file."""
+    return atomic_write_text(path, json.dumps(value, indent=indent, sort_keys=False) + "\n")
+
+
+def encode_image(
+    image: Image.Image,
+    *,
+    format: str = "PNG",
+    text: Mapping[str, str] | None = None,
+    compress_level: int = 6,
+    quality: int = 95,
+) -> bytes:
+    """Encode an image to bytes. PNG ``text`` is stored as UTF-8 iTXt chunks."""
+    fmt = format.upper()
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in (text or {}).items():
+            info.add_itxt(key, value)
+        image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
+    elif fmt in ("JPEG", "JPG"):
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def atomic_save_image(
+    path: str | os.PathLike[str],
+    image: Image.Image,
+    *,
+    text: Mapping[str, str] | None = None,
+    compress_level: int = 6,
+    quality: int = 95,
+) -> Path:
+    """Encode ``image`` (format from the suffix; PNG can carry ``text``) and write it
+    atomically."""
+    target = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}.get(
+        target.suffix.lower(), "PNG"
+    )
+    if text and fmt != "PNG":
+        raise InputError(f"{target}: text metadata needs a PNG file")
+    data = encode_image(image, format=fmt, text=text, compress_level=compress_level, quality=quality)
+    return atomic_write_bytes(target, data)
+
+
+def remove_stray_temps(directory: str | os.PathLike[str], *, recursive: bool = True) -> int:
+    """Delete temporaries left by an interrupted atomic write. Returns how many."""
+    root = Path(directory)
+    if not root.is_dir():
+        return 0
+    pattern = f".*{_TEMP_SUFFIX}"
+    found = root.rglob(pattern) if recursive else root.glob(pattern)
+    count = 0
+    for tmp in found:
+        try:
+            tmp.unlink()
+            count += 1
+        except FileNotFoundError:
+            pass
+    return count

@@ -1,0 +1,61 @@
+"""The command line: help, version, JSON output, one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from artengine import __version__
+from artengine.cli import cli
+
+
+def _all_commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from _all_commands(command, (*prefix, name))
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("path", [(), *_all_commands(cli)], ids=lambda p: " ".join(p) or "root")
+def test_help_on_every_command(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_plugins_json_is_valid_and_lists_builtins():
+    result = subprocess.run([sys.executable, "-m", "artengine", "plugins", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    names = {p["name"] for p in doc["plugins"]}
+    assert {"shapes", "imagefolder"} <= names
+    assert all(p["status"] == "loaded" for p in doc["plugins"])
+
+
+def test_data_preview_writes_a_sheet(tmp_path):
+    out = tmp_path / "sheet.png"
+    result = CliRunner().invoke(cli, ["data", "preview", "shapes", "--out", str(out), "--count", "8",
+                                      "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (8 * 32 + 9 * 2, 32 + 2 * 2)
+
+
+def test_bad_input_is_one_line_and_exit_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "artengine", "data", "preview", str(tmp_path / "missing"),
+         "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "missing" in result.stderr

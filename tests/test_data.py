@@ -1,0 +1,97 @@
+"""Built-in datasets: procedural shapes and image folders."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artengine import InputError, get_plugins, open_dataset
+
+
+def _open(spec, **kw):
+    return open_dataset(spec, datasets=get_plugins().components("datasets"), **kw)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_shapes_are_deterministic_per_seed(size):
+    a, b, c = _open("shapes", image_size=size, seed=7), _open("shapes", image_size=size, seed=7), \
+        _open("shapes", image_size=size, seed=8)
+    for i in (0, 5, 999):
+        sa, sb = a[i], b[i]
+        assert sa.image.size == (size, size) and sa.image.mode == "RGB"
+        assert np.array_equal(np.asarray(sa.image), np.asarray(sb.image))
+        assert sa.caption == sb.caption and sa.attributes == sb.attributes
+    differs = sum(not np.array_equal(np.asarray(a[i].image), np.asarray(c[i].image)) for i in range(10))
+    assert differs == 10
+
+
+def test_shapes_samples_carry_caption_attributes_and_label():
+    shapes = _open("shapes", image_size=32, seed=0)
+    sample = shapes[3]
+    assert set(sample.attributes) == {"shape", "colour", "background"}
+    assert sample.attributes["colour"] in sample.caption
+    assert sample.attributes["shape"] in sample.caption
+    assert shapes.classes[sample.label] == sample.attributes["shape"]
+    by_colour = _open("shapes", image_size=32, label_attribute="colour")
+    assert list(by_colour.classes) == list(by_colour.attributes["colour"])
+
+
+def test_shapes_attributes_are_roughly_uniform_and_weights_skew_them():
+    uniform = _open("shapes", image_size=32, seed=1, length=1200)
+    counts = Counter(uniform[i].attributes["colour"] for i in range(1200))
+    assert len(counts) == 6 and min(counts.values()) > 140
+    skewed = _open("shapes", image_size=32, seed=1, length=1000,
+                   weights={"colour": {"red": 0.8, "blue": 0.2}})
+    counts = Counter(skewed[i].attributes["colour"] for i in range(1000))
+    assert set(counts) == {"red", "blue"} and 740 < counts["red"] < 860
+
+
+def test_shapes_colour_is_visible_in_the_pixels():
+    # The drawn shape really has the named colour: the most saturated pixels match it.
+    shapes = _open("shapes", image_size=64, seed=2)
+    refs = {"red": (220, 38, 38), "green": (34, 160, 60), "blue": (37, 90, 225),
+            "yellow": (240, 205, 30), "purple": (140, 55, 185), "orange": (245, 125, 20)}
+    for i in range(40):
+        s = shapes[i]
+        px = np.asarray(s.image).reshape(-1, 3).astype(float)
+        sat = px.max(1) - px.min(1)
+        shape_px = px[sat >= np.percentile(sat, 97)].mean(0)
+        nearest = min(refs, key=lambda k: np.abs(np.array(refs[k]) - shape_px).sum())
+        assert nearest == s.attributes["colour"], (i, s.attributes, shape_px)
+
+
+def test_bad_dataset_arguments_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="neither a dataset name"):
+        _open("no-such-thing", image_size=32)
+    with pytest.raises(InputError, match="image-size"):
+        _open("shapes", image_size=48)
+    with pytest.raises(InputError, match="unknown colour"):
+        _open("shapes", image_size=32, weights={"colour": {"teal": 1.0}})
+
+
+def test_image_folder_labels_from_subfolders_and_skips_unreadable(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    (tmp_path / "cats" / "empty.png").write_bytes(b"")
+    (tmp_path / "cats" / "notes.txt").write_text("ignored: not an image suffix")
+    with caplog.at_level(logging.WARNING, logger="artengine"):
+        folder = _open(str(tmp_path), image_size=32)
+    assert len(folder) == 6
+    assert list(folder.classes) == ["cats", "dogs"]
+    assert sorted(folder[i].label for i in range(6)) == [0, 0, 0, 1, 1, 1]
+    assert folder[0].image.size == (32, 32)
+    assert len(folder.skipped) == 2
+    assert "skipped 2 unreadable file(s) of 8" in caplog.text
+
+
+def test_image_folder_with_nothing_readable_is_an_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"junk")
+    with pytest.raises(InputError, match="no readable images"):
+        _open(str(tmp_path), image_size=32)

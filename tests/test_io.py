@@ -1,0 +1,267 @@
+"""Safe image input and atomic output: rows 1-7 of the fault matrix."""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from artengine import (
+    ImageLoadError,
+    atomic_save_image,
+    atomic_write_json,
+    open_image,
+    remove_stray_temps,
+    restore_alpha,
+    safe_crop,
+    to_rgb,
+)
+from artengine_plugins.shapes import ShapesSet
+
+
+def _encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (the pixel data is absent)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def content() -> Image.Image:
+    """A 256x200 RGB image with structure (four shapes), for hash comparisons."""
+    shapes = ShapesSet(image_size=64, seed=3)
+    canvas = Image.new("RGB", (256, 200))
+    for i in range(4):
+        canvas.paste(shapes[i].image.resize((128, 100)), ((i % 2) * 128, (i // 2) * 100))
+    return canvas
+
+
+# ---------------------------------------------------------------- rows 1-2: bombs
+
+
+def test_header_claiming_20k_by_20k_is_refused_without_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_claiming(20_000, 20_000))
+    with pytest.raises(ImageLoadError) as err:
+        open_image(bomb)
+    assert "bomb.png" in str(err.value)
+    assert "bomb" in err.value.reason
+
+
+def test_image_between_one_and_two_times_the_limit_is_an_error(tmp_path, monkeypatch, content):
+    # Pillow itself only warns in this band; artengine refuses.
+    path = tmp_path / "big.png"
+    path.write_bytes(_encode(content))
+    pixels = content.width * content.height
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(pixels / 1.5))
+    with pytest.raises(ImageLoadError, match="big.png"):
+        open_image(path)
+
+
+def test_explicit_pixel_limit_is_enforced(tmp_path, content):
+    path = tmp_path / "a.png"
+    path.write_bytes(_encode(content))
+    with pytest.raises(ImageLoadError, match="exceeds the limit"):
+        open_image(path, max_pixels=1000)
+
+
+# ---------------------------------------------------------------- row 3: crops
+
+
+@pytest.mark.parametrize("box", [
+    (0, 0, 257, 200),            # wider than the image
+    (-10, -10, 20, 20),          # negative origin (Pillow pads; we refuse)
+    (10, 10, 10, 20),            # zero width
+    (20, 20, 10, 10),            # inverted
+    (0, 0, 2**31 - 1, 2**31 - 1),  # a box that would allocate terabytes
+])
+def test_crop_box_outside_the_image_raises_without_allocating(content, box):
+    with pytest.raises(ValueError, match="crop box"):
+        safe_crop(content, box)
+
+
+def test_crop_inside_the_image_works(content):
+    assert safe_crop(content, (10, 20, 110, 70)).size == (100, 50)
+
+
+# ---------------------------------------------------------------- row 4: broken files
+
+
+def test_truncated_jpeg_empty_file_and_random_bytes_are_errors_naming_the_file(tmp_path, content):
+    jpeg = _encode(content, "JPEG", quality=90)
+    cases = {
+        "truncated.jpg": jpeg[:-1],
+        "half.jpg": jpeg[: len(jpeg) // 2],
+        "empty.png": b"",
+        "random.png": np.random.default_rng(0).bytes(4096),
+        "truncated.png": _encode(content)[:-40],
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    failures = 0
+    for name in cases:
+        with pytest.raises(ImageLoadError) as err:
+            open_image(tmp_path / name)
+        assert name in str(err.value)
+        failures += 1
+    assert failures == len(cases)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_missing_file_and_folder_are_errors(tmp_path):
+    with pytest.raises(ImageLoadError, match="not found"):
+        open_image(tmp_path / "nope.png")
+    with pytest.raises(ImageLoadError, match="directory"):
+        open_image(tmp_path)
+
+
+# ---------------------------------------------------------------- row 5: formats
+
+
+def test_eps_is_rejected_before_decode_and_ghostscript_never_runs(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    spawned = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: spawned.append(a))
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "/bin/false", raising=False)
+    eps = tmp_path / "evil.eps"
+    eps.write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+        b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+    )
+    assert Image.open(eps).format == "EPS"  # Pillow alone would accept it
+    with pytest.raises(ImageLoadError, match="allowed format"):
+        open_image(eps)
+    assert spawned == []
+
+
+def test_fits_is_rejected(tmp_path):
+    header = "".join(card.ljust(80) for card in [
+        "SIMPLE  =                    T", "BITPIX  =                    8",
+        "NAXIS   =                    2", "NAXIS1  =                    4",
+        "NAXIS2  =                    4", "END"]).ljust(2880)
+    fits = tmp_path / "sky.fits"
+    fits.write_bytes(header.encode() + bytes(16).ljust(2880, b"\0"))
+    with pytest.raises(ImageLoadError, match="allowed format"):
+        open_image(fits)
+
+
+# ---------------------------------------------------------------- row 6: modes
+
+
+def _hash_after_load(im: Image.Image, fmt: str = "PNG") -> imagehash.ImageHash:
+    return imagehash.phash(open_image(_encode(im, fmt)).rgb)
+
+
+def test_every_mode_normalises_to_rgb_with_the_same_perceptual_hash(content):
+    colour = imagehash.phash(content)
+    grey = imagehash.phash(content.convert("L").convert("RGB"))
+    grey16 = Image.fromarray(np.asarray(content.convert("L")).astype(np.uint16) * 257)
+    assert grey16.mode == "I;16"
+    cases = [
+        (content.quantize(256), "PNG", colour),
+        (content.convert("RGBA"), "PNG", colour),
+        (content.convert("CMYK"), "JPEG", colour),
+        (content.convert("LA"), "PNG", grey),
+        (grey16, "PNG", grey),
+        (content.convert("1"), "PNG", grey),
+    ]
+    for im, fmt, reference in cases:
+        loaded = open_image(_encode(im, fmt))
+        assert loaded.rgb.mode == "RGB"
+        assert loaded.mode == im.mode
+        assert loaded.rgb.size == content.size
+        assert imagehash.phash(loaded.rgb) - reference <= 2, im.mode
+
+
+def test_alpha_is_split_off_and_restored(content):
+    rgba = content.convert("RGBA")
+    alpha = Image.linear_gradient("L").resize(content.size)
+    rgba.putalpha(alpha)
+    rgb, kept = to_rgb(rgba)
+    assert rgb.mode == "RGB" and kept is not None
+    assert np.array_equal(np.asarray(rgb), np.asarray(content))
+    back = restore_alpha(rgb, kept)
+    assert np.array_equal(np.asarray(back), np.asarray(rgba))
+    pa_rgb, pa_alpha = to_rgb(content.quantize(256).convert("PA"))
+    assert pa_rgb.mode == "RGB" and pa_alpha is not None
+
+
+def test_palette_with_transparency_keeps_its_alpha(content):
+    im = content.quantize(256)
+    im.info["transparency"] = 0
+    loaded = open_image(_encode(im))
+    assert loaded.alpha is not None
+    assert imagehash.phash(loaded.rgb) - imagehash.phash(content) <= 2
+
+
+# ---------------------------------------------------------------- row 7: EXIF
+
+
+@pytest.mark.parametrize("orientation, transpose", [
+    (6, Image.Transpose.ROTATE_270),
+    (8, Image.Transpose.ROTATE_90),
+])
+def test_exif_orientation_is_applied_before_anything_sees_the_pixels(content, orientation, transpose):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    loaded = open_image(_encode(content, "PNG", exif=exif))
+    rotated = content.transpose(transpose)
+    assert loaded.size == rotated.size
+    assert imagehash.phash(loaded.rgb) - imagehash.phash(rotated) == 0
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_png_text_metadata_round_trips_as_itxt(tmp_path, content):
+    path = atomic_save_image(tmp_path / "out.png", content, text={"artengine.manifest": '{"é": 1}'})
+    loaded = open_image(path)
+    assert loaded.text["artengine.manifest"] == '{"é": 1}'
+    assert b"iTXt" in path.read_bytes()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporaries(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    atomic_write_json(target, {"version": 1})
+
+    def boom(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        atomic_write_json(target, {"version": 2})
+    monkeypatch.undo()
+    assert target.read_text().strip().startswith("{")
+    assert '"version": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_unserialisable_json_never_touches_the_file(tmp_path):
+    target = tmp_path / "r.json"
+    atomic_write_json(target, [1])
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"x": object()})
+    assert target.read_text().strip() == "[\n  1\n]"
+
+
+def test_stray_temporaries_are_removed(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".a.png.0123.artengine-tmp").write_bytes(b"x")
+    (tmp_path / "sub" / ".b.png.4567.artengine-tmp").write_bytes(b"x")
+    (tmp_path / "keep.png").write_bytes(b"x")
+    assert remove_stray_temps(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.png", "sub"]
