@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .audit import Audit, AuditItem, FeatureExtractor, Setting, validate_settings
+from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .data import Dataset, ImageSet, Sample, open_dataset
 from .errors import (
     ArtengineError,
@@ -46,6 +46,7 @@ __all__ = [
     "HOOK_API_VERSION",
     "ArtengineError",
     "Audit",
+    "AuditContext",
     "AuditItem",
     "Dataset",
     "FeatureExtractor",

@@ -66,13 +66,45 @@ def validate_settings(
 
 
 @dataclass
+class AuditContext:
+    """Run-wide inputs the CLI collected for audits and feature extractors.
+
+    An audit that needs one of these and finds it missing returns an ``error`` finding
+    (which blocks), never a ``pass``.
+    """
+
+    policy_path: str = ""
+    #: Reference registries (SQLite) of copyrighted training images: from --registry, the
+    #: policy, and the styles whose outputs are audited.
+    registries: list[str] = field(default_factory=list)
+    #: Dataset name or folder the outputs are compared with (--reference-data).
+    reference_data: str | None = None
+    #: Attribute -> value -> probability, declared or measured on the training data.
+    reference_distribution: dict[str, dict[str, float]] | None = None
+    #: The training run (or style) that produced the images, when known.
+    run_dir: str | None = None
+    #: CLIP model chosen by the user (None: the shipped offline tiny CLIP).
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    #: Provenance: folder of signing/watermark keys and the ledger database.
+    keys_dir: str | None = None
+    ledger: str | None = None
+    #: Anything else a plugin-provided CLI option or policy section adds.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class AuditItem:
     """One image under audit, with everything computed for it once."""
 
     key: str  # stable identifier: the path relative to the audited folder, or the job index
     image: LoadedImage
-    meta: dict[str, Any] = field(default_factory=dict)  # seed, label, style, model: when known
-    features: dict[str, Any] = field(default_factory=dict)  # filled by feature extractors
+    #: What is known about the image: for artengine outputs "index", "seed", "label" (class
+    #: name), "style", "model", and "manifest" (the embedded manifest dict), when present.
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: Filled by feature extractors before audits run, e.g. "hashes" (algorithm -> uint64
+    #: array) and "clip" (L2-normalised float32 embedding).
+    features: dict[str, Any] = field(default_factory=dict)
 
 
 class FeatureExtractor:
@@ -86,7 +118,7 @@ class FeatureExtractor:
     description: ClassVar[str] = ""
     settings_schema: ClassVar[Mapping[str, Setting]] = {}
 
-    def __init__(self, settings: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Mapping[str, Any], context: AuditContext) -> None:
         self.settings = dict(settings)
         self.context = context
 
@@ -111,7 +143,7 @@ class Audit:
     per_image: ClassVar[bool] = True
     settings_schema: ClassVar[Mapping[str, Setting]] = {}
 
-    def __init__(self, settings: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Mapping[str, Any], context: AuditContext) -> None:
         self.settings = dict(settings)
         self.context = context
 
