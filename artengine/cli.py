@@ -142,6 +142,86 @@ def data_preview(source: str, out: Path, count: int, image_size: str, seed: int)
             click.echo(f"  {s.caption}")
 
 
+# ----------------------------------------------------------------------------- audit
+
+
+def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
+    return ({"version": __version__, "hook_api": HOOK_API_VERSION}, plugins.versions())
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--policy", "policy_spec", required=True,
+              help="Policy file, or the name of a shipped policy (default, publication).")
+@click.option("--registry", "registries", multiple=True, type=click.Path(path_type=Path),
+              help="Reference registry (repeatable); added to the policy's registries.")
+@click.option("--reference-data", help="Dataset name or folder the images are compared with (bias).")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path),
+              help="Training run that produced the images (curves and samples in the report).")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("artengine-report"),
+              show_default=True, help="Folder for report.json and report.html.")
+@click.option("--override", "overrides", multiple=True, metavar="AUDIT=REASON",
+              help="Allow publication despite an error, unknown or disabled AUDIT; recorded in the report.")
+@click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], reference_data: str | None,
+          run_dir: Path | None, report_dir: Path, overrides: tuple[str, ...], clip_model: str | None,
+          clip_pretrained: str | None, as_json: bool) -> None:
+    """Audit every image in FOLDER against a policy and write the report.
+
+    Works on any folder of images, not only artengine's. Exit 0 when everything may be
+    published, 1 when the policy blocked something, 2 on bad input.
+    """
+    from .audit import AuditContext
+    from .auditor import AuditRunner, audit_folder
+    from .policy import load_policy, parse_override
+    from .report import build_report, write_report
+
+    plugins = load_plugins()
+    policy = load_policy(policy_spec, audits=plugins.components("audits"),
+                         features=plugins.components("feature_extractors"))
+    policy = policy.with_overrides([parse_override(o) for o in overrides])
+    for reg in registries:
+        if not reg.exists():
+            raise ArtengineError(f"--registry {reg}: no such file")
+    context = AuditContext(
+        policy_path=policy.path,
+        registries=[*policy.registries, *(str(r) for r in registries)],
+        reference_data=reference_data,
+        run_dir=str(run_dir) if run_dir else None,
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
+    )
+    runner = AuditRunner(policy, plugins, context)
+    outcome = audit_folder(folder, runner, exclude=[report_dir], progress=not as_json)
+    engine, versions = _versions(plugins)
+    doc = build_report(
+        kind="audit", images=outcome.images, batch=outcome.batch, policy=policy.as_dict(),
+        engine=engine, plugins=versions,
+        inputs={"folder": str(folder), "registries": context.registries,
+                "reference_data": reference_data, "run": context.run_dir},
+    )
+    json_path, html_path = write_report(report_dir, doc, outcome.thumbnails)
+    plugins.hook.artengine_report_written(json_path=str(json_path), html_path=str(html_path), report=doc)
+    plugins.hook.artengine_batch_finished(summary={**doc["summary"], "verdict": doc["verdict"],
+                                                   "report": str(json_path)})
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        s = doc["summary"]
+        click.echo(f"{doc['verdict'].upper()}: {s['images']} images, {s['publishable']} publishable "
+                   f"({s['pass']} pass, {s['warn']} warn, {s['block']} blocked, {s['error']} errors; "
+                   f"batch {s['batch']})")
+        for entry in doc["images"]:
+            if entry["verdict"] in ("block", "error"):
+                click.echo(f"  {entry['verdict']:<5} {entry['key']}: {'; '.join(entry['reasons'])}")
+        for reason in outcome.batch.reasons:
+            click.echo(f"  batch {reason}")
+        click.echo(f"report: {html_path}")
+    sys.exit(doc["exit_code"])
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="artengine")
