@@ -17,6 +17,7 @@ from .errors import (
     PluginError,
     PolicyError,
 )
+from .hashing import MIN_RELIABLE_QUALITY, ImageHashes, query_hashes, reference_hashes
 from .hookspecs import HOOK_API_VERSION
 from .io import (
     ALLOWED_FORMATS,
@@ -35,6 +36,14 @@ from .io import (
 )
 from .plugins import Plugins, get_plugins, hookimpl
 from .records import Finding, Outcome
+from .registry import (
+    Match,
+    Reference,
+    ReferenceRegistry,
+    RegistryError,
+    open_registries,
+    search_registries,
+)
 
 try:
     __version__ = _version("artengine")
@@ -51,15 +60,21 @@ __all__ = [
     "Dataset",
     "FeatureExtractor",
     "Finding",
+    "ImageHashes",
     "ImageLoadError",
     "ImageSet",
     "InputError",
     "LoadedImage",
+    "MIN_RELIABLE_QUALITY",
+    "Match",
     "ModelLoadError",
     "Outcome",
     "PluginError",
     "Plugins",
     "PolicyError",
+    "Reference",
+    "ReferenceRegistry",
+    "RegistryError",
     "Sample",
     "Setting",
     "__version__",
@@ -72,9 +87,13 @@ __all__ = [
     "iter_image_files",
     "open_dataset",
     "open_image",
+    "open_registries",
+    "query_hashes",
+    "reference_hashes",
     "remove_stray_temps",
     "restore_alpha",
     "safe_crop",
+    "search_registries",
     "sha256_file",
     "to_rgb",
     "validate_settings",

@@ -142,6 +142,63 @@ def data_preview(source: str, out: Path, count: int, image_size: str, seed: int)
             click.echo(f"  {s.caption}")
 
 
+# ----------------------------------------------------------------------------- registry
+
+
+@cli.group()
+def registry() -> None:
+    """Reference registries: copyrighted training images, by perceptual hash."""
+
+
+@registry.command("add")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--licence", default="", help="Licence of these images (stored with each).")
+@click.option("--source", default="", help="Where these images come from (stored with each).")
+def registry_add(db: Path, paths: tuple[Path, ...], licence: str, source: str) -> None:
+    """Hash reference images (files, or folders recursively) into the registry DB.
+
+    Creates DB if needed. Re-adding an image already present changes nothing.
+    Unreadable files are reported and skipped.
+    """
+    from .registry import add_to_registry
+
+    load_plugins()
+    summary, info = add_to_registry(db, paths, licence=licence, source=source)
+    click.echo(f"{db}: added {summary.added}, already present {summary.unchanged}, "
+               f"skipped {len(summary.skipped)} unreadable; {info['references']} references in total")
+    for path, reason in summary.skipped[:20]:
+        click.echo(f"  skipped {path}: {reason}", err=True)
+    if len(summary.skipped) > 20:
+        click.echo(f"  ... and {len(summary.skipped) - 20} more skipped", err=True)
+    if summary.low_quality:
+        click.echo(f"  {len(summary.low_quality)} added image(s) have too little detail for a reliable "
+                   f"hash (quality < 50), e.g. {summary.low_quality[0]}", err=True)
+
+
+@registry.command("info")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def registry_info(db: Path, as_json: bool) -> None:
+    """Show what a registry holds: counts, hash algorithms, library versions, size."""
+    from .registry import ReferenceRegistry
+
+    with ReferenceRegistry(db) as reg:
+        info = reg.info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['path']}: {info['references']} references, {info['hashes']} hashes "
+               f"({', '.join(info['algorithms'])}; {info['variants_per_reference']} variants each)")
+    click.echo(f"  scheme {info['hash_scheme']}, schema {info['schema_version']}, "
+               f"generation {info['generation']}, created {info['created_at']}")
+    click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    click.echo(f"  size {info['size_bytes'] / 1e6:.2f} MB; low-quality references: "
+               f"{info['low_quality_references']}")
+    for licence, count in info["licences"].items():
+        click.echo(f"  licence {licence or '(none)'}: {count}")
+
+
 # ----------------------------------------------------------------------------- audit
 
 
