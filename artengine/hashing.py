@@ -190,7 +190,7 @@ def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
 
 
 def hamming_within(table: np.ndarray, queries: Sequence[int] | np.ndarray, max_distance: int,
-                   *, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   *, chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query, row) pair with Hamming distance ``<= max_distance``.
 
     ``table`` is a 1-D ``uint64`` array (a memory map is fine), ``queries`` a few hashes.

@@ -379,6 +379,12 @@ class ReferenceRegistry:
                 found = self._refs[ref_id] = Reference(*row)
             return found
 
+    def find_sha256(self, digest: str) -> Reference | None:
+        """The reference whose file has this sha256, if any."""
+        with self._lock:
+            row = self._conn.execute("SELECT id FROM refs WHERE sha256 = ?", (digest,)).fetchone()
+        return self.reference(int(row[0])) if row else None
+
     # ------------------------------------------------------------------ searching
 
     def index(self) -> "_Index":
@@ -435,8 +441,10 @@ class ReferenceRegistry:
 
     def _build_index(self, generation: int) -> "_Index":
         with self._lock:
+            # The join drops hashes orphaned by a delete made without foreign keys on.
             rows = self._conn.execute(
-                f"SELECT ref_id, variant, {', '.join(ALGORITHMS)} FROM hashes ORDER BY ref_id, variant"
+                f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in ALGORITHMS)} FROM hashes h "
+                "JOIN refs r ON r.id = h.ref_id ORDER BY h.ref_id, h.variant"
             ).fetchall()
         variant_names = sorted({r[1] for r in rows})
         code = {v: i for i, v in enumerate(variant_names)}

@@ -12,10 +12,11 @@ Two components:
   source path, licence, source text), the distances and whether the copy was mirrored, and
   carries the reference's thumbnail for the report.
 
-Fail-closed: no registry, or a missing, empty, corrupt or incompatible one, gives an
-``error`` finding for every image; an image with too little detail for its hash to be
-evidence (quality below ``min_quality``, PDQ's rule) and no match gives ``unknown``. Both
-block publication unless the policy records an override.
+A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
+registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
+every image; an image with too little detail for its hash to be evidence (quality below
+``min_quality``, PDQ's rule) gives ``unknown``, match or not, since flat images match each
+other. Both block publication unless the policy records an override.
 """
 from __future__ import annotations
 
@@ -31,11 +32,14 @@ from artengine import (
     FeatureExtractor,
     Finding,
     ImageHashes,
+    Match,
+    ReferenceRegistry,
     Setting,
     hookimpl,
     open_registries,
     query_hashes,
     search_registries,
+    sha256_file,
 )
 
 ARTENGINE_HOOK_API = "1.0"
@@ -69,8 +73,8 @@ class NearDuplicateAudit(Audit):
         "max_dhash_distance": Setting(int, DEFAULT_MAX_DHASH,
                                       "largest dHash Hamming distance (of 64 bits) that counts as a copy"),
         "min_quality": Setting(int, MIN_RELIABLE_QUALITY,
-                               "images below this hash quality (0-100) that match nothing are "
-                               "'unknown' (blocked), not 'pass'; 0 turns the rule off"),
+                               "images below this hash quality (0-100) are 'unknown' "
+                               "(blocked): their hash is no evidence; 0 turns the rule off"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
@@ -109,32 +113,63 @@ class NearDuplicateAudit(Audit):
             return Finding(audit=self.name, outcome="error", item=item.key, message=self.problem,
                            details={"registries": self.paths})
         hashes: ImageHashes = item.features["hashes"]
-        matches = search_registries(self.registries, hashes, self.thresholds)
+        exact = _exact_copy(self.registries, item.image.path)
+        outcome, matches = classify(hashes, self.registries, self.thresholds, self.settings["min_quality"])
         details: dict[str, Any] = {"quality": hashes.quality, "thresholds": self.thresholds,
                                    "registries": self.paths, "hashes": hashes.as_dict()}
+        if exact is not None:
+            outcome, matches = "fail", [exact, *[m for m in matches if m.reference.sha256 != exact.reference.sha256]]
         if matches:
-            best = matches[0]
-            details["match"] = best.as_dict()
+            details["match"] = matches[0].as_dict()
             details["other_matches"] = [m.as_dict() for m in matches[1:5]]
+        if outcome == "fail":
+            best = matches[0]
             ref = best.reference
-            how = " (mirrored)" if best.query_variant == "mirror" else ""
+            how = ("byte-identical copy" if best.reference_variant == "file"
+                   else "near-duplicate (mirrored)" if best.query_variant == "mirror" else "near-duplicate")
             return Finding(
                 audit=self.name, outcome="fail", item=item.key,
-                message=(f"near-duplicate{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, "
-                         f"licence: {ref.licence or 'not recorded'}; pHash distance "
-                         f"{best.distances['phash']}, dHash {best.distances['dhash']})"),
+                message=(f"{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, licence: "
+                         f"{ref.licence or 'not recorded'}; pHash distance {best.distances['phash']}, "
+                         f"dHash {best.distances['dhash']})"),
                 details=details, attachments={"reference": ref.thumbnail_uri()})
-        if hashes.quality < self.settings["min_quality"]:
+        if outcome == "unknown":
+            seen = f"; closest candidate {matches[0].reference.source_path}" if matches else ""
             return Finding(
                 audit=self.name, outcome="unknown", item=item.key,
                 message=(f"too little detail for a reliable perceptual hash (quality {hashes.quality} "
-                         f"< {self.settings['min_quality']}): a near-copy cannot be ruled out"),
+                         f"< {self.settings['min_quality']}): a near-copy can be neither confirmed nor "
+                         f"ruled out{seen}"),
                 details=details)
         return Finding(audit=self.name, outcome="pass", item=item.key,
                        message=f"no reference within pHash {self.thresholds['phash']} / "
                                f"dHash {self.thresholds['dhash']} in {len(self.registries)} registr"
                                f"{'y' if len(self.registries) == 1 else 'ies'}",
                        details=details)
+
+
+def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thresholds: dict[str, int],
+             min_quality: int) -> tuple[str, list[Match]]:
+    """The audit's decision from an image's hashes: ``("fail" | "unknown" | "pass",
+    matches)``. A hash of quality below ``min_quality`` is no evidence either way: such an
+    image is ``unknown`` whether or not something matched (flat images match each other)."""
+    matches = search_registries(registries, hashes, thresholds)
+    if hashes.quality < min_quality:
+        return "unknown", matches
+    return ("fail" if matches else "pass"), matches
+
+
+def _exact_copy(registries: Sequence[ReferenceRegistry], path: str) -> Match | None:
+    """A reference whose file is byte-identical to the image's file, if any."""
+    try:
+        digest = sha256_file(path)
+    except OSError:
+        return None  # not a file (bytes in memory): the perceptual hashes decide
+    for registry in registries:
+        ref = registry.find_sha256(digest)
+        if ref is not None:
+            return Match(str(registry.path), ref, {"phash": 0, "dhash": 0}, "full", "file")
+    return None
 
 
 @hookimpl
