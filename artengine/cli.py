@@ -173,7 +173,7 @@ def registry_add(db: Path, paths: tuple[Path, ...], licence: str, source: str) -
         click.echo(f"  ... and {len(summary.skipped) - 20} more skipped", err=True)
     if summary.low_quality:
         click.echo(f"  {len(summary.low_quality)} added image(s) have too little detail for a reliable "
-                   f"hash (quality < 50), e.g. {summary.low_quality[0]}", err=True)
+                   f"hash, e.g. {summary.low_quality[0]}", err=True)
 
 
 @registry.command("info")

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ArtengineError, ImageLoadError
-from .hashing import ALGORITHMS, HASH_SCHEME, REFERENCE_VARIANTS, ImageHashes, hash_hex, hamming_within, reference_hashes
+from .hashing import ALGORITHMS, HASH_SCHEME, MIN_RELIABLE_QUALITY, REFERENCE_VARIANTS, ImageHashes, hash_hex, hamming_within, reference_hashes
 from .io import atomic_write_bytes, iter_image_files, open_image
 
 #: Version of the SQLite layout below. Another version is refused with a clear message.
@@ -339,7 +339,8 @@ class ReferenceRegistry:
         """Counts, scheme, versions and sizes, as a JSON-ready dict."""
         with self._lock:
             refs, low, licences = self._conn.execute(
-                "SELECT COUNT(*), SUM(quality < 50), COUNT(DISTINCT licence) FROM refs").fetchone()
+                "SELECT COUNT(*), SUM(quality < ?), COUNT(DISTINCT licence) FROM refs",
+                (MIN_RELIABLE_QUALITY,)).fetchone()
             n_hashes = int(self._conn.execute("SELECT COUNT(*) FROM hashes").fetchone()[0])
             by_licence = dict(self._conn.execute(
                 "SELECT licence, COUNT(*) FROM refs GROUP BY licence ORDER BY COUNT(*) DESC LIMIT 20").fetchall())

@@ -15,7 +15,7 @@ Two components:
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
 every image; an image with too little detail for its hash to be evidence (quality below
-``min_quality``, PDQ's rule) gives ``unknown``, match or not, since flat images match each
+``min_quality``, PDQ's measure) gives ``unknown``, match or not, since flat images match each
 other. Both block publication unless the policy records an override.
 """
 from __future__ import annotations
