@@ -21,6 +21,7 @@ searches as "no match".
 """
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import io
 import json
@@ -39,7 +40,7 @@ from PIL import Image
 
 from .errors import ArtengineError, ImageLoadError
 from .hashing import ALGORITHMS, HASH_SCHEME, MIN_RELIABLE_QUALITY, REFERENCE_VARIANTS, ImageHashes, hash_hex, hamming_within, reference_hashes
-from .io import atomic_write_bytes, iter_image_files, open_image
+from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
 
 #: Version of the SQLite layout below. Another version is refused with a clear message.
 SCHEMA_VERSION = 1
@@ -116,8 +117,6 @@ class Reference:
 
     def thumbnail_uri(self) -> str:
         """The thumbnail as a ``data:image/jpeg;base64,...`` URI (for reports)."""
-        import base64
-
         return "data:image/jpeg;base64," + base64.b64encode(self.thumbnail).decode("ascii")
 
 
@@ -290,8 +289,6 @@ class ReferenceRegistry:
         return summary
 
     def _add_file(self, path: Path, licence: str, source: str, summary: AddSummary) -> None:
-        from .io import sha256_file
-
         try:
             digest = sha256_file(path)
         except OSError as exc:
