@@ -36,6 +36,7 @@ from .io import (
 )
 from .plugins import Plugins, get_plugins, hookimpl
 from .records import Finding, Outcome
+from .styles import Style
 from .registry import (
     Match,
     Reference,
@@ -77,6 +78,7 @@ __all__ = [
     "RegistryError",
     "Sample",
     "Setting",
+    "Style",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
