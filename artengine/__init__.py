@@ -35,6 +35,7 @@ from .io import (
 )
 from .plugins import Plugins, get_plugins, hookimpl
 from .records import Finding, Outcome
+from .watermark import Watermark, WatermarkReading
 
 try:
     __version__ = _version("artengine")
@@ -62,6 +63,8 @@ __all__ = [
     "PolicyError",
     "Sample",
     "Setting",
+    "Watermark",
+    "WatermarkReading",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
