@@ -34,6 +34,16 @@ from .io import (
     to_rgb,
 )
 from .plugins import Plugins, get_plugins, hookimpl
+from .provenance import (
+    Keys,
+    Ledger,
+    ProvenanceError,
+    Verification,
+    default_keys_dir,
+    default_ledger_path,
+    load_keys,
+    verify_image,
+)
 from .records import Finding, Outcome
 from .watermark import Watermark, WatermarkReading
 
@@ -55,14 +65,18 @@ __all__ = [
     "ImageLoadError",
     "ImageSet",
     "InputError",
+    "Keys",
+    "Ledger",
     "LoadedImage",
     "ModelLoadError",
     "Outcome",
     "PluginError",
     "Plugins",
     "PolicyError",
+    "ProvenanceError",
     "Sample",
     "Setting",
+    "Verification",
     "Watermark",
     "WatermarkReading",
     "__version__",
@@ -70,9 +84,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "default_keys_dir",
+    "default_ledger_path",
     "get_plugins",
     "hookimpl",
     "iter_image_files",
+    "load_keys",
     "open_dataset",
     "open_image",
     "remove_stray_temps",
@@ -81,4 +98,5 @@ __all__ = [
     "sha256_file",
     "to_rgb",
     "validate_settings",
+    "verify_image",
 ]
