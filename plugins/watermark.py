@@ -68,6 +68,8 @@ MASK_FLOOR_REL, MASK_FLOOR_ABS = 0.3, 1.0
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _NBLOCK = WORK // BLOCK
 _SPECTRUM = 2 * WORK  # side of the image the template is searched in
+_DECODE_TRIES = 4  # geometry hypotheses refined and decoded, best lattice fit first
+_PROMISING_FIT = 0.15  # below this fit a hypothesis is not worth refining (after the first)
 
 
 def _mse(psnr_db: float) -> float:
@@ -295,8 +297,10 @@ def _spectrum(luma: Image.Image) -> np.ndarray:
 
 def _template_candidates(layout: _Layout, spectrum: np.ndarray, top: int = 3) -> list[np.ndarray]:
     """Frequency maps (2x2) that move the template peaks onto the strongest spectral
-    evidence: a grid search over scale and rotation, then a least-squares fit of the
-    sub-bin peak positions (which also captures aspect change and shear)."""
+    evidence. A grid search over scale and rotation finds where the peaks are; each hit
+    gives three hypotheses: the grid's similarity itself, and least-squares fits of the
+    sub-bin peak positions as a similarity and as a general linear map (aspect, shear).
+    The lattice fit decides between them later."""
     scales = np.arange(0.95, 1.35, 0.002)
     angles = np.deg2rad(np.arange(-5, 5.001, 0.1))
     cos, sin = np.cos(angles), np.sin(angles)
@@ -308,11 +312,18 @@ def _template_candidates(layout: _Layout, spectrum: np.ndarray, top: int = 3) ->
     peaks = np.argwhere(score == ndi.maximum_filter(score, size=11))
     order = np.argsort(-score[peaks[:, 0], peaks[:, 1]])[:top]
     maps = []
+    f = layout.freqs * WORK
     for i, j in peaks[order]:
+        c, s_ = cos[j] / scales[i], sin[j] / scales[i]
+        maps.append(np.array([[c, -s_], [s_, c]]))
         predicted = np.stack([rows[i, j], cols[i, j]], 1)
         measured = np.array([_peak(spectrum, r, c) for r, c in predicted]) - centre
-        fmap, *_ = np.linalg.lstsq(layout.freqs * WORK, measured, rcond=None)
-        maps.append(fmap.T)
+        # similarity [[a, -b], [b, a]]: rows a*fy - b*fx, cols b*fy + a*fx
+        design = np.concatenate([np.stack([f[:, 0], -f[:, 1]], 1), np.stack([f[:, 1], f[:, 0]], 1)])
+        (a, b), *_ = np.linalg.lstsq(design, np.concatenate([measured[:, 0], measured[:, 1]]), rcond=None)
+        maps.append(np.array([[a, -b], [b, a]]))
+        general, *_ = np.linalg.lstsq(f, measured, rcond=None)
+        maps.append(general.T)
     return maps
 
 
@@ -399,8 +410,10 @@ def _refine(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift: n
 
 def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray,
                    fit_as_is: float) -> WatermarkReading:
+    """Template path: hypotheses for the geometry, ranked by lattice fit; the promising
+    ones are refined and decoded, best first, until one passes the integrity check."""
     spline = ndi.spline_filter(received, order=3)
-    best = None
+    hypotheses = []
     for fmap in _template_candidates(layout, _spectrum(luma)):
         try:
             transform = np.linalg.inv(fmap).T  # spatial map is the inverse transpose
@@ -410,24 +423,35 @@ def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray,
             continue
         start, _ = _canvas(spline, transform, np.zeros(2))
         for shift in _template_shifts(layout, start):
-            fit = _grid_fit(layout, spline, transform, shift)[0]
-            if best is None or fit > best[0]:
-                best = (fit, transform, shift)
-    if best is None:
-        return _reading(layout, None, fit_as_is, np.zeros((2, 0)), "template", template="not found")
-    transform, shift, fit = _refine(layout, spline, best[1], best[2], best[0])
+            hypotheses.append((_grid_fit(layout, spline, transform, shift)[0], transform, shift))
+    hypotheses.sort(key=lambda h: -h[0])
+    best = None
+    for fit, transform, shift in hypotheses[:_DECODE_TRIES]:
+        if best is not None and fit < _PROMISING_FIT:
+            break
+        reading = _decode_at(layout, spline, *_refine(layout, spline, transform, shift, fit))
+        if reading.detected:
+            return reading
+        best = best or reading
+    return best or _reading(layout, None, fit_as_is, np.zeros((2, 0)), "template", template="not found")
+
+
+def _decode_at(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift: np.ndarray,
+               fit: float) -> WatermarkReading:
+    """Decode the re-aligned canvas; the whole-block offset of a cropped canvas within the
+    original grid is the one whose cells agree most on their bits."""
     _, proj, mask, inside = _grid_fit(layout, spline, transform, shift)
-    geometry = {"transform": np.round(transform, 4).tolist(), "shift": np.round(shift, 2).tolist()}
-    gy, gx = mask.shape
-    best_read = None
-    for oy in range(max(1, _NBLOCK - gy + 1)):
-        for ox in range(max(1, _NBLOCK - gx + 1)):
-            view = (slice(0, min(gy, _NBLOCK)), slice(0, min(gx, _NBLOCK)))
-            soft, f, cells = _soft_bits(layout, proj[view], mask[view], inside[view], (oy, ox))
+    gy, gx = min(mask.shape[0], _NBLOCK), min(mask.shape[1], _NBLOCK)
+    proj, mask, inside = proj[:gy, :gx], mask[:gy, :gx], inside[:gy, :gx]
+    best = None
+    for oy in range(_NBLOCK - gy + 1):
+        for ox in range(_NBLOCK - gx + 1):
+            soft, f, cells = _soft_bits(layout, proj, mask, inside, (oy, ox))
             strength = float(np.abs(soft).sum())
-            if best_read is None or strength > best_read[0]:
-                best_read = (strength, soft, f, cells)
-    _, soft, f, cells = best_read
+            if best is None or strength > best[0]:
+                best = (strength, soft, f, cells)
+    _, soft, f, cells = best
+    geometry = {"transform": np.round(transform, 4).tolist(), "shift": np.round(shift, 2).tolist()}
     return _reading(layout, _decode(layout, soft), f, cells, "template", **geometry)
 
 
