@@ -34,6 +34,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -413,6 +414,8 @@ class Ledger:
 
     Recording is idempotent, so a resumed batch can record the same image again; a
     different manifest under a payload already taken raises :class:`ProvenanceError`.
+    One instance may be used from several threads (calls are serialised); processes
+    share the file through SQLite's own locking.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
@@ -421,8 +424,9 @@ class Ledger:
             raise InputError(f"{self.path}: no such ledger")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
@@ -446,12 +450,13 @@ class Ledger:
         text = canonical_json(manifest).decode("utf-8")
         payload = manifest["watermark"]["payload"]
         try:
-            self._db.execute(
-                "INSERT INTO manifests (payload, pixels_sha256, key_id, created, scheme, image, manifest)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(payload) DO NOTHING",
-                (payload, manifest["image"]["pixels_sha256"], manifest["signature"]["key_id"],
-                 manifest["created"], manifest["watermark"]["scheme"], image, text))
-            row = self._db.execute("SELECT manifest FROM manifests WHERE payload = ?", (payload,)).fetchone()
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO manifests (payload, pixels_sha256, key_id, created, scheme, image, manifest)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(payload) DO NOTHING",
+                    (payload, manifest["image"]["pixels_sha256"], manifest["signature"]["key_id"],
+                     manifest["created"], manifest["watermark"]["scheme"], image, text))
+                row = self._db.execute("SELECT manifest FROM manifests WHERE payload = ?", (payload,)).fetchone()
         except sqlite3.DatabaseError as exc:
             raise ProvenanceError(f"{self.path}: ledger write failed: {exc}") from None
         if row[0] != text:
@@ -462,7 +467,9 @@ class Ledger:
         """The record of a payload, or None."""
         key = payload.hex() if isinstance(payload, (bytes, bytearray)) else str(payload)
         try:
-            row = self._db.execute("SELECT manifest, image FROM manifests WHERE payload = ?", (key,)).fetchone()
+            with self._lock:
+                row = self._db.execute("SELECT manifest, image FROM manifests WHERE payload = ?",
+                                       (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
             raise ProvenanceError(f"{self.path}: ledger read failed: {exc}") from None
         if row is None:
@@ -470,7 +477,8 @@ class Ledger:
         return LedgerRecord(payload=key, manifest=json.loads(row[0]), image=row[1])
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
 
 
 # ----------------------------------------------------------------------------- stamping
