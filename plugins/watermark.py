@@ -438,18 +438,28 @@ def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray,
 
 def _decode_at(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift: np.ndarray,
                fit: float) -> WatermarkReading:
-    """Decode the re-aligned canvas; the whole-block offset of a cropped canvas within the
-    original grid is the one whose cells agree most on their bits."""
+    """Decode the re-aligned canvas. Which original block the canvas's first block is
+    (a crop or rotation moves it by whole blocks) is the offset whose cells agree most on
+    their bits; canvas blocks that fall outside the original grid are ignored."""
     _, proj, mask, inside = _grid_fit(layout, spline, transform, shift)
-    gy, gx = min(mask.shape[0], _NBLOCK), min(mask.shape[1], _NBLOCK)
-    proj, mask, inside = proj[:gy, :gx], mask[:gy, :gx], inside[:gy, :gx]
+    gy, gx = mask.shape
     best = None
-    for oy in range(_NBLOCK - gy + 1):
-        for ox in range(_NBLOCK - gx + 1):
-            soft, f, cells = _soft_bits(layout, proj, mask, inside, (oy, ox))
+    for oy in range(-3, _NBLOCK - gy + 4):
+        for ox in range(-3, _NBLOCK - gx + 4):
+            rows = slice(max(0, -oy), min(gy, _NBLOCK - oy))
+            cols = slice(max(0, -ox), min(gx, _NBLOCK - ox))
+            if rows.start >= rows.stop or cols.start >= cols.stop:
+                continue
+            valid = inside[rows, cols]
+            if valid.sum() < 16:
+                continue
+            origin = (oy + rows.start, ox + cols.start)
+            soft, f, cells = _soft_bits(layout, proj[rows, cols], mask[rows, cols], valid, origin)
             strength = float(np.abs(soft).sum())
             if best is None or strength > best[0]:
                 best = (strength, soft, f, cells)
+    if best is None:
+        return _reading(layout, None, fit, np.zeros((2, 0)), "template")
     _, soft, f, cells = best
     geometry = {"transform": np.round(transform, 4).tolist(), "shift": np.round(shift, 2).tolist()}
     return _reading(layout, _decode(layout, soft), f, cells, "template", **geometry)
