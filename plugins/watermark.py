@@ -260,8 +260,13 @@ def _soft_bits(layout: _Layout, proj: np.ndarray, mask: np.ndarray, valid: np.nd
 
 
 def _reading(layout: _Layout, payload: bytes | None, fit: float, cells: np.ndarray,
-             path: str, **extra: object) -> WatermarkReading:
-    details = {"path": path, "lattice_fit": round(fit, 4), **extra}
+             path: str, soft: np.ndarray | None = None, **extra: object) -> WatermarkReading:
+    details: dict[str, object] = {"path": path, "lattice_fit": round(fit, 4), **extra}
+    if soft is not None:
+        # Hard decisions on the payload bits before error correction: unverified, for
+        # measuring bit accuracy only (the code is systematic: the payload comes first).
+        raw = np.packbits(((soft < 0).astype(np.uint8) ^ layout.scramble)[: 8 * DATA_BYTES])
+        details["raw_payload"] = raw.tobytes().hex()
     if payload is None:
         return WatermarkReading(False, None, 0.0, reason="no readable mark", details=details)
     expected = 1 - 2 * _codeword_bits(layout, payload).astype(np.float64)  # +1 for bit 0
@@ -279,9 +284,10 @@ def detect_pixels(rgb: np.ndarray, key: bytes, *, search: bool = True) -> Waterm
     valid = np.ones(mask.shape, bool)
     soft, fit, cells = _soft_bits(layout, proj, mask, valid, (0, 0))
     payload = _decode(layout, soft)
+    as_is = _reading(layout, payload, fit, cells, "as is", soft)
     if payload is not None or not search:
-        return _reading(layout, payload, fit, cells, "as is")
-    return _resynchronise(layout, luma, received, fit)
+        return as_is
+    return _resynchronise(layout, luma, received) or as_is
 
 
 # ------------------------------------------------------------------------------ resynchronisation
@@ -408,10 +414,10 @@ def _refine(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift: n
     return params[:4].reshape(2, 2), params[4:], fit
 
 
-def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray,
-                   fit_as_is: float) -> WatermarkReading:
+def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray) -> WatermarkReading | None:
     """Template path: hypotheses for the geometry, ranked by lattice fit; the promising
-    ones are refined and decoded, best first, until one passes the integrity check."""
+    ones are refined and decoded, best first, until one passes the integrity check.
+    Returns the best failed reading, or None when the template gave no hypothesis."""
     spline = ndi.spline_filter(received, order=3)
     hypotheses = []
     for fmap in _template_candidates(layout, _spectrum(luma)):
@@ -433,7 +439,7 @@ def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray,
         if reading.detected:
             return reading
         best = best or reading
-    return best or _reading(layout, None, fit_as_is, np.zeros((2, 0)), "template", template="not found")
+    return best
 
 
 def _decode_at(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift: np.ndarray,
@@ -462,7 +468,7 @@ def _decode_at(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift
         return _reading(layout, None, fit, np.zeros((2, 0)), "template")
     _, soft, f, cells = best
     geometry = {"transform": np.round(transform, 4).tolist(), "shift": np.round(shift, 2).tolist()}
-    return _reading(layout, _decode(layout, soft), f, cells, "template", **geometry)
+    return _reading(layout, _decode(layout, soft), f, cells, "template", soft, **geometry)
 
 
 # ------------------------------------------------------------------------------ the component
