@@ -59,7 +59,7 @@ BAND = (1, 4)  # block-DCT frequencies u+v used by the cells
 DATA_BYTES, TAG_BYTES, PARITY_BYTES = 6, 4, 6
 PSNR_DB = 40.5  # target before clipping; never below PSNR_FLOOR_DB after it
 PSNR_FLOOR_DB = 40.0
-TEMPLATE_SHARE = 0.15  # fraction of the distortion budget spent on the template
+TEMPLATE_SHARE = 0.25  # fraction of the distortion budget spent on the template
 TEMPLATE_PEAKS = 4
 TEMPLATE_RADIUS = (0.30, 0.40)  # cycles per working pixel
 DITHER = 0.125  # lattice offset: flat areas (statistic ~0) sit between the two lattices
@@ -69,7 +69,9 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _NBLOCK = WORK // BLOCK
 _SPECTRUM = 2 * WORK  # side of the image the template is searched in
 _DECODE_TRIES = 4  # geometry hypotheses refined and decoded, best lattice fit first
-_PROMISING_FIT = 0.15  # below this fit a hypothesis is not worth refining (after the first)
+_PROMISING_FIT = 0.15  # below this lattice fit a hypothesis is not worth refining (unmarked images
+# stay below about 0.14; marked ones that decode start above 0.24)
+_CLEAR_FIT = 0.35  # a hypothesis this good is refined and decoded at once
 
 
 def _mse(psnr_db: float) -> float:
@@ -241,22 +243,26 @@ def embed_pixels(rgb: np.ndarray, payload: bytes, key: bytes) -> np.ndarray:
 # ------------------------------------------------------------------------------ detection
 
 
-def _soft_bits(layout: _Layout, proj: np.ndarray, mask: np.ndarray, valid: np.ndarray,
-               origin: tuple[int, int]) -> tuple[np.ndarray, float, np.ndarray]:
-    """Soft evidence per codeword bit for a grid of blocks whose top-left block is
-    original block ``origin``. The lattice scale is re-fitted within +-35 % (the mask
-    estimate drifts a little under heavy processing)."""
-    ratio = proj / mask[..., None]
-    ratio = ratio[valid]
+def _lattice_read(proj: np.ndarray, mask: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per cell of the ``valid`` blocks, how close it sits to a 0-lattice point (+1) or a
+    1-lattice point (-1); and the lattice fit. The lattice scale is re-fitted within
+    +-35 % (the mask estimate drifts a little under heavy processing)."""
+    ratio = (proj / mask[..., None])[valid]
     base = _step(mask[valid], (1 - TEMPLATE_SHARE) * _mse(PSNR_DB))
     steps = base * np.exp(np.linspace(-0.3, 0.3, 61))
     fits = np.cos(4 * np.pi * (ratio[None] / steps[:, None, None] - DITHER)).mean((1, 2))
     step = steps[int(np.argmax(fits))]
-    z = np.cos(2 * np.pi * (ratio / step - DITHER))  # +1 near a 0-lattice point, -1 near a 1
-    gy, gx = mask.shape
+    return np.cos(2 * np.pi * (ratio / step - DITHER)), float(fits.max())
+
+
+def _soft_bits(layout: _Layout, z: np.ndarray, valid: np.ndarray,
+               origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Soft evidence per codeword bit from cell reads ``z`` of the ``valid`` blocks of a
+    grid whose top-left block is original block ``origin``; and (bit, z) per cell."""
+    gy, gx = valid.shape
     cell_bit = layout.cell_bit[origin[0]: origin[0] + gy, origin[1]: origin[1] + gx][valid]
     soft = np.bincount(cell_bit.ravel(), weights=z.ravel(), minlength=layout.scramble.size)
-    return soft, float(fits.max()), np.stack([cell_bit.ravel(), z.ravel()])
+    return soft, np.stack([cell_bit.ravel(), z.ravel()])
 
 
 def _reading(layout: _Layout, payload: bytes | None, fit: float, cells: np.ndarray,
@@ -282,7 +288,8 @@ def detect_pixels(rgb: np.ndarray, key: bytes, *, search: bool = True) -> Waterm
     received = _working(luma)
     proj, mask = _cells(received, layout)
     valid = np.ones(mask.shape, bool)
-    soft, fit, cells = _soft_bits(layout, proj, mask, valid, (0, 0))
+    z, fit = _lattice_read(proj, mask, valid)
+    soft, cells = _soft_bits(layout, z, valid, (0, 0))
     payload = _decode(layout, soft)
     as_is = _reading(layout, payload, fit, cells, "as is", soft)
     if payload is not None or not search:
@@ -348,16 +355,18 @@ def _peak(spectrum: np.ndarray, row: float, col: float) -> tuple[float, float]:
             c + vertex(spectrum[r, c - 1], spectrum[r, c], spectrum[r, c + 1]))
 
 
-def _canvas(spline: np.ndarray, transform: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _canvas(source: np.ndarray, transform: np.ndarray, shift: np.ndarray, order: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Resample the received working image into original working coordinates:
-    canvas pixel u shows received pixel ``transform @ (u + shift - c) + c``. Returns the
-    canvas and which of its blocks lie inside the received image."""
+    canvas pixel u shows received pixel ``transform @ (u + shift - c) + c``. ``source`` is
+    the spline-filtered image for ``order`` 3 (accurate), the image itself for ``order`` 1
+    (a third faster, slightly blurred: good enough to rank hypotheses). Returns the canvas
+    and which of its blocks lie inside the received image."""
     centre = (WORK - 1) / 2
     side = int(WORK / np.sqrt(abs(np.linalg.det(transform))))
     side = max(BLOCK, min(side, WORK + BLOCK))
     offset = centre - transform @ (centre - shift)
-    canvas = ndi.affine_transform(spline, transform, offset=offset, output_shape=(side, side),
-                                  order=3, prefilter=False, mode="nearest")
+    canvas = ndi.affine_transform(source, transform, offset=offset, output_shape=(side, side),
+                                  order=order, prefilter=False, mode="nearest")
     g = side // BLOCK
     corners = np.array([(dy, dx) for dy in (0, BLOCK - 1) for dx in (0, BLOCK - 1)], float)
     starts = np.stack(np.meshgrid(np.arange(g) * BLOCK, np.arange(g) * BLOCK, indexing="ij"), -1)
@@ -370,11 +379,14 @@ def _canvas(spline: np.ndarray, transform: np.ndarray, shift: np.ndarray) -> tup
 def _template_shifts(layout: _Layout, canvas: np.ndarray, top: int = 12) -> list[np.ndarray]:
     """Candidate canvas shifts that put block boundaries on multiples of BLOCK, from the
     template sinusoids' phases (several maxima: four sinusoids leave some ambiguity)."""
-    n0, n1 = canvas.shape
-    uu, vv = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+    rows, cols = np.arange(canvas.shape[0]), np.arange(canvas.shape[1])
     centred = canvas - canvas.mean()
-    measured = np.array([np.angle(np.sum(centred * np.exp(-2j * np.pi * (f[0] * uu + f[1] * vv))))
-                         for f in layout.freqs])
+    measured = []
+    for f in layout.freqs:  # phase of sum C[u, v] exp(-2 pi i (f0 u + f1 v)), in real arithmetic
+        cy, sy = np.cos(2 * np.pi * f[0] * rows), np.sin(2 * np.pi * f[0] * rows)
+        cx, sx = np.cos(2 * np.pi * f[1] * cols), np.sin(2 * np.pi * f[1] * cols)
+        ccx, csx = centred @ cx, centred @ sx
+        measured.append(np.arctan2(-(sy @ ccx + cy @ csx), cy @ ccx - sy @ csx))
     grid = np.arange(-24, 24, 0.1)
     # sum_k cos(measured_k - phase_k - 2 pi f_k . d), as separable complex exponentials
     agreement = np.zeros((grid.size, grid.size), np.complex128)
@@ -388,8 +400,9 @@ def _template_shifts(layout: _Layout, canvas: np.ndarray, top: int = 12) -> list
     return [np.array([-grid[p[0]] % BLOCK, -grid[p[1]] % BLOCK]) for p in peaks[order]]
 
 
-def _grid_fit(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift: np.ndarray):
-    canvas, inside = _canvas(spline, transform, shift)
+def _grid_fit(layout: _Layout, source: np.ndarray, transform: np.ndarray, shift: np.ndarray, order: int = 3):
+    """Lattice fit of the canvas for one geometry hypothesis, with its cells."""
+    canvas, inside = _canvas(source, transform, shift, order)
     proj, mask = _cells(canvas, layout)
     if inside.sum() < 16:
         return -1.0, proj, mask, inside
@@ -416,10 +429,23 @@ def _refine(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift: n
 
 def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray) -> WatermarkReading | None:
     """Template path: hypotheses for the geometry, ranked by lattice fit; the promising
-    ones are refined and decoded, best first, until one passes the integrity check.
-    Returns the best failed reading, or None when the template gave no hypothesis."""
+    ones are refined and decoded, best first, until one passes the integrity check (a
+    hypothesis that fits clearly is decoded at once). Returns the best failed reading, or
+    None when the template gave no hypothesis."""
     spline = ndi.spline_filter(received, order=3)
-    hypotheses = []
+    hypotheses: list[tuple[float, np.ndarray, np.ndarray]] = []
+    tried: list[tuple[float, np.ndarray, np.ndarray]] = []
+    best = None
+
+    def attempt(hypothesis: tuple[float, np.ndarray, np.ndarray]) -> WatermarkReading:
+        nonlocal best
+        tried.append(hypothesis)
+        fit, transform, shift = hypothesis
+        reading = _decode_at(layout, spline, *_refine(layout, spline, transform, shift, fit))
+        best = best or reading
+        return reading
+
+    transforms: list[np.ndarray] = []
     for fmap in _template_candidates(layout, _spectrum(luma)):
         try:
             transform = np.linalg.inv(fmap).T  # spatial map is the inverse transpose
@@ -427,18 +453,26 @@ def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray) -> 
             continue
         if not 0.5 < abs(np.linalg.det(transform)) < 2:
             continue
-        start, _ = _canvas(spline, transform, np.zeros(2))
+        if any(np.abs(transform - t).max() < 0.0015 for t in transforms):
+            continue  # the same geometry found twice
+        transforms.append(transform)
+        start, _ = _canvas(received, transform, np.zeros(2), order=1)
         for shift in _template_shifts(layout, start):
-            hypotheses.append((_grid_fit(layout, spline, transform, shift)[0], transform, shift))
+            hypothesis = (_grid_fit(layout, received, transform, shift, order=1)[0], transform, shift)
+            hypotheses.append(hypothesis)
+            if hypothesis[0] >= _CLEAR_FIT and len(tried) < _DECODE_TRIES:
+                reading = attempt(hypothesis)
+                if reading.detected:
+                    return reading
     hypotheses.sort(key=lambda h: -h[0])
-    best = None
-    for fit, transform, shift in hypotheses[:_DECODE_TRIES]:
-        if best is not None and fit < _PROMISING_FIT:
+    for hypothesis in hypotheses:
+        if len(tried) >= _DECODE_TRIES or hypothesis[0] < _PROMISING_FIT:
             break
-        reading = _decode_at(layout, spline, *_refine(layout, spline, transform, shift, fit))
+        if any(hypothesis is t for t in tried):
+            continue
+        reading = attempt(hypothesis)
         if reading.detected:
             return reading
-        best = best or reading
     return best
 
 
@@ -448,6 +482,9 @@ def _decode_at(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift
     (a crop or rotation moves it by whole blocks) is the offset whose cells agree most on
     their bits; canvas blocks that fall outside the original grid are ignored."""
     _, proj, mask, inside = _grid_fit(layout, spline, transform, shift)
+    z_inside, fit = _lattice_read(proj, mask, inside)
+    z = np.zeros(proj.shape)
+    z[inside] = z_inside
     gy, gx = mask.shape
     best = None
     for oy in range(-3, _NBLOCK - gy + 4):
@@ -459,16 +496,15 @@ def _decode_at(layout: _Layout, spline: np.ndarray, transform: np.ndarray, shift
             valid = inside[rows, cols]
             if valid.sum() < 16:
                 continue
-            origin = (oy + rows.start, ox + cols.start)
-            soft, f, cells = _soft_bits(layout, proj[rows, cols], mask[rows, cols], valid, origin)
+            soft, cells = _soft_bits(layout, z[rows, cols][valid], valid, (oy + rows.start, ox + cols.start))
             strength = float(np.abs(soft).sum())
             if best is None or strength > best[0]:
-                best = (strength, soft, f, cells)
+                best = (strength, soft, cells)
     if best is None:
         return _reading(layout, None, fit, np.zeros((2, 0)), "template")
-    _, soft, f, cells = best
+    _, soft, cells = best
     geometry = {"transform": np.round(transform, 4).tolist(), "shift": np.round(shift, 2).tolist()}
-    return _reading(layout, _decode(layout, soft), f, cells, "template", soft, **geometry)
+    return _reading(layout, _decode(layout, soft), fit, cells, "template", soft, **geometry)
 
 
 # ------------------------------------------------------------------------------ the component
