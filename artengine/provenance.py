@@ -511,19 +511,20 @@ def stamp(image: Image.Image, *, scheme: Watermark, signing_key: Ed25519PrivateK
 
 def write_stamped(path: str | os.PathLike[str], stamped: Stamped, *, scheme: Watermark,
                   ledger: Ledger | None = None, sidecar: bool = True, compress_level: int = 6) -> Path:
-    """Write the image (PNG with the manifest in iTXt) and its sidecar atomically, record
-    the manifest in the ledger, then re-read the file and check that mark and manifest
-    survived the save (:func:`check_written`)."""
+    """Write the image (PNG with the manifest in iTXt) atomically, re-read it and check
+    that mark and manifest survived the save (:func:`check_written`), then write the
+    sidecar and record the manifest in the ledger. Re-running with the same inputs
+    rewrites identical bytes and records nothing new (resume)."""
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise InputError(f"{target}: a stamped image must be a PNG (the manifest lives in its iTXt chunk)")
     atomic_save_image(target, stamped.image, text=stamped.text, compress_level=compress_level)
+    check_written(target, stamped.manifest, scheme=scheme)  # before anything vouches for the file
     if sidecar:
         atomic_write_bytes(sidecar_path(target), json.dumps(stamped.manifest, indent=2, sort_keys=True,
                                                             ensure_ascii=False).encode("utf-8") + b"\n")
     if ledger is not None:
         ledger.record(stamped.manifest, image=target.name)
-    check_written(target, stamped.manifest, scheme=scheme)
     return target
 
 
@@ -547,7 +548,10 @@ def watermark_file(source: str | os.PathLike[str], target: str | os.PathLike[str
     """Mark an image file (alpha kept) and write it atomically; returns the PSNR in dB."""
     loaded = open_image(source)
     original = restore_alpha(loaded.rgb, loaded.alpha)
-    marked = scheme.embed(original, payload)
+    try:
+        marked = scheme.embed(original, payload)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
     atomic_save_image(target, marked if Path(target).suffix.lower() in (".png", ".webp") else marked.convert("RGB"))
     return psnr(loaded.rgb, marked.convert("RGB"))
 
@@ -557,8 +561,11 @@ def sign_file(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
               engine: Mapping[str, Any], plugins: Mapping[str, Any], **fields: Any) -> Stamped:
     """Mark, sign and record an existing image file: :func:`stamp` then :func:`write_stamped`."""
     loaded = open_image(source)
-    stamped = stamp(restore_alpha(loaded.rgb, loaded.alpha), scheme=scheme, signing_key=signing_key,
-                    payload=payload, created=created, engine=engine, plugins=plugins, **fields)
+    try:
+        stamped = stamp(restore_alpha(loaded.rgb, loaded.alpha), scheme=scheme, signing_key=signing_key,
+                        payload=payload, created=created, engine=engine, plugins=plugins, **fields)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
     write_stamped(target, stamped, scheme=scheme, ledger=ledger)
     return stamped
 

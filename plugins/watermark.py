@@ -72,6 +72,7 @@ _DECODE_TRIES = 4  # geometry hypotheses refined and decoded, best lattice fit f
 _PROMISING_FIT = 0.15  # below this lattice fit a hypothesis is not worth refining (unmarked images
 # stay below about 0.14; marked ones that decode start above 0.24)
 _CLEAR_FIT = 0.35  # a hypothesis this good is refined and decoded at once
+_ROTATIONS = [d for d in np.arange(-3, 3.01, 0.25) if abs(d) > 1e-9]  # fallback scan, degrees
 
 
 def _mse(psnr_db: float) -> float:
@@ -464,6 +465,14 @@ def _resynchronise(layout: _Layout, luma: Image.Image, received: np.ndarray) -> 
                 reading = attempt(hypothesis)
                 if reading.detected:
                     return reading
+    if not any(h[0] >= _PROMISING_FIT for h in hypotheses):
+        # No usable template evidence (busy textures can drown its peaks): fall back to
+        # small rotations about the centre, the one geometry cheap enough to scan.
+        for degrees in _ROTATIONS:
+            a = np.deg2rad(degrees)
+            transform = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            hypotheses.append((_grid_fit(layout, received, transform, np.zeros(2), order=1)[0],
+                               transform, np.zeros(2)))
     hypotheses.sort(key=lambda h: -h[0])
     for hypothesis in hypotheses:
         if len(tried) >= _DECODE_TRIES or hypothesis[0] < _PROMISING_FIT:
