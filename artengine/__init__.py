@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .architecture import TRAINER_DEFAULTS, Architecture
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .data import Dataset, ImageSet, Sample, open_dataset
 from .errors import (
@@ -45,6 +46,7 @@ __all__ = [
     "ALLOWED_FORMATS",
     "HOOK_API_VERSION",
     "ArtengineError",
+    "Architecture",
     "Audit",
     "AuditContext",
     "AuditItem",
@@ -62,6 +64,7 @@ __all__ = [
     "PolicyError",
     "Sample",
     "Setting",
+    "TRAINER_DEFAULTS",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
