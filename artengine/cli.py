@@ -230,6 +230,40 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
         click.echo(f"{result.run_dir}: step {result.step}{losses}; checkpoint {result.checkpoint}")
 
 
+@cli.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--count", type=click.IntRange(10), default=5000, show_default=True,
+              help="Generated images, and real images in each of the two real halves.")
+@click.option("--features", default="clip", show_default=True,
+              help="Feature extractor: clip, classifier, or a feature-extractor plugin's name.")
+@click.option("--seed", type=int, default=12345, show_default=True, help="Latent seed of the generated images.")
+@click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+def evaluate(run: Path, count: int, features: str, seed: int, clip_model: str | None,
+             clip_pretrained: str | None, as_json: bool) -> None:
+    """Measure a training run: Fréchet distance beside its real-vs-real floor, KID, and label
+    accuracy of conditional and style models. Writes RUN/evaluation.json."""
+    from .evaluation import EvaluationOptions, evaluate_run
+
+    plugins = load_plugins()
+    results = evaluate_run(EvaluationOptions(run=run, count=count, features=features, seed=seed,
+                                             clip_model=clip_model, clip_pretrained=clip_pretrained), plugins)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(f"{run} (step {results['step']}, {results['count']} images, features {results['features']})")
+    click.echo(f"  FD  {results['fd']:.4g}   floor (real vs real) {results['fd_floor']:.4g}   "
+               f"ratio {results['fd_ratio']:.2f}")
+    click.echo(f"  KID {results['kid']:.4g} +- {results['kid_std']:.2g}   floor {results['kid_floor']:.4g}")
+    if "classifier" in results:
+        click.echo(f"  label classifier: {results['classifier']['held_out_accuracy']:.1%} on held-out real images")
+    if "label_accuracy" in results:
+        click.echo(f"  label accuracy of generated images: {results['label_accuracy']:.1%}")
+    if "reference_label_accuracy" in results:
+        click.echo(f"  label accuracy with styles from reference images: {results['reference_label_accuracy']:.1%}")
+
+
 @cli.command("export")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))

@@ -50,7 +50,7 @@ log = logging.getLogger("artengine.models")
 #: Every forward pass of a generator runs on exactly this many samples.
 GENERATION_CHUNK = 32
 #: torch intra-op threads during generation (results can depend on the thread count).
-GENERATION_THREADS = 2
+GENERATION_THREADS = 1
 
 
 @dataclass(frozen=True)

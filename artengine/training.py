@@ -535,6 +535,7 @@ class Trainer:
             if options.arch is None or options.data is None:
                 raise InputError("--arch and --data are required for a new run")
             self.arch = self.plugins.component("architectures", options.arch)
+            resolve_settings(self.arch, options.preset, options.settings)  # fail before loading data
             self.data = load_training_data(
                 options.data, image_size=options.image_size or 32, seed=options.seed or 0,
                 plugins=self.plugins, length=options.data_length,
