@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .architecture import TRAINER_DEFAULTS, Architecture
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .data import Dataset, ImageSet, Sample, open_dataset
 from .errors import (
@@ -65,6 +66,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "ALLOWED_FORMATS",
     "ArtengineError",
+    "Architecture",
     "Audit",
     "AuditContext",
     "AuditItem",
@@ -96,6 +98,7 @@ __all__ = [
     "Verification",
     "Watermark",
     "WatermarkReading",
+    "TRAINER_DEFAULTS",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
