@@ -62,7 +62,7 @@ PIPELINE_AUDITS = ("provenance",)
 DEFINING = ("format", "model", "seed", "count", "labels", "style_ref", "size", "watermark",
             "policy", "registries", "overrides", "created", "compress_level")
 DEFAULT_SIZE = 256
-COMPRESS_LEVEL = 6
+COMPRESS_LEVEL = 3  # zlib level: 4x faster than 6 on marked 256 px images, files 11 % larger
 
 
 # ----------------------------------------------------------------------------- options
