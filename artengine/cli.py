@@ -587,6 +587,7 @@ def evaluate(run: Path, count: int, features: str, seed: int, clip_model: str | 
               help="Policy file, or the name of a shipped policy (default, publication).")
 @click.option("--registry", "registries", multiple=True, type=click.Path(path_type=Path),
               help="Reference registry (repeatable); added to the policy's and the style's.")
+@click.option("--reference-data", help="Dataset name or folder the bias audit compares with (default: the run's training data).")
 @click.option("--override", "overrides", multiple=True, metavar="AUDIT=REASON",
               help="Allow publication despite an error, unknown or disabled AUDIT; recorded in the report.")
 @click.option("--size", type=click.IntRange(1), help="Output side in pixels (default 256: the watermark's minimum).")
@@ -600,7 +601,7 @@ def evaluate(run: Path, count: int, features: str, seed: int, clip_model: str | 
 @click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ...], style_ref: Path | None,
-             policy_spec: str, registries: tuple[Path, ...], overrides: tuple[str, ...], size: int | None,
+             policy_spec: str, registries: tuple[Path, ...], reference_data: str | None, overrides: tuple[str, ...], size: int | None,
              workers: int, executor: str, ray_address: str | None, keys_dir: Path | None, ledger: Path | None,
              clip_model: str | None, clip_pretrained: str | None, as_json: bool) -> None:
     """Generate, watermark, sign, audit and gate a batch of images.
@@ -614,7 +615,7 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
     plugins = load_plugins()
     options = GenerateOptions(
         model=model, count=count, out=out, seed=seed, labels=labels, style_ref=style_ref, policy=policy_spec,
-        registries=[str(r) for r in registries], overrides=overrides, size=size, workers=workers,
+        registries=[str(r) for r in registries], reference_data=reference_data, overrides=overrides, size=size, workers=workers,
         executor=executor, ray_address=ray_address, keys_dir=str(keys_dir) if keys_dir else None,
         ledger=str(ledger) if ledger else None, clip_model=clip_model, clip_pretrained=clip_pretrained,
         progress=not as_json,
@@ -634,6 +635,25 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
         click.echo(f"report: {result.report_html}")
     sys.exit(result.exit_code)
 
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artengine-demo"),
+              show_default=True, help="Folder for everything the demo makes (keys and ledger included).")
+@click.option("--train-seconds", type=click.FloatRange(min=5), default=90.0, show_default=True,
+              help="Training budget.")
+@click.option("--count", type=click.IntRange(8), default=48, show_default=True, help="Images to generate.")
+def demo(out: Path, train_seconds: float, count: int) -> None:
+    """The main job end to end on built-in data, with nothing downloaded.
+
+    Trains a small GAN on shapes, registers its training images as copyrighted references,
+    generates a skewed batch through the publication policy, then audits a submission with
+    planted copies of training images, and writes the report. Takes a few minutes on CPU.
+    """
+    from .demo import run_demo
+
+    load_plugins()
+    run_demo(out, train_seconds=train_seconds, count=count, echo=click.echo)
 
 
 @cli.command("export")

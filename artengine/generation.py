@@ -60,7 +60,7 @@ PIPELINE_AUDITS = ("provenance",)
 #: Spec fields that define a job's output: a folder holding a job that differs in any of
 #: them is refused.
 DEFINING = ("format", "model", "seed", "count", "labels", "style_ref", "size", "watermark",
-            "policy", "registries", "overrides", "created", "compress_level")
+            "policy", "registries", "reference_data", "overrides", "created", "compress_level")
 DEFAULT_SIZE = 256
 COMPRESS_LEVEL = 3  # zlib level: 4x faster than 6 on marked 256 px images, files 11 % larger
 
@@ -80,6 +80,7 @@ class GenerateOptions:
     style_ref: Path | None = None
     policy: str = "default"
     registries: Sequence[str] = ()
+    reference_data: str | None = None  # dataset name or folder the bias audit compares with
     overrides: Sequence[str] = ()
     size: int | None = None  # output side in pixels (default: 256, or the model's if larger)
     workers: int = 1
@@ -248,6 +249,7 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
                       "keys": str(Path(keys.source).resolve())},
         "policy": {"path": str(policy.path), "sha256": sha256_file(policy.path), "name": policy.name},
         "registries": registries,
+        "reference_data": _reference_data(options.reference_data, source),
         "overrides": list(options.overrides),
         "clip": {"model": options.clip_model, "pretrained": options.clip_pretrained},
         "ledger": str(Path(options.ledger).resolve()) if options.ledger else None,
@@ -256,6 +258,20 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
         "engine": {"version": __version__, "hook_api": HOOK_API_VERSION},
     }
     return spec
+
+
+def _reference_data(given: str | None, source: Path) -> str | None:
+    """What the bias audit compares with: the given dataset or folder, else the training
+    data of the run that made the model."""
+    if given:
+        path = Path(given)
+        return str(path.resolve()) if path.exists() else given
+    if source.is_dir():
+        from .runs import read_run_config
+
+        data = read_run_config(source).get("data") or {}
+        return data.get("spec") or data.get("name")
+    return None
 
 
 def job_id(spec: Mapping[str, Any]) -> str:
@@ -407,7 +423,7 @@ def job_context(spec: Mapping[str, Any], policy_path: str, plugins: Plugins) -> 
     return AuditContext(
         policy_path=str(policy_path),
         registries=list(spec["registries"]),
-        reference_data=None,
+        reference_data=spec.get("reference_data"),
         reference_distribution=reference_distribution,
         run_dir=run_dir,
         clip_model=spec["clip"]["model"],
