@@ -223,3 +223,34 @@ def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
     generation.generate(generation.GenerateOptions(model=str(tiny_run), count=6, out=on_ray, workers=2,
                                                    executor="ray", progress=False))
     assert images(on_ray) == images(local)
+
+
+@pytest.mark.parametrize("max_share, expected_folder, expected_code", [(1.0, "approved", 0), (-1.0, "quarantine", 1)])
+def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, env, tmp_path, max_share,
+                                                                    expected_folder, expected_code):
+    import gate_plugin
+    from artengine import Plugins
+    from artengine.plugins import set_plugins
+
+    plugins = Plugins.discover()
+    assert plugins.register(gate_plugin, "gate_plugin").loaded
+    set_plugins(plugins)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[policy]\nname = "batch"\nversion = 1\n\n[audits.bright_share]\nmax_share = {max_share}\n'
+                      '\n[audits.provenance]\n')
+    seen = []
+
+    def during(record):
+        seen.append(record["folder"])
+        assert (tmp_path / "job" / "pending" / record["name"]).exists()
+
+    result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=5, out=tmp_path / "job",
+                                                            policy=str(policy), progress=False),
+                                 plugins, on_image=during)
+    assert seen == ["pending"] * 5
+    assert result.exit_code == expected_code
+    assert sorted(p.name for p in (tmp_path / "job" / expected_folder).glob("*.png")) == \
+        [f"{i:06d}.png" for i in range(5)]
+    assert not (tmp_path / "job" / "pending").exists()
+    report = json.loads(result.report_json.read_text())
+    assert report["batch"]["status"] == ("pass" if max_share > 0 else "block")
