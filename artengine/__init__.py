@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .architecture import TRAINER_DEFAULTS, Architecture
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .data import Dataset, ImageSet, Sample, open_dataset
 from .errors import (
@@ -17,6 +18,7 @@ from .errors import (
     PluginError,
     PolicyError,
 )
+from .hashing import MIN_RELIABLE_QUALITY, ImageHashes, query_hashes, reference_hashes
 from .hookspecs import HOOK_API_VERSION
 from .io import (
     ALLOWED_FORMATS,
@@ -45,6 +47,15 @@ from .provenance import (
     verify_image,
 )
 from .records import Finding, Outcome
+from .styles import Style
+from .registry import (
+    Match,
+    Reference,
+    ReferenceRegistry,
+    RegistryError,
+    open_registries,
+    search_registries,
+)
 from .watermark import Watermark, WatermarkReading
 
 try:
@@ -54,31 +65,40 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ALLOWED_FORMATS",
-    "HOOK_API_VERSION",
     "ArtengineError",
+    "Architecture",
     "Audit",
     "AuditContext",
     "AuditItem",
     "Dataset",
     "FeatureExtractor",
     "Finding",
+    "HOOK_API_VERSION",
+    "ImageHashes",
     "ImageLoadError",
     "ImageSet",
     "InputError",
     "Keys",
     "Ledger",
     "LoadedImage",
+    "MIN_RELIABLE_QUALITY",
+    "Match",
     "ModelLoadError",
     "Outcome",
     "PluginError",
     "Plugins",
     "PolicyError",
     "ProvenanceError",
+    "Reference",
+    "ReferenceRegistry",
+    "RegistryError",
     "Sample",
     "Setting",
+    "Style",
     "Verification",
     "Watermark",
     "WatermarkReading",
+    "TRAINER_DEFAULTS",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
@@ -92,9 +112,13 @@ __all__ = [
     "load_keys",
     "open_dataset",
     "open_image",
+    "open_registries",
+    "query_hashes",
+    "reference_hashes",
     "remove_stray_temps",
     "restore_alpha",
     "safe_crop",
+    "search_registries",
     "sha256_file",
     "to_rgb",
     "validate_settings",
