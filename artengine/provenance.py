@@ -290,11 +290,34 @@ def parse_payload(text: str, size: int = 6) -> bytes:
 def utc_now() -> str:
     """The current time as an ISO 8601 UTC string (seconds), for callers that are not
     part of a resumable job."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return format_time(_dt.datetime.now(_dt.timezone.utc))
 
 
-def pixels_sha256(image: Image.Image | LoadedImage) -> str:
-    """sha256 of decoded pixels (see the module docstring for the exact definition)."""
+def format_time(value: _dt.datetime | str) -> str:
+    """A manifest time: ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, whole seconds). Accepts an aware
+    datetime or an ISO 8601 string with a zone; a batch passes its job's start time, so
+    every image of the job, resumed or not, carries the same bytes. Raises
+    :class:`InputError` for a naive or malformed time."""
+    if isinstance(value, str):
+        try:
+            parsed = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(f"manifest time {value!r}: not an ISO 8601 time") from None
+    elif isinstance(value, _dt.datetime):
+        parsed = value
+    else:
+        raise InputError(f"manifest time {value!r}: expected a datetime or an ISO 8601 string")
+    if parsed.tzinfo is None:
+        raise InputError(f"manifest time {value!r}: has no time zone (give UTC, e.g. 2026-01-02T03:04:05Z)")
+    utc = parsed.astimezone(_dt.timezone.utc).replace(microsecond=0)
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pixels_sha256(image: Image.Image | LoadedImage | np.ndarray) -> str:
+    """sha256 of decoded pixels (see the module docstring for the exact definition).
+    An array is ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) uint8."""
+    if isinstance(image, np.ndarray):
+        image = _image_from_array(image)
     if isinstance(image, LoadedImage):
         rgb, alpha = image.rgb, image.alpha
     else:
@@ -310,6 +333,12 @@ def pixels_sha256(image: Image.Image | LoadedImage) -> str:
     return digest.hexdigest()
 
 
+def _image_from_array(pixels: np.ndarray) -> Image.Image:
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise InputError(f"pixels must be an (H, W, 3) or (H, W, 4) uint8 array, got {pixels.shape} {pixels.dtype}")
+    return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB" if pixels.shape[2] == 3 else "RGBA")
+
+
 def canonical_json(value: Any) -> bytes:
     """The bytes that are signed: UTF-8 JSON, keys sorted, no whitespace, no NaN."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -319,7 +348,7 @@ def canonical_json(value: Any) -> bytes:
 def build_manifest(
     *,
     payload: bytes,
-    created: str,
+    created: str | _dt.datetime,
     pixels: str,
     size: tuple[int, int],
     scheme: str,
@@ -337,13 +366,13 @@ def build_manifest(
     """The unsigned manifest of one image. Pure: every value is an argument.
 
     ``pixels`` is :func:`pixels_sha256` of the final (marked) pixels, ``size`` their
-    (width, height), ``created`` an ISO 8601 time. ``model`` describes the model or style
+    (width, height), ``created`` the time (see :func:`format_time`). ``model`` describes the model or style
     (e.g. ``{"name": ..., "architecture": ..., "weights_sha256": ...}``); ``audits`` maps
     audit names to verdicts; ``extra`` holds anything else a caller wants signed.
     """
     doc: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
-        "created": created,
+        "created": format_time(created),
         "engine": dict(engine),
         "plugins": dict(plugins),
         "generation": {"model": dict(model) if model else None, "seed": seed, "label": label,
@@ -497,16 +526,43 @@ class Stamped:
         return {MANIFEST_KEY: canonical_json(self.manifest).decode("utf-8")}
 
 
-def stamp(image: Image.Image, *, scheme: Watermark, signing_key: Ed25519PrivateKey, payload: bytes,
-          created: str, engine: Mapping[str, Any], plugins: Mapping[str, Any],
-          **fields: Any) -> Stamped:
-    """Mark ``image`` with ``payload`` and sign its manifest (``fields`` go to
-    :func:`build_manifest`: model, seed, label, style, reference, audits, extra)."""
-    marked = scheme.embed(image, payload)
-    manifest = build_manifest(payload=payload, created=created, pixels=pixels_sha256(marked),
-                              size=marked.size, scheme=scheme.name, scheme_version=scheme.version,
+def watermark_scheme(key: bytes, name: str = "stdm", plugins: Any = None) -> Watermark:
+    """The registered watermark scheme ``name`` bound to ``key`` (from
+    :attr:`Keys.watermark_key`). ``plugins`` is a :class:`artengine.Plugins` (default:
+    :func:`artengine.get_plugins`); an unknown name raises :class:`PluginError`."""
+    if plugins is None:
+        from .plugins import get_plugins
+
+        plugins = get_plugins()
+    return plugins.component("watermarks", name)(key)
+
+
+def sign_marked(marked: Image.Image | np.ndarray, *, scheme: Watermark, signing_key: Ed25519PrivateKey,
+                payload: bytes | str, created: str | _dt.datetime, engine: Mapping[str, Any],
+                plugins: Mapping[str, Any], **fields: Any) -> Stamped:
+    """Build and sign the manifest of pixels already marked with ``payload`` (so audits
+    can run on the final pixels first and their verdicts go in ``audits``). ``marked`` is
+    an image or an ``(H, W, 3|4)`` uint8 array; ``fields`` go to :func:`build_manifest`
+    (model, seed, label, style, reference, audits, extra). Pure and deterministic."""
+    image = _image_from_array(marked) if isinstance(marked, np.ndarray) else marked
+    value = scheme.payload_from(payload)
+    manifest = build_manifest(payload=value, created=created, pixels=pixels_sha256(image),
+                              size=image.size, scheme=scheme.name, scheme_version=scheme.version,
                               engine=engine, plugins=plugins, **fields)
-    return Stamped(marked, sign_manifest(manifest, signing_key))
+    return Stamped(image, sign_manifest(manifest, signing_key))
+
+
+def stamp(image: Image.Image | np.ndarray, *, scheme: Watermark, signing_key: Ed25519PrivateKey,
+          payload: bytes | str, created: str | _dt.datetime, engine: Mapping[str, Any],
+          plugins: Mapping[str, Any], **fields: Any) -> Stamped:
+    """Mark ``image`` (an image, or ``(H, W, 3)`` uint8 pixels) with ``payload`` (bytes
+    or hex) and sign its manifest: :meth:`Watermark.embed` then :func:`sign_marked`."""
+    if isinstance(image, np.ndarray):
+        marked: Image.Image | np.ndarray = scheme.embed_array(image, payload)
+    else:
+        marked = scheme.embed(image, payload)
+    return sign_marked(marked, scheme=scheme, signing_key=signing_key, payload=payload, created=created,
+                       engine=engine, plugins=plugins, **fields)
 
 
 def write_stamped(path: str | os.PathLike[str], stamped: Stamped, *, scheme: Watermark,

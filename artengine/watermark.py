@@ -85,21 +85,49 @@ class Watermark:
 
     # ------------------------------------------------------------------ public API
 
-    def embed(self, image: Image.Image, payload: bytes) -> Image.Image:
-        """Mark ``image`` (any mode) with ``payload``; alpha is set aside and restored.
+    def payload_from(self, payload: bytes | str) -> bytes:
+        """``payload`` as bytes: bytes of the scheme's length, or as many hex digits (an
+        optional ``0x`` prefix is allowed). Raises :class:`InputError` otherwise."""
+        if isinstance(payload, str):
+            try:
+                payload = bytes.fromhex(payload.strip().lower().removeprefix("0x"))
+            except ValueError:
+                raise InputError(f"watermark {self.name}: payload {payload!r} is not hexadecimal") from None
+        if not isinstance(payload, (bytes, bytearray)) or len(payload) != self.payload_bytes:
+            raise InputError(f"watermark {self.name}: payload must be exactly {self.payload_bytes} "
+                             f"bytes ({2 * self.payload_bytes} hex digits)")
+        return bytes(payload)
+
+    def check_size(self, width: int, height: int) -> None:
+        """Raise :class:`InputError` unless a ``width`` x ``height`` image can be marked."""
+        if min(width, height) < self.min_side:
+            raise InputError(f"watermark {self.name}: image is {width}x{height}; the mark needs at least "
+                             f"{self.min_side} pixels on each side (upsample to the output size first)")
+
+    def embed_array(self, rgb: np.ndarray, payload: bytes | str) -> np.ndarray:
+        """Mark ``(H, W, 3)`` uint8 pixels with ``payload`` (bytes or hex); returns new
+        ``(H, W, 3)`` uint8 pixels. A pure function of pixels, payload and key: the same
+        inputs give the same output bytes in any process. Raises :class:`InputError` for
+        a wrong shape or dtype, an image under ``min_side`` or a malformed payload."""
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            shape = getattr(rgb, "shape", None)
+            dtype = getattr(rgb, "dtype", type(rgb).__name__)
+            raise InputError(f"watermark {self.name}: pixels must be an (H, W, 3) uint8 array, got {shape} {dtype}")
+        value = self.payload_from(payload)
+        self.check_size(rgb.shape[1], rgb.shape[0])
+        return self.embed_rgb(np.ascontiguousarray(rgb), value)
+
+    def embed(self, image: Image.Image, payload: bytes | str) -> Image.Image:
+        """Mark ``image`` (any mode) with ``payload`` (bytes or hex); alpha is set aside
+        and restored.
 
         Raises :class:`InputError` for a payload of the wrong length or an image smaller
         than ``min_side`` on either side.
         """
-        if not isinstance(payload, (bytes, bytearray)) or len(payload) != self.payload_bytes:
-            raise InputError(f"watermark {self.name}: payload must be exactly {self.payload_bytes} "
-                             f"bytes ({2 * self.payload_bytes} hex digits)")
-        width, height = image.size
-        if min(width, height) < self.min_side:
-            raise InputError(f"watermark {self.name}: image is {width}x{height}; the mark needs at least "
-                             f"{self.min_side} pixels on each side (upsample to the output size first)")
+        value = self.payload_from(payload)
+        self.check_size(*image.size)
         rgb, alpha = to_rgb(image)
-        marked = self.embed_rgb(np.asarray(rgb, dtype=np.uint8), bytes(payload))
+        marked = self.embed_rgb(np.asarray(rgb, dtype=np.uint8), value)
         return restore_alpha(Image.fromarray(marked, mode="RGB"), alpha)
 
     def detect(self, image: Image.Image, *, search: bool = True) -> WatermarkReading:
@@ -112,3 +140,16 @@ class Watermark:
                                     f"(at least {self.min_detect_side} px per side)")
         rgb, _ = to_rgb(image)
         return self.detect_rgb(np.asarray(rgb, dtype=np.uint8), search=search)
+
+    def detect_array(self, rgb: np.ndarray, *, search: bool = True) -> WatermarkReading:
+        """Read the mark from ``(H, W, 3)`` uint8 pixels; like :meth:`detect`, never raises
+        on foreign pixels."""
+        rgb = np.asarray(rgb)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            return WatermarkReading(False, None, 0.0, reason=f"not (H, W, 3) uint8 pixels: {rgb.shape} {rgb.dtype}")
+        height, width = rgb.shape[:2]
+        if min(width, height) < self.min_detect_side:
+            return WatermarkReading(False, None, 0.0,
+                                    reason=f"image is {width}x{height}, too small to carry a mark "
+                                    f"(at least {self.min_detect_side} px per side)")
+        return self.detect_rgb(np.ascontiguousarray(rgb), search=search)

@@ -202,14 +202,18 @@ def _clean_detect(job: tuple[str, int, int, int]) -> tuple[int, float]:
 
 
 def false_positives(total: int, workers: int) -> dict:
-    per_group = max(1, total // 8)  # real/generated x 256/512, in two chunks each
-    jobs = [(source, size, per_group, 90_000 + 10 * chunk + size)
-            for source in ("real", "generated") for size in (256, 512) for chunk in range(2)]
+    """Chunks of 25 images (real/generated x 256/512 in turn), tallied as they finish, so
+    a long run shows its progress and an interrupted one still states what it measured."""
+    groups = [(source, size) for source in ("real", "generated") for size in (256, 512)]
+    chunk = 25
+    jobs = [(*groups[i % len(groups)], chunk, 90_000 + 37 * i + groups[i % len(groups)][1])
+            for i in range(max(1, total // chunk))]
+    n = hits = 0
+    seconds = 0.0
     with ProcessPoolExecutor(workers) as pool:
-        results = list(pool.map(_clean_detect, jobs))
-    n = per_group * len(jobs)
-    hits = sum(h for h, _ in results)
-    seconds = sum(t for _, t in results)
+        for h, t in pool.map(_clean_detect, jobs):
+            n, hits, seconds = n + chunk, hits + h, seconds + t
+            print(f"  fpr progress: {hits} detected in {n} unmarked images", flush=True)
     # 95 % upper bound: rule of three for zero events, else the Wilson-style approximation.
     upper = 3 / n if hits == 0 else (hits + 1.96 * np.sqrt(hits)) / n
     row = {"unmarked_images": n, "detected": hits, "fpr": hits / n, "fpr_95%_upper": upper,

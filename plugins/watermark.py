@@ -23,7 +23,7 @@ How a payload travels:
    to brightness and contrast changes; quantising instead of adding a fixed pattern
    cancels the host image's own interference, which is what lets a 48-bit payload survive
    at PSNR >= 40 dB.
-4. **Synchronisation template.** 15 % of the distortion budget goes to four keyed
+4. **Synchronisation template.** A quarter of the distortion budget goes to four keyed
    sinusoids (a template of peaks in the Fourier domain). Cropping and rotating move the
    peaks; the detector finds them in the whitened spectrum, estimates the linear map
    (scale, rotation, aspect), reads the translation from the sinusoids' phases, refines

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
@@ -206,6 +207,103 @@ def test_post_write_check_catches_what_did_not_survive(tmp_path, keys, scheme):
         pv.check_written(lossy, stamped.manifest, scheme=scheme)
     with pytest.raises(InputError, match="must be a PNG"):
         pv.write_stamped(tmp_path / "x.jpg", stamped, scheme=scheme)
+
+
+# ----------------------------------------------------------------------------- the pipeline's calls
+
+PIPELINE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from artengine import provenance as pv
+from artengine_plugins.shapes import ShapesSet
+from artengine_plugins.watermark import SpreadTransformWatermark
+
+keys_dir, out, job, indices = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+keys = pv.load_keys(keys_dir)
+scheme = SpreadTransformWatermark(keys.require_watermark())  # what pv.watermark_scheme returns
+secret = pv.job_secret(keys.watermark_key, job)
+with pv.Ledger(out / "ledger.sqlite") as ledger:
+    for i in map(int, indices.split(",")):
+        pixels = np.asarray(ShapesSet(image_size=256, seed=3)[i].image)
+        payload = pv.derive_payload(secret, i)
+        marked = scheme.embed_array(pixels, payload)
+        stamped = pv.sign_marked(marked, scheme=scheme, signing_key=keys.require_signing(), payload=payload,
+                                 created="2026-03-04T05:06:07+00:00", engine={"name": "artengine"},
+                                 plugins={"shapes": "1"}, seed=i, label="shape", audits={"bias": "pass"})
+        pv.write_stamped(out / f"{i:06d}.png", stamped, scheme=scheme, ledger=ledger)
+"""
+
+
+def _run_pipeline(tmp_path, keys_dir, name: str, indices: list[int], threads: str | None = None) -> Path:
+    out = tmp_path / name
+    out.mkdir()
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(keys_dir), str(out), "job-7",
+                    ",".join(map(str, indices))], check=True, env=env, timeout=120)
+    return out
+
+
+def test_pipeline_output_is_byte_identical_whatever_the_order_processes_or_threads(tmp_path):
+    """A batch resumed after a crash, or split over workers, writes the same bytes."""
+    keys_dir = tmp_path / "keys"
+    pv.init_keys(keys_dir)
+    whole = _run_pipeline(tmp_path, keys_dir, "whole", [0, 1, 2], threads="1")
+    # two "workers" in another order, with other thread counts, into one ledger
+    split = _run_pipeline(tmp_path, keys_dir, "split", [2], threads="2")
+    # the other worker, in another order, then resumed over an image it had written
+    subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(keys_dir), str(split), "job-7", "1,0,1"],
+                   check=True, timeout=120)
+    for i in range(3):
+        for name in (f"{i:06d}.png", f"{i:06d}.png.manifest.json"):
+            assert (whole / name).read_bytes() == (split / name).read_bytes(), name
+    with pv.Ledger(whole / "ledger.sqlite") as a, pv.Ledger(split / "ledger.sqlite") as b:
+        assert len(a) == len(b) == 3
+        keys = pv.load_keys(keys_dir)
+        for i in range(3):
+            payload = pv.derive_payload(pv.job_secret(keys.watermark_key, "job-7"), i)
+            assert a.lookup(payload).manifest == b.lookup(payload).manifest
+            assert a.lookup(payload).manifest["created"] == "2026-03-04T05:06:07Z"
+        result = pv.verify_image(whole / "000001.png", keys=keys, schemes=schemes(), ledger=a)
+        assert result.status == "verified"
+
+
+def test_embed_array_takes_pixels_and_hex_and_refuses_bad_input(keys, scheme):
+    assert isinstance(pv.watermark_scheme(keys.watermark_key), SpreadTransformWatermark)
+    pixels = np.asarray(picture(3))
+    marked = scheme.embed_array(pixels, "0a0b0c0d0e0f")
+    assert marked.shape == pixels.shape and marked.dtype == np.uint8
+    assert marked.tobytes() == scheme.embed(picture(3), bytes.fromhex("0a0b0c0d0e0f")).tobytes()
+    reading = scheme.detect_array(marked, search=False)
+    assert reading.detected and reading.payload_hex == "0a0b0c0d0e0f"
+    assert not scheme.detect_array(pixels, search=False).detected
+    assert not scheme.detect_array(np.zeros((300, 300), np.uint8)).detected  # wrong shape: a miss, no crash
+    with pytest.raises(InputError, match="at least 256 pixels"):
+        scheme.embed_array(pixels[:255], "0a0b0c0d0e0f")
+    with pytest.raises(InputError, match="uint8 array"):
+        scheme.embed_array(pixels.astype(np.float32), "0a0b0c0d0e0f")
+    with pytest.raises(InputError, match="not hexadecimal"):
+        scheme.embed_array(pixels, "zz0b0c0d0e0f")
+    with pytest.raises(InputError, match="exactly 6 bytes"):
+        scheme.embed_array(pixels, b"short")
+
+
+def test_manifest_time_is_passed_in_and_normalised(keys, scheme):
+    import datetime as dt
+
+    marked = scheme.embed_array(np.asarray(picture(4)), b"\x01" * 6)
+    sign = lambda created: pv.sign_marked(marked, scheme=scheme, signing_key=keys.signing_key,  # noqa: E731
+                                          payload="010101010101", created=created, engine=ENGINE,
+                                          plugins=PLUGINS).manifest
+    reference = sign("2026-01-02T03:04:05Z")
+    aware = dt.datetime(2026, 1, 2, 4, 4, 5, 999, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert sign(aware) == reference  # same instant, same signed bytes
+    assert reference["image"]["pixels_sha256"] == pv.pixels_sha256(marked)
+    for bad in ("yesterday", dt.datetime(2026, 1, 2, 3, 4, 5), "2026-01-02T03:04:05"):
+        with pytest.raises(InputError, match="manifest time"):
+            sign(bad)
 
 
 # ----------------------------------------------------------------------------- verification
