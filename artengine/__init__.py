@@ -8,6 +8,19 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
+from .bias import (
+    AttributeSpec,
+    MeasuredReference,
+    Reference,
+    class_embeddings,
+    classify,
+    compare_distribution,
+    distribution_chart,
+    holm,
+    measure_reference,
+    parse_attributes,
+    reference_store_path,
+)
 from .data import Dataset, ImageSet, Sample, open_dataset
 from .errors import (
     ArtengineError,
@@ -36,6 +49,27 @@ from .io import (
 from .plugins import Plugins, get_plugins, hookimpl
 from .records import Finding, Outcome
 
+#: Exported lazily: importing them loads torch and open_clip (seconds), which commands that
+#: never touch CLIP should not pay for.
+_LAZY = {
+    "ClipModel": "clip",
+    "load_clip": "clip",
+    "clip_for_context": "clip",
+    "fill_template": "clip",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'artengine' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 try:
     __version__ = _version("artengine")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -43,23 +77,27 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ALLOWED_FORMATS",
-    "HOOK_API_VERSION",
     "ArtengineError",
+    "AttributeSpec",
     "Audit",
     "AuditContext",
     "AuditItem",
+    "ClipModel",
     "Dataset",
     "FeatureExtractor",
     "Finding",
+    "HOOK_API_VERSION",
     "ImageLoadError",
     "ImageSet",
     "InputError",
     "LoadedImage",
+    "MeasuredReference",
     "ModelLoadError",
     "Outcome",
     "PluginError",
     "Plugins",
     "PolicyError",
+    "Reference",
     "Sample",
     "Setting",
     "__version__",
@@ -67,11 +105,22 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "class_embeddings",
+    "classify",
+    "clip_for_context",
+    "compare_distribution",
+    "distribution_chart",
+    "fill_template",
     "get_plugins",
+    "holm",
     "hookimpl",
     "iter_image_files",
+    "load_clip",
+    "measure_reference",
     "open_dataset",
     "open_image",
+    "parse_attributes",
+    "reference_store_path",
     "remove_stray_temps",
     "restore_alpha",
     "safe_crop",

@@ -222,6 +222,95 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
     sys.exit(doc["exit_code"])
 
 
+# ----------------------------------------------------------------------------- clip
+
+
+@cli.group()
+def clip() -> None:
+    """The CLIP layer: the shipped tiny CLIP, other open_clip models, zero-shot checks."""
+
+
+@clip.command("info")
+@click.option("--clip-model", help="open_clip model name or checkpoint folder/file (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag or .safetensors file for --clip-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def clip_info(clip_model: str | None, clip_pretrained: str | None, as_json: bool) -> None:
+    """Load a CLIP model and print what identifies it (name, weights sha256, sizes)."""
+    from .clip import load_clip
+
+    model = load_clip(clip_model, clip_pretrained)
+    info = {**model.describe(), "weights_path": model.weights_path,
+            "parameters": sum(p.numel() for p in model.model.parameters()), "logit_scale": model.logit_scale}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
+
+
+@clip.command("train")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write (open_clip layout: open_clip_config.json + open_clip_model.safetensors).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Training steps (default: the shipped recipe).")
+@click.option("--samples", type=click.IntRange(64), default=None, help="Distinct training images to render.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-images", type=click.IntRange(0), default=600, show_default=True,
+              help="Held-out images for the zero-shot check afterwards (0: skip).")
+def clip_train(out: Path, steps: int | None, samples: int | None, seed: int, eval_images: int) -> None:
+    """Train the tiny CLIP on the built-in shapes and write it to OUT.
+
+    With the defaults this re-creates the model shipped in artengine/models/tiny_clip.
+    Use it with --clip-model OUT.
+    """
+    from dataclasses import replace
+
+    from .clip import clip_from_module
+    from .clip_train import TrainConfig, describe, save_tiny_clip, train_tiny_clip, zero_shot_accuracy
+
+    load_plugins()
+    if out.exists() and any(out.iterdir()):
+        raise ArtengineError(f"--out {out}: folder exists and is not empty")
+    config = TrainConfig(seed=seed)
+    if steps is not None:
+        config = replace(config, steps=steps)
+    if samples is not None:
+        config = replace(config, samples=samples)
+    model, record = train_tiny_clip(config, progress=lambda msg: click.echo(msg, err=True))
+    if eval_images:
+        result = zero_shot_accuracy(clip_from_module(model, name="trained"), images=eval_images)
+        record["zero_shot"] = {"accuracy": result.accuracy, "images": result.images, "seed": result.seed,
+                               "prompts": result.prompts, "confusion": result.confusion}
+        click.echo(describe(result))
+    save_tiny_clip(model, out, record)
+    click.echo(f"wrote {out} ({record['parameters'] / 1e6:.1f} M parameters, "
+               f"trained {record['train_seconds']:.0f} s on {record['threads']} threads)")
+
+
+@clip.command("eval")
+@click.option("--clip-model", help="open_clip model name or checkpoint folder/file (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag or .safetensors file for --clip-model.")
+@click.option("--images", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--seed", type=int, default=20_261_125, show_default=True,
+              help="shapes seed of the held-out images (the tiny CLIP trains on seed 0).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def clip_eval(clip_model: str | None, clip_pretrained: str | None, images: int, seed: int, as_json: bool) -> None:
+    """Zero-shot colour and shape accuracy on held-out shapes, with prompts unlike the
+    training captions."""
+    from dataclasses import asdict
+
+    from .clip import load_clip
+    from .clip_train import describe, zero_shot_accuracy
+
+    load_plugins()
+    model = load_clip(clip_model, clip_pretrained)
+    result = zero_shot_accuracy(model, images=images, seed=seed)
+    if as_json:
+        click.echo(json.dumps({"model": model.describe(), **asdict(result)}, indent=2))
+    else:
+        click.echo(f"{model.name}")
+        click.echo(describe(result))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="artengine")
