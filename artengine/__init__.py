@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .architecture import TRAINER_DEFAULTS, Architecture
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .bias import (
     AttributeSpec,
     MeasuredReference,
-    Reference,
+    ReferenceDistribution,
     class_embeddings,
     classify,
     compare_distribution,
@@ -30,6 +31,7 @@ from .errors import (
     PluginError,
     PolicyError,
 )
+from .hashing import MIN_RELIABLE_QUALITY, ImageHashes, query_hashes, reference_hashes
 from .hookspecs import HOOK_API_VERSION
 from .io import (
     ALLOWED_FORMATS,
@@ -47,7 +49,27 @@ from .io import (
     to_rgb,
 )
 from .plugins import Plugins, get_plugins, hookimpl
+from .provenance import (
+    Keys,
+    Ledger,
+    ProvenanceError,
+    Verification,
+    default_keys_dir,
+    default_ledger_path,
+    load_keys,
+    verify_image,
+)
 from .records import Finding, Outcome
+from .styles import Style
+from .registry import (
+    Match,
+    Reference,
+    ReferenceRegistry,
+    RegistryError,
+    open_registries,
+    search_registries,
+)
+from .watermark import Watermark, WatermarkReading
 
 #: Exported lazily: importing them loads torch and open_clip (seconds), which commands that
 #: never touch CLIP should not pay for.
@@ -79,6 +101,7 @@ __all__ = [
     "ALLOWED_FORMATS",
     "ArtengineError",
     "AttributeSpec",
+    "Architecture",
     "Audit",
     "AuditContext",
     "AuditItem",
@@ -87,19 +110,33 @@ __all__ = [
     "FeatureExtractor",
     "Finding",
     "HOOK_API_VERSION",
+    "ImageHashes",
     "ImageLoadError",
     "ImageSet",
     "InputError",
+    "Keys",
+    "Ledger",
     "LoadedImage",
     "MeasuredReference",
+    "MIN_RELIABLE_QUALITY",
+    "Match",
     "ModelLoadError",
     "Outcome",
     "PluginError",
     "Plugins",
     "PolicyError",
+    "ProvenanceError",
     "Reference",
+    "ReferenceDistribution",
+    "ReferenceRegistry",
+    "RegistryError",
     "Sample",
     "Setting",
+    "Style",
+    "Verification",
+    "Watermark",
+    "WatermarkReading",
+    "TRAINER_DEFAULTS",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
@@ -111,6 +148,8 @@ __all__ = [
     "compare_distribution",
     "distribution_chart",
     "fill_template",
+    "default_keys_dir",
+    "default_ledger_path",
     "get_plugins",
     "holm",
     "hookimpl",
@@ -121,10 +160,18 @@ __all__ = [
     "open_image",
     "parse_attributes",
     "reference_store_path",
+    "load_keys",
+    "open_dataset",
+    "open_image",
+    "open_registries",
+    "query_hashes",
+    "reference_hashes",
     "remove_stray_temps",
     "restore_alpha",
     "safe_crop",
+    "search_registries",
     "sha256_file",
     "to_rgb",
     "validate_settings",
+    "verify_image",
 ]

@@ -72,7 +72,7 @@ class AttributeSpec:
 
 
 @dataclass
-class Reference:
+class ReferenceDistribution:
     """A reference distribution over an attribute's values."""
 
     source: str  # "uniform", "declared" or "measured"
@@ -83,16 +83,16 @@ class Reference:
     unknown: int = 0
 
     @classmethod
-    def uniform(cls, values: Sequence[str]) -> "Reference":
+    def uniform(cls, values: Sequence[str]) -> "ReferenceDistribution":
         return cls("uniform", {v: 1.0 / len(values) for v in values})
 
     @classmethod
-    def declared(cls, values: Sequence[str], probabilities: Mapping[str, float]) -> "Reference":
+    def declared(cls, values: Sequence[str], probabilities: Mapping[str, float]) -> "ReferenceDistribution":
         raw = np.array([float(probabilities.get(v, 0.0)) for v in values])
         return cls("declared", dict(zip(values, (raw / raw.sum()).tolist())))
 
     @classmethod
-    def measured(cls, values: Sequence[str], labels: np.ndarray) -> "Reference":
+    def measured(cls, values: Sequence[str], labels: np.ndarray) -> "ReferenceDistribution":
         counts = np.bincount(labels[labels >= 0], minlength=len(values))
         total = counts.sum()
         probs = counts / total if total else np.full(len(values), 1.0 / len(values))
@@ -104,7 +104,7 @@ class Reference:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Reference":
+    def from_dict(cls, data: Mapping[str, Any]) -> "ReferenceDistribution":
         return cls(source=str(data["source"]), probabilities={k: float(v) for k, v in data["probabilities"].items()},
                    counts=({k: int(v) for k, v in data["counts"].items()} if data.get("counts") is not None else None),
                    unknown=int(data.get("unknown", 0)))
@@ -206,7 +206,7 @@ def classify(embeddings: np.ndarray, classes: np.ndarray, logit_scale: float,
 
 # ----------------------------------------------------------------------------- statistics
 
-#: Reference probabilities are floored here before KL and chi-square: a value the
+#: ReferenceDistribution probabilities are floored here before KL and chi-square: a value the
 #: reference never shows would otherwise give infinite divergence.
 PROBABILITY_FLOOR = 1e-6
 _MIN_EXPECTED = 5.0
@@ -271,7 +271,7 @@ def _interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.
 def compare_distribution(
     labels: np.ndarray,
     values: Sequence[str],
-    reference: Reference,
+    reference: ReferenceDistribution,
     *,
     rng: np.random.Generator,
     bootstrap: int = 2000,
@@ -372,13 +372,13 @@ REFERENCE_SCHEMA = "artengine.bias-reference/1"
 
 @dataclass
 class MeasuredReference:
-    """Reference distributions measured on training data with one CLIP classifier."""
+    """ReferenceDistribution distributions measured on training data with one CLIP classifier."""
 
     key: str
     #: attribute -> overall reference
-    overall: dict[str, Reference]
+    overall: dict[str, ReferenceDistribution]
     #: attribute -> class label -> reference among training images of that label
-    by_label: dict[str, dict[str, Reference]]
+    by_label: dict[str, dict[str, ReferenceDistribution]]
     images: int
     data: dict[str, Any]
     path: str | None = None  # where it is stored
@@ -479,14 +479,14 @@ def measure_reference(
             batch = []
     emb = np.concatenate(embeddings)
     labels_arr = np.array([l if l is not None else "" for l in label_names], dtype=object)
-    overall: dict[str, Reference] = {}
-    by_label: dict[str, dict[str, Reference]] = {}
+    overall: dict[str, ReferenceDistribution] = {}
+    by_label: dict[str, dict[str, ReferenceDistribution]] = {}
     for spec in specs:
         predicted, _ = classify(emb, class_embeddings(clip, spec), clip.logit_scale, spec.threshold)
-        overall[spec.name] = Reference.measured(spec.values, predicted)
+        overall[spec.name] = ReferenceDistribution.measured(spec.values, predicted)
         groups = {}
         for label in sorted({l for l in label_names if l is not None}):
-            groups[label] = Reference.measured(spec.values, predicted[labels_arr == label])
+            groups[label] = ReferenceDistribution.measured(spec.values, predicted[labels_arr == label])
         by_label[spec.name] = groups
     result = MeasuredReference(key=key, overall=overall, by_label=by_label, images=len(indices),
                                data=identity, path=str(store) if store else None)
@@ -509,7 +509,7 @@ def _from_entry(key: str, entry: Mapping[str, Any], store: "Path") -> MeasuredRe
     attrs = entry["attributes"]
     return MeasuredReference(
         key=key,
-        overall={name: Reference.from_dict(a["overall"]) for name, a in attrs.items()},
-        by_label={name: {k: Reference.from_dict(r) for k, r in a.get("by_label", {}).items()}
+        overall={name: ReferenceDistribution.from_dict(a["overall"]) for name, a in attrs.items()},
+        by_label={name: {k: ReferenceDistribution.from_dict(r) for k, r in a.get("by_label", {}).items()}
                   for name, a in attrs.items()},
         images=int(entry["images"]), data=dict(entry["data"]), path=str(store), reused=True)

@@ -142,6 +142,63 @@ def data_preview(source: str, out: Path, count: int, image_size: str, seed: int)
             click.echo(f"  {s.caption}")
 
 
+# ----------------------------------------------------------------------------- registry
+
+
+@cli.group()
+def registry() -> None:
+    """Reference registries: copyrighted training images, by perceptual hash."""
+
+
+@registry.command("add")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--licence", default="", help="Licence of these images (stored with each).")
+@click.option("--source", default="", help="Where these images come from (stored with each).")
+def registry_add(db: Path, paths: tuple[Path, ...], licence: str, source: str) -> None:
+    """Hash reference images (files, or folders recursively) into the registry DB.
+
+    Creates DB if needed. Re-adding an image already present changes nothing.
+    Unreadable files are reported and skipped.
+    """
+    from .registry import add_to_registry
+
+    load_plugins()
+    summary, info = add_to_registry(db, paths, licence=licence, source=source)
+    click.echo(f"{db}: added {summary.added}, already present {summary.unchanged}, "
+               f"skipped {len(summary.skipped)} unreadable; {info['references']} references in total")
+    for path, reason in summary.skipped[:20]:
+        click.echo(f"  skipped {path}: {reason}", err=True)
+    if len(summary.skipped) > 20:
+        click.echo(f"  ... and {len(summary.skipped) - 20} more skipped", err=True)
+    if summary.low_quality:
+        click.echo(f"  {len(summary.low_quality)} added image(s) have too little detail for a reliable "
+                   f"hash, e.g. {summary.low_quality[0]}", err=True)
+
+
+@registry.command("info")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def registry_info(db: Path, as_json: bool) -> None:
+    """Show what a registry holds: counts, hash algorithms, library versions, size."""
+    from .registry import ReferenceRegistry
+
+    with ReferenceRegistry(db) as reg:
+        info = reg.info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['path']}: {info['references']} references, {info['hashes']} hashes "
+               f"({', '.join(info['algorithms'])}; {info['variants_per_reference']} variants each)")
+    click.echo(f"  scheme {info['hash_scheme']}, schema {info['schema_version']}, "
+               f"generation {info['generation']}, created {info['created_at']}")
+    click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    click.echo(f"  size {info['size_bytes'] / 1e6:.2f} MB; low-quality references: "
+               f"{info['low_quality_references']}")
+    for licence, count in info["licences"].items():
+        click.echo(f"  licence {licence or '(none)'}: {count}")
+
+
 # ----------------------------------------------------------------------------- audit
 
 
@@ -221,6 +278,310 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
         click.echo(f"report: {html_path}")
     sys.exit(doc["exit_code"])
 
+# ----------------------------------------------------------------------------- provenance
+
+
+_KEYS_HELP = "Keys folder (default: $ARTENGINE_KEYS, else ~/.config/artengine/keys)."
+_LEDGER_HELP = "Provenance ledger (default: $ARTENGINE_LEDGER, else ~/.local/share/artengine/ledger.sqlite)."
+
+
+@cli.group()
+def keys() -> None:
+    """Create and inspect provenance keys: an Ed25519 signing key pair and a watermark key."""
+
+
+@keys.command("init")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--force", is_flag=True, help="Replace existing keys (images signed with them become unverifiable).")
+def keys_init(keys_dir: Path | None, force: bool) -> None:
+    """Create the keys (private files with mode 0600); never overwrites without --force."""
+    from .provenance import init_keys
+
+    made = init_keys(keys_dir, force=force)
+    click.echo(f"created keys in {made.source} (signing key id {made.key_id})")
+    click.echo("  keep signing.key and watermark.key secret and backed up; share signing.pub with verifiers")
+
+
+@keys.command("show")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def keys_show(keys_dir: Path | None, as_json: bool) -> None:
+    """Show which keys are present and the signing key id."""
+    from .provenance import load_keys
+
+    found = load_keys(keys_dir)
+    doc = {"source": found.source, "key_id": found.key_id, "signing_key": found.signing_key is not None,
+           "watermark_key": found.watermark_key is not None, "trusted": sorted(found.trusted)}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"keys: {found.source}")
+    click.echo(f"  signing key: {'yes' if doc['signing_key'] else 'no'} (key id {found.key_id or '-'})")
+    click.echo(f"  watermark key: {'yes' if doc['watermark_key'] else 'no'}")
+    click.echo(f"  trusted signers: {', '.join(doc['trusted']) or 'none'}")
+
+
+def _scheme(plugins: Plugins, name: str, key: bytes) -> Any:
+    return plugins.component("watermarks", name)(key)
+
+
+@cli.group()
+def watermark() -> None:
+    """Embed and detect the invisible watermark (mark only; `artengine sign` adds the manifest)."""
+
+
+@watermark.command("embed")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--payload", required=True, help="The payload: 12 hex digits (48 bits).")
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="Watermark key file, or a keys folder (default: the keys folder).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+def watermark_embed(source: Path, target: Path, payload: str, key_path: Path | None, scheme: str) -> None:
+    """Write TARGET: SOURCE with PAYLOAD embedded (alpha kept; format from the suffix)."""
+    from .provenance import load_keys, parse_payload, watermark_file
+
+    plugins = load_plugins()
+    marker = _scheme(plugins, scheme, load_keys(key_path).require_watermark())
+    psnr = watermark_file(source, target, scheme=marker, payload=parse_payload(payload, marker.payload_bytes))
+    click.echo(f"wrote {target} (payload {payload.lower()}, PSNR {psnr:.2f} dB)")
+
+
+@watermark.command("detect")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="Watermark key file, or a keys folder (default: the keys folder).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+@click.option("--no-search", is_flag=True, help="Read images as they stand; skip crop/rotation resynchronisation.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def watermark_detect(images: tuple[Path, ...], key_path: Path | None, scheme: str, no_search: bool,
+                     as_json: bool) -> None:
+    """Read the payload of each image. Exit 0 when every image carries a readable mark, 1 otherwise."""
+    from .errors import ImageLoadError
+    from .io import iter_image_files, open_image
+    from .provenance import load_keys
+    from .watermark import WatermarkReading
+
+    plugins = load_plugins()
+    marker = _scheme(plugins, scheme, load_keys(key_path).require_watermark())
+    results = []
+    for path in iter_image_files(images):
+        try:
+            reading = marker.detect(open_image(path).rgb, search=not no_search)
+        except ImageLoadError as exc:
+            reading = WatermarkReading(False, None, 0.0, reason=f"unreadable image: {exc.reason}")
+        results.append({"path": str(path), **reading.as_dict()})
+        if not as_json:
+            if reading.detected:
+                click.echo(f"detected   {path}: payload {reading.payload_hex} (confidence {reading.confidence:.2f})")
+            else:
+                click.echo(f"not found  {path}: {reading.reason}")
+    if as_json:
+        click.echo(json.dumps({"scheme": scheme, "images": results}, indent=2))
+    sys.exit(0 if results and all(r["detected"] for r in results) else 1)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--payload", help="12 hex digits (default: random). The ledger refuses a payload already used.")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), help=_LEDGER_HELP)
+@click.option("--label", help="Recorded in the manifest: the class label or subject.")
+@click.option("--style", help="Recorded in the manifest: the style.")
+@click.option("--note", help="Recorded in the manifest: free text (e.g. the author).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+def sign(source: Path, target: Path, payload: str | None, keys_dir: Path | None, ledger_path: Path | None,
+         label: str | None, style: str | None, note: str | None, scheme: str) -> None:
+    """Mark SOURCE, sign its manifest and record it: TARGET (PNG) plus TARGET.manifest.json."""
+    import secrets
+
+    from .provenance import Ledger, default_ledger_path, load_keys, parse_payload, sign_file, utc_now
+
+    plugins = load_plugins()
+    found = load_keys(keys_dir)
+    marker = _scheme(plugins, scheme, found.require_watermark())
+    value = parse_payload(payload, marker.payload_bytes) if payload else secrets.token_bytes(marker.payload_bytes)
+    engine, versions = _versions(plugins)
+    with Ledger(ledger_path or default_ledger_path()) as ledger:
+        stamped = sign_file(source, target, scheme=marker, signing_key=found.require_signing(), ledger=ledger,
+                            payload=value, created=utc_now(), engine={"name": "artengine", **engine},
+                            plugins=versions, label=label, style=style,
+                            extra={"note": note} if note else None)
+    click.echo(f"wrote {target} and {target.name}.manifest.json (payload {value.hex()}, "
+               f"key {stamped.manifest['signature']['key_id']}); recorded in {ledger.path}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), help=_LEDGER_HELP)
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Mark reads below this confidence are not trusted.")
+@click.option("--no-search", is_flag=True, help="Skip crop/rotation resynchronisation of the mark.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def verify(images: tuple[Path, ...], keys_dir: Path | None, ledger_path: Path | None, min_confidence: float,
+           no_search: bool, as_json: bool) -> None:
+    """Check each image's provenance: verified, watermark-only, tampered or unknown.
+
+    Exit 0 when every image is verified, 1 otherwise.
+    """
+    from .io import iter_image_files
+    from .provenance import Ledger, default_ledger_path, load_keys, verify_image
+
+    plugins = load_plugins()
+    found = load_keys(keys_dir)
+    path = ledger_path or default_ledger_path()
+    ledger = Ledger(path, create=False) if ledger_path or path.exists() else None
+    results = []
+    try:
+        for image in iter_image_files(images):
+            result = verify_image(image, keys=found, schemes=plugins.components("watermarks"), ledger=ledger,
+                                  min_confidence=min_confidence, search=not no_search)
+            results.append(result)
+            if not as_json:
+                click.echo(f"{result.status:<14} {image}: {result.message}")
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if as_json:
+        click.echo(json.dumps({"images": [r.as_dict() for r in results]}, indent=2))
+    sys.exit(0 if results and all(r.verified for r in results) else 1)
+# ----------------------------------------------------------------------------- training
+
+
+def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ArtengineError(f"--set {pair}: expected KEY=VALUE")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+@cli.command()
+@click.option("--arch", help="Architecture: dcgan, cgan, stylegan, or one a plugin provides.")
+@click.option("--data", "data_spec", help="Dataset name (shapes) or a folder of images (class subfolders).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder (created; must be new unless --resume).")
+@click.option("--steps", type=click.IntRange(0), default=5000, show_default=True,
+              help="Total generator steps (a resumed run continues up to this).")
+@click.option("--image-size", type=click.Choice(["32", "64"]), help="Image size (default 32).")
+@click.option("--batch-size", type=click.IntRange(1), help="Global batch size (default: the architecture's).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest good checkpoint.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, help="Seed of weights, noise and data order (default 0).")
+@click.option("--preset", help="Named recipe of the architecture, e.g. 'demo' (short CPU budgets).")
+@click.option("--lr-g", type=float, help="Generator learning rate.")
+@click.option("--lr-d", type=float, help="Discriminator learning rate.")
+@click.option("--loss", type=click.Choice(["ns", "hinge"]), help="Adversarial loss.")
+@click.option("--augment", help="DiffAugment policy, e.g. 'color,translation,cutout' ('' for none).")
+@click.option("--r1-gamma", type=float, help="R1 penalty weight (0: off).")
+@click.option("--ema-kimg", type=float, help="EMA half-life in thousands of images.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other setting of the architecture (e.g. ngf=32); repeatable.")
+@click.option("--data-length", type=click.IntRange(1), help="Procedural datasets: number of training images.")
+@click.option("--label-attribute", help="Procedural datasets: attribute used as class/style label (shapes: shape, colour, background).")
+@click.option("--sample-every", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--keep-checkpoints", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this much training time (with a checkpoint).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_size: str | None,
+          batch_size: int | None, resume: bool, device: str, seed: int | None, preset: str | None,
+          lr_g: float | None, lr_d: float | None, loss: str | None, augment: str | None,
+          r1_gamma: float | None, ema_kimg: float | None, settings: tuple[str, ...], data_length: int | None,
+          label_attribute: str | None, sample_every: int, checkpoint_every: int, keep_checkpoints: int,
+          log_every: int, max_seconds: float | None, as_json: bool) -> None:
+    """Train a GAN (or resume one) into a run folder.
+
+    Checkpoints (safetensors), samples, metrics.jsonl and loss_curve.svg land in --out.
+    Multi-process: `torchrun --nproc-per-node 2 -m artengine train ...`. Ctrl-C or SIGTERM
+    stops at the next step with a checkpoint (exit 130); --resume continues exactly.
+    """
+    from .training import TrainingInterrupted, TrainOptions
+    from .training import train as run_training
+
+    overrides: dict[str, object] = dict(_parse_settings(settings))
+    for key, value in (("lr_g", lr_g), ("lr_d", lr_d), ("loss", loss), ("augment", augment),
+                       ("r1_gamma", r1_gamma), ("ema_kimg", ema_kimg)):
+        if value is not None:
+            overrides[key] = value
+    options = TrainOptions(
+        out=out, arch=arch, data=data_spec, steps=steps, image_size=int(image_size) if image_size else None,
+        batch_size=batch_size, seed=seed, resume=resume, device=device, preset=preset, settings=overrides,
+        data_length=data_length, label_attribute=label_attribute, sample_every=sample_every,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
+        max_seconds=max_seconds, progress=not as_json,
+    )
+    plugins = load_plugins()
+    try:
+        result = run_training(options, plugins)
+    except TrainingInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
+    if int(__import__("os").environ.get("RANK", "0")) != 0:
+        return
+    doc = {"run": str(result.run_dir), "step": result.step,
+           "checkpoint": str(result.checkpoint) if result.checkpoint else None, "metrics": result.metrics}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        m = result.metrics
+        losses = f" (loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f})" if "loss_d" in m else ""
+        click.echo(f"{result.run_dir}: step {result.step}{losses}; checkpoint {result.checkpoint}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--count", type=click.IntRange(10), default=5000, show_default=True,
+              help="Generated images, and real images in each of the two real halves.")
+@click.option("--features", default="clip", show_default=True,
+              help="Feature extractor: clip, classifier, or a feature-extractor plugin's name.")
+@click.option("--seed", type=int, default=12345, show_default=True, help="Latent seed of the generated images.")
+@click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+def evaluate(run: Path, count: int, features: str, seed: int, clip_model: str | None,
+             clip_pretrained: str | None, as_json: bool) -> None:
+    """Measure a training run: Fréchet distance beside its real-vs-real floor, KID, and label
+    accuracy of conditional and style models. Writes RUN/evaluation.json."""
+    from .evaluation import EvaluationOptions, evaluate_run
+
+    plugins = load_plugins()
+    results = evaluate_run(EvaluationOptions(run=run, count=count, features=features, seed=seed,
+                                             clip_model=clip_model, clip_pretrained=clip_pretrained), plugins)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(f"{run} (step {results['step']}, {results['count']} images, features {results['features']})")
+    click.echo(f"  FD  {results['fd']:.4g}   floor (real vs real) {results['fd_floor']:.4g}   "
+               f"ratio {results['fd_ratio']:.2f}")
+    click.echo(f"  KID {results['kid']:.4g} +- {results['kid_std']:.2g}   floor {results['kid_floor']:.4g}")
+    if "classifier" in results:
+        click.echo(f"  label classifier: {results['classifier']['held_out_accuracy']:.1%} on held-out real images")
+    if "label_accuracy" in results:
+        click.echo(f"  label accuracy of generated images: {results['label_accuracy']:.1%}")
+    if "reference_label_accuracy" in results:
+        click.echo(f"  label accuracy with styles from reference images: {results['reference_label_accuracy']:.1%}")
+
+
+@cli.command("export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a pickle checkpoint as SOURCE (runs code from the file; only for trusted files).")
+def export(source: Path, out: Path, allow_pickle: bool) -> None:
+    """Write the EMA generator of SOURCE (run folder or checkpoint) as standalone safetensors."""
+    from .models import export_generator
+
+    plugins = load_plugins()
+    path = export_generator(source, out, allow_pickle=allow_pickle, plugins=plugins)
+    click.echo(f"wrote {path}")
+
 
 # ----------------------------------------------------------------------------- clip
 
@@ -259,7 +620,7 @@ def clip_info(clip_model: str | None, clip_pretrained: str | None, as_json: bool
 def clip_train(out: Path, steps: int | None, samples: int | None, seed: int, eval_images: int) -> None:
     """Train the tiny CLIP on the built-in shapes and write it to OUT.
 
-    With the defaults this re-creates the model shipped in artengine/models/tiny_clip.
+    With the defaults this re-creates the model shipped in artengine/clip_weights/tiny_clip.
     Use it with --clip-model OUT.
     """
     from dataclasses import replace

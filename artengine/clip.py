@@ -40,7 +40,7 @@ log = logging.getLogger("artengine.clip")
 
 #: Name of the shipped offline model in manifests and reports.
 TINY_CLIP_NAME = "artengine-tiny-clip"
-_TINY_CLIP_PACKAGE = "artengine.models"
+_TINY_CLIP_PACKAGE = "artengine.clip_weights"
 _TINY_CLIP_FOLDER = "tiny_clip"
 _CONFIG_NAME = "open_clip_config.json"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")

@@ -28,7 +28,7 @@ from artengine import (
     Finding,
     InputError,
     PolicyError,
-    Reference,
+    ReferenceDistribution,
     Setting,
     class_embeddings,
     classify,
@@ -100,7 +100,7 @@ class BiasAudit(Audit):
 
     # ------------------------------------------------------------------ references
 
-    def _references(self, clip: Any) -> tuple[dict[str, Reference], dict[str, dict[str, Reference]], dict[str, Any]]:
+    def _references(self, clip: Any) -> tuple[dict[str, ReferenceDistribution], dict[str, dict[str, ReferenceDistribution]], dict[str, Any]]:
         """Overall reference per attribute, per-label references (measured only), and a
         description of where they came from."""
         mode = self.settings["reference"]
@@ -109,8 +109,8 @@ class BiasAudit(Audit):
         if mode == "training" and not data:
             raise _NoReference("reference = \"training\" needs the training data (--reference-data)")
         use_training = mode == "training" or (mode == "auto" and data and not declared)
-        overall: dict[str, Reference] = {}
-        by_label: dict[str, dict[str, Reference]] = {}
+        overall: dict[str, ReferenceDistribution] = {}
+        by_label: dict[str, dict[str, ReferenceDistribution]] = {}
         about: dict[str, Any] = {"mode": mode}
         if use_training:
             store = reference_store_path(self.context.run_dir)
@@ -122,11 +122,11 @@ class BiasAudit(Audit):
             return measured.overall, measured.by_label, about
         for spec in self.specs:
             if spec.name in declared and mode in ("auto", "declared"):
-                overall[spec.name] = Reference.declared(spec.values, declared[spec.name])
+                overall[spec.name] = ReferenceDistribution.declared(spec.values, declared[spec.name])
             elif spec.reference is not None and mode in ("auto", "declared"):
-                overall[spec.name] = Reference.declared(spec.values, spec.reference)
+                overall[spec.name] = ReferenceDistribution.declared(spec.values, spec.reference)
             else:
-                overall[spec.name] = Reference.uniform(spec.values)
+                overall[spec.name] = ReferenceDistribution.uniform(spec.values)
         about["source"] = sorted({r.source for r in overall.values()})
         return overall, by_label, about
 

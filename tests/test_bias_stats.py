@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from artengine import AttributeSpec, PolicyError, Reference, classify, compare_distribution, holm, parse_attributes
+from artengine import AttributeSpec, PolicyError, ReferenceDistribution, classify, compare_distribution, holm, parse_attributes
 from artengine.bias import goodness_of_fit, homogeneity
 
 VALUES = ("red", "green", "blue")
@@ -17,7 +17,7 @@ def labels_from_counts(counts):
 
 def test_distances_and_p_value_match_their_definitions():
     counts = np.array([60, 25, 15])
-    result = compare_distribution(labels_from_counts(counts), VALUES, Reference.uniform(VALUES),
+    result = compare_distribution(labels_from_counts(counts), VALUES, ReferenceDistribution.uniform(VALUES),
                                   rng=np.random.default_rng(0))
     p = counts / counts.sum()
     q = np.full(3, 1 / 3)
@@ -33,9 +33,9 @@ def test_distances_and_p_value_match_their_definitions():
 
 
 def test_bootstrap_interval_covers_the_share_and_narrows_with_more_images():
-    small = compare_distribution(labels_from_counts([12, 5, 3]), VALUES, Reference.uniform(VALUES),
+    small = compare_distribution(labels_from_counts([12, 5, 3]), VALUES, ReferenceDistribution.uniform(VALUES),
                                  rng=np.random.default_rng(1))
-    large = compare_distribution(labels_from_counts([1200, 500, 300]), VALUES, Reference.uniform(VALUES),
+    large = compare_distribution(labels_from_counts([1200, 500, 300]), VALUES, ReferenceDistribution.uniform(VALUES),
                                  rng=np.random.default_rng(1))
     for result in (small, large):
         for row in result["values"]:
@@ -73,7 +73,7 @@ def test_homogeneity_matches_scipy_contingency_for_large_counts():
 
 
 def test_measured_reference_is_compared_as_a_sample():
-    ref = Reference.measured(VALUES, labels_from_counts([300, 300, 400]))
+    ref = ReferenceDistribution.measured(VALUES, labels_from_counts([300, 300, 400]))
     result = compare_distribution(labels_from_counts([30, 30, 40]), VALUES, ref, rng=np.random.default_rng(4))
     assert "homogeneity" in result["test"]
     assert result["p_value"] > 0.9 and result["tvd"] == pytest.approx(0.0)
@@ -81,14 +81,14 @@ def test_measured_reference_is_compared_as_a_sample():
 
 def test_unknown_labels_are_counted_apart():
     labels = np.array([0, 0, 1, -1, -1, 2])
-    result = compare_distribution(labels, VALUES, Reference.uniform(VALUES), rng=np.random.default_rng(5))
+    result = compare_distribution(labels, VALUES, ReferenceDistribution.uniform(VALUES), rng=np.random.default_rng(5))
     assert (result["images"], result["known"], result["unknown"]) == (6, 4, 2)
     assert result["unknown_fraction"] == pytest.approx(2 / 6)
     assert sum(row["count"] for row in result["values"]) == 4
 
 
 def test_reference_value_never_seen_gives_a_finite_but_tiny_p_value():
-    ref = Reference.declared(VALUES, {"red": 0.5, "green": 0.5, "blue": 0.0})
+    ref = ReferenceDistribution.declared(VALUES, {"red": 0.5, "green": 0.5, "blue": 0.0})
     result = compare_distribution(labels_from_counts([40, 40, 20]), VALUES, ref, rng=np.random.default_rng(6))
     assert np.isfinite(result["kl"]) and np.isfinite(result["chi2"])
     assert result["p_value"] <= 1 / 20_001 + 1e-12  # the Monte Carlo floor: no draw was as extreme
