@@ -18,8 +18,10 @@ from .bias import (
     compare_distribution,
     distribution_chart,
     holm,
+    load_reference_distribution,
     measure_reference,
     parse_attributes,
+    reference_distribution_document,
     reference_store_path,
 )
 from .data import Dataset, ImageSet, Sample, open_dataset
@@ -155,10 +157,12 @@ __all__ = [
     "hookimpl",
     "iter_image_files",
     "load_clip",
+    "load_reference_distribution",
     "measure_reference",
     "open_dataset",
     "open_image",
     "parse_attributes",
+    "reference_distribution_document",
     "reference_store_path",
     "load_keys",
     "open_dataset",

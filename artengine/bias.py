@@ -513,3 +513,56 @@ def _from_entry(key: str, entry: Mapping[str, Any], store: "Path") -> MeasuredRe
         by_label={name: {k: ReferenceDistribution.from_dict(r) for k, r in a.get("by_label", {}).items()}
                   for name, a in attrs.items()},
         images=int(entry["images"]), data=dict(entry["data"]), path=str(store), reused=True)
+
+
+# ----------------------------------------------------------------------------- stored distributions
+
+#: Schema of a reference-distribution file: what a style ships (``Style.reference_distribution``)
+#: and what ``artengine audit --reference-distribution`` reads.
+DISTRIBUTION_SCHEMA = "artengine.reference-distribution/1"
+
+
+def reference_distribution_document(measured: MeasuredReference, clip: Any) -> dict[str, Any]:
+    """A measured reference as a stand-alone JSON document: ``attributes`` (attribute ->
+    value -> share, the part audits read) plus counts, per-label shares and what it was
+    measured with (CLIP weights, data, images), so a style can ship it and nobody measures
+    it again."""
+    return {
+        "schema": DISTRIBUTION_SCHEMA,
+        "attributes": {name: dict(ref.probabilities) for name, ref in measured.overall.items()},
+        "counts": {name: dict(ref.counts or {}) for name, ref in measured.overall.items()},
+        "unknown": {name: ref.unknown for name, ref in measured.overall.items()},
+        "by_label": {name: {label: dict(ref.probabilities) for label, ref in groups.items()}
+                     for name, groups in measured.by_label.items()},
+        "clip": {"name": clip.name, "weights_sha256": clip.weights_sha256},
+        "data": measured.data,
+        "images": measured.images,
+    }
+
+
+def load_reference_distribution(path: "str | Path") -> dict[str, dict[str, float]]:
+    """Read a reference-distribution file (see :func:`reference_distribution_document`;
+    a bare ``{attribute: {value: share}}`` object is accepted too). Returns attribute ->
+    value -> share. Problems are one :class:`~artengine.errors.InputError` naming the file."""
+    from pathlib import Path
+
+    from .errors import InputError
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable JSON reference distribution ({exc})") from None
+    table = doc.get("attributes", doc) if isinstance(doc, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise InputError(f"{path}: expected an object of attribute -> value -> share")
+    out: dict[str, dict[str, float]] = {}
+    for name, shares in table.items():
+        if not isinstance(shares, dict) or not shares:
+            raise InputError(f"{path}: attributes.{name}: expected an object of value -> share")
+        for value, share in shares.items():
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not share >= 0:
+                raise InputError(f"{path}: attributes.{name}.{value}: expected a non-negative number, got {share!r}")
+        out[str(name)] = {str(v): float(s) for v, s in shares.items()}
+    return out

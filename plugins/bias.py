@@ -91,8 +91,13 @@ class BiasAudit(Audit):
         data = context.reference_data
         if data and data not in get_plugins().components("datasets") and not Path(data).is_dir():
             raise InputError(f"--reference-data {data}: neither a dataset name nor a folder of images")
+        declared = context.reference_distribution or {}
+        for spec in self.specs:
+            shares = declared.get(spec.name)
+            if shares is not None and not sum(float(shares.get(v, 0.0)) for v in spec.values) > 0:
+                raise InputError(f"reference distribution: attribute {spec.name!r} has no share for any of its "
+                                 f"values ({', '.join(spec.values)})")
         if self.settings["reference"] == "declared":
-            declared = context.reference_distribution or {}
             for spec in self.specs:
                 if spec.reference is None and spec.name not in declared:
                     raise PolicyError(source, f"audits.{self.name}.attributes.{spec.name}.reference",

@@ -289,3 +289,93 @@ def test_cli_bad_reference_data_is_one_line_exit_2(pool, workdir):
     assert result.exit_code == 2
     assert f"--reference-data {missing}" in result.output
     assert not (workdir / "r").exists()  # refused before any work
+
+
+def test_cli_breaks_the_batch_down_by_the_style_and_label_in_the_manifests(pool, workdir):
+    """`artengine audit` reads each image's embedded manifest; its generation label and
+    style become the groups of the bias statistics."""
+    from artengine.provenance import MANIFEST_KEY
+
+    rng = np.random.default_rng(5)
+    skewed = skewed_indices(pool, rng, n=40)
+    balanced = rng.choice(np.setdiff1d(np.arange(len(pool["colour"])), skewed), 60, replace=False)
+    folder = workdir / "styled"
+    folder.mkdir()
+    for n, (i, style) in enumerate([(i, "ink") for i in skewed] + [(i, "pastel") for i in balanced]):
+        manifest = {"generation": {"style": style, "label": str(pool["shape"][i]), "seed": n}}
+        atomic_save_image(folder / f"{n:03d}.png", pool["samples"][i].image, text={MANIFEST_KEY: json.dumps(manifest)})
+    result = CliRunner().invoke(cli, ["audit", str(folder), "--policy", str(write_policy(workdir)),
+                                      "--report", str(workdir / "report-styled"), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads((workdir / "report-styled" / "report.json").read_text())
+    colour = next(f for f in report["batch"]["decisions"] if f["audit"] == "bias" and f["details"]["attribute"] == "colour")
+    assert colour["details"]["by_style"]["ink"]["flagged"] is True
+    assert colour["details"]["by_style"]["pastel"]["flagged"] is False
+    assert set(colour["details"]["by_label"]) == set(SHAPES)
+    assert any(chart["title"].startswith("colour | style = ink") for chart in colour["details"]["charts"])
+    assert {e["meta"]["style"] for e in report["images"]} == {"ink", "pastel"}
+    html = (workdir / "report-styled" / "report.html").read_text()
+    assert "<svg class='chart'" in html and "colour | style = ink" in html  # bars with intervals
+
+
+def test_cli_named_clip_model_missing_offline_is_one_line_exit_2(pool, workdir, tmp_path):
+    """A pretrained model that is not in the hub cache, with HF_HUB_OFFLINE set: one line,
+    exit 2, before any image is audited or any report written."""
+    import os
+    import subprocess
+    import sys
+
+    folder = _write_folder(tmp_path / "images", pool["samples"][:3])
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    out = subprocess.run([sys.executable, "-m", "artengine", "audit", str(folder), "--policy", str(write_policy(workdir)),
+                          "--clip-model", "ViT-B-32", "--clip-pretrained", "laion2b_s34b_b79k",
+                          "--report", str(tmp_path / "report")], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "ViT-B-32" in lines[0] and "HF_HUB_OFFLINE" in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_stored_reference_distribution_round_trip_through_the_cli(pool, workdir, tmp_path):
+    """`artengine bias reference` measures the training distribution once into a file (what
+    a style ships); `artengine audit --reference-distribution FILE` compares with it."""
+    from artengine import load_reference_distribution
+
+    policy = write_policy(workdir)
+    out = tmp_path / "style_reference.json"
+    runner = CliRunner()
+    made = runner.invoke(cli, ["bias", "reference", "--policy", str(policy), "--reference-data", "shapes",
+                               "--images", "600", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "artengine.reference-distribution/1" and doc["images"] == 600
+    shares = load_reference_distribution(out)
+    assert set(shares) == {"colour", "shape"} and set(shares["colour"]) == set(COLOURS)
+    assert all(abs(p - 1 / 6) < 0.06 for p in shares["colour"].values())  # shapes are drawn uniformly
+    rng = np.random.default_rng(6)
+    skewed = _write_folder(tmp_path / "skewed", [pool["samples"][i] for i in skewed_indices(pool, rng, n=60)])
+    balanced = _write_folder(tmp_path / "balanced",
+                             [pool["samples"][i] for i in rng.choice(len(pool["colour"]), 60, replace=False)])
+    codes = {}
+    for name, folder in (("skewed", skewed), ("balanced", balanced)):
+        result = runner.invoke(cli, ["audit", str(folder), "--policy", str(policy), "--reference-distribution",
+                                     str(out), "--report", str(tmp_path / f"report-{name}")])
+        codes[name] = result.exit_code
+    assert codes == {"skewed": 1, "balanced": 0}
+    report = json.loads((tmp_path / "report-skewed" / "report.json").read_text())
+    colour = next(d for d in report["batch"]["decisions"] if d["audit"] == "bias" and d["details"]["attribute"] == "colour")
+    assert colour["details"]["reference"]["source"] == ["declared"]
+    assert colour["details"]["reference_distribution"]["probabilities"] == pytest.approx(shares["colour"])
+
+
+def test_bad_reference_distribution_file_is_one_line_exit_2(pool, workdir, tmp_path):
+    folder = _write_folder(tmp_path / "images", pool["samples"][:3])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"attributes": {"colour": {"red": "lots"}}}')
+    result = CliRunner().invoke(cli, ["audit", str(folder), "--policy", str(write_policy(workdir)),
+                                      "--reference-distribution", str(bad), "--report", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert f"{bad}: attributes.colour.red" in result.output
+    assert not (tmp_path / "r").exists()
