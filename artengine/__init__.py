@@ -9,6 +9,21 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from .architecture import TRAINER_DEFAULTS, Architecture
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
+from .bias import (
+    AttributeSpec,
+    MeasuredReference,
+    ReferenceDistribution,
+    class_embeddings,
+    classify,
+    compare_distribution,
+    distribution_chart,
+    holm,
+    load_reference_distribution,
+    measure_reference,
+    parse_attributes,
+    reference_distribution_document,
+    reference_store_path,
+)
 from .data import Dataset, ImageSet, Sample, open_dataset
 from .errors import (
     ArtengineError,
@@ -58,6 +73,27 @@ from .registry import (
 )
 from .watermark import Watermark, WatermarkReading
 
+#: Exported lazily: importing them loads torch and open_clip (seconds), which commands that
+#: never touch CLIP should not pay for.
+_LAZY = {
+    "ClipModel": "clip",
+    "load_clip": "clip",
+    "clip_for_context": "clip",
+    "fill_template": "clip",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'artengine' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 try:
     __version__ = _version("artengine")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -66,10 +102,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "ALLOWED_FORMATS",
     "ArtengineError",
+    "AttributeSpec",
     "Architecture",
     "Audit",
     "AuditContext",
     "AuditItem",
+    "ClipModel",
     "Dataset",
     "FeatureExtractor",
     "Finding",
@@ -81,6 +119,7 @@ __all__ = [
     "Keys",
     "Ledger",
     "LoadedImage",
+    "MeasuredReference",
     "MIN_RELIABLE_QUALITY",
     "Match",
     "ModelLoadError",
@@ -90,6 +129,7 @@ __all__ = [
     "PolicyError",
     "ProvenanceError",
     "Reference",
+    "ReferenceDistribution",
     "ReferenceRegistry",
     "RegistryError",
     "Sample",
@@ -104,11 +144,26 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "class_embeddings",
+    "classify",
+    "clip_for_context",
+    "compare_distribution",
+    "distribution_chart",
+    "fill_template",
     "default_keys_dir",
     "default_ledger_path",
     "get_plugins",
+    "holm",
     "hookimpl",
     "iter_image_files",
+    "load_clip",
+    "load_reference_distribution",
+    "measure_reference",
+    "open_dataset",
+    "open_image",
+    "parse_attributes",
+    "reference_distribution_document",
+    "reference_store_path",
     "load_keys",
     "open_dataset",
     "open_image",

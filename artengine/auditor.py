@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, validate_settings
 from .errors import ArtengineError, ImageLoadError, InputError, PolicyError
 from .gate import ENGINE, Verdict, disabled_findings, judge
-from .io import iter_image_files, open_image
+from .io import LoadedImage, iter_image_files, open_image
 from .records import Finding
 
 if TYPE_CHECKING:
@@ -204,6 +204,30 @@ def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield seq[start:start + size]
 
 
+#: Fields of a manifest's "generation" section copied into ``AuditItem.meta``: batch audits
+#: break their statistics down by them (the bias audit by "label" and "style").
+GENERATION_META = ("label", "style", "seed", "model")
+
+
+def image_meta(image: LoadedImage) -> dict[str, Any]:
+    """What an image says about itself: its artengine manifest (embedded in the PNG, else
+    the sidecar) as ``meta["manifest"]``, and the manifest's generation fields (label,
+    style, seed, model) where set. Empty for images without a readable manifest. The
+    signature is not checked here: grouping needs no trust, and the provenance audit
+    judges the manifest itself."""
+    from .provenance import find_manifest
+
+    found = find_manifest(image)
+    if found is None or not isinstance(found[0], dict):
+        return {}
+    manifest = found[0]
+    meta: dict[str, Any] = {"manifest": manifest}
+    generation = manifest.get("generation")
+    if isinstance(generation, dict):
+        meta.update({k: generation[k] for k in GENERATION_META if generation.get(k) is not None})
+    return meta
+
+
 def audit_folder(
     folder: str | Path,
     runner: AuditRunner,
@@ -244,7 +268,7 @@ def audit_folder(
                 load_errors[key] = Finding(audit=ENGINE, outcome="error", item=key,
                                            message=f"unreadable image: {exc.reason}")
                 continue
-            items.append(AuditItem(key=key, image=loaded))
+            items.append(AuditItem(key=key, image=loaded, meta=image_meta(loaded)))
             chunk_thumbs[key] = thumbnail_uri(loaded.rgb)
         results = runner.check_images(items) if items else {}
         for path in chunk:
@@ -252,6 +276,8 @@ def audit_folder(
             found = [load_errors[key]] if key in load_errors else results.get(key, [])
             verdict = judge(key, found, runner.policy)
             meta = next((i.meta for i in items if i.key == key), {})
+            # The report keeps the generation fields; the whole manifest stays in the image.
+            meta = {k: v for k, v in meta.items() if k != "manifest"}
             entries.append(ImageEntry(key=key, path=str(path), verdict=verdict, meta=meta))
             if key in chunk_thumbs and (verdict.status != "pass" or len(thumbs) < max_thumbnails):
                 thumbs[key] = chunk_thumbs[key]

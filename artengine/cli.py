@@ -213,6 +213,9 @@ def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--registry", "registries", multiple=True, type=click.Path(path_type=Path),
               help="Reference registry (repeatable); added to the policy's registries.")
 @click.option("--reference-data", help="Dataset name or folder the images are compared with (bias).")
+@click.option("--reference-distribution", "reference_distribution", type=click.Path(path_type=Path),
+              help="JSON attribute distribution to compare with (bias), e.g. a style's stored one "
+                   "(artengine bias reference writes it).")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
               help="Training run that produced the images (curves and samples in the report).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("artengine-report"),
@@ -223,7 +226,7 @@ def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], reference_data: str | None,
-          run_dir: Path | None, report_dir: Path, overrides: tuple[str, ...], clip_model: str | None,
+          reference_distribution: Path | None, run_dir: Path | None, report_dir: Path, overrides: tuple[str, ...], clip_model: str | None,
           clip_pretrained: str | None, as_json: bool) -> None:
     """Audit every image in FOLDER against a policy and write the report.
 
@@ -232,6 +235,7 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
     """
     from .audit import AuditContext
     from .auditor import AuditRunner, audit_folder
+    from .bias import load_reference_distribution
     from .policy import load_policy, parse_override
     from .report import build_report, write_report
 
@@ -246,6 +250,7 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
         policy_path=policy.path,
         registries=[*policy.registries, *(str(r) for r in registries)],
         reference_data=reference_data,
+        reference_distribution=load_reference_distribution(reference_distribution) if reference_distribution else None,
         run_dir=str(run_dir) if run_dir else None,
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
@@ -257,7 +262,9 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
         kind="audit", images=outcome.images, batch=outcome.batch, policy=policy.as_dict(),
         engine=engine, plugins=versions,
         inputs={"folder": str(folder), "registries": context.registries,
-                "reference_data": reference_data, "run": context.run_dir},
+                "reference_data": reference_data,
+                "reference_distribution": str(reference_distribution) if reference_distribution else None,
+                "run": context.run_dir},
     )
     json_path, html_path = write_report(report_dir, doc, outcome.thumbnails)
     plugins.hook.artengine_report_written(json_path=str(json_path), html_path=str(html_path), report=doc)
@@ -668,6 +675,147 @@ def export(source: Path, out: Path, allow_pickle: bool) -> None:
     plugins = load_plugins()
     path = export_generator(source, out, allow_pickle=allow_pickle, plugins=plugins)
     click.echo(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- clip
+
+
+@cli.group()
+def clip() -> None:
+    """The CLIP layer: the shipped tiny CLIP, other open_clip models, zero-shot checks."""
+
+
+@clip.command("info")
+@click.option("--clip-model", help="open_clip model name or checkpoint folder/file (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag or .safetensors file for --clip-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def clip_info(clip_model: str | None, clip_pretrained: str | None, as_json: bool) -> None:
+    """Load a CLIP model and print what identifies it (name, weights sha256, sizes)."""
+    from .clip import load_clip
+
+    model = load_clip(clip_model, clip_pretrained)
+    info = {**model.describe(), "weights_path": model.weights_path,
+            "parameters": sum(p.numel() for p in model.model.parameters()), "logit_scale": model.logit_scale}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
+
+
+@clip.command("train")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write (open_clip layout: open_clip_config.json + open_clip_model.safetensors).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Training steps (default: the shipped recipe).")
+@click.option("--samples", type=click.IntRange(64), default=None, help="Distinct training images to render.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-images", type=click.IntRange(0), default=600, show_default=True,
+              help="Held-out images for the zero-shot check afterwards (0: skip).")
+def clip_train(out: Path, steps: int | None, samples: int | None, seed: int, eval_images: int) -> None:
+    """Train the tiny CLIP on the built-in shapes and write it to OUT.
+
+    With the defaults this re-creates the model shipped in artengine/clip_weights/tiny_clip.
+    Use it with --clip-model OUT.
+    """
+    from dataclasses import replace
+
+    from .clip import clip_from_module
+    from .clip_train import TrainConfig, describe, save_tiny_clip, train_tiny_clip, zero_shot_accuracy
+
+    load_plugins()
+    if out.exists() and any(out.iterdir()):
+        raise ArtengineError(f"--out {out}: folder exists and is not empty")
+    config = TrainConfig(seed=seed)
+    if steps is not None:
+        config = replace(config, steps=steps)
+    if samples is not None:
+        config = replace(config, samples=samples)
+    model, record = train_tiny_clip(config, progress=lambda msg: click.echo(msg, err=True))
+    if eval_images:
+        result = zero_shot_accuracy(clip_from_module(model, name="trained"), images=eval_images)
+        record["zero_shot"] = {"accuracy": result.accuracy, "images": result.images, "seed": result.seed,
+                               "prompts": result.prompts, "confusion": result.confusion}
+        click.echo(describe(result))
+    save_tiny_clip(model, out, record)
+    click.echo(f"wrote {out} ({record['parameters'] / 1e6:.1f} M parameters, "
+               f"trained {record['train_seconds']:.0f} s on {record['threads']} threads)")
+
+
+@clip.command("eval")
+@click.option("--clip-model", help="open_clip model name or checkpoint folder/file (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag or .safetensors file for --clip-model.")
+@click.option("--images", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--seed", type=int, default=20_261_125, show_default=True,
+              help="shapes seed of the held-out images (the tiny CLIP trains on seed 0).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def clip_eval(clip_model: str | None, clip_pretrained: str | None, images: int, seed: int, as_json: bool) -> None:
+    """Zero-shot colour and shape accuracy on held-out shapes, with prompts unlike the
+    training captions."""
+    from dataclasses import asdict
+
+    from .clip import load_clip
+    from .clip_train import describe, zero_shot_accuracy
+
+    load_plugins()
+    model = load_clip(clip_model, clip_pretrained)
+    result = zero_shot_accuracy(model, images=images, seed=seed)
+    if as_json:
+        click.echo(json.dumps({"model": model.describe(), **asdict(result)}, indent=2))
+    else:
+        click.echo(f"{model.name}")
+        click.echo(describe(result))
+
+
+# ----------------------------------------------------------------------------- bias
+
+
+@cli.group()
+def bias() -> None:
+    """Bias audit helpers: reference distributions measured on training data."""
+
+
+@bias.command("reference")
+@click.option("--policy", "policy_spec", required=True,
+              help="Policy whose [audits.bias] attributes are measured (file or shipped name).")
+@click.option("--reference-data", required=True, help="Training data: a dataset name (shapes) or a folder.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSON file to write (give it to a style, or to audit --reference-distribution).")
+@click.option("--images", type=click.IntRange(1), default=None,
+              help="Training images to classify (default: the policy's reference_images).")
+@click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
+def bias_reference(policy_spec: str, reference_data: str, out: Path, images: int | None,
+                   clip_model: str | None, clip_pretrained: str | None) -> None:
+    """Measure the training attribute distribution with the policy's classifier and write it.
+
+    A style ships this file so audits of its outputs compare with its training data without
+    measuring again. Use the same CLIP model for the audits.
+    """
+    from .audit import AuditContext
+    from .bias import measure_reference, parse_attributes, reference_distribution_document
+    from .clip import clip_for_context
+    from .io import atomic_write_json
+    from .policy import load_policy
+
+    plugins = load_plugins()
+    policy = load_policy(policy_spec, audits=plugins.components("audits"),
+                         features=plugins.components("feature_extractors"))
+    rule = policy.audits.get("bias")
+    if rule is None:
+        raise ArtengineError(f"{policy.path}: audits.bias: the policy has no bias audit to measure for")
+    specs = parse_attributes(rule.settings["attributes"], source=policy.path, prefix="audits.bias.attributes")
+    datasets = plugins.components("datasets")
+    if reference_data not in datasets and not Path(reference_data).is_dir():
+        raise ArtengineError(f"--reference-data {reference_data}: neither a dataset name nor a folder of images")
+    context = AuditContext(policy_path=policy.path, clip_model=clip_model, clip_pretrained=clip_pretrained)
+    model = clip_for_context(context, policy.features.get("clip", {}))
+    measured = measure_reference(model, specs, reference_data, datasets=datasets,
+                                 images=images or rule.settings["reference_images"], seed=rule.settings["seed"])
+    atomic_write_json(out, reference_distribution_document(measured, model))
+    for spec in specs:
+        shares = ", ".join(f"{v} {p * 100:.0f} %" for v, p in measured.overall[spec.name].probabilities.items())
+        click.echo(f"{spec.name}: {shares}")
+    click.echo(f"wrote {out} ({measured.images} images of {reference_data}, CLIP {model.name})")
 
 
 def main() -> None:
