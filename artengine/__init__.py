@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .architecture import TRAINER_DEFAULTS, Architecture
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .data import Dataset, ImageSet, Sample, open_dataset
 from .errors import (
@@ -55,6 +56,7 @@ __all__ = [
     "ALLOWED_FORMATS",
     "HOOK_API_VERSION",
     "ArtengineError",
+    "Architecture",
     "Audit",
     "AuditContext",
     "AuditItem",
@@ -79,6 +81,7 @@ __all__ = [
     "Sample",
     "Setting",
     "Style",
+    "TRAINER_DEFAULTS",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",

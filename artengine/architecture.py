@@ -1,0 +1,82 @@
+"""Architectures: what an architecture plugin provides to the trainer and to generation.
+
+An architecture plugin registers :class:`Architecture` components through
+``artengine_architectures``. The engine owns everything around the networks (the training
+loop, losses, EMA, augmentation, checkpoints, generation); an architecture provides two
+factories and its preferred hyper-parameters.
+
+The networks follow one calling convention, so the trainer and :mod:`artengine.models`
+stay generic:
+
+* generator: ``G(z, labels=None, styles=None) -> images`` in ``[-1, 1]``, shape
+  ``(N, 3, S, S)``, with ``G.z_dim``. Conditioning ``"label"`` passes ``labels`` (int64
+  class indices); conditioning ``"style"`` passes ``styles`` (float codes) and the
+  generator also offers ``style_from_labels(labels)`` and ``style_from_images(images)``
+  (images in ``[-1, 1]``), both returning codes of shape ``(N, G.style_dim)``.
+* discriminator: ``D(images, labels=None) -> logits`` of shape ``(N,)``; conditional
+  discriminators use ``labels`` (for a style model, the style label of the image).
+
+Generators must compute each sample independently of the others in the batch (no batch
+statistics in eval mode, no cross-sample layers), because generation promises that image
+``i`` depends only on its own latent and conditioning.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Conditioning = Literal["none", "label", "style"]
+CONDITIONINGS: tuple[str, ...] = ("none", "label", "style")
+
+#: Hyper-parameters the trainer understands, with the engine's defaults. An architecture's
+#: ``defaults`` override these; a user's options override both.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "z_dim": 128,
+    "batch_size": 64,
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,
+    "betas": [0.5, 0.999],
+    "loss": "ns",  # "ns" (non-saturating logistic) or "hinge"
+    "d_steps": 1,  # discriminator steps per generator step
+    "r1_gamma": 0.0,  # R1 penalty weight on real images (0: off)
+    "r1_every": 16,  # lazy R1: apply every k discriminator steps, scaled by k
+    "ema_kimg": 10.0,  # EMA half-life in thousands of images (StyleGAN2-ADA)
+    "ema_rampup": 0.05,  # half-life <= rampup x images seen so far (early steps)
+    "augment": "translation,cutout",  # DiffAugment policy ("" for none)
+    "style_ref_prob": 0.5,  # style models: share of the batch styled from a reference image
+    "style_align": 1.0,  # style models: weight of the encoder-to-label alignment loss
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A GAN architecture registered through ``artengine_architectures``.
+
+    ``build_generator(config)`` and ``build_discriminator(config)`` receive one plain,
+    JSON-serialisable dict: the architecture's ``defaults`` updated with the user's
+    options, plus ``image_size``, ``z_dim``, ``num_classes`` (0 when unconditional) and
+    ``arch``. The same dict is stored in the run's ``config.json``, so a model can be
+    rebuilt from it alone. ``defaults`` holds network widths and the architecture's
+    preferred trainer settings (keys of :data:`TRAINER_DEFAULTS`, e.g. ``loss``,
+    ``r1_gamma``, learning rates).
+    """
+
+    name: str
+    conditioning: Conditioning
+    description: str
+    build_generator: Callable[[Mapping[str, Any]], Any]
+    build_discriminator: Callable[[Mapping[str, Any]], Any]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    image_sizes: tuple[int, ...] = (32, 64)
+    #: Named recipes (partial configs), e.g. ``"demo"``: the best short-budget settings.
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The paper the architecture follows, for model cards and ``artengine plugins``.
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"architecture {self.name!r}: conditioning must be one of {CONDITIONINGS}, "
+                f"got {self.conditioning!r}"
+            )

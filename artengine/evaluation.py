@@ -1,0 +1,325 @@
+"""Quality metrics of a trained run: Fréchet distance, KID and label accuracy.
+
+One feature pass per image set, shared by the metrics (as StyleGAN2-ADA's ``metrics/``):
+
+* Fréchet distance (FD) between Gaussian fits of generated and real features, printed
+  beside its *floor*, FD between two disjoint real halves of the same size: a generator can
+  not be expected to beat the sampling noise of the metric itself.
+* KID (Bińkowski et al., 2018): unbiased MMD² with the cubic polynomial kernel, averaged
+  over random subsets; it has no bias from the sample size, so small sets compare fairly.
+* Label accuracy of conditional and style models: a small classifier trained on real
+  images of the run's data labels generated images; the share that matches the requested
+  label. For style models also with styles taken from held-out real reference images.
+
+Feature extractors are pluggable (:func:`feature_encoder`): ``clip`` (the project's CLIP
+image encoder, offline by default), ``classifier`` (the label classifier's penultimate
+layer, the domain-specific choice for labelled data, like LeNet features for MNIST), or
+the name of any registered :class:`artengine.FeatureExtractor`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .audit import AuditContext, AuditItem
+from .checkpoints import load_weights, save_weights, tensor_digest
+from .errors import InputError, ModelLoadError
+from .io import LoadedImage, atomic_write_json
+from .models import GeneratorModel, fixed_threads, load_model
+from .plugins import Plugins, get_plugins
+from .runs import EVALUATION, read_run_config
+from .training import load_training_data
+
+log = logging.getLogger("artengine.evaluation")
+
+CLASSIFIER_FILE = "label_classifier.safetensors"
+CLASSIFIER_FORMAT = "artengine-label-classifier/1"
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets ``(N, D)``.
+
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``, computed with
+    symmetric eigen-decompositions in float64 (no complex square roots to clean up).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = _psd_sqrt(s_a)
+    middle = root_a @ s_b @ root_a
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    return float(np.square(mu_a - mu_b).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, *, subsets: int = 50, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """KID: mean and standard deviation over subsets of the unbiased MMD² with the kernel
+    ``k(x, y) = (x.y / d + 1)^3``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise InputError("KID needs at least 2 images per set")
+    rng = np.random.default_rng(seed)
+    d = a.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        k_xx = (x @ x.T / d + 1) ** 3
+        k_yy = (y @ y.T / d + 1) ** 3
+        k_xy = (x @ y.T / d + 1) ** 3
+        mmd = ((k_xx.sum() - np.trace(k_xx)) + (k_yy.sum() - np.trace(k_yy))) / (m * (m - 1)) - 2 * k_xy.mean()
+        values.append(mmd)
+    return float(np.mean(values)), float(np.std(values))
+
+
+# ----------------------------------------------------------------------------- label classifier
+
+
+class LabelClassifier(nn.Module):
+    """A small CNN that tells the run's labels apart (for label accuracy and features)."""
+
+    def __init__(self, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC (numpy) or NCHW (torch) to float NCHW in [-1, 1]."""
+    if isinstance(pixels, np.ndarray):
+        pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    return pixels.float().div(127.5).sub(1.0)
+
+
+def train_label_classifier(pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8, width: int = 16,
+                           seed: int = 0, batch_size: int = 128) -> LabelClassifier:
+    """Train the classifier on uint8 NCHW images (random shifts and flips against overfitting)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = LabelClassifier(num_classes, width)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    steps = epochs * math.ceil(len(pixels) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(pixels), generator=generator)
+        for start in range(0, len(pixels), batch_size):
+            idx = order[start:start + batch_size]
+            x = _to_input(pixels[idx])
+            if torch.rand(1, generator=generator).item() < 0.5:
+                x = x.flip(3)
+            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            x = torch.roll(x, shifts=shift, dims=(2, 3))
+            loss = F.cross_entropy(model(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classify(model: LabelClassifier, pixels: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Predicted label indices."""
+    out = [model(_to_input(pixels[i:i + batch_size])).argmax(1) for i in range(0, len(pixels), batch_size)]
+    return torch.cat(out).numpy()
+
+
+# ----------------------------------------------------------------------------- features
+
+
+#: A feature encoder maps uint8 images (N, H, W, 3) to float32 features (N, D).
+Encoder = Callable[[np.ndarray], np.ndarray]
+
+
+def feature_encoder(name: str, *, plugins: Plugins, classifier: LabelClassifier | None = None,
+                    clip_model: str | None = None, clip_pretrained: str | None = None) -> tuple[Encoder, str]:
+    """The encoder named ``name`` and a description of it for the results."""
+    if name == "classifier":
+        if classifier is None:
+            raise InputError("--features classifier needs labelled data")
+
+        @torch.no_grad()
+        def encode_classifier(pixels: np.ndarray) -> np.ndarray:
+            return np.concatenate([classifier.embed(_to_input(pixels[i:i + 256])).numpy()
+                                   for i in range(0, len(pixels), 256)])
+
+        return encode_classifier, "classifier: label classifier trained on the run's real images (penultimate layer)"
+    if name == "clip":
+        try:
+            from . import clip as clip_layer  # the project's CLIP layer
+        except ImportError:
+            raise InputError("--features clip: the CLIP layer (artengine.clip) is not available in "
+                             "this installation; use --features classifier") from None
+        model = clip_layer.load_clip(clip_model, clip_pretrained)
+
+        def encode_clip(pixels: np.ndarray) -> np.ndarray:
+            return np.asarray(model.encode_images(pixels), dtype=np.float32)
+
+        described = getattr(model, "name", None) or clip_model or "shipped tiny CLIP"
+        return encode_clip, f"clip: {described}"
+    extractors = plugins.components("feature_extractors")
+    if name in extractors:
+        extractor = extractors[name]({}, AuditContext(clip_model=clip_model, clip_pretrained=clip_pretrained))
+
+        def encode_plugin(pixels: np.ndarray) -> np.ndarray:
+            from PIL import Image
+
+            items = [AuditItem(key=str(i), image=LoadedImage(path=f"<image {i}>", rgb=Image.fromarray(p), alpha=None,
+                                                             format="raw", mode="RGB", text={}))
+                     for i, p in enumerate(pixels)]
+            return np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in extractor.compute(items)])
+
+        return encode_plugin, f"{name}: feature extractor plugin"
+    known = ", ".join(["clip", "classifier", *sorted(extractors)])
+    raise InputError(f"--features {name}: unknown feature extractor (known: {known})")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvaluationOptions:
+    """What ``artengine evaluate`` measures."""
+
+    run: Path
+    count: int = 5000  # generated images, and real images per half
+    features: str = "clip"
+    seed: int = 12345  # latent seed of the generated images
+    classifier_epochs: int = 8
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    write: bool = True
+
+
+def _real_halves(pixels: torch.Tensor, labels: torch.Tensor, count: int, seed: int) -> tuple[np.ndarray, ...]:
+    n = len(pixels)
+    half = min(count, n // 2)
+    if half < 10:
+        raise InputError(f"the run's data holds {n} images; evaluation needs at least 20")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    a, b = order[:half], order[half:2 * half]
+    to_nhwc = lambda idx: pixels[idx].permute(0, 2, 3, 1).numpy()  # noqa: E731
+    return to_nhwc(a), labels[a].numpy(), to_nhwc(b), labels[b].numpy()
+
+
+def _classifier_for(run_dir: Path, data, num_classes: int, epochs: int) -> tuple[LabelClassifier, dict[str, Any]]:
+    """Train the label classifier once per run (on the run's real data) and keep it."""
+    path = run_dir / CLASSIFIER_FILE
+    key = {"data": data.record["spec"], "seed": data.record["seed"], "length": data.record["length"],
+           "classes": data.classes, "epochs": epochs}
+    if path.is_file():
+        try:
+            tensors, record = load_weights(path)
+            if record.get("format") == CLASSIFIER_FORMAT and record.get("key") == key:
+                model = LabelClassifier(num_classes)
+                model.load_state_dict({k: v for k, v in tensors.items()})
+                return model.eval(), record["quality"]
+        except (ModelLoadError, RuntimeError):
+            log.warning("retraining the label classifier: %s is unusable", path)
+    n = len(data.pixels)
+    order = torch.from_numpy(np.random.default_rng(7).permutation(n))
+    held = order[: max(1, n // 10)]
+    train_idx = order[max(1, n // 10):]
+    model = train_label_classifier(data.pixels[train_idx], data.labels[train_idx], num_classes, epochs=epochs)
+    accuracy = float((classify(model, data.pixels[held]) == data.labels[held].numpy()).mean())
+    quality = {"held_out_accuracy": accuracy, "held_out": len(held), "trained_on": len(train_idx), "epochs": epochs}
+    save_weights(path, model.state_dict(), {"format": CLASSIFIER_FORMAT, "key": key, "quality": quality})
+    return model, quality
+
+
+def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> dict[str, Any]:
+    """Measure a run's EMA generator against the run's own training data; write
+    ``evaluation.json`` into the run (unless ``write`` is False) and return the results."""
+    plugins = plugins or get_plugins()
+    run_dir = Path(options.run)
+    config = read_run_config(run_dir)
+    model = load_model(run_dir, plugins=plugins)
+    spec = config["data"]
+    data = load_training_data(spec["spec"], image_size=config["image_size"], seed=spec["seed"], plugins=plugins,
+                              length=config.get("options", {}).get("data_length"),
+                              label_attribute=config.get("options", {}).get("label_attribute"), progress=False)
+    conditional = model.info.conditioning != "none"
+    classes = data.classes
+    classifier, classifier_quality = (None, None)
+    if classes:
+        classifier, classifier_quality = _classifier_for(run_dir, data, len(classes), options.classifier_epochs)
+    real_a, labels_a, real_b, labels_b = _real_halves(data.pixels, data.labels, options.count, seed=options.seed)
+    count = len(real_a)
+
+    indices = range(count)
+    latents = model.latents(options.seed, indices)
+    requested = np.array([i % len(classes) for i in indices]) if conditional else None
+    generated = model.generate(latents, labels=requested.tolist()) if conditional else model.generate(latents)
+
+    encode, described = feature_encoder(options.features, plugins=plugins, classifier=classifier,
+                                        clip_model=options.clip_model, clip_pretrained=options.clip_pretrained)
+    feats_gen, feats_a, feats_b = encode(generated), encode(real_a), encode(real_b)
+    fd = frechet_distance(feats_gen, feats_a)
+    floor = frechet_distance(feats_b, feats_a)
+    kid, kid_std = kernel_inception_distance(feats_gen, feats_a, seed=options.seed)
+    kid_floor, kid_floor_std = kernel_inception_distance(feats_b, feats_a, seed=options.seed)
+    results: dict[str, Any] = {
+        "run": str(run_dir),
+        "architecture": model.info.architecture,
+        "step": model.info.step,
+        "weights_sha256": model.info.weights_sha256,
+        "features": described,
+        "count": count,
+        "fd": fd,
+        "fd_floor": floor,
+        "fd_ratio": fd / floor if floor > 0 else math.inf,
+        "kid": kid,
+        "kid_std": kid_std,
+        "kid_floor": kid_floor,
+        "kid_floor_std": kid_floor_std,
+        "seed": options.seed,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if classifier is not None:
+        results["classifier"] = classifier_quality
+    if conditional and classifier is not None:
+        predicted = classify(classifier, generated)
+        results["label_accuracy"] = float((predicted == requested).mean())
+        results["label_accuracy_per_label"] = {
+            name: float((predicted[requested == i] == i).mean()) for i, name in enumerate(classes)}
+    if model.info.conditioning == "style" and classifier is not None:
+        with fixed_threads(model.threads):
+            styles = torch.stack([model.style_from_image(img) for img in real_b])
+        from_refs = model.generate(model.latents(options.seed + 1, indices), styles=styles)
+        results["reference_label_accuracy"] = float((classify(classifier, from_refs) == labels_b).mean())
+    if options.write:
+        atomic_write_json(run_dir / EVALUATION, results)
+    return results

@@ -1,0 +1,835 @@
+"""The trainer: one GAN training loop for every architecture plugin.
+
+Reads top to bottom: options -> run config (new or resumed) -> training data in memory ->
+networks and optimizers (fresh, or from the newest good checkpoint) -> the loop (D steps,
+G step, EMA) -> samples, metrics, checkpoints.
+
+What the loop owns, so architectures do not have to: the non-saturating and hinge losses,
+lazy R1 on real images, DiffAugment on everything the discriminator sees, the EMA
+generator (StyleGAN2-ADA's half-life in images, with ramp-up), style/label conditioning,
+data-parallel training over ``torch.distributed`` (started by ``torchrun``; gloo on CPU,
+nccl on CUDA), and exact resumption.
+
+Exact resumption: the data order is a pure function of ``(seed, step)`` (a seeded
+permutation per epoch), every random draw comes from the torch generator, whose state is
+checkpointed with Python's and NumPy's, and the checkpoint holds every parameter, buffer
+and optimizer tensor. On CPU, ``N`` steps, a kill and ``N`` resumed steps give bitwise the
+parameters and optimizer state of ``2N`` uninterrupted steps (tested).
+
+Multi-process: every process draws the random numbers of the *global* batch and keeps its
+slice, so all processes hold identical RNG states; gradients are averaged with one
+all-reduce per network and step (as StyleGAN2-ADA does, rather than wrapping the networks
+in DistributedDataParallel, because a GAN step runs the discriminator twice per backward
+and R1 needs a double backward); batch-norm statistics are taken from rank 0. Rank 0
+alone writes files.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .architecture import TRAINER_DEFAULTS, Architecture
+from .augment import diff_augment, parse_policy
+from .checkpoints import (
+    CHECKPOINT_FORMAT,
+    check_torch_version,
+    checkpoint_path,
+    load_latest_checkpoint,
+    pack_module,
+    pack_optimizer,
+    prune_checkpoints,
+    save_weights,
+    unpack_module,
+    unpack_optimizer,
+)
+from .data import open_dataset
+from .errors import ArtengineError, InputError
+from .hookspecs import HOOK_API_VERSION
+from .io import atomic_save_image, atomic_write_json, iter_image_files, sha256_file
+from .plugins import Plugins, get_plugins
+from .runs import (
+    RUN_CONFIG,
+    RUN_FORMAT,
+    SAMPLES,
+    TRAINING_DATA,
+    MetricsLog,
+    is_run_dir,
+    read_run_config,
+    truncate_metrics,
+    write_loss_curve,
+)
+
+log = logging.getLogger("artengine.training")
+
+#: Options a resumed run must keep (they define the run); steps, device and logging may change.
+_DEFINING = ("arch", "data", "image_size", "batch_size", "seed", "preset", "data_length", "label_attribute")
+
+
+@dataclass
+class TrainOptions:
+    """What ``artengine train`` asks for. ``None`` means "not given": the preset, the
+    architecture's defaults, or on ``resume`` the stored run config decide."""
+
+    out: Path
+    arch: str | None = None
+    data: str | None = None
+    steps: int = 5000
+    image_size: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    resume: bool = False
+    device: str = "auto"
+    preset: str | None = None
+    #: Hyper-parameter overrides: any key of TRAINER_DEFAULTS or of the architecture's defaults.
+    settings: dict[str, Any] = field(default_factory=dict)
+    data_length: int | None = None  # procedural datasets: how many samples
+    label_attribute: str | None = None  # procedural datasets: which attribute is the label
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    max_seconds: float | None = None  # stop (with a checkpoint) after this much training time
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """Where a training call ended."""
+
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    metrics: dict[str, Any]
+    interrupted: bool = False
+
+
+class TrainingInterrupted(ArtengineError):
+    """Training stopped on a signal after writing a checkpoint (exit code 130)."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------- run config
+
+
+def resolve_settings(arch: Architecture, preset: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Trainer defaults <- architecture defaults <- preset <- user overrides, checked."""
+    merged: dict[str, Any] = {**TRAINER_DEFAULTS, **arch.defaults}
+    if preset is not None:
+        if preset not in arch.presets:
+            known = ", ".join(sorted(arch.presets)) or "none"
+            raise InputError(f"--preset {preset}: architecture {arch.name} has no such preset (known: {known})")
+        merged.update(arch.presets[preset])
+    for key, value in overrides.items():
+        if key not in merged:
+            raise InputError(f"--set {key}: unknown setting for {arch.name} (known: {', '.join(sorted(merged))})")
+        merged[key] = _coerce(key, value, merged[key])
+    if merged["loss"] not in ("ns", "hinge"):
+        raise InputError(f"--loss {merged['loss']}: must be ns or hinge")
+    try:
+        parse_policy(str(merged["augment"]))
+    except ValueError as exc:
+        raise InputError(f"--augment: {exc}") from None
+    return merged
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Give a user value the type of the default it replaces (CLI values arrive as text)."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f"--set {key}={value}: not a valid value (expected like {default!r})") from None
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise InputError(f"--set {key}: expected true or false, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not type(default) and not (isinstance(default, list) and isinstance(value, list)):
+        raise InputError(f"--set {key}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _engine_versions(plugins: Plugins) -> dict[str, Any]:
+    from . import __version__
+
+    return {"artengine": __version__, "torch": torch.__version__, "hook_api": HOOK_API_VERSION,
+            "plugins": plugins.versions()}
+
+
+def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str], data_record: Mapping[str, Any],
+                   plugins: Plugins) -> dict[str, Any]:
+    """The ``config.json`` of a new run."""
+    settings = resolve_settings(arch, options.preset, options.settings)
+    image_size = options.image_size or 32
+    if image_size not in arch.image_sizes:
+        raise InputError(f"--image-size {image_size}: {arch.name} supports "
+                         + ", ".join(str(s) for s in arch.image_sizes))
+    if options.batch_size is not None:
+        settings["batch_size"] = options.batch_size
+    if arch.conditioning != "none" and not classes:
+        raise InputError(f"--arch {arch.name} is conditioned on labels, but --data {options.data} has no "
+                         "classes (use class subfolders, or a labelled dataset)")
+    config = {**settings, "arch": arch.name, "image_size": image_size,
+              "num_classes": len(classes) if arch.conditioning != "none" else 0}
+    owner = plugins.owner("architectures", arch.name)
+    return {
+        "format": RUN_FORMAT,
+        "name": options.out.name,
+        "architecture": arch.name,
+        "architecture_plugin": owner.name if owner else None,
+        "conditioning": arch.conditioning,
+        "config": config,
+        "image_size": image_size,
+        "z_dim": int(config["z_dim"]),
+        "class_names": list(classes) if arch.conditioning == "label" else [],
+        "style_names": list(classes) if arch.conditioning == "style" else [],
+        "labels": list(classes),
+        "data": {k: data_record[k] for k in ("spec", "dataset", "seed", "length", "label_attribute")},
+        "seed": options.seed or 0,
+        "preset": options.preset,
+        "options": {"data_length": options.data_length, "label_attribute": options.label_attribute},
+        "engine": _engine_versions(plugins),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _check_resume_options(options: TrainOptions, stored: Mapping[str, Any]) -> None:
+    """A resumed run keeps its defining options; a conflicting one is named."""
+    have = {
+        "arch": stored["architecture"],
+        "data": stored["data"]["spec"],
+        "image_size": stored["image_size"],
+        "batch_size": stored["config"]["batch_size"],
+        "seed": stored["seed"],
+        "preset": stored.get("preset"),
+        "data_length": stored.get("options", {}).get("data_length"),
+        "label_attribute": stored.get("options", {}).get("label_attribute"),
+    }
+    for key in _DEFINING:
+        given = getattr(options, key)
+        if given is not None and given != have[key]:
+            raise InputError(f"{options.out}: run was trained with --{key.replace('_', '-')} {have[key]}, "
+                             f"not {given}; drop the option or use a new --out folder")
+    for key, value in options.settings.items():
+        stored_value = stored["config"].get(key)
+        if key not in stored["config"] or _coerce(key, value, stored_value) != stored_value:
+            raise InputError(f"{options.out}: run was trained with {key}={stored_value!r}; "
+                             "settings cannot change on resume")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """The training images in memory, their labels, and the record of what they are."""
+
+    pixels: torch.Tensor  # (N, 3, S, S) uint8
+    labels: torch.Tensor  # (N,) int64; -1 when unlabelled
+    classes: list[str]
+    record: dict[str, Any]
+
+
+def load_training_data(spec: str, *, image_size: int, seed: int, plugins: Plugins,
+                       length: int | None = None, label_attribute: str | None = None,
+                       progress: bool = True) -> TrainingData:
+    """Open the dataset and hold every image in memory as uint8, with the record of exactly
+    which images these are (for folders: every file with its sha256 and label)."""
+    datasets = plugins.components("datasets")
+    options: dict[str, Any] = {}
+    if length is not None:
+        options["length"] = length
+    if label_attribute is not None:
+        options["label_attribute"] = label_attribute
+    imageset = open_dataset(spec, image_size=image_size, seed=seed, datasets=datasets, **options)
+    count = len(imageset)
+    if count == 0:
+        raise InputError(f"--data {spec}: the dataset is empty")
+    pixels = torch.empty((count, 3, image_size, image_size), dtype=torch.uint8)
+    labels = torch.full((count,), -1, dtype=torch.int64)
+    attribute_counts: dict[str, dict[str, int]] = {}
+    sources: list[str] = []
+    for i in tqdm(range(count), desc=f"loading {spec}", unit="img", disable=None if progress else True, leave=False):
+        sample = imageset[i]
+        pixels[i] = torch.from_numpy(np.asarray(sample.image, dtype=np.uint8).transpose(2, 0, 1).copy())
+        if sample.label is not None:
+            labels[i] = int(sample.label)
+        for name, value in sample.attributes.items():
+            bucket = attribute_counts.setdefault(name, {})
+            bucket[value] = bucket.get(value, 0) + 1
+        sources.append(sample.source)
+    classes = list(imageset.classes)
+    dataset_name = spec if spec in datasets else next(
+        (d.name for d in datasets.values() if d.handles_paths), "folder")
+    record: dict[str, Any] = {
+        "spec": spec,
+        "dataset": dataset_name,
+        "seed": seed,
+        "length": count,
+        "label_attribute": label_attribute or (getattr(imageset, "label_attribute", None)),
+        "image_size": image_size,
+        "classes": classes,
+        "attributes": {k: list(v) for k, v in imageset.attributes.items()},
+        "class_counts": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
+        "attribute_counts": attribute_counts,
+    }
+    if spec not in datasets:
+        root = Path(spec)
+        record["root"] = str(root.resolve())
+        record["files"] = [
+            {"path": str(Path(src).resolve().relative_to(root.resolve())) if Path(src).is_absolute() or Path(src).exists() else src,
+             "sha256": sha256_file(src), "label": classes[int(lab)] if lab >= 0 else None}
+            for src, lab in zip(sources, labels.tolist())
+        ]
+        skipped = getattr(imageset, "skipped", [])
+        record["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
+        record["unlisted_files"] = _count_unlisted(root, len(record["files"]), len(skipped))
+    else:
+        record["sources"] = f"{dataset_name}: samples 0..{count - 1} of seed {seed} at {image_size}px"
+    return TrainingData(pixels=pixels, labels=labels, classes=classes, record=record)
+
+
+def _count_unlisted(root: Path, used: int, skipped: int) -> int:
+    """Image files found under the root that were neither used nor reported as skipped."""
+    return max(0, sum(1 for _ in iter_image_files([root])) - used - skipped)
+
+
+class BatchSampler:
+    """Batch ``c`` of the run is a pure function of ``(seed, c)``: the positions
+    ``c*B .. c*B+B-1`` of a stream of seeded per-epoch permutations. Each process takes its
+    ``rows`` of the global batch."""
+
+    def __init__(self, data: TrainingData, seed: int, global_batch: int, rows: slice, device: torch.device):
+        self.data, self.seed, self.global_batch, self.rows, self.device = data, seed, global_batch, rows, device
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.data.pixels))
+        return self._perms[epoch]
+
+    def indices(self, counter: int) -> np.ndarray:
+        """Dataset indices of global batch ``counter`` (all processes)."""
+        n = len(self.data.pixels)
+        positions = counter * self.global_batch + np.arange(self.global_batch)
+        return np.array([self._perm(int(p // n))[int(p % n)] for p in positions])
+
+    def batch(self, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's images (float in [-1, 1]) and labels of global batch ``counter``."""
+        idx = torch.from_numpy(self.indices(counter)[self.rows])
+        images = self.data.pixels[idx].to(self.device, torch.float32) / 127.5 - 1.0
+        return images, self.data.labels[idx].to(self.device)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (world 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device_kind: str) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        return cls(rank=dist.get_rank(), world=dist.get_world_size(),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """All-reduce and average the gradients of ``module`` (one flat buffer)."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's buffers (batch-norm running statistics)."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+    def any(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any process (stop requests, time budgets)."""
+        if not self.enabled:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def pick_device(kind: str, dist: Distributed | None = None) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an input error."""
+    if kind not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device {kind}: must be auto, cpu or cuda")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available")
+        return torch.device("cuda", dist.local_rank if dist else 0)
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- losses and EMA
+
+
+def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic or hinge loss of the discriminator."""
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic or hinge loss of the generator."""
+    if kind == "hinge":
+        return -fake.mean()
+    return F.softplus(-fake).mean()
+
+
+def ema_beta(batch_size: int, images_seen: int, ema_kimg: float, ema_rampup: float | None) -> float:
+    """StyleGAN2-ADA's EMA decay: a half-life of ``ema_kimg`` thousand images, shortened to
+    ``ema_rampup`` x the images seen so far early in training."""
+    ema_nimg = ema_kimg * 1000.0
+    if ema_rampup:
+        ema_nimg = min(ema_nimg, images_seen * ema_rampup)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
+    """Move ``ema``'s parameters towards ``model``'s; copy buffers."""
+    ema_params = list(ema.parameters())
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+# ----------------------------------------------------------------------------- stop requests
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary (with a
+    checkpoint), so a stopped run never loses more than the step in flight. A second
+    SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested (signal %d): finishing this step and writing a checkpoint", signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def build_networks(arch: Architecture, config: Mapping[str, Any]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Build the generator and discriminator from a run config, with clear errors."""
+    try:
+        return arch.build_generator(config), arch.build_discriminator(config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"architecture {arch.name}: cannot build networks from the config: {exc}") from None
+
+
+class Trainer:
+    """One training run: networks, optimizers, data, and the loop."""
+
+    def __init__(self, options: TrainOptions, plugins: Plugins | None = None) -> None:
+        check_torch_version()
+        self.options = options
+        self.plugins = plugins or get_plugins()
+        self.run_dir = Path(options.out)
+        device_kind = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dist = Distributed.from_env(device_kind)
+        self.device = pick_device(options.device, self.dist)
+        self.resuming = is_run_dir(self.run_dir)
+        if self.resuming and not options.resume:
+            raise InputError(f"--out {self.run_dir}: already holds a training run; pass --resume to "
+                             "continue it, or choose a new folder")
+        if not self.resuming and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise InputError(f"--out {self.run_dir}: folder is not empty and holds no run")
+        if self.resuming:
+            stored = read_run_config(self.run_dir)
+            _check_resume_options(options, stored)
+            self.arch = self.plugins.component("architectures", stored["architecture"])
+            self.data = load_training_data(
+                stored["data"]["spec"], image_size=stored["image_size"], seed=stored["seed"],
+                plugins=self.plugins, length=stored["options"].get("data_length"),
+                label_attribute=stored["options"].get("label_attribute"), progress=self._show_progress)
+            self.run_config = stored
+        else:
+            if options.arch is None or options.data is None:
+                raise InputError("--arch and --data are required for a new run")
+            self.arch = self.plugins.component("architectures", options.arch)
+            resolve_settings(self.arch, options.preset, options.settings)  # fail before loading data
+            self.data = load_training_data(
+                options.data, image_size=options.image_size or 32, seed=options.seed or 0,
+                plugins=self.plugins, length=options.data_length,
+                label_attribute=options.label_attribute, progress=self._show_progress)
+            self.run_config = new_run_config(options, self.arch, self.data.classes, self.data.record, self.plugins)
+        self.config: dict[str, Any] = self.run_config["config"]
+        self.seed = int(self.run_config["seed"])
+        self.conditioning = self.arch.conditioning
+        self.global_batch = int(self.config["batch_size"])
+        if self.global_batch % self.dist.world:
+            raise InputError(f"--batch-size {self.global_batch} must divide by the {self.dist.world} processes")
+        local = self.global_batch // self.dist.world
+        self.rows = slice(self.dist.rank * local, (self.dist.rank + 1) * local)
+        self.augment = parse_policy(str(self.config["augment"]))
+        self.sampler = BatchSampler(self.data, self.seed, self.global_batch, self.rows, self.device)
+        self._build()
+
+    @property
+    def _show_progress(self) -> bool:
+        return self.options.progress and int(os.environ.get("RANK", "0")) == 0
+
+    # ------------------------------------------------------------------ setup
+
+    def _build(self) -> None:
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        G, D = build_networks(self.arch, self.config)
+        self.G, self.D = G.to(self.device), D.to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        betas = tuple(float(b) for b in self.config["betas"])
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=float(self.config["lr_g"]), betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=float(self.config["lr_d"]), betas=betas)
+        self.step = 0
+        self.images_seen = 0
+        self.checkpoint: Path | None = None
+        if self.resuming:
+            found = load_latest_checkpoint(self.run_dir)
+            if found is not None:
+                self._restore(*found)
+
+    def _restore(self, path: Path, tensors: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> None:
+        if record.get("architecture") != self.arch.name:
+            raise InputError(f"{path}: checkpoint of architecture {record.get('architecture')!r}, run is {self.arch.name!r}")
+        for prefix, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            unpack_module(prefix, module, tensors, path)
+        unpack_optimizer("opt_G", self.opt_G, tensors, record["optimizers"]["G"], path)
+        unpack_optimizer("opt_D", self.opt_D, tensors, record["optimizers"]["D"], path)
+        self.step = int(record["step"])
+        self.images_seen = int(record["images_seen"])
+        torch.set_rng_state(tensors["rng.torch"])
+        rng = record["rng"]
+        np.random.set_state((rng["numpy"][0], tensors["rng.numpy"].numpy().view(np.uint32), *rng["numpy"][1:]))
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        if torch.cuda.is_available() and "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.checkpoint = path
+        log.info("resuming %s from %s (step %d)", self.run_dir, path.name, self.step)
+
+    def _write_run_files(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / SAMPLES).mkdir(exist_ok=True)
+        if not self.resuming:
+            atomic_write_json(self.run_dir / TRAINING_DATA, self.data.record)
+            atomic_write_json(self.run_dir / RUN_CONFIG, self.run_config)
+        else:
+            truncate_metrics(self.run_dir, self.step)
+
+    # ------------------------------------------------------------------ one step
+
+    def _conditioning(self, labels: torch.Tensor, real: torch.Tensor, *, train: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Keyword arguments for G, and the codes needed by style losses."""
+        if self.conditioning == "none":
+            return {}, {}
+        if self.conditioning == "label":
+            return {"labels": labels}, {}
+        mask = (torch.rand(self.global_batch)[self.rows] < float(self.config["style_ref_prob"])).to(self.device)
+        with torch.set_grad_enabled(train):
+            from_labels = self.G.style_from_labels(labels)
+            from_images = self.G.style_from_images(real)
+        styles = torch.where(mask[:, None], from_images, from_labels)
+        return {"styles": styles}, {"from_images": from_images}
+
+    def _z(self) -> torch.Tensor:
+        return torch.randn(self.global_batch, int(self.config["z_dim"]))[self.rows].to(self.device)
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.augment:
+            return images
+        return diff_augment(images, self.augment, self.rows, self.global_batch)
+
+    def _d_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+        return labels if self.conditioning != "none" else None
+
+    def train_step(self) -> dict[str, float]:
+        """One generator step preceded by ``d_steps`` discriminator steps."""
+        cfg = self.config
+        loss_kind = str(cfg["loss"])
+        d_steps = int(cfg["d_steps"])
+        out: dict[str, float] = {}
+        self.D.requires_grad_(True)
+        for k in range(d_steps):
+            d_iter = self.step * d_steps + k
+            real, labels = self.sampler.batch(d_iter)
+            z = self._z()
+            with torch.no_grad():
+                kwargs, _ = self._conditioning(labels, real, train=False)
+                fake = self.G(z, **kwargs)
+            r1_now = float(cfg["r1_gamma"]) > 0 and d_iter % int(cfg["r1_every"]) == 0
+            real_in = real.detach().requires_grad_(r1_now)
+            logits_real = self.D(self._augment(real_in), self._d_labels(labels))
+            logits_fake = self.D(self._augment(fake), self._d_labels(labels))
+            loss_d = discriminator_loss(loss_kind, logits_real, logits_fake)
+            if r1_now:
+                (grad,) = torch.autograd.grad(logits_real.sum(), real_in, create_graph=True)
+                penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+                loss_d = loss_d + penalty * (float(cfg["r1_gamma"]) / 2) * int(cfg["r1_every"])
+                out["r1"] = float(penalty.detach())
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.dist.average_gradients(self.D)
+            self.opt_D.step()
+            out["loss_d"] = float(loss_d.detach())
+            out["d_real"] = float(logits_real.detach().mean())
+            out["d_fake"] = float(logits_fake.detach().mean())
+
+        self.D.requires_grad_(False)
+        z = self._z()
+        kwargs, codes = self._conditioning(labels, real, train=True)
+        fake = self.G(z, **kwargs)
+        loss_g = generator_loss(loss_kind, self.D(self._augment(fake), self._d_labels(labels)))
+        if self.conditioning == "style" and float(cfg["style_align"]) > 0:
+            align = self._style_alignment(codes["from_images"], labels)
+            loss_g = loss_g + float(cfg["style_align"]) * align
+            out["style_align"] = float(align.detach())
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.dist.average_gradients(self.G)
+        self.opt_G.step()
+        self.dist.sync_buffers(self.G)
+        self.dist.sync_buffers(self.D)
+        out["loss_g"] = float(loss_g.detach())
+
+        self.images_seen += self.global_batch
+        self.step += 1
+        beta = ema_beta(self.global_batch, self.images_seen, float(cfg["ema_kimg"]), float(cfg["ema_rampup"]))
+        update_ema(self.G_ema, self.G, beta)
+        return out
+
+    def _style_alignment(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pull the encoder's code of a real image towards its style label's code: a
+        classifier over cosine similarities to every label's code (temperature 0.1)."""
+        table = self.G.style_from_labels(torch.arange(len(self.data.classes), device=self.device))
+        logits = F.normalize(codes, dim=1) @ F.normalize(table, dim=1).t() / 0.1
+        return F.cross_entropy(logits, labels)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _checkpoint_record(self, metrics: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            tensors.update(pack_module(prefix, module))
+        opt_g, opt_g_rec = pack_optimizer("opt_G", self.opt_G)
+        opt_d, opt_d_rec = pack_optimizer("opt_D", self.opt_D)
+        tensors.update(opt_g)
+        tensors.update(opt_d)
+        tensors["rng.torch"] = torch.get_rng_state()
+        np_state = np.random.get_state()
+        tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.uint32).view(np.int32).copy())
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        py_state = random.getstate()
+        record = {
+            "format": CHECKPOINT_FORMAT,
+            "architecture": self.arch.name,
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "optimizers": {"G": opt_g_rec, "D": opt_d_rec},
+            "augment": {"policy": ",".join(self.augment), "p": 1.0 if self.augment else 0.0},
+            "rng": {"numpy": [np_state[0], *[_plain(v) for v in np_state[2:]]],
+                    "python": [py_state[0], list(py_state[1]), py_state[2]]},
+            "metrics": dict(metrics),
+            "run": self.run_config,
+            "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        return tensors, record
+
+    def save_checkpoint(self, metrics: Mapping[str, Any]) -> Path | None:
+        """Write the checkpoint of the current step atomically, prune, redraw the curve,
+        and fire ``artengine_checkpoint_saved``. Rank 0 only."""
+        if not self.dist.is_main:
+            return None
+        tensors, record = self._checkpoint_record(metrics)
+        path = checkpoint_path(self.run_dir, self.step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(path, tensors, record)
+        prune_checkpoints(self.run_dir, int(self.options.keep_checkpoints))
+        write_loss_curve(self.run_dir)
+        self.checkpoint = path
+        self.plugins.hook.artengine_checkpoint_saved(run_dir=str(self.run_dir), step=self.step, path=str(path),
+                                                     metrics=dict(metrics))
+        return path
+
+    def save_samples(self) -> Path | None:
+        """A fixed-noise grid from the EMA generator (the same latents every time)."""
+        if not self.dist.is_main:
+            return None
+        from .data import image_grid
+        from .models import GeneratorModel
+
+        model = GeneratorModel(self.G_ema, self.run_config, weights_sha256="", device=self.device)
+        count = 64
+        latents = model.latents(self.seed, range(count))
+        kwargs: dict[str, Any] = {}
+        if self.conditioning != "none":
+            kwargs["labels"] = [(i // 8) % len(self.data.classes) for i in range(count)]
+        pixels = model.generate(latents, **kwargs)
+        from PIL import Image
+
+        grid = image_grid([Image.fromarray(p) for p in pixels], columns=8)
+        path = self.run_dir / SAMPLES / f"step-{self.step:09d}.png"
+        atomic_save_image(path, grid)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> TrainResult:
+        """Train until ``options.steps`` (total, including resumed steps), a time budget
+        or a stop signal; checkpoint on the way out."""
+        options = self.options
+        total = int(options.steps)
+        self._write_run_files()
+        self.dist.barrier()
+        metrics_log = MetricsLog(self.run_dir) if self.dist.is_main else None
+        last: dict[str, Any] = {}
+        sums: dict[str, float] = {}
+        counted = 0
+        started = time.perf_counter()
+        window_start, window_step = started, self.step
+        interrupted = False
+        self.G.train()
+        self.D.train()
+        bar = tqdm(total=total, initial=self.step, unit="step", desc=f"train {self.arch.name}",
+                   disable=None if (options.progress and self.dist.is_main) else True, dynamic_ncols=True)
+        try:
+            with StopRequest() as stop:
+                while self.step < total:
+                    values = self.train_step()
+                    for key, value in values.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    counted += 1
+                    bar.update(1)
+                    at_end = self.step >= total
+                    over_time = options.max_seconds is not None and time.perf_counter() - started >= options.max_seconds
+                    halt = self.dist.any(stop.requested or over_time) if (self.dist.enabled or stop.requested or over_time) else False
+                    if self.step % options.log_every == 0 or at_end or halt:
+                        now = time.perf_counter()
+                        steps_done = self.step - window_step
+                        last = {"step": self.step, "images_seen": self.images_seen,
+                                **{k: v / counted for k, v in sums.items()},
+                                "it_per_s": steps_done / max(now - window_start, 1e-9),
+                                "img_per_s": steps_done * self.global_batch / max(now - window_start, 1e-9),
+                                "elapsed_s": now - started}
+                        if metrics_log is not None:
+                            metrics_log.append(last)
+                        bar.set_postfix(loss_d=f"{last.get('loss_d', 0):.3f}", loss_g=f"{last.get('loss_g', 0):.3f}")
+                        sums, counted = {}, 0
+                        window_start, window_step = now, self.step
+                    if self.step % options.sample_every == 0 or at_end or halt:
+                        self.save_samples()
+                    if self.step % options.checkpoint_every == 0 or at_end or halt:
+                        self.save_checkpoint(last)
+                    if halt:
+                        interrupted = stop.requested
+                        break
+        finally:
+            bar.close()
+            if metrics_log is not None:
+                metrics_log.close()
+        if self.step >= total and self.checkpoint is None:
+            self.save_checkpoint(last)  # resumed at or past the target: still leave a checkpoint
+        result = TrainResult(self.run_dir, self.step, self.checkpoint, last, interrupted=interrupted)
+        if interrupted:
+            raise TrainingInterrupted(f"training stopped at step {self.step}; checkpoint {self.checkpoint}; "
+                                      "continue with --resume")
+        return result
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def train(options: TrainOptions, plugins: Plugins | None = None) -> TrainResult:
+    """Train (or resume) a run; see :class:`TrainOptions`. Returns where it ended."""
+    return Trainer(options, plugins).run()

@@ -1,0 +1,253 @@
+"""The trainer: run layout, exact kill-and-resume (row 25), checkpoints, multi-process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from artengine.checkpoints import list_checkpoints, load_latest_checkpoint, load_weights
+from artengine.cli import cli
+from artengine.errors import InputError
+from artengine.runs import read_metrics, run_summary
+from artengine.training import TrainOptions, train
+
+#: Tiny networks: seconds per run on 2 CPU cores.
+TINY = {
+    "dcgan": {"ngf": 8, "ndf": 8},
+    "cgan": {"g_ch": 8, "d_ch": 8},
+    "stylegan": {"g_ch_base": 256, "g_ch_max": 32, "d_ch_base": 256, "d_ch_max": 32, "e_ch_base": 128,
+                 "e_ch_max": 16, "w_dim": 32, "style_dim": 16, "mapping_layers": 2, "r1_every": 2},
+}
+
+
+def tiny_options(out: Path, arch: str, steps: int, **extra) -> TrainOptions:
+    settings = {**TINY[arch], "augment": "color,translation,cutout"}
+    return TrainOptions(out=out, arch=arch, data="shapes", steps=steps, batch_size=8, data_length=48,
+                        settings=settings, checkpoint_every=3, sample_every=3, log_every=1, progress=False, **extra)
+
+
+def resume_options(out: Path, steps: int, **extra) -> TrainOptions:
+    return TrainOptions(out=out, steps=steps, resume=True, checkpoint_every=3, sample_every=3, log_every=1,
+                        progress=False, **extra)
+
+
+def assert_same_state(run_a: Path, run_b: Path) -> None:
+    _, a, rec_a = load_latest_checkpoint(run_a)
+    _, b, rec_b = load_latest_checkpoint(run_b)
+    assert rec_a["step"] == rec_b["step"]
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+    assert rec_a["optimizers"] == rec_b["optimizers"]
+    assert rec_a["rng"] == rec_b["rng"]
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "cgan", "stylegan"])
+def test_stop_and_resume_equals_uninterrupted_training(tmp_path, arch):
+    train(tiny_options(tmp_path / "whole", arch, 6))
+    train(tiny_options(tmp_path / "split", arch, 3))
+    result = train(resume_options(tmp_path / "split", 6))
+    assert result.step == 6
+    assert_same_state(tmp_path / "whole", tmp_path / "split")
+
+
+def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
+    train(tiny_options(tmp_path / "run", "stylegan", 3))
+    path, tensors, record = load_latest_checkpoint(tmp_path / "run")
+    prefixes = {k.split(".")[0] for k in tensors}
+    assert prefixes == {"G", "G_ema", "D", "opt_G", "opt_D", "rng"}
+    assert {"rng.torch", "rng.numpy"} <= tensors.keys()
+    assert record["step"] == 3 and record["images_seen"] == 24
+    assert record["augment"] == {"policy": "color,translation,cutout", "p": 1.0}
+    assert set(record["rng"]) == {"python", "numpy"}
+    assert record["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(2e-3)
+    assert record["run"]["architecture"] == "stylegan"
+    assert path.read_bytes()[:8] != b"PK\x03\x04"  # safetensors, not a torch.save zip
+
+
+def test_run_directory_layout(tmp_path):
+    out = tmp_path / "run"
+    options = tiny_options(out, "cgan", 7)
+    options.keep_checkpoints = 2
+    train(options)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "cgan" and config["conditioning"] == "label"
+    assert config["image_size"] == 32 and config["z_dim"] == 128
+    assert config["class_names"] == ["circle", "square", "triangle", "star"]
+    assert config["data"] == {"spec": "shapes", "dataset": "shapes", "seed": 0, "length": 48,
+                              "label_attribute": "shape"}
+    assert config["engine"]["torch"] == torch.__version__
+    data = json.loads((out / "training_data.json").read_text())
+    assert sum(data["class_counts"].values()) == 48
+    assert set(data["attribute_counts"]) == {"shape", "colour", "background"}
+    assert [s for s, _ in list_checkpoints(out)] == [6, 7]  # every 3 steps and the end, last 2 kept
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 8))
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "step-000000003.png", "step-000000006.png", "step-000000007.png"]
+    assert Image.open(out / "samples" / "step-000000007.png").size == (8 * 32 + 18, 8 * 32 + 18)
+    svg = (out / "loss_curve.svg").read_text()
+    assert svg.startswith("<svg") and "loss_d" in svg and "polyline" in svg
+    summary = run_summary(out)
+    assert summary["step"] == 7 and set(summary["curves"]) == {"loss_d", "loss_g"}
+
+
+def test_folder_run_records_every_training_file(tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for cls in ("ink", "wash"):
+        (data / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    (data / "ink" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="stylegan", data=str(data), steps=1, batch_size=4, settings=TINY["stylegan"],
+                       progress=False))
+    record = json.loads((out / "training_data.json").read_text())
+    assert record["dataset"] == "imagefolder" and record["classes"] == ["ink", "wash"]
+    files = {f["path"]: f for f in record["files"]}
+    assert len(files) == 12 and files["ink/0.png"]["label"] == "ink"
+    from artengine import sha256_file
+    assert files["wash/5.png"]["sha256"] == sha256_file(data / "wash" / "5.png")
+    assert [s["path"] for s in record["skipped"]] == [str(data / "ink" / "broken.png")]
+    assert json.loads((out / "config.json").read_text())["style_names"] == ["ink", "wash"]
+
+
+def test_existing_run_needs_resume_and_keeps_its_options(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_options(out, "dcgan", 1))
+    with pytest.raises(InputError, match="--resume"):
+        train(tiny_options(out, "dcgan", 2))
+    with pytest.raises(InputError, match="--batch-size 8, not 16"):
+        train(TrainOptions(out=out, steps=2, resume=True, batch_size=16, progress=False))
+    with pytest.raises(InputError, match="settings cannot change"):
+        train(TrainOptions(out=out, steps=2, resume=True, settings={"lr_g": 0.1}, progress=False))
+
+
+def test_bad_options_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown setting"):
+        train(TrainOptions(out=tmp_path / "a", arch="dcgan", data="shapes", settings={"ngff": 3}, progress=False))
+    with pytest.raises(InputError, match="no classes"):
+        folder = tmp_path / "flat"
+        folder.mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
+        train(TrainOptions(out=tmp_path / "b", arch="cgan", data=str(folder), progress=False))
+    with pytest.raises(InputError, match="has no such preset"):
+        train(TrainOptions(out=tmp_path / "c", arch="dcgan", data="shapes", preset="nope", progress=False))
+
+
+# --------------------------------------------------------------------------- processes
+
+KILLER = """
+    import os, signal
+    from artengine import hookimpl
+
+    ARTENGINE_HOOK_API = "1.0"
+
+    @hookimpl
+    def artengine_checkpoint_saved(run_dir, step, path, metrics):
+        with open(os.path.join(run_dir, "hook.log"), "a") as fh:
+            fh.write(f"{step} {os.path.basename(path)}\\n")
+        if step == int(os.environ.get("KILL_AT_STEP", "-1")):
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _train_cli(out: Path, steps: int, env: dict, *, resume: bool = False) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "artengine", "train", "--out", str(out), "--steps", str(steps),
+            "--checkpoint-every", "3", "--sample-every", "100", "--log-every", "1"]
+    if resume:
+        args.append("--resume")
+    else:
+        args += ["--arch", "dcgan", "--data", "shapes", "--batch-size", "8", "--data-length", "48",
+                 "--set", "ngf=8", "--set", "ndf=8"]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_then_truncated_checkpoint_then_resume_equals_uninterrupted(tmp_path, plugin_dists):
+    """Row 25: kill training at step 6 (right after its checkpoint), truncate that newest
+    checkpoint, resume: the run falls back to step 3 and ends bitwise equal to a run never
+    interrupted. The checkpoint hook fired for every checkpoint."""
+    plugin_dists.make("killer-plugin", "killer_plugin", KILLER)
+    env = plugin_dists.env()
+    whole = _train_cli(tmp_path / "whole", 9, env)
+    assert whole.returncode == 0, whole.stderr
+    killed = _train_cli(tmp_path / "split", 9, {**env, "KILL_AT_STEP": "6"})
+    assert killed.returncode == -signal.SIGKILL
+    newest = tmp_path / "split" / "checkpoints" / "step-000000006.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    resumed = _train_cli(tmp_path / "split", 9, env, resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping damaged checkpoint" in resumed.stderr and "step-000000006" in resumed.stderr
+    assert_same_state(tmp_path / "whole", tmp_path / "split")
+    assert [r["step"] for r in read_metrics(tmp_path / "split")] == list(range(1, 10))
+    hooks = (tmp_path / "split" / "hook.log").read_text().split()
+    assert hooks[::2] == ["3", "6", "6", "9"]
+
+
+def test_sigterm_stops_at_a_step_with_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artengine", "train", "--arch", "dcgan", "--data", "shapes", "--out", str(out),
+         "--steps", "100000", "--batch-size", "8", "--data-length", "48", "--set", "ngf=8", "--set", "ndf=8",
+         "--checkpoint-every", "100000", "--log-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() or not read_metrics(out):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    (step, path), = list_checkpoints(out)
+    assert step >= 1 and load_weights(path)[1]["step"] == step
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo) on the global batch gives the parameters of one
+    process on the whole batch, up to float summation order."""
+    common = ["--arch", "stylegan", "--data", "shapes", "--steps", "4", "--batch-size", "8", "--data-length", "48",
+              "--checkpoint-every", "100", "--sample-every", "100", "--augment", "color,translation,cutout"]
+    for key, value in TINY["stylegan"].items():
+        common += ["--set", f"{key}={value}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "artengine", "train", "--out", str(tmp_path / "one"), *common],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "artengine", "train", "--out", str(tmp_path / "two"), *common],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr
+    _, one, rec_one = load_latest_checkpoint(tmp_path / "one")
+    _, two, rec_two = load_latest_checkpoint(tmp_path / "two")
+    assert rec_one["step"] == rec_two["step"] == 4
+    for key in one:
+        if key.startswith(("G.", "G_ema.", "D.")):
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert torch.equal(one["rng.torch"], two["rng.torch"])  # same draws in both set-ups
+
+
+def test_cli_train_then_resume_further(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--arch", "dcgan", "--data", "shapes", "--out", str(out), "--steps", "2", "--batch-size", "8",
+            "--data-length", "32", "--set", "ngf=8", "--set", "ndf=8", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["step"] == 2
+    result = CliRunner().invoke(cli, ["train", "--out", str(out), "--steps", "4", "--resume", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["step"] == 4
+    result = CliRunner().invoke(cli, ["train", "--out", str(out), "--steps", "4", "--arch", "cgan", "--resume"])
+    assert result.exit_code == 2 and "--arch dcgan" in result.output
