@@ -413,6 +413,41 @@ def export(source: Path, out: Path, allow_pickle: bool) -> None:
     click.echo(f"wrote {path}")
 
 
+# ----------------------------------------------------------------------------- styles
+
+
+@cli.group()
+def style() -> None:
+    """Package trained runs as style plugins that studios install with pip."""
+
+
+@style.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Style name (--model NAME); package artengine-style-NAME.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write the package to (must not exist or be empty).")
+@click.option("--licence", default="", help="Licence text of the style (written to LICENCE).")
+@click.option("--description", default="", help="One line describing the style.")
+@click.option("--version", "package_version", default="0.1.0", show_default=True,
+              help="Version of the package.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
+def style_export(run: Path, name: str, out: Path, licence: str, description: str, package_version: str,
+                 as_json: bool) -> None:
+    """Write RUN as a pip-installable style plugin: weights, config, the training-set hash
+    registry, the training attribute distribution, licence and model card."""
+    from .style_export import export_style
+
+    plugins = load_plugins()
+    written = export_style(run, name=name, out=out, licence=licence, description=description,
+                           version=package_version, plugins=plugins)
+    if as_json:
+        click.echo(json.dumps(written.as_dict(), indent=2))
+        return
+    click.echo(f"wrote {written.distribution} to {written.out} "
+               f"({written.references} training images in its registry)")
+    click.echo(f"install it with: pip install {written.out}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="artengine")
