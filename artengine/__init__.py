@@ -36,6 +36,16 @@ from .io import (
     to_rgb,
 )
 from .plugins import Plugins, get_plugins, hookimpl
+from .provenance import (
+    Keys,
+    Ledger,
+    ProvenanceError,
+    Verification,
+    default_keys_dir,
+    default_ledger_path,
+    load_keys,
+    verify_image,
+)
 from .records import Finding, Outcome
 from .styles import Style
 from .registry import (
@@ -46,6 +56,7 @@ from .registry import (
     open_registries,
     search_registries,
 )
+from .watermark import Watermark, WatermarkReading
 
 try:
     __version__ = _version("artengine")
@@ -54,7 +65,6 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ALLOWED_FORMATS",
-    "HOOK_API_VERSION",
     "ArtengineError",
     "Architecture",
     "Audit",
@@ -63,10 +73,13 @@ __all__ = [
     "Dataset",
     "FeatureExtractor",
     "Finding",
+    "HOOK_API_VERSION",
     "ImageHashes",
     "ImageLoadError",
     "ImageSet",
     "InputError",
+    "Keys",
+    "Ledger",
     "LoadedImage",
     "MIN_RELIABLE_QUALITY",
     "Match",
@@ -75,21 +88,28 @@ __all__ = [
     "PluginError",
     "Plugins",
     "PolicyError",
+    "ProvenanceError",
     "Reference",
     "ReferenceRegistry",
     "RegistryError",
     "Sample",
     "Setting",
     "Style",
+    "Verification",
+    "Watermark",
+    "WatermarkReading",
     "TRAINER_DEFAULTS",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "default_keys_dir",
+    "default_ledger_path",
     "get_plugins",
     "hookimpl",
     "iter_image_files",
+    "load_keys",
     "open_dataset",
     "open_image",
     "open_registries",
@@ -102,4 +122,5 @@ __all__ = [
     "sha256_file",
     "to_rgb",
     "validate_settings",
+    "verify_image",
 ]

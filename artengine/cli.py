@@ -277,6 +277,176 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
             click.echo(f"  batch {reason}")
         click.echo(f"report: {html_path}")
     sys.exit(doc["exit_code"])
+
+# ----------------------------------------------------------------------------- provenance
+
+
+_KEYS_HELP = "Keys folder (default: $ARTENGINE_KEYS, else ~/.config/artengine/keys)."
+_LEDGER_HELP = "Provenance ledger (default: $ARTENGINE_LEDGER, else ~/.local/share/artengine/ledger.sqlite)."
+
+
+@cli.group()
+def keys() -> None:
+    """Create and inspect provenance keys: an Ed25519 signing key pair and a watermark key."""
+
+
+@keys.command("init")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--force", is_flag=True, help="Replace existing keys (images signed with them become unverifiable).")
+def keys_init(keys_dir: Path | None, force: bool) -> None:
+    """Create the keys (private files with mode 0600); never overwrites without --force."""
+    from .provenance import init_keys
+
+    made = init_keys(keys_dir, force=force)
+    click.echo(f"created keys in {made.source} (signing key id {made.key_id})")
+    click.echo("  keep signing.key and watermark.key secret and backed up; share signing.pub with verifiers")
+
+
+@keys.command("show")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def keys_show(keys_dir: Path | None, as_json: bool) -> None:
+    """Show which keys are present and the signing key id."""
+    from .provenance import load_keys
+
+    found = load_keys(keys_dir)
+    doc = {"source": found.source, "key_id": found.key_id, "signing_key": found.signing_key is not None,
+           "watermark_key": found.watermark_key is not None, "trusted": sorted(found.trusted)}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"keys: {found.source}")
+    click.echo(f"  signing key: {'yes' if doc['signing_key'] else 'no'} (key id {found.key_id or '-'})")
+    click.echo(f"  watermark key: {'yes' if doc['watermark_key'] else 'no'}")
+    click.echo(f"  trusted signers: {', '.join(doc['trusted']) or 'none'}")
+
+
+def _scheme(plugins: Plugins, name: str, key: bytes) -> Any:
+    return plugins.component("watermarks", name)(key)
+
+
+@cli.group()
+def watermark() -> None:
+    """Embed and detect the invisible watermark (mark only; `artengine sign` adds the manifest)."""
+
+
+@watermark.command("embed")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--payload", required=True, help="The payload: 12 hex digits (48 bits).")
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="Watermark key file, or a keys folder (default: the keys folder).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+def watermark_embed(source: Path, target: Path, payload: str, key_path: Path | None, scheme: str) -> None:
+    """Write TARGET: SOURCE with PAYLOAD embedded (alpha kept; format from the suffix)."""
+    from .provenance import load_keys, parse_payload, watermark_file
+
+    plugins = load_plugins()
+    marker = _scheme(plugins, scheme, load_keys(key_path).require_watermark())
+    psnr = watermark_file(source, target, scheme=marker, payload=parse_payload(payload, marker.payload_bytes))
+    click.echo(f"wrote {target} (payload {payload.lower()}, PSNR {psnr:.2f} dB)")
+
+
+@watermark.command("detect")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="Watermark key file, or a keys folder (default: the keys folder).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+@click.option("--no-search", is_flag=True, help="Read images as they stand; skip crop/rotation resynchronisation.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def watermark_detect(images: tuple[Path, ...], key_path: Path | None, scheme: str, no_search: bool,
+                     as_json: bool) -> None:
+    """Read the payload of each image. Exit 0 when every image carries a readable mark, 1 otherwise."""
+    from .errors import ImageLoadError
+    from .io import iter_image_files, open_image
+    from .provenance import load_keys
+    from .watermark import WatermarkReading
+
+    plugins = load_plugins()
+    marker = _scheme(plugins, scheme, load_keys(key_path).require_watermark())
+    results = []
+    for path in iter_image_files(images):
+        try:
+            reading = marker.detect(open_image(path).rgb, search=not no_search)
+        except ImageLoadError as exc:
+            reading = WatermarkReading(False, None, 0.0, reason=f"unreadable image: {exc.reason}")
+        results.append({"path": str(path), **reading.as_dict()})
+        if not as_json:
+            if reading.detected:
+                click.echo(f"detected   {path}: payload {reading.payload_hex} (confidence {reading.confidence:.2f})")
+            else:
+                click.echo(f"not found  {path}: {reading.reason}")
+    if as_json:
+        click.echo(json.dumps({"scheme": scheme, "images": results}, indent=2))
+    sys.exit(0 if results and all(r["detected"] for r in results) else 1)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--payload", help="12 hex digits (default: random). The ledger refuses a payload already used.")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), help=_LEDGER_HELP)
+@click.option("--label", help="Recorded in the manifest: the class label or subject.")
+@click.option("--style", help="Recorded in the manifest: the style.")
+@click.option("--note", help="Recorded in the manifest: free text (e.g. the author).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+def sign(source: Path, target: Path, payload: str | None, keys_dir: Path | None, ledger_path: Path | None,
+         label: str | None, style: str | None, note: str | None, scheme: str) -> None:
+    """Mark SOURCE, sign its manifest and record it: TARGET (PNG) plus TARGET.manifest.json."""
+    import secrets
+
+    from .provenance import Ledger, default_ledger_path, load_keys, parse_payload, sign_file, utc_now
+
+    plugins = load_plugins()
+    found = load_keys(keys_dir)
+    marker = _scheme(plugins, scheme, found.require_watermark())
+    value = parse_payload(payload, marker.payload_bytes) if payload else secrets.token_bytes(marker.payload_bytes)
+    engine, versions = _versions(plugins)
+    with Ledger(ledger_path or default_ledger_path()) as ledger:
+        stamped = sign_file(source, target, scheme=marker, signing_key=found.require_signing(), ledger=ledger,
+                            payload=value, created=utc_now(), engine={"name": "artengine", **engine},
+                            plugins=versions, label=label, style=style,
+                            extra={"note": note} if note else None)
+    click.echo(f"wrote {target} and {target.name}.manifest.json (payload {value.hex()}, "
+               f"key {stamped.manifest['signature']['key_id']}); recorded in {ledger.path}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), help=_LEDGER_HELP)
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Mark reads below this confidence are not trusted.")
+@click.option("--no-search", is_flag=True, help="Skip crop/rotation resynchronisation of the mark.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def verify(images: tuple[Path, ...], keys_dir: Path | None, ledger_path: Path | None, min_confidence: float,
+           no_search: bool, as_json: bool) -> None:
+    """Check each image's provenance: verified, watermark-only, tampered or unknown.
+
+    Exit 0 when every image is verified, 1 otherwise.
+    """
+    from .io import iter_image_files
+    from .provenance import Ledger, default_ledger_path, load_keys, verify_image
+
+    plugins = load_plugins()
+    found = load_keys(keys_dir)
+    path = ledger_path or default_ledger_path()
+    ledger = Ledger(path, create=False) if ledger_path or path.exists() else None
+    results = []
+    try:
+        for image in iter_image_files(images):
+            result = verify_image(image, keys=found, schemes=plugins.components("watermarks"), ledger=ledger,
+                                  min_confidence=min_confidence, search=not no_search)
+            results.append(result)
+            if not as_json:
+                click.echo(f"{result.status:<14} {image}: {result.message}")
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if as_json:
+        click.echo(json.dumps({"images": [r.as_dict() for r in results]}, indent=2))
+    sys.exit(0 if results and all(r.verified for r in results) else 1)
 # ----------------------------------------------------------------------------- training
 
 
