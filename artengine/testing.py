@@ -78,7 +78,8 @@ def make_registry(path: str | os.PathLike[str], images: Iterable[Any], *, licenc
 class ArtengineRunner:
     """Runs ``artengine`` commands in-process through click's CliRunner, discovering plugins
     afresh for every command (so a plugin registered or installed mid-test is seen) and
-    optionally adding plugin objects that are not installed at all."""
+    optionally adding plugin objects (modules) that need not be installed: a plugin's own
+    tests then run the same before and after ``pip install``."""
 
     def __init__(self, plugins: Sequence[Any] = (), env: dict[str, str] | None = None) -> None:
         from click.testing import CliRunner
@@ -102,7 +103,9 @@ class ArtengineRunner:
                     os.environ[key] = value
             plugins = Plugins.discover()
             for obj in self.extra_plugins:
-                plugins.register(obj)
+                # Installed as well (entry point): already loaded, do not register it twice.
+                if not plugins.pm.is_registered(obj):
+                    plugins.register(obj)
             set_plugins(plugins)
             return self.runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
         finally:
