@@ -16,8 +16,9 @@ LICENCE = "CC-BY-4.0: procedural shapes by the artengine tests"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("style") / "run", data_length=24)
+def run(artengine_tiny_run) -> Path:
+    """A dcgan run on 32 shapes (artengine.testing, trained once per session)."""
+    return artengine_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def package(run, tmp_path_factory) -> Path:
     result = ArtengineRunner().invoke("style", "export", str(run), "--name", "test-shapes", "--out", str(out),
                                       "--licence", LICENCE, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["references"] == 24
+    assert json.loads(result.output)["references"] == 32
     return out
 
 
@@ -37,7 +38,7 @@ def test_package_holds_weights_registry_distribution_licence_and_card(run, packa
     assert project["project"]["entry-points"]["artengine"] == {"style_test_shapes": "artengine_style_test_shapes"}
     assert any(d.startswith("artengine") for d in project["project"]["dependencies"])
     with ReferenceRegistry(data / "registry.sqlite") as registry:
-        assert registry.count() == 24  # every training image, hashed
+        assert registry.count() == 32  # every training image, hashed
     # The distribution is the training record's attribute counts, as probabilities.
     record = json.loads((run / "training_data.json").read_text())
     distribution = json.loads((data / "reference_distribution.json").read_text())["attributes"]
@@ -45,10 +46,10 @@ def test_package_holds_weights_registry_distribution_licence_and_card(run, packa
     for attribute, counts in record["attribute_counts"].items():
         assert sum(distribution[attribute].values()) == pytest.approx(1.0)
         for value, count in counts.items():
-            assert distribution[attribute][value] == pytest.approx(count / 24)
+            assert distribution[attribute][value] == pytest.approx(count / 32)
     assert (data / "LICENCE").read_text().strip() == LICENCE
     card = (data / "MODEL_CARD.md").read_text()
-    assert "dcgan" in card and LICENCE in card and "24 images" in card
+    assert "dcgan" in card and LICENCE in card and "32 images" in card
     assert json.loads((data / "style.json").read_text())["model"]["architecture"] == "dcgan"
 
 
@@ -80,7 +81,7 @@ print(json.dumps({"weights": str(style.weights), "shape": list(images.shape), "d
     found = json.loads(used.stdout)
     assert found["weights"].startswith(str(env.site_packages))
     assert found["shape"] == [3, 32, 32, 3] and found["dtype"] == "uint8"
-    assert found["sha"] and found["refs"] == 24 and found["licence"] == LICENCE
+    assert found["sha"] and found["refs"] == 32 and found["licence"] == LICENCE
     assert sum(found["dist"].values()) == pytest.approx(1.0)
 
     env.uninstall("artengine-style-test-shapes")
