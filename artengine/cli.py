@@ -213,6 +213,9 @@ def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--registry", "registries", multiple=True, type=click.Path(path_type=Path),
               help="Reference registry (repeatable); added to the policy's registries.")
 @click.option("--reference-data", help="Dataset name or folder the images are compared with (bias).")
+@click.option("--style", "style_name", metavar="NAME",
+              help="Installed style the images came from: its training-set registry and attribute "
+                   "distribution are used by the near-duplicate and bias audits.")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
               help="Training run that produced the images (curves and samples in the report).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("artengine-report"),
@@ -223,7 +226,7 @@ def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], reference_data: str | None,
-          run_dir: Path | None, report_dir: Path, overrides: tuple[str, ...], clip_model: str | None,
+          style_name: str | None, run_dir: Path | None, report_dir: Path, overrides: tuple[str, ...], clip_model: str | None,
           clip_pretrained: str | None, as_json: bool) -> None:
     """Audit every image in FOLDER against a policy and write the report.
 
@@ -242,10 +245,13 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
     for reg in registries:
         if not reg.exists():
             raise ArtengineError(f"--registry {reg}: no such file")
+    style = plugins.component("styles", style_name) if style_name else None
     context = AuditContext(
         policy_path=policy.path,
-        registries=[*policy.registries, *(str(r) for r in registries)],
+        registries=[*policy.registries, *(str(r) for r in registries),
+                    *([str(style.registry)] if style is not None and style.registry else [])],
         reference_data=reference_data,
+        reference_distribution=style.read_reference_distribution() if style is not None else None,
         run_dir=str(run_dir) if run_dir else None,
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
@@ -257,7 +263,7 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
         kind="audit", images=outcome.images, batch=outcome.batch, policy=policy.as_dict(),
         engine=engine, plugins=versions,
         inputs={"folder": str(folder), "registries": context.registries,
-                "reference_data": reference_data, "run": context.run_dir},
+                "reference_data": reference_data, "style": style_name, "run": context.run_dir},
     )
     json_path, html_path = write_report(report_dir, doc, outcome.thumbnails)
     plugins.hook.artengine_report_written(json_path=str(json_path), html_path=str(html_path), report=doc)

@@ -125,3 +125,34 @@ def test_folder_run_registry_holds_the_original_files_and_refuses_changed_ones(t
                                        str(tmp_path / "pkg2"))
     assert changed.exit_code == 2
     assert "2.png: training image changed since the run" in changed.output
+
+
+def test_audit_with_style_uses_its_registry_and_distribution(package, tmp_path, monkeypatch):
+    import importlib
+
+    from artengine import get_plugins, open_dataset, query_hashes
+
+    monkeypatch.syspath_prepend(str(package))
+    module = importlib.import_module("artengine_style_test_shapes")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    training = open_dataset("shapes", image_size=32, seed=0, datasets=get_plugins().components("datasets"),
+                            length=32)
+    # The training image with the most detail: flat ones hash too unreliably to match (unknown).
+    copies = [training[i].image.resize((256, 256), Image.Resampling.NEAREST) for i in range(len(training))]
+    best = max(range(len(copies)), key=lambda i: query_hashes(copies[i]).quality)
+    copies[best].save(folder / "copy.png")
+    (tmp_path / "p.toml").write_text('[policy]\nname = "p"\nversion = 1\n\n[audits.near_duplicate]\n')
+    runner = ArtengineRunner(plugins=[module])
+    result = runner.invoke("audit", str(folder), "--policy", str(tmp_path / "p.toml"), "--style", "test-shapes",
+                           "--report", str(tmp_path / "report"), "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1
+    (image,) = report["images"]
+    finding = next(f for f in image["findings"] if f["audit"] == "near_duplicate")
+    assert finding["outcome"] == "fail"  # the training image, found through the style's own registry
+    assert finding["details"]["match"]["source"] == training[best].source
+    assert report["inputs"]["style"] == "test-shapes"
+    assert any(r.endswith("registry.sqlite") for r in report["inputs"]["registries"])
+    unknown = runner.invoke("audit", str(folder), "--policy", str(tmp_path / "p.toml"), "--style", "nope")
+    assert unknown.exit_code == 2 and "no style named 'nope'" in unknown.output
