@@ -18,6 +18,7 @@ from .errors import (
     PluginError,
     PolicyError,
 )
+from .hashing import MIN_RELIABLE_QUALITY, ImageHashes, query_hashes, reference_hashes
 from .hookspecs import HOOK_API_VERSION
 from .io import (
     ALLOWED_FORMATS,
@@ -35,7 +36,27 @@ from .io import (
     to_rgb,
 )
 from .plugins import Plugins, get_plugins, hookimpl
+from .provenance import (
+    Keys,
+    Ledger,
+    ProvenanceError,
+    Verification,
+    default_keys_dir,
+    default_ledger_path,
+    load_keys,
+    verify_image,
+)
 from .records import Finding, Outcome
+from .styles import Style
+from .registry import (
+    Match,
+    Reference,
+    ReferenceRegistry,
+    RegistryError,
+    open_registries,
+    search_registries,
+)
+from .watermark import Watermark, WatermarkReading
 
 try:
     __version__ = _version("artengine")
@@ -44,7 +65,6 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ALLOWED_FORMATS",
-    "HOOK_API_VERSION",
     "ArtengineError",
     "Architecture",
     "Audit",
@@ -53,32 +73,54 @@ __all__ = [
     "Dataset",
     "FeatureExtractor",
     "Finding",
+    "HOOK_API_VERSION",
+    "ImageHashes",
     "ImageLoadError",
     "ImageSet",
     "InputError",
+    "Keys",
+    "Ledger",
     "LoadedImage",
+    "MIN_RELIABLE_QUALITY",
+    "Match",
     "ModelLoadError",
     "Outcome",
     "PluginError",
     "Plugins",
     "PolicyError",
+    "ProvenanceError",
+    "Reference",
+    "ReferenceRegistry",
+    "RegistryError",
     "Sample",
     "Setting",
+    "Style",
+    "Verification",
+    "Watermark",
+    "WatermarkReading",
     "TRAINER_DEFAULTS",
     "__version__",
     "atomic_save_image",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "default_keys_dir",
+    "default_ledger_path",
     "get_plugins",
     "hookimpl",
     "iter_image_files",
+    "load_keys",
     "open_dataset",
     "open_image",
+    "open_registries",
+    "query_hashes",
+    "reference_hashes",
     "remove_stray_temps",
     "restore_alpha",
     "safe_crop",
+    "search_registries",
     "sha256_file",
     "to_rgb",
     "validate_settings",
+    "verify_image",
 ]

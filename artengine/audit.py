@@ -98,7 +98,9 @@ class AuditItem:
     """One image under audit, with everything computed for it once."""
 
     key: str  # stable identifier: the path relative to the audited folder, or the job index
-    image: LoadedImage
+    #: The pixels. ``None`` in ``check_batch``: pixels are not kept for a whole batch, so
+    #: batch statistics work from ``features`` and ``meta``.
+    image: LoadedImage | None
     #: What is known about the image: for artengine outputs "index", "seed", "label" (class
     #: name), "style", "model", and "manifest" (the embedded manifest dict), when present.
     meta: dict[str, Any] = field(default_factory=dict)

@@ -142,6 +142,311 @@ def data_preview(source: str, out: Path, count: int, image_size: str, seed: int)
             click.echo(f"  {s.caption}")
 
 
+# ----------------------------------------------------------------------------- registry
+
+
+@cli.group()
+def registry() -> None:
+    """Reference registries: copyrighted training images, by perceptual hash."""
+
+
+@registry.command("add")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--licence", default="", help="Licence of these images (stored with each).")
+@click.option("--source", default="", help="Where these images come from (stored with each).")
+def registry_add(db: Path, paths: tuple[Path, ...], licence: str, source: str) -> None:
+    """Hash reference images (files, or folders recursively) into the registry DB.
+
+    Creates DB if needed. Re-adding an image already present changes nothing.
+    Unreadable files are reported and skipped.
+    """
+    from .registry import add_to_registry
+
+    load_plugins()
+    summary, info = add_to_registry(db, paths, licence=licence, source=source)
+    click.echo(f"{db}: added {summary.added}, already present {summary.unchanged}, "
+               f"skipped {len(summary.skipped)} unreadable; {info['references']} references in total")
+    for path, reason in summary.skipped[:20]:
+        click.echo(f"  skipped {path}: {reason}", err=True)
+    if len(summary.skipped) > 20:
+        click.echo(f"  ... and {len(summary.skipped) - 20} more skipped", err=True)
+    if summary.low_quality:
+        click.echo(f"  {len(summary.low_quality)} added image(s) have too little detail for a reliable "
+                   f"hash, e.g. {summary.low_quality[0]}", err=True)
+
+
+@registry.command("info")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def registry_info(db: Path, as_json: bool) -> None:
+    """Show what a registry holds: counts, hash algorithms, library versions, size."""
+    from .registry import ReferenceRegistry
+
+    with ReferenceRegistry(db) as reg:
+        info = reg.info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['path']}: {info['references']} references, {info['hashes']} hashes "
+               f"({', '.join(info['algorithms'])}; {info['variants_per_reference']} variants each)")
+    click.echo(f"  scheme {info['hash_scheme']}, schema {info['schema_version']}, "
+               f"generation {info['generation']}, created {info['created_at']}")
+    click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    click.echo(f"  size {info['size_bytes'] / 1e6:.2f} MB; low-quality references: "
+               f"{info['low_quality_references']}")
+    for licence, count in info["licences"].items():
+        click.echo(f"  licence {licence or '(none)'}: {count}")
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
+    return ({"version": __version__, "hook_api": HOOK_API_VERSION}, plugins.versions())
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--policy", "policy_spec", required=True,
+              help="Policy file, or the name of a shipped policy (default, publication).")
+@click.option("--registry", "registries", multiple=True, type=click.Path(path_type=Path),
+              help="Reference registry (repeatable); added to the policy's registries.")
+@click.option("--reference-data", help="Dataset name or folder the images are compared with (bias).")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path),
+              help="Training run that produced the images (curves and samples in the report).")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("artengine-report"),
+              show_default=True, help="Folder for report.json and report.html.")
+@click.option("--override", "overrides", multiple=True, metavar="AUDIT=REASON",
+              help="Allow publication despite an error, unknown or disabled AUDIT; recorded in the report.")
+@click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], reference_data: str | None,
+          run_dir: Path | None, report_dir: Path, overrides: tuple[str, ...], clip_model: str | None,
+          clip_pretrained: str | None, as_json: bool) -> None:
+    """Audit every image in FOLDER against a policy and write the report.
+
+    Works on any folder of images, not only artengine's. Exit 0 when everything may be
+    published, 1 when the policy blocked something, 2 on bad input.
+    """
+    from .audit import AuditContext
+    from .auditor import AuditRunner, audit_folder
+    from .policy import load_policy, parse_override
+    from .report import build_report, write_report
+
+    plugins = load_plugins()
+    policy = load_policy(policy_spec, audits=plugins.components("audits"),
+                         features=plugins.components("feature_extractors"))
+    policy = policy.with_overrides([parse_override(o) for o in overrides])
+    for reg in registries:
+        if not reg.exists():
+            raise ArtengineError(f"--registry {reg}: no such file")
+    context = AuditContext(
+        policy_path=policy.path,
+        registries=[*policy.registries, *(str(r) for r in registries)],
+        reference_data=reference_data,
+        run_dir=str(run_dir) if run_dir else None,
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
+    )
+    runner = AuditRunner(policy, plugins, context)
+    outcome = audit_folder(folder, runner, exclude=[report_dir], progress=not as_json)
+    engine, versions = _versions(plugins)
+    doc = build_report(
+        kind="audit", images=outcome.images, batch=outcome.batch, policy=policy.as_dict(),
+        engine=engine, plugins=versions,
+        inputs={"folder": str(folder), "registries": context.registries,
+                "reference_data": reference_data, "run": context.run_dir},
+    )
+    json_path, html_path = write_report(report_dir, doc, outcome.thumbnails)
+    plugins.hook.artengine_report_written(json_path=str(json_path), html_path=str(html_path), report=doc)
+    plugins.hook.artengine_batch_finished(summary={**doc["summary"], "verdict": doc["verdict"],
+                                                   "report": str(json_path)})
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        s = doc["summary"]
+        click.echo(f"{doc['verdict'].upper()}: {s['images']} images, {s['publishable']} publishable "
+                   f"({s['pass']} pass, {s['warn']} warn, {s['block']} blocked, {s['error']} errors; "
+                   f"batch {s['batch']})")
+        for entry in doc["images"]:
+            if entry["verdict"] in ("block", "error"):
+                click.echo(f"  {entry['verdict']:<5} {entry['key']}: {'; '.join(entry['reasons'])}")
+        for reason in outcome.batch.reasons:
+            click.echo(f"  batch {reason}")
+        click.echo(f"report: {html_path}")
+    sys.exit(doc["exit_code"])
+
+# ----------------------------------------------------------------------------- provenance
+
+
+_KEYS_HELP = "Keys folder (default: $ARTENGINE_KEYS, else ~/.config/artengine/keys)."
+_LEDGER_HELP = "Provenance ledger (default: $ARTENGINE_LEDGER, else ~/.local/share/artengine/ledger.sqlite)."
+
+
+@cli.group()
+def keys() -> None:
+    """Create and inspect provenance keys: an Ed25519 signing key pair and a watermark key."""
+
+
+@keys.command("init")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--force", is_flag=True, help="Replace existing keys (images signed with them become unverifiable).")
+def keys_init(keys_dir: Path | None, force: bool) -> None:
+    """Create the keys (private files with mode 0600); never overwrites without --force."""
+    from .provenance import init_keys
+
+    made = init_keys(keys_dir, force=force)
+    click.echo(f"created keys in {made.source} (signing key id {made.key_id})")
+    click.echo("  keep signing.key and watermark.key secret and backed up; share signing.pub with verifiers")
+
+
+@keys.command("show")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def keys_show(keys_dir: Path | None, as_json: bool) -> None:
+    """Show which keys are present and the signing key id."""
+    from .provenance import load_keys
+
+    found = load_keys(keys_dir)
+    doc = {"source": found.source, "key_id": found.key_id, "signing_key": found.signing_key is not None,
+           "watermark_key": found.watermark_key is not None, "trusted": sorted(found.trusted)}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"keys: {found.source}")
+    click.echo(f"  signing key: {'yes' if doc['signing_key'] else 'no'} (key id {found.key_id or '-'})")
+    click.echo(f"  watermark key: {'yes' if doc['watermark_key'] else 'no'}")
+    click.echo(f"  trusted signers: {', '.join(doc['trusted']) or 'none'}")
+
+
+def _scheme(plugins: Plugins, name: str, key: bytes) -> Any:
+    return plugins.component("watermarks", name)(key)
+
+
+@cli.group()
+def watermark() -> None:
+    """Embed and detect the invisible watermark (mark only; `artengine sign` adds the manifest)."""
+
+
+@watermark.command("embed")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--payload", required=True, help="The payload: 12 hex digits (48 bits).")
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="Watermark key file, or a keys folder (default: the keys folder).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+def watermark_embed(source: Path, target: Path, payload: str, key_path: Path | None, scheme: str) -> None:
+    """Write TARGET: SOURCE with PAYLOAD embedded (alpha kept; format from the suffix)."""
+    from .provenance import load_keys, parse_payload, watermark_file
+
+    plugins = load_plugins()
+    marker = _scheme(plugins, scheme, load_keys(key_path).require_watermark())
+    psnr = watermark_file(source, target, scheme=marker, payload=parse_payload(payload, marker.payload_bytes))
+    click.echo(f"wrote {target} (payload {payload.lower()}, PSNR {psnr:.2f} dB)")
+
+
+@watermark.command("detect")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--key", "key_path", type=click.Path(path_type=Path),
+              help="Watermark key file, or a keys folder (default: the keys folder).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+@click.option("--no-search", is_flag=True, help="Read images as they stand; skip crop/rotation resynchronisation.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def watermark_detect(images: tuple[Path, ...], key_path: Path | None, scheme: str, no_search: bool,
+                     as_json: bool) -> None:
+    """Read the payload of each image. Exit 0 when every image carries a readable mark, 1 otherwise."""
+    from .errors import ImageLoadError
+    from .io import iter_image_files, open_image
+    from .provenance import load_keys
+    from .watermark import WatermarkReading
+
+    plugins = load_plugins()
+    marker = _scheme(plugins, scheme, load_keys(key_path).require_watermark())
+    results = []
+    for path in iter_image_files(images):
+        try:
+            reading = marker.detect(open_image(path).rgb, search=not no_search)
+        except ImageLoadError as exc:
+            reading = WatermarkReading(False, None, 0.0, reason=f"unreadable image: {exc.reason}")
+        results.append({"path": str(path), **reading.as_dict()})
+        if not as_json:
+            if reading.detected:
+                click.echo(f"detected   {path}: payload {reading.payload_hex} (confidence {reading.confidence:.2f})")
+            else:
+                click.echo(f"not found  {path}: {reading.reason}")
+    if as_json:
+        click.echo(json.dumps({"scheme": scheme, "images": results}, indent=2))
+    sys.exit(0 if results and all(r["detected"] for r in results) else 1)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--payload", help="12 hex digits (default: random). The ledger refuses a payload already used.")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), help=_LEDGER_HELP)
+@click.option("--label", help="Recorded in the manifest: the class label or subject.")
+@click.option("--style", help="Recorded in the manifest: the style.")
+@click.option("--note", help="Recorded in the manifest: free text (e.g. the author).")
+@click.option("--scheme", default="stdm", show_default=True, help="Watermark scheme (see `artengine plugins`).")
+def sign(source: Path, target: Path, payload: str | None, keys_dir: Path | None, ledger_path: Path | None,
+         label: str | None, style: str | None, note: str | None, scheme: str) -> None:
+    """Mark SOURCE, sign its manifest and record it: TARGET (PNG) plus TARGET.manifest.json."""
+    import secrets
+
+    from .provenance import Ledger, default_ledger_path, load_keys, parse_payload, sign_file, utc_now
+
+    plugins = load_plugins()
+    found = load_keys(keys_dir)
+    marker = _scheme(plugins, scheme, found.require_watermark())
+    value = parse_payload(payload, marker.payload_bytes) if payload else secrets.token_bytes(marker.payload_bytes)
+    engine, versions = _versions(plugins)
+    with Ledger(ledger_path or default_ledger_path()) as ledger:
+        stamped = sign_file(source, target, scheme=marker, signing_key=found.require_signing(), ledger=ledger,
+                            payload=value, created=utc_now(), engine={"name": "artengine", **engine},
+                            plugins=versions, label=label, style=style,
+                            extra={"note": note} if note else None)
+    click.echo(f"wrote {target} and {target.name}.manifest.json (payload {value.hex()}, "
+               f"key {stamped.manifest['signature']['key_id']}); recorded in {ledger.path}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), help=_LEDGER_HELP)
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Mark reads below this confidence are not trusted.")
+@click.option("--no-search", is_flag=True, help="Skip crop/rotation resynchronisation of the mark.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def verify(images: tuple[Path, ...], keys_dir: Path | None, ledger_path: Path | None, min_confidence: float,
+           no_search: bool, as_json: bool) -> None:
+    """Check each image's provenance: verified, watermark-only, tampered or unknown.
+
+    Exit 0 when every image is verified, 1 otherwise.
+    """
+    from .io import iter_image_files
+    from .provenance import Ledger, default_ledger_path, load_keys, verify_image
+
+    plugins = load_plugins()
+    found = load_keys(keys_dir)
+    path = ledger_path or default_ledger_path()
+    ledger = Ledger(path, create=False) if ledger_path or path.exists() else None
+    results = []
+    try:
+        for image in iter_image_files(images):
+            result = verify_image(image, keys=found, schemes=plugins.components("watermarks"), ledger=ledger,
+                                  min_confidence=min_confidence, search=not no_search)
+            results.append(result)
+            if not as_json:
+                click.echo(f"{result.status:<14} {image}: {result.message}")
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if as_json:
+        click.echo(json.dumps({"images": [r.as_dict() for r in results]}, indent=2))
+    sys.exit(0 if results and all(r.verified for r in results) else 1)
 # ----------------------------------------------------------------------------- training
 
 

@@ -101,11 +101,14 @@ def artengine_styles() -> list[Any]:
 
 @hookspec
 def artengine_watermarks() -> list[Any]:
-    """Return invisible watermark schemes, as :class:`artengine.Watermark` objects.
+    """Return invisible watermark schemes, as subclasses of :class:`artengine.Watermark`.
 
-    Called once at start-up. A watermark embeds a short payload into RGB pixels with a
-    key and detects it again, returning whether it was found, the payload and a
-    confidence. The provenance step uses the payload as the key of the ledger record.
+    Called once at start-up. A scheme has a unique ``name`` (recorded in manifests) and is
+    instantiated with a secret key: ``scheme = cls(key)``. It embeds a fixed-length payload
+    into RGB pixels (``embed_rgb``) and detects it again (``detect_rgb``), returning an
+    :class:`artengine.WatermarkReading`: whether a payload passed the scheme's integrity
+    check, the payload and a confidence. The base class handles alpha, size limits and
+    payload lengths. The provenance step uses the payload as the key of the ledger record.
     """
 
 

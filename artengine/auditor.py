@@ -1,0 +1,265 @@
+"""The auditor: runs a policy's audits over images, fail-closed.
+
+Shared features are computed once per image for every audit that needs them; then each
+per-image audit checks each image; then batch audits see the whole batch (features and
+metadata, not pixels). Any way an audit can misbehave (raise, return nothing or the wrong
+type, time out) becomes an ``error`` finding, which the gate blocks on.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, validate_settings
+from .errors import ArtengineError, ImageLoadError, InputError, PolicyError
+from .gate import ENGINE, Verdict, disabled_findings, judge
+from .io import iter_image_files, open_image
+from .records import Finding
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
+    from .policy import Policy
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float) -> tuple[Any, BaseException | None, bool]:
+    """Run ``fn`` in a daemon thread; return ``(result, exception, timed_out)``.
+
+    A hung audit cannot be killed from Python, but it no longer holds up the run: its
+    thread is abandoned (daemon, so it never blocks exit) and the image is blocked.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported as an error finding
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name="artengine-audit")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return None, None, True
+    return box.get("result"), box.get("error"), False
+
+
+def _describe_exception(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class AuditRunner:
+    """Runs a policy's audits: shared features once per image, then per-image checks,
+    then batch checks. Every way an audit can misbehave (raise, return nothing or the
+    wrong thing, time out) becomes an ``error`` finding, which the gate blocks on."""
+
+    def __init__(self, policy: "Policy", plugins: "Plugins", context: AuditContext) -> None:
+        self.policy = policy
+        self.context = context
+        audit_classes = plugins.components("audits")
+        self.audits: dict[str, Audit] = {}
+        for name, rule in policy.audits.items():
+            if not rule.enabled:
+                continue
+            cls = audit_classes[name]
+            self.audits[name] = _construct(cls, rule.settings, context, kind="audit")
+        extractor_classes = plugins.components("feature_extractors")
+        self.extractors: dict[str, FeatureExtractor] = {}
+        for audit in self.audits.values():
+            for feature in audit.needs:
+                if feature in self.extractors:
+                    continue
+                if feature not in extractor_classes:
+                    raise PolicyError(policy.path, f"audits.{audit.name}",
+                                      f"needs feature {feature!r}, which no loaded plugin provides")
+                settings = policy.features.get(feature, {})
+                if not settings:
+                    schema = getattr(extractor_classes[feature], "settings_schema", {})
+                    settings = validate_settings(schema, {}, source=policy.path, prefix=f"features.{feature}")
+                self.extractors[feature] = _construct(extractor_classes[feature], settings, context,
+                                                      kind="feature extractor")
+
+    @property
+    def batch_audits(self) -> list[Audit]:
+        return [a for a in self.audits.values()
+                if not a.per_image or type(a).check_batch is not Audit.check_batch]
+
+    def features(self, items: Sequence[AuditItem]) -> dict[str, str]:
+        """Compute every needed feature for ``items`` in place. Returns feature -> error
+        message for features that failed (their consumers get error findings)."""
+        failed: dict[str, str] = {}
+        for name, extractor in self.extractors.items():
+            timeout = 60.0 + 10.0 * len(items)
+            values, exc, timed_out = call_with_timeout(lambda e=extractor: e.compute(items), timeout)
+            if timed_out:
+                failed[name] = f"feature {name!r} timed out after {timeout:.0f} s"
+            elif exc is not None:
+                failed[name] = f"feature {name!r} failed: {_describe_exception(exc)}"
+            elif not isinstance(values, list) or len(values) != len(items):
+                failed[name] = f"feature {name!r} returned {type(values).__name__}, not one value per image"
+            else:
+                for item, value in zip(items, values):
+                    item.features[name] = value
+        return failed
+
+    def check_images(self, items: Sequence[AuditItem]) -> dict[str, list[Finding]]:
+        """Features, then every per-image audit on every item. Returns key -> findings."""
+        failed = self.features(items)
+        out: dict[str, list[Finding]] = {item.key: [] for item in items}
+        for audit in self.audits.values():
+            if not audit.per_image:
+                continue
+            rule = self.policy.audits[audit.name]
+            missing = [failed[f] for f in audit.needs if f in failed]
+            for item in items:
+                if missing:
+                    out[item.key].append(Finding(audit=audit.name, outcome="error", item=item.key,
+                                                 message=missing[0]))
+                    continue
+                out[item.key].append(self._check_one(audit, item, rule.timeout_seconds))
+        return out
+
+    def _check_one(self, audit: Audit, item: AuditItem, timeout: float) -> Finding:
+        result, exc, timed_out = call_with_timeout(lambda: audit.check_image(item), timeout)
+        if timed_out:
+            return Finding(audit=audit.name, outcome="error", item=item.key,
+                           message=f"timed out after {timeout:g} s")
+        if exc is not None:
+            return Finding(audit=audit.name, outcome="error", item=item.key,
+                           message=f"raised {_describe_exception(exc)}")
+        if not isinstance(result, Finding):
+            return Finding(audit=audit.name, outcome="error", item=item.key,
+                           message=f"returned {type(result).__name__}, not a Finding")
+        if result.audit != audit.name or result.item != item.key:
+            return Finding(audit=audit.name, outcome="error", item=item.key,
+                           message=f"returned a finding for audit {result.audit!r} / item {result.item!r}")
+        return result
+
+    def check_batch(self, items: Sequence[AuditItem], findings: Sequence[Finding]) -> list[Finding]:
+        """Batch-level checks over all items (pixels dropped) and their findings."""
+        out: list[Finding] = []
+        for audit in self.batch_audits:
+            rule = self.policy.audits[audit.name]
+            timeout = rule.timeout_seconds
+            missing = [f for f in audit.needs if any(f not in item.features for item in items)]
+            if missing and items:
+                out.append(Finding(audit=audit.name, outcome="error",
+                                   message=f"feature {missing[0]!r} is missing for some images"))
+                continue
+            mine = [f for f in findings if f.audit == audit.name]
+            result, exc, timed_out = call_with_timeout(lambda a=audit: a.check_batch(items, mine), timeout)
+            if timed_out:
+                out.append(Finding(audit=audit.name, outcome="error", message=f"timed out after {timeout:g} s"))
+            elif exc is not None:
+                out.append(Finding(audit=audit.name, outcome="error", message=f"raised {_describe_exception(exc)}"))
+            elif not isinstance(result, list) or not all(isinstance(f, Finding) for f in result):
+                out.append(Finding(audit=audit.name, outcome="error",
+                                   message=f"returned {type(result).__name__}, not a list of Findings"))
+            elif not result and not audit.per_image:
+                out.append(Finding(audit=audit.name, outcome="error", message="returned no findings"))
+            else:
+                for f in result:
+                    if f.audit != audit.name:
+                        f = Finding(audit=audit.name, outcome="error",
+                                    message=f"returned a finding for audit {f.audit!r}")
+                    out.append(f)
+        return out
+
+
+def _construct(cls: type, settings: Mapping[str, Any], context: AuditContext, *, kind: str) -> Any:
+    try:
+        return cls(settings, context)
+    except ArtengineError:
+        raise
+    except Exception as exc:  # a plugin bug: name it, do not start work
+        raise ArtengineError(f"{kind} {getattr(cls, 'name', cls.__name__)!r} could not start: "
+                             f"{_describe_exception(exc)}") from None
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+@dataclass
+class AuditOutcome:
+    """Verdicts for a batch of images, ready for the report."""
+
+    images: list["ImageEntry"]
+    batch: Verdict
+    thumbnails: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        from .gate import worst
+
+        return worst([self.batch.status, *(e.verdict.status for e in self.images)])
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def audit_folder(
+    folder: str | Path,
+    runner: AuditRunner,
+    *,
+    exclude: Sequence[Path] = (),
+    chunk_size: int = 32,
+    max_thumbnails: int = 240,
+    progress: bool = True,
+) -> AuditOutcome:
+    """Audit every image under ``folder`` (recursively) with ``runner``'s policy.
+
+    An unreadable image is an ``error`` verdict naming the file; the batch continues.
+    Thumbnails are kept for every flagged image and the first ``max_thumbnails`` others.
+    """
+    from .report import ImageEntry, thumbnail_uri
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    skip = [p.resolve() for p in exclude]
+    files = [f for f in iter_image_files([root]) if not any(s in f.resolve().parents for s in skip)]
+    if not files:
+        raise InputError(f"{root}: no images found")
+    entries: list[ImageEntry] = []
+    kept: list[AuditItem] = []
+    findings_all: list[Finding] = []
+    thumbs: dict[str, str] = {}
+    bar = tqdm(total=len(files), desc="auditing", unit="img", disable=None if progress else True)
+    for chunk in _chunks(files, chunk_size):
+        items: list[AuditItem] = []
+        load_errors: dict[str, Finding] = {}
+        chunk_thumbs: dict[str, str] = {}
+        for path in chunk:
+            key = path.relative_to(root).as_posix()
+            try:
+                loaded = open_image(path)
+            except ImageLoadError as exc:
+                load_errors[key] = Finding(audit=ENGINE, outcome="error", item=key,
+                                           message=f"unreadable image: {exc.reason}")
+                continue
+            items.append(AuditItem(key=key, image=loaded))
+            chunk_thumbs[key] = thumbnail_uri(loaded.rgb)
+        results = runner.check_images(items) if items else {}
+        for path in chunk:
+            key = path.relative_to(root).as_posix()
+            found = [load_errors[key]] if key in load_errors else results.get(key, [])
+            verdict = judge(key, found, runner.policy)
+            meta = next((i.meta for i in items if i.key == key), {})
+            entries.append(ImageEntry(key=key, path=str(path), verdict=verdict, meta=meta))
+            if key in chunk_thumbs and (verdict.status != "pass" or len(thumbs) < max_thumbnails):
+                thumbs[key] = chunk_thumbs[key]
+            findings_all.extend(found)
+        for item in items:  # batch checks see features and metadata, not pixels
+            kept.append(AuditItem(key=item.key, image=None, meta=item.meta, features=item.features))
+        bar.update(len(chunk))
+    bar.close()
+    batch_findings = runner.check_batch(kept, findings_all) + disabled_findings(runner.policy)
+    batch = judge(None, batch_findings, runner.policy)
+    return AuditOutcome(images=entries, batch=batch, thumbnails=thumbs)

@@ -1,0 +1,137 @@
+"""The generation journal: the job's spec plus one JSON line per finished image.
+
+Resume rests on this file. A job folder holds ``job.json`` (what was asked: model, seed,
+count, conditioning, policy...; written once, atomically) and ``journal.jsonl``. Each
+finished image appends one line with a single ``write`` on an ``O_APPEND`` descriptor,
+followed by ``fsync``; the line is written only after the image file is safely in place.
+So after a crash the journal names exactly the images that are complete; a torn last line
+(the crash hit mid-write) is detected by its missing newline or bad JSON and dropped.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .io import atomic_write_bytes, atomic_write_json
+
+JOB_FILE = "job.json"
+JOURNAL_FILE = "journal.jsonl"
+
+
+@dataclass
+class JobState:
+    """What a job folder says about itself."""
+
+    spec: dict[str, Any]
+    done: dict[int, dict[str, Any]]  # index -> its journal record
+    finished: dict[str, Any] | None  # the closing record, once the batch is complete
+    torn: bool  # a partial last line was found (and is ignored)
+
+
+def start_job(folder: Path, spec: Mapping[str, Any], *, compare: tuple[str, ...]) -> JobState:
+    """Create the job in ``folder``, or resume it if ``folder`` holds the same job.
+
+    ``compare`` names the spec fields that define the job's output (model weights,
+    seed, conditioning, policy...): a folder holding a job that differs in any of them
+    is refused, so two different jobs can never mix their images.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    job_path = folder / JOB_FILE
+    if not job_path.exists():
+        atomic_write_json(job_path, dict(spec))
+        return JobState(spec=dict(spec), done={}, finished=None, torn=False)
+    try:
+        existing = json.loads(job_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{job_path}: unreadable job file ({exc}); use a new --out folder") from None
+    for key in compare:
+        if existing.get(key) != spec.get(key):
+            raise InputError(
+                f"{folder}: holds a different job ({key}: {existing.get(key)!r} there, "
+                f"{spec.get(key)!r} now); use a new --out folder"
+            )
+    return read_journal(folder, existing)
+
+
+def read_journal(folder: Path, spec: dict[str, Any]) -> JobState:
+    """Read ``journal.jsonl``; drop a torn last line."""
+    done: dict[int, dict[str, Any]] = {}
+    finished = None
+    torn = False
+    path = folder / JOURNAL_FILE
+    if path.exists():
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        if lines and lines[-1] != b"":
+            torn = True  # no newline at the end: the last write did not complete
+        for raw in lines[:-1]:
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                torn = True
+                continue
+            if record.get("type") == "image":
+                done[int(record["index"])] = record
+            elif record.get("type") == "finished":
+                finished = record
+        if torn:
+            _truncate_torn_tail(path, data)
+    return JobState(spec=spec, done=done, finished=finished, torn=torn)
+
+
+def _truncate_torn_tail(path: Path, data: bytes) -> None:
+    """Cut the journal back to its last complete line so new lines start cleanly."""
+    keep = data[: data.rfind(b"\n") + 1] if b"\n" in data else b""
+    good = []
+    for raw in keep.split(b"\n")[:-1]:
+        try:
+            json.loads(raw)
+            good.append(raw)
+        except json.JSONDecodeError:
+            continue
+    atomic_write_bytes(path, b"".join(line + b"\n" for line in good))
+
+
+class Journal:
+    """Appends records to ``journal.jsonl``, durably, one line per record."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / JOURNAL_FILE
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        line = (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
+        written = os.write(self._fd, line)  # one write on O_APPEND: never interleaved
+        if written != len(line):
+            raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_records(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every complete record of a job's journal, in order."""
+    path = folder / JOURNAL_FILE
+    if not path.exists():
+        return
+    for raw in path.read_bytes().split(b"\n")[:-1]:
+        try:
+            yield json.loads(raw)
+        except json.JSONDecodeError:
+            continue

@@ -1,0 +1,580 @@
+"""The reference registry: copyrighted training images, by perceptual hash.
+
+A registry is one SQLite file (stdlib ``sqlite3``, WAL journal) holding, per reference
+image: its sha256, source path, licence and source text, size, hash quality, a small JPEG
+thumbnail (so a report can show the reference beside an output even after the original has
+moved) and its perceptual hashes (:mod:`artengine.hashing`: pHash and dHash of the image
+and of crops of it). The file also records the hash scheme and the library versions that
+computed the hashes; a registry built with another scheme is refused rather than searched
+with hashes that do not compare.
+
+Search does not go through SQLite. The hashes are laid out as ``uint64`` columns in an
+index file beside the registry (``<registry>.index``, or a user cache folder when that is
+not writable), memory-mapped and scanned with numpy XOR + ``bitwise_count``. SQLite
+triggers bump a generation counter on every change to the references or hashes, whoever
+makes it; an index whose header does not name the registry's id and current generation, or
+whose size does not match its header, is rebuilt.
+
+Fail-closed: a missing, empty (0 bytes or no references), corrupt, foreign or
+version-incompatible registry raises :class:`RegistryError` naming the file. It never
+searches as "no match".
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version as _dist_version
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from .errors import ArtengineError, ImageLoadError
+from .hashing import ALGORITHMS, HASH_SCHEME, MIN_RELIABLE_QUALITY, REFERENCE_VARIANTS, ImageHashes, hash_hex, hamming_within, reference_hashes
+from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
+
+#: Version of the SQLite layout below. Another version is refused with a clear message.
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x41524547  # "AREG": marks the SQLite file as an artengine registry
+THUMBNAIL_SIDE = 128
+_INDEX_MAGIC = b"ARTEIDX1"
+_ALIGN = 64
+
+_SCHEMA = f"""
+PRAGMA application_id = {APPLICATION_ID};
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE refs (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    source_path TEXT NOT NULL,
+    licence TEXT NOT NULL DEFAULT '',
+    source_text TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    quality INTEGER NOT NULL,
+    added_at TEXT NOT NULL,
+    thumbnail BLOB NOT NULL
+);
+CREATE TABLE hashes (
+    ref_id INTEGER NOT NULL REFERENCES refs(id) ON DELETE CASCADE,
+    variant TEXT NOT NULL,
+    {", ".join(f"{a} TEXT NOT NULL" for a in ALGORITHMS)},
+    PRIMARY KEY (ref_id, variant)
+);
+"""
+# Any change, by any writer (even the sqlite3 shell), moves the generation on, so a stale
+# index is always noticed.
+_TRIGGERS = "".join(
+    f"CREATE TRIGGER bump_{table}_{op.lower()} AFTER {op} ON {table} BEGIN "
+    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'; END;\n"
+    for table in ("refs", "hashes") for op in ("INSERT", "UPDATE", "DELETE")
+)
+
+
+class RegistryError(ArtengineError):
+    """A registry file is missing, empty, corrupt, foreign or incompatible. Names the file."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"registry {self.path}: {problem}")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose output the registry stores."""
+    out = {}
+    for dist in ("artengine", "imagehash", "pillow", "numpy", "scipy"):
+        try:
+            out[dist] = _dist_version(dist)
+        except PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference image as the registry knows it."""
+
+    id: int
+    sha256: str
+    source_path: str
+    licence: str
+    source_text: str
+    width: int
+    height: int
+    quality: int
+    added_at: str
+    thumbnail: bytes  # JPEG
+
+    def thumbnail_uri(self) -> str:
+        """The thumbnail as a ``data:image/jpeg;base64,...`` URI (for reports)."""
+        return "data:image/jpeg;base64," + base64.b64encode(self.thumbnail).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Match:
+    """A reference found near a query image."""
+
+    registry: str
+    reference: Reference
+    distances: dict[str, int]  # algorithm -> Hamming distance
+    query_variant: str  # "full" or "mirror"
+    reference_variant: str  # "full" or a crop name
+
+    @property
+    def distance(self) -> int:
+        """The pHash distance (the figure a reviewer compares with imagededup's)."""
+        return self.distances["phash"]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for reports (no thumbnail bytes)."""
+        r = self.reference
+        return {"registry": self.registry, "sha256": r.sha256, "source": r.source_path,
+                "licence": r.licence, "source_text": r.source_text,
+                "algorithm": "+".join(ALGORITHMS), "distance": self.distance,
+                "distances": dict(self.distances), "mirrored": self.query_variant == "mirror",
+                "reference_variant": self.reference_variant, "reference_quality": r.quality}
+
+
+@dataclass
+class AddSummary:
+    """What ``ReferenceRegistry.add`` did."""
+
+    added: int = 0
+    unchanged: int = 0  # already in the registry (same sha256)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    low_quality: list[str] = field(default_factory=list)  # added, but too flat to hash reliably
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    thumb = image.convert("RGB").copy()
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+class ReferenceRegistry:
+    """A reference registry file: add images, describe it, and search it.
+
+    ``ReferenceRegistry(path)`` opens an existing registry read-only and validates it;
+    ``ReferenceRegistry(path, create=True)`` creates it if needed and opens it for writing.
+    Safe to search from several threads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.path = Path(path)
+        self.writable = create
+        self._lock = threading.RLock()
+        self._index: _Index | None = None
+        self._refs: dict[int, Reference] = {}
+        self._conn = self._connect(create)
+        try:
+            self._meta = self._check()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        where = self.path
+        if not create:
+            if not where.exists():
+                raise RegistryError(where, "no such file")
+            if where.is_dir():
+                raise RegistryError(where, "is a folder, not a registry file")
+            if where.stat().st_size == 0:
+                raise RegistryError(where, "empty file (0 bytes), not a registry")
+        elif where.exists() and where.is_dir():
+            raise RegistryError(where, "is a folder, not a registry file")
+        try:
+            if create:
+                if not where.parent.exists():
+                    raise RegistryError(where, f"folder {where.parent} does not exist")
+                conn = sqlite3.connect(where, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(f"{where.resolve().as_uri()}?mode=ro", uri=True,
+                                       check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys = ON")
+            if create:
+                if not conn.execute("SELECT name FROM sqlite_master").fetchall():
+                    conn.executescript("PRAGMA journal_mode = WAL;\n" + _SCHEMA + _TRIGGERS)
+                    self._init_meta(conn)
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(where, f"not a readable registry (SQLite: {exc})") from None
+        return conn
+
+    @staticmethod
+    def _init_meta(conn: sqlite3.Connection) -> None:
+        meta = {
+            "format": "artengine-registry",
+            "schema_version": str(SCHEMA_VERSION),
+            "hash_scheme": HASH_SCHEME,
+            "algorithms": ",".join(ALGORITHMS),
+            "variants": json.dumps(list(REFERENCE_VARIANTS)),
+            "uuid": uuid.uuid4().hex,
+            "generation": "0",
+            "created_at": _utcnow(),
+            "versions": json.dumps(library_versions(), sort_keys=True),
+        }
+        with conn:
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+
+    def _check(self) -> dict[str, str]:
+        """Validate the file: an artengine registry, our schema and hash scheme, intact."""
+        try:
+            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if app_id != APPLICATION_ID or not {"meta", "refs", "hashes"} <= tables:
+                raise RegistryError(self.path, "not an artengine reference registry "
+                                    "(create one with `artengine registry add`)")
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(self.path, f"corrupt registry (SQLite: {exc})") from None
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise RegistryError(self.path, f"registry schema version {meta.get('schema_version')!r}, "
+                                f"this artengine reads version {SCHEMA_VERSION}; rebuild it with "
+                                "`artengine registry add`")
+        if meta.get("hash_scheme") != HASH_SCHEME or meta.get("algorithms") != ",".join(ALGORITHMS):
+            raise RegistryError(self.path, f"hashes were computed with scheme {meta.get('hash_scheme')!r}, "
+                                f"this artengine uses {HASH_SCHEME!r}; rebuild it with "
+                                "`artengine registry add`")
+        if not meta.get("uuid") or not str(meta.get("generation", "")).isdigit():
+            raise RegistryError(self.path, "corrupt registry: metadata is incomplete")
+        return meta
+
+    def close(self) -> None:
+        """Close the database and release the index map."""
+        with self._lock:
+            self._index = None
+            self._conn.close()
+
+    def __enter__(self) -> "ReferenceRegistry":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ adding
+
+    def add(self, paths: Iterable[str | os.PathLike[str]], *, licence: str = "", source: str = "",
+            progress: Callable[[int], None] | None = None) -> AddSummary:
+        """Hash reference images (files, or folders recursively) into the registry.
+
+        Idempotent: an image whose sha256 is already present is left as it is. Unreadable
+        files are skipped and listed in the summary, never a crash. ``progress`` is called
+        with 1 after each file.
+        """
+        if not self.writable:
+            raise RegistryError(self.path, "opened read-only")
+        summary = AddSummary()
+        for path in paths:
+            self._add_file(Path(path), licence, source, summary)
+            if progress is not None:
+                progress(1)
+        return summary
+
+    def _add_file(self, path: Path, licence: str, source: str, summary: AddSummary) -> None:
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            summary.skipped.append((str(path), exc.strerror or str(exc)))
+            return
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM refs WHERE sha256 = ?", (digest,)).fetchone():
+                summary.unchanged += 1
+                return
+        try:
+            loaded = open_image(path)
+        except ImageLoadError as exc:
+            summary.skipped.append((str(path), exc.reason))
+            return
+        hashes = reference_hashes(loaded.rgb)
+        row = (digest, str(path.resolve()), licence, source, loaded.size[0], loaded.size[1],
+               hashes.quality, _utcnow(), _thumbnail(loaded.rgb))
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "INSERT INTO refs (sha256, source_path, licence, source_text, width, height, quality, "
+                "added_at, thumbnail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            ref_id = cur.lastrowid
+            self._conn.executemany(
+                f"INSERT INTO hashes (ref_id, variant, {', '.join(ALGORITHMS)}) "
+                f"VALUES (?, ?, {', '.join('?' for _ in ALGORITHMS)})",
+                [(ref_id, variant, *(hash_hex(v) for v in hashes.values[i]))
+                 for i, variant in enumerate(hashes.variants)])
+        summary.added += 1
+        if not hashes.reliable:
+            summary.low_quality.append(str(path))
+
+    # ------------------------------------------------------------------ describing
+
+    def count(self) -> int:
+        """Number of reference images."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0])
+
+    def generation(self) -> int:
+        """The change counter: moves on with every change to references or hashes."""
+        with self._lock:
+            return int(self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def info(self) -> dict[str, Any]:
+        """Counts, scheme, versions and sizes, as a JSON-ready dict."""
+        with self._lock:
+            refs, low, licences = self._conn.execute(
+                "SELECT COUNT(*), SUM(quality < ?), COUNT(DISTINCT licence) FROM refs",
+                (MIN_RELIABLE_QUALITY,)).fetchone()
+            n_hashes = int(self._conn.execute("SELECT COUNT(*) FROM hashes").fetchone()[0])
+            by_licence = dict(self._conn.execute(
+                "SELECT licence, COUNT(*) FROM refs GROUP BY licence ORDER BY COUNT(*) DESC LIMIT 20").fetchall())
+        meta = self._meta
+        db_bytes = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        index = self._index_path()
+        return {
+            "path": str(self.path),
+            "format": meta.get("format"),
+            "schema_version": int(meta["schema_version"]),
+            "uuid": meta["uuid"],
+            "generation": self.generation(),
+            "created_at": meta.get("created_at"),
+            "hash_scheme": meta["hash_scheme"],
+            "algorithms": meta["algorithms"].split(","),
+            "variants_per_reference": len(json.loads(meta.get("variants", "[]"))),
+            "versions": json.loads(meta.get("versions", "{}")),
+            "references": int(refs),
+            "hashes": n_hashes * len(ALGORITHMS),
+            "low_quality_references": int(low or 0),
+            "licences": by_licence,
+            "distinct_licences": int(licences),
+            "size_bytes": db_bytes,
+            "index": str(index) if index is not None else None,
+        }
+
+    def reference(self, ref_id: int) -> Reference:
+        """One reference by id (cached)."""
+        with self._lock:
+            found = self._refs.get(ref_id)
+            if found is None:
+                row = self._conn.execute(
+                    "SELECT id, sha256, source_path, licence, source_text, width, height, quality, "
+                    "added_at, thumbnail FROM refs WHERE id = ?", (ref_id,)).fetchone()
+                if row is None:
+                    raise RegistryError(self.path, f"index names reference {ref_id}, which is gone")
+                found = self._refs[ref_id] = Reference(*row)
+            return found
+
+    def find_sha256(self, digest: str) -> Reference | None:
+        """The reference whose file has this sha256, if any."""
+        with self._lock:
+            row = self._conn.execute("SELECT id FROM refs WHERE sha256 = ?", (digest,)).fetchone()
+        return self.reference(int(row[0])) if row else None
+
+    # ------------------------------------------------------------------ searching
+
+    def index(self) -> "_Index":
+        """The memory-mapped hash index, rebuilt first if the registry changed."""
+        with self._lock:
+            generation = self.generation()
+            if self._index is not None and self._index.generation == generation:
+                return self._index
+            if generation == 0 or self.count() == 0:
+                raise RegistryError(self.path, "registry has no references (add some with "
+                                    "`artengine registry add`)")
+            path = self._index_path()
+            index = _Index.load(path, self._meta["uuid"], generation) if path is not None else None
+            if index is None:
+                index = self._build_index(generation)
+            self._index = index
+            return index
+
+    def search(self, hashes: ImageHashes, thresholds: dict[str, int]) -> list[Match]:
+        """References within ``thresholds`` (algorithm -> largest Hamming distance) of any
+        query variant in ``hashes``, on every algorithm at once; closest first, one match
+        per reference."""
+        missing = [a for a in ALGORITHMS if a not in thresholds]
+        if missing:
+            raise ValueError(f"thresholds missing for {missing}")
+        index = self.index()
+        first, rest = ALGORITHMS[0], ALGORITHMS[1:]
+        qi, rows, dist = hamming_within(index.columns[first], hashes[first], thresholds[first])
+        best: dict[int, Match] = {}
+        for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
+            distances = {first: d}
+            for algorithm in rest:
+                distances[algorithm] = int(np.bitwise_count(index.columns[algorithm][row] ^ hashes[algorithm][q]))
+            if any(distances[a] > thresholds[a] for a in rest):
+                continue
+            ref_id = int(index.ref_ids[row])
+            current = best.get(ref_id)
+            if current is None or _rank(distances) < _rank(current.distances):
+                best[ref_id] = Match(str(self.path), self.reference(ref_id), distances,
+                                     hashes.variants[q], index.variant_names[int(index.variants[row])])
+        return sorted(best.values(), key=lambda m: _rank(m.distances))
+
+    def _index_path(self) -> Path | None:
+        """Beside the registry if that folder is writable, else in the user's cache."""
+        beside = Path(f"{self.path}.index")
+        if os.access(self.path.parent, os.W_OK) and (not beside.exists() or os.access(beside, os.W_OK)):
+            return beside
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "artengine" / "index"
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return cache / f"{self._meta['uuid']}.index" if os.access(cache, os.W_OK) else None
+
+    def _build_index(self, generation: int) -> "_Index":
+        with self._lock:
+            # The join drops hashes orphaned by a delete made without foreign keys on.
+            rows = self._conn.execute(
+                f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in ALGORITHMS)} FROM hashes h "
+                "JOIN refs r ON r.id = h.ref_id ORDER BY h.ref_id, h.variant"
+            ).fetchall()
+        variant_names = sorted({r[1] for r in rows})
+        code = {v: i for i, v in enumerate(variant_names)}
+        columns = {a: np.fromiter((int(r[2 + j], 16) for r in rows), dtype=np.uint64, count=len(rows))
+                   for j, a in enumerate(ALGORITHMS)}
+        ref_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        variants = np.fromiter((code[r[1]] for r in rows), dtype=np.uint16, count=len(rows))
+        index = _Index(self._meta["uuid"], generation, columns, ref_ids, variants, tuple(variant_names))
+        path = self._index_path()
+        if path is not None:
+            try:
+                index.write(path)
+                written = _Index.load(path, self._meta["uuid"], generation)
+                if written is not None:
+                    return written
+            except OSError:
+                pass  # a read-only place: search from memory
+        return index
+
+
+def _rank(distances: dict[str, int]) -> tuple[int, int]:
+    return (max(distances.values()), sum(distances.values()))
+
+
+@dataclass
+class _Index:
+    """Hash columns of a registry, aligned by row: ``columns[alg][i]``, ``ref_ids[i]`` and
+    ``variants[i]`` describe hash row ``i``. On disk: magic, a JSON header, then the arrays,
+    each 64-byte aligned, memory-mapped on load."""
+
+    uuid: str
+    generation: int
+    columns: dict[str, np.ndarray]
+    ref_ids: np.ndarray
+    variants: np.ndarray
+    variant_names: tuple[str, ...]
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {**{f"hash:{a}": c for a, c in self.columns.items()},
+                "ref_ids": self.ref_ids, "variants": self.variants}
+
+    def write(self, path: Path) -> None:
+        arrays = self._arrays()
+        layout, offset = {}, 0
+        for name, arr in arrays.items():
+            layout[name] = {"offset": offset, "dtype": arr.dtype.str, "count": int(arr.shape[0])}
+            offset += -(-arr.nbytes // _ALIGN) * _ALIGN
+        header = json.dumps({"uuid": self.uuid, "generation": self.generation, "scheme": HASH_SCHEME,
+                             "variant_names": list(self.variant_names), "arrays": layout,
+                             "data_bytes": offset}).encode()
+        head_len = -(-(len(_INDEX_MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
+        buf = bytearray(head_len + offset)
+        buf[:8] = _INDEX_MAGIC
+        buf[8:16] = len(header).to_bytes(8, "little")
+        buf[16:16 + len(header)] = header
+        for name, arr in arrays.items():
+            start = head_len + layout[name]["offset"]
+            buf[start:start + arr.nbytes] = np.ascontiguousarray(arr).tobytes()
+        atomic_write_bytes(path, bytes(buf))
+
+    @classmethod
+    def load(cls, path: Path, uuid_: str, generation: int) -> "_Index | None":
+        """The index at ``path`` if it is intact and current for this registry, else None."""
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(8) != _INDEX_MAGIC:
+                    return None
+                header_len = int.from_bytes(fh.read(8), "little")
+                if header_len > 1 << 24:
+                    return None
+                header = json.loads(fh.read(header_len))
+            size = path.stat().st_size
+        except (OSError, ValueError):
+            return None
+        head_len = -(-(16 + header_len) // _ALIGN) * _ALIGN
+        if (header.get("uuid") != uuid_ or header.get("generation") != generation
+                or header.get("scheme") != HASH_SCHEME or size != head_len + header.get("data_bytes", -1)):
+            return None
+        try:
+            data = np.memmap(path, dtype=np.uint8, mode="r")
+            arrays = {}
+            for name, spec in header["arrays"].items():
+                dtype = np.dtype(spec["dtype"])
+                start = head_len + spec["offset"]
+                arrays[name] = data[start:start + dtype.itemsize * spec["count"]].view(dtype)
+            columns = {a: arrays[f"hash:{a}"] for a in ALGORITHMS}
+            return cls(uuid_, generation, columns, arrays["ref_ids"], arrays["variants"],
+                       tuple(header["variant_names"]))
+        except (KeyError, ValueError, TypeError, OSError):
+            return None
+
+
+def open_registries(paths: Sequence[str | os.PathLike[str]]) -> list[ReferenceRegistry]:
+    """Open several registries read-only (a policy's, the command line's, each style's).
+    The first bad one raises :class:`RegistryError` naming it; duplicates open once."""
+    opened: list[ReferenceRegistry] = []
+    seen: set[Path] = set()
+    try:
+        for p in paths:
+            resolved = Path(p).resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            registry = ReferenceRegistry(p)
+            opened.append(registry)
+            registry.index()  # empty registries and unreadable indexes fail here, up front
+    except BaseException:
+        for r in opened:
+            r.close()
+        raise
+    return opened
+
+
+def search_registries(registries: Sequence[ReferenceRegistry], hashes: ImageHashes,
+                      thresholds: dict[str, int]) -> list[Match]:
+    """Search every registry; all matches, closest first."""
+    matches = [m for r in registries for m in r.search(hashes, thresholds)]
+    return sorted(matches, key=lambda m: _rank(m.distances))
+
+
+def add_to_registry(db: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], *,
+                    licence: str = "", source: str = "", progress: bool = True) -> tuple[AddSummary, dict[str, Any]]:
+    """Create or extend the registry ``db`` with images (files or folders, recursively);
+    returns what was done and the registry's :meth:`~ReferenceRegistry.info`. Rebuilds
+    the search index so the first audit does not pay for it."""
+    from tqdm import tqdm
+
+    files = list(iter_image_files(paths))
+    with ReferenceRegistry(db, create=True) as registry:
+        with tqdm(total=len(files), desc=f"hashing into {Path(db).name}", unit="img",
+                  disable=None if progress else True) as bar:
+            summary = registry.add(files, licence=licence, source=source, progress=bar.update)
+        if registry.count():
+            registry.index()
+        return summary, registry.info()

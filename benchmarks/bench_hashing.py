@@ -1,0 +1,79 @@
+"""Perceptual hashing and Hamming search speed, side by side with the bare baselines.
+
+* pHash of a 512x512 RGB image: ``artengine.hashing.phash`` (reduce, then imagehash)
+  vs ``imagehash.phash`` on the same images, plus how many bits apart they are.
+  Target: >= 1500 img/s, i.e. >= 2.45x imagehash's ~613 img/s, mean <= 2 bits apart.
+* Every hash the audit computes per image (``query_hashes``: pHash + dHash of the image
+  and its mirror, and quality) and per reference (``reference_hashes``: 19 variants).
+* One query against 1e6 and 1e7 ``uint64`` hashes: ``hamming_within`` (chunked, shared
+  buffers) vs a naive numpy expression. Targets: <= 2 ms at 1e6, <= 15 ms at 1e7.
+
+    .venv/bin/python benchmarks/bench_hashing.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import imagehash
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, side_by_side, timeit  # noqa: E402
+from photos import photo_patches  # noqa: E402
+
+from artengine import query_hashes, reference_hashes  # noqa: E402
+from artengine.hashing import hamming_within, phash  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the 1e7 search")
+    args = parser.parse_args()
+
+    images = [im for _, im in photo_patches(512, 64, seed=11)]
+    apart = [imagehash.phash(im) - phash(im) for im in images]
+
+    def each(fn):
+        return lambda: [fn(im) for im in images]
+
+    ours, bare = side_by_side(each(phash), each(imagehash.phash), repeat=7)
+    n = len(images)
+    rows = [{"stage": "pHash 512x512", "engine_img_s": n / ours, "imagehash_img_s": n / bare,
+             "speedup": bare / ours, "bits_apart_mean": float(np.mean(apart)),
+             "bits_apart_max": int(max(apart)), "target": ">= 1500 img/s, mean <= 2 bits"}]
+    q = timeit(each(query_hashes), repeat=5)
+    r = timeit(lambda: [reference_hashes(im) for im in images[:16]], repeat=3)
+    rows.append({"stage": "all query hashes (pHash+dHash, mirror, quality)", "engine_img_s": n / q,
+                 "imagehash_img_s": n / bare, "speedup": bare / q, "bits_apart_mean": "",
+                 "bits_apart_max": "", "target": "report"})
+    rows.append({"stage": "all reference hashes (19 variants x 2)", "engine_img_s": 16 / r,
+                 "imagehash_img_s": n / bare, "speedup": (16 / r) / (n / bare), "bits_apart_mean": "",
+                 "bits_apart_max": "", "target": "report"})
+    print_table("perceptual hashing, one core", rows)
+
+    rng = np.random.default_rng(0)
+    search_rows = []
+    sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
+    for size in sizes:
+        table = rng.integers(0, 2**63, size=size, dtype=np.uint64) * 2 + 1
+        query = np.uint64(table[size // 2] ^ np.uint64(0b1011))  # one planted neighbour at distance 3
+
+        def engine():
+            return hamming_within(table, [query], 10)
+
+        def naive():
+            return np.flatnonzero(np.bitwise_count(table ^ query) <= 10)
+
+        assert size // 2 in engine()[1] and size // 2 in naive()
+        e, b = side_by_side(engine, naive, repeat=9)
+        e2, _ = side_by_side(lambda: hamming_within(table, [query, ~query], 10), naive, repeat=5)
+        search_rows.append({"hashes": f"{size:.0e}", "engine_ms": e * 1e3, "naive_numpy_ms": b * 1e3,
+                            "ratio": e / b, "engine_2_queries_ms": e2 * 1e3,
+                            "target_ms": 2.0 if size == 1_000_000 else 15.0})
+    print_table("Hamming search, one 64-bit query, radius 10", search_rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The built-in near-duplicate audit: is an output a near-copy of a registered reference?
+
+Two components:
+
+* the ``hashes`` feature extractor computes every perceptual hash of an image once (pHash
+  and dHash of the image and of its mirror image, and a PDQ-style quality score), for any
+  audit or metric that needs them;
+* the ``near_duplicate`` audit searches those hashes in every reference registry of the
+  run (``--registry``, the policy's ``registries``, the registries the audited styles ship,
+  and its own ``registries`` setting) and fails an image that lies within the policy's
+  distances of a reference on every algorithm. The finding names the reference (sha256,
+  source path, licence, source text), the distances and whether the copy was mirrored, and
+  carries the reference's thumbnail for the report.
+
+A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
+registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
+every image; an image with too little detail for its hash to be evidence (quality below
+``min_quality``, PDQ's measure) gives ``unknown``, match or not, since flat images match each
+other. Both block publication unless the policy records an override.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from artengine import (
+    ArtengineError,
+    Audit,
+    AuditItem,
+    MIN_RELIABLE_QUALITY,
+    FeatureExtractor,
+    Finding,
+    ImageHashes,
+    Match,
+    ReferenceRegistry,
+    Setting,
+    hookimpl,
+    open_registries,
+    query_hashes,
+    search_registries,
+    sha256_file,
+)
+
+ARTENGINE_HOOK_API = "1.0"
+
+#: Operating point measured by benchmarks/bench_near_duplicate.py (see docs/near-duplicates.md).
+DEFAULT_MAX_PHASH = 12
+DEFAULT_MAX_DHASH = 14
+
+
+class PerceptualHashes(FeatureExtractor):
+    """pHash and dHash of each image and its mirror image, plus hash quality (one shared
+    downscale per image; see :mod:`artengine.hashing`)."""
+
+    name = "hashes"
+    description = "perceptual hashes (imagehash pHash + dHash, image and mirror) and PDQ-style quality"
+
+    def compute(self, items: Sequence[AuditItem]) -> list[ImageHashes]:
+        return [query_hashes(item.image.rgb) for item in items]
+
+
+class NearDuplicateAudit(Audit):
+    """Fails images that are near-copies of a reference in a registry."""
+
+    name = "near_duplicate"
+    description = ("near-copies of registered reference images (perceptual hashes; "
+                   "crops, mirror images, re-encodes and colour changes included)")
+    needs = frozenset({"hashes"})
+    settings_schema = {
+        "max_phash_distance": Setting(int, DEFAULT_MAX_PHASH,
+                                      "largest pHash Hamming distance (of 64 bits) that counts as a copy"),
+        "max_dhash_distance": Setting(int, DEFAULT_MAX_DHASH,
+                                      "largest dHash Hamming distance (of 64 bits) that counts as a copy"),
+        "min_quality": Setting(int, MIN_RELIABLE_QUALITY,
+                               "images below this hash quality (0-100) are 'unknown' "
+                               "(blocked): their hash is no evidence; 0 turns the rule off"),
+        "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
+    }
+
+    def __init__(self, settings: Any, context: Any) -> None:
+        super().__init__(settings, context)
+        for key in ("max_phash_distance", "max_dhash_distance"):
+            if not 0 <= self.settings[key] <= 64:
+                raise ArtengineError(f"{context.policy_path or 'policy'}: audits.near_duplicate.{key}: "
+                                     f"must be between 0 and 64, got {self.settings[key]}")
+        self.thresholds = {"phash": self.settings["max_phash_distance"],
+                           "dhash": self.settings["max_dhash_distance"]}
+        self.paths = self._registry_paths()
+        self.registries: list[Any] = []
+        self.problem: str | None = None
+        if not self.paths:
+            self.problem = ("no reference registry given (--registry, the policy's registries, "
+                            "or a style's): cannot check for near-duplicates")
+            return
+        try:
+            self.registries = open_registries(self.paths)
+        except ArtengineError as exc:
+            self.problem = str(exc)
+
+    def _registry_paths(self) -> list[str]:
+        base = Path(self.context.policy_path).parent if self.context.policy_path else Path.cwd()
+        extra = []
+        for entry in self.settings["registries"]:
+            if not isinstance(entry, str):
+                raise ArtengineError(f"{self.context.policy_path}: audits.near_duplicate.registries: "
+                                     f"expected file paths, got {entry!r}")
+            extra.append(str(entry if Path(entry).is_absolute() else base / entry))
+        return [*self.context.registries, *extra]
+
+    def check_image(self, item: AuditItem) -> Finding:
+        if self.problem is not None:
+            return Finding(audit=self.name, outcome="error", item=item.key, message=self.problem,
+                           details={"registries": self.paths})
+        hashes: ImageHashes = item.features["hashes"]
+        exact = _exact_copy(self.registries, item.image.path)
+        outcome, matches = classify(hashes, self.registries, self.thresholds, self.settings["min_quality"])
+        details: dict[str, Any] = {"quality": hashes.quality, "thresholds": self.thresholds,
+                                   "registries": self.paths, "hashes": hashes.as_dict()}
+        if exact is not None:
+            outcome, matches = "fail", [exact, *[m for m in matches if m.reference.sha256 != exact.reference.sha256]]
+        if matches:
+            details["match"] = matches[0].as_dict()
+            details["other_matches"] = [m.as_dict() for m in matches[1:5]]
+        if outcome == "fail":
+            best = matches[0]
+            ref = best.reference
+            how = ("byte-identical copy" if best.reference_variant == "file"
+                   else "near-duplicate (mirrored)" if best.query_variant == "mirror" else "near-duplicate")
+            return Finding(
+                audit=self.name, outcome="fail", item=item.key,
+                message=(f"{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, licence: "
+                         f"{ref.licence or 'not recorded'}; pHash distance {best.distances['phash']}, "
+                         f"dHash {best.distances['dhash']})"),
+                details=details, attachments={"reference": ref.thumbnail_uri()})
+        if outcome == "unknown":
+            seen = f"; closest candidate {matches[0].reference.source_path}" if matches else ""
+            return Finding(
+                audit=self.name, outcome="unknown", item=item.key,
+                message=(f"too little detail for a reliable perceptual hash (quality {hashes.quality} "
+                         f"< {self.settings['min_quality']}): a near-copy can be neither confirmed nor "
+                         f"ruled out{seen}"),
+                details=details)
+        return Finding(audit=self.name, outcome="pass", item=item.key,
+                       message=f"no reference within pHash {self.thresholds['phash']} / "
+                               f"dHash {self.thresholds['dhash']} in {len(self.registries)} registr"
+                               f"{'y' if len(self.registries) == 1 else 'ies'}",
+                       details=details)
+
+
+def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thresholds: dict[str, int],
+             min_quality: int) -> tuple[str, list[Match]]:
+    """The audit's decision from an image's hashes: ``("fail" | "unknown" | "pass",
+    matches)``. A hash of quality below ``min_quality`` is no evidence either way: such an
+    image is ``unknown`` whether or not something matched (flat images match each other)."""
+    matches = search_registries(registries, hashes, thresholds)
+    if hashes.quality < min_quality:
+        return "unknown", matches
+    return ("fail" if matches else "pass"), matches
+
+
+def _exact_copy(registries: Sequence[ReferenceRegistry], path: str) -> Match | None:
+    """A reference whose file is byte-identical to the image's file, if any."""
+    try:
+        digest = sha256_file(path)
+    except OSError:
+        return None  # not a file (bytes in memory): the perceptual hashes decide
+    for registry in registries:
+        ref = registry.find_sha256(digest)
+        if ref is not None:
+            return Match(str(registry.path), ref, {"phash": 0, "dhash": 0}, "full", "file")
+    return None
+
+
+@hookimpl
+def artengine_feature_extractors() -> list[type[FeatureExtractor]]:
+    return [PerceptualHashes]
+
+
+@hookimpl
+def artengine_audits() -> list[type[Audit]]:
+    return [NearDuplicateAudit]

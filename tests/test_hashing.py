@@ -1,0 +1,106 @@
+"""Perceptual hashing: compatible with imagehash, one shared downscale, correct search."""
+from __future__ import annotations
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from artengine import query_hashes, reference_hashes
+from artengine.hashing import (
+    MIN_RELIABLE_QUALITY,
+    REFERENCE_VARIANTS,
+    dhash,
+    hamming,
+    hamming_within,
+    hash_hex,
+    hash_quality,
+    hash_value,
+    phash,
+    reduce_for_hashing,
+)
+
+
+def artwork(seed: int, size: int = 512) -> Image.Image:
+    """A detailed, unique test picture: a smooth colour field with random shapes."""
+    rng = np.random.default_rng(seed)
+    field = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    im = Image.fromarray(field).resize((size, size), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, size, 2)
+        w, h = rng.integers(size // 16, size // 3, 2)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x0 + w, y0 + h), fill=colour)
+    return im.filter(ImageFilter.GaussianBlur(1))
+
+
+@pytest.fixture(scope="module")
+def pictures() -> list[Image.Image]:
+    return [artwork(seed) for seed in range(24)]
+
+
+def test_fast_phash_and_dhash_stay_within_two_bits_of_imagehash(pictures):
+    p_apart = [imagehash.phash(im) - phash(im) for im in pictures]
+    d_apart = [imagehash.dhash(im) - dhash(im) for im in pictures]
+    assert np.mean(p_apart) <= 2.0, p_apart
+    assert np.mean(d_apart) <= 2.0, d_apart
+
+
+def test_hashes_are_imagehash_values_and_hex(pictures):
+    h = imagehash.phash(pictures[0])
+    value = hash_value(h)
+    assert hash_hex(value) == str(h)
+    assert imagehash.hex_to_hash(hash_hex(value)) == h
+
+
+def test_reduce_keeps_small_images_and_shrinks_large_ones():
+    small = Image.new("RGB", (100, 60))
+    assert reduce_for_hashing(small) is small
+    assert reduce_for_hashing(Image.new("RGB", (1024, 700))).size == (128, 140)
+
+
+def test_query_hashes_hold_the_mirror_image(pictures):
+    im = pictures[1]
+    q = query_hashes(im)
+    flipped = query_hashes(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert q.variants == ("full", "mirror")
+    assert q.values.shape == (2, 2) and q.values.dtype == np.uint64
+    assert int(hamming(q["phash"][1], flipped["phash"][0])) == 0
+    assert int(hamming(q["dhash"][1], flipped["dhash"][0])) == 0
+
+
+def test_reference_hashes_cover_crops(pictures):
+    im = pictures[2]
+    ref = reference_hashes(im)
+    assert ref.variants == REFERENCE_VARIANTS and ref.values.shape == (len(REFERENCE_VARIANTS), 2)
+    # A 10 % crop from the top-left corner is far from the full image's hash but close
+    # to the matching stored crop.
+    cropped = im.crop((0, 0, round(im.width * 0.9), round(im.height * 0.9)))
+    q = query_hashes(cropped)
+    full = int(hamming(ref["phash"][0], q["phash"][0]))
+    best = int(hamming(ref["phash"], q["phash"][0]).min())
+    assert best <= 4 and best < full
+
+
+def test_quality_separates_flat_from_detailed(pictures):
+    assert hash_quality(Image.new("L", (64, 64), 128)) == 0
+    faint = np.random.default_rng(0).integers(118, 123, (256, 256, 3), dtype=np.uint8)
+    assert query_hashes(Image.fromarray(faint)).quality < MIN_RELIABLE_QUALITY
+    assert all(query_hashes(im).reliable for im in pictures)
+
+
+def test_hamming_within_equals_brute_force_across_chunks():
+    rng = np.random.default_rng(3)
+    table = rng.integers(0, 2**63, size=5000, dtype=np.uint64) * 2
+    queries = [table[17] ^ np.uint64(0b111), table[4999], rng.integers(0, 2**63, dtype=np.uint64)]
+    qi, rows, dist = hamming_within(table, queries, 12, chunk=256)
+    got = sorted(zip(qi.tolist(), rows.tolist(), dist.tolist()))
+    expected = []
+    for i, q in enumerate(queries):
+        d = np.bitwise_count(table ^ np.uint64(q))
+        expected += [(i, int(r), int(d[r])) for r in np.flatnonzero(d <= 12)]
+    assert got == sorted(expected)
+    assert (0, 17, 3) in got and (1, 4999, 0) in got
+    empty = hamming_within(table[:0], queries, 12)
+    assert all(a.size == 0 for a in empty)

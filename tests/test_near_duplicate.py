@@ -1,0 +1,210 @@
+"""The near-duplicate audit end to end through `artengine audit` (rows 20-22 of
+RELIABILITY.md): copies fail naming the reference, unrelated images pass, and a missing,
+empty or corrupt registry, or an image too flat to hash, blocks instead of passing."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from artengine import ReferenceRegistry
+from artengine.cli import cli
+from test_hashing import artwork
+
+POLICY = """
+[policy]
+name = "near-duplicate test"
+version = 1
+
+[audits.near_duplicate]
+severity = "block"
+{extra}
+"""
+
+
+def _jpeg(im: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return Image.open(buf).convert("RGB")
+
+
+def _gamma(im: Image.Image) -> Image.Image:
+    lut = [round(255 * (i / 255) ** 0.7) for i in range(256)] * 3
+    return im.point(lut)
+
+
+def _overlay(im: Image.Image) -> Image.Image:
+    out = im.copy()
+    ImageDraw.Draw(out).text((10, 10), "(c) studio", fill=(255, 255, 255))
+    return out
+
+
+def _crop(im: Image.Image, fraction: float) -> Image.Image:
+    w, h = im.size
+    return im.crop((round(w * fraction), 0, w, round(h * (1 - fraction))))
+
+
+#: Row 21's transforms that the audit must catch (rotation beyond 5 degrees, padding and
+#: crops beyond 15 % are documented blind spots, measured in the benchmark).
+TRANSFORMS = {
+    "jpeg95": lambda im: _jpeg(im, 95),
+    "jpeg50": lambda im: _jpeg(im, 50),
+    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(1.5)),
+    "gamma": _gamma,
+    "contrast": lambda im: ImageEnhance.Contrast(im).enhance(1.3),
+    "overlay": _overlay,
+    "resize": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR),
+    "crop5": lambda im: _crop(im, 0.05),
+    "crop10": lambda im: _crop(im, 0.10),
+    "mirror": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "rotate2": lambda im: im.rotate(2, Image.Resampling.BILINEAR),
+}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    refs = root / "refs"
+    refs.mkdir()
+    for i in range(6):
+        artwork(200 + i, 320).save(refs / f"ref{i}.png")
+    db = root / "refs.db"
+    with ReferenceRegistry(db, create=True) as reg:
+        reg.add(sorted(refs.iterdir()), licence="All rights reserved", source="Agency X, contract 7")
+    return db, refs
+
+
+def _policy(tmp_path, extra: str = "") -> str:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.format(extra=extra))
+    return str(path)
+
+
+def _audit(folder, policy, *registries):
+    args = ["audit", str(folder), "--policy", policy, "--report", str(folder.parent / "report"), "--json"]
+    for r in registries:
+        args += ["--registry", str(r)]
+    result = CliRunner().invoke(cli, args)
+    doc = json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
+    return result, doc
+
+
+def _finding(doc, key):
+    entry = next(e for e in doc["images"] if e["key"] == key)
+    return entry, next(f for f in entry["findings"] if f["audit"] == "near_duplicate")
+
+
+def test_exact_and_transformed_copies_fail_naming_the_reference_and_others_pass(tmp_path, registry):
+    db, refs = registry
+    out = tmp_path / "outputs"
+    out.mkdir()
+    shutil.copy(refs / "ref0.png", out / "byte_copy.png")  # row 20
+    Image.open(refs / "ref1.png").save(out / "pixel_copy.png", compress_level=1)
+    expected = {"byte_copy.png": "ref0.png", "pixel_copy.png": "ref1.png"}
+    for i, (name, fn) in enumerate(TRANSFORMS.items()):
+        ref = f"ref{i % 6}.png"
+        fn(Image.open(refs / ref).convert("RGB")).save(out / f"{name}.png")
+        expected[f"{name}.png"] = ref
+    for seed in range(3):
+        artwork(900 + seed, 320).save(out / f"original{seed}.png")
+
+    result, doc = _audit(out, _policy(tmp_path), db)
+    assert result.exit_code == 1, result.output
+    for key, ref in expected.items():
+        entry, finding = _finding(doc, key)
+        assert entry["verdict"] == "block" and not entry["publishable"], key
+        assert finding["outcome"] == "fail", (key, finding["message"])
+        match = finding["details"]["match"]
+        assert match["source"] == str((refs / ref).resolve()), key
+        assert match["licence"] == "All rights reserved"
+        assert match["source_text"] == "Agency X, contract 7"
+        assert len(match["sha256"]) == 64
+        assert finding["attachments"]["reference"].startswith("data:image/jpeg;base64,")
+    for key in ("byte_copy.png", "pixel_copy.png"):
+        assert _finding(doc, key)[1]["details"]["match"]["distance"] == 0  # row 20
+    assert _finding(doc, "mirror.png")[1]["details"]["match"]["mirrored"] is True
+    for seed in range(3):
+        entry, finding = _finding(doc, f"original{seed}.png")
+        assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "All rights reserved" in html and "data:image/jpeg;base64," in html
+
+
+def _outputs(tmp_path, refs):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    shutil.copy(refs / "ref0.png", out / "copy.png")
+    artwork(901, 320).save(out / "original.png")
+    return out
+
+
+@pytest.mark.parametrize("damage", ["missing", "zero_bytes", "garbage", "no_references", "none_given"])
+def test_unusable_registry_blocks_every_image_never_passes(tmp_path, registry, damage):
+    """Row 22: a registry the policy requires but that cannot be searched is an error."""
+    _, refs = registry
+    out = _outputs(tmp_path, refs)
+    bad = tmp_path / "bad.db"
+    if damage == "zero_bytes":
+        bad.write_bytes(b"")
+    elif damage == "garbage":
+        bad.write_bytes(np.random.default_rng(0).bytes(8192))
+    elif damage == "no_references":
+        ReferenceRegistry(bad, create=True).close()
+    extra = "" if damage == "none_given" else f'registries = ["{bad}"]'
+    result, doc = _audit(out, _policy(tmp_path, extra))
+    assert result.exit_code == 1, result.output
+    assert doc["summary"]["publishable"] == 0
+    for key in ("copy.png", "original.png"):
+        entry, finding = _finding(doc, key)
+        assert finding["outcome"] == "error" and entry["verdict"] == "error"
+        if damage != "none_given":
+            assert str(bad) in finding["message"]
+
+
+def test_corrupt_registry_on_the_command_line_blocks(tmp_path, registry):
+    _, refs = registry
+    out = _outputs(tmp_path, refs)
+    bad = tmp_path / "corrupt.db"
+    bad.write_bytes(b"SQLite format 3\x00" + bytes(4000))
+    result, doc = _audit(out, _policy(tmp_path), bad)
+    assert result.exit_code == 1
+    assert all(e["verdict"] == "error" for e in doc["images"])
+
+
+def test_flat_image_is_unknown_and_blocked_not_passed(tmp_path, registry):
+    """Row 22: an image whose hash quality is too low to be evidence does not pass."""
+    db, _ = registry
+    out = tmp_path / "outputs"
+    out.mkdir()
+    Image.new("RGB", (256, 256), (40, 90, 200)).save(out / "flat.png")
+    faint = np.random.default_rng(1).integers(100, 104, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(faint).save(out / "faint.png")
+    result, doc = _audit(out, _policy(tmp_path), db)
+    assert result.exit_code == 1
+    for key in ("flat.png", "faint.png"):
+        entry, finding = _finding(doc, key)
+        assert finding["outcome"] == "unknown" and entry["verdict"] == "block"
+        assert finding["details"]["quality"] < 20
+    # A studio that accepts the risk lowers the bar in its policy, on the record.
+    result, doc = _audit(out, _policy(tmp_path, "min_quality = 0"), db)
+    assert _finding(doc, "flat.png")[1]["outcome"] == "pass"
+
+
+def test_thresholds_come_from_the_policy(tmp_path, registry):
+    db, refs = registry
+    out = tmp_path / "outputs"
+    out.mkdir()
+    Image.open(refs / "ref2.png").convert("RGB").rotate(2, Image.Resampling.BILINEAR).save(out / "rotated.png")
+    _, doc = _audit(out, _policy(tmp_path), db)
+    distance = _finding(doc, "rotated.png")[1]["details"]["match"]["distances"]["phash"]
+    assert distance > 0
+    _, strict = _audit(out, _policy(tmp_path, f"max_phash_distance = {distance - 1}"), db)
+    assert _finding(strict, "rotated.png")[1]["outcome"] == "pass"
+    result = CliRunner().invoke(cli, ["audit", str(out), "--policy", _policy(tmp_path, "max_phash_distance = 65"),
+                                      "--registry", str(db)])
+    assert result.exit_code == 2 and "max_phash_distance" in result.output

@@ -1,0 +1,187 @@
+"""The reference registry: adding, describing, searching, change detection, fail-closed
+opening (row 22), and the `artengine registry` commands."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from artengine import ReferenceRegistry, RegistryError, open_registries, query_hashes, search_registries
+from artengine.cli import cli
+from test_hashing import artwork
+
+THRESHOLDS = {"phash": 12, "dhash": 14}
+
+
+@pytest.fixture
+def ref_folder(tmp_path):
+    folder = tmp_path / "refs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(4):
+        artwork(100 + i, 256).save(folder / ("sub" if i % 2 else ".") / f"ref{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+@pytest.fixture
+def registry_path(tmp_path, ref_folder):
+    path = tmp_path / "refs.db"
+    with ReferenceRegistry(path, create=True) as reg:
+        summary = reg.add(sorted(p for p in ref_folder.rglob("*.png")), licence="CC BY 4.0", source="test set")
+    assert summary.added == 4 and len(summary.skipped) == 1
+    return path
+
+
+def test_add_is_idempotent_and_reports_unreadable_files(registry_path, ref_folder):
+    with ReferenceRegistry(registry_path, create=True) as reg:
+        generation = reg.generation()
+        again = reg.add(sorted(ref_folder.rglob("*.png")))
+        assert again.added == 0 and again.unchanged == 4
+        assert again.skipped[0][0].endswith("broken.png")
+        assert reg.count() == 4 and reg.generation() == generation
+
+
+def test_info_names_scheme_versions_and_counts(registry_path):
+    with ReferenceRegistry(registry_path) as reg:
+        info = reg.info()
+    assert info["references"] == 4
+    assert info["algorithms"] == ["phash", "dhash"]
+    assert info["hashes"] == 4 * info["variants_per_reference"] * 2
+    assert {"imagehash", "pillow", "numpy", "artengine"} <= set(info["versions"])
+    assert info["licences"] == {"CC BY 4.0": 4}
+    assert info["size_bytes"] > 0
+
+
+def test_search_finds_the_reference_with_its_record_and_thumbnail(registry_path, ref_folder):
+    source = ref_folder / "ref0.png"
+    copy = Image.open(source).convert("RGB")
+    buf = io.BytesIO()
+    copy.save(buf, format="JPEG", quality=70)
+    with ReferenceRegistry(registry_path) as reg:
+        matches = reg.search(query_hashes(Image.open(buf).convert("RGB")), THRESHOLDS)
+        assert len(matches) == 1
+        ref = matches[0].reference
+        assert ref.source_path == str(source.resolve())
+        assert ref.licence == "CC BY 4.0" and ref.source_text == "test set"
+        assert len(ref.sha256) == 64
+        thumb = Image.open(io.BytesIO(ref.thumbnail))
+        assert thumb.format == "JPEG" and max(thumb.size) <= 128
+        assert ref.thumbnail_uri().startswith("data:image/jpeg;base64,")
+        # An unrelated picture matches nothing.
+        assert reg.search(query_hashes(artwork(999, 256)), THRESHOLDS) == []
+
+
+def test_index_is_rebuilt_when_the_registry_changes(registry_path, tmp_path):
+    newcomer = tmp_path / "new.png"
+    artwork(555, 256).save(newcomer)
+    query = query_hashes(Image.open(newcomer).convert("RGB"))
+    with ReferenceRegistry(registry_path) as reader:
+        assert reader.search(query, THRESHOLDS) == []
+        with ReferenceRegistry(registry_path, create=True) as writer:
+            writer.add([newcomer])
+        # The same open reader sees the change: the generation moved, the index is rebuilt.
+        assert [m.reference.source_path for m in reader.search(query, THRESHOLDS)] == [str(newcomer.resolve())]
+    # A change made behind artengine's back (the sqlite3 shell) is noticed too.
+    with sqlite3.connect(registry_path) as conn:
+        conn.execute("DELETE FROM refs WHERE source_path = ?", (str(newcomer.resolve()),))
+    with ReferenceRegistry(registry_path) as reader:
+        assert reader.search(query, THRESHOLDS) == []
+
+
+def test_a_damaged_index_file_is_rebuilt(registry_path, ref_folder):
+    query = query_hashes(Image.open(ref_folder / "ref0.png").convert("RGB"))
+    with ReferenceRegistry(registry_path) as reg:
+        reg.index()
+    index_file = registry_path.with_name(registry_path.name + ".index")
+    assert index_file.exists()
+    index_file.write_bytes(index_file.read_bytes()[:100])  # truncated
+    with ReferenceRegistry(registry_path) as reg:
+        assert len(reg.search(query, THRESHOLDS)) == 1
+    assert index_file.stat().st_size > 100
+
+
+def test_several_registries_are_searched_at_once(registry_path, tmp_path):
+    style_refs = tmp_path / "style.png"
+    artwork(777, 256).save(style_refs)
+    style_db = tmp_path / "style.db"
+    with ReferenceRegistry(style_db, create=True) as reg:
+        reg.add([style_refs], licence="studio licence")
+    registries = open_registries([registry_path, style_db, registry_path])
+    assert len(registries) == 2  # the same file opens once
+    matches = search_registries(registries, query_hashes(Image.open(style_refs).convert("RGB")), THRESHOLDS)
+    assert [(m.registry, m.reference.licence) for m in matches] == [(str(style_db), "studio licence")]
+
+
+# --------------------------------------------------------------------- fail-closed (row 22)
+
+
+def _corrupt_variants(tmp_path, registry_path):
+    missing = tmp_path / "missing.db"
+    zero = tmp_path / "zero.db"
+    zero.write_bytes(b"")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(4096))
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(registry_path.read_bytes()[:1500])
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE photos (id INTEGER)")
+    future = tmp_path / "future.db"
+    shutil.copy(registry_path, future)
+    with sqlite3.connect(future) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    other_scheme = tmp_path / "other_scheme.db"
+    shutil.copy(registry_path, other_scheme)
+    with sqlite3.connect(other_scheme) as conn:
+        conn.execute("UPDATE meta SET value = 'imagededup-phash/0' WHERE key = 'hash_scheme'")
+    no_refs = tmp_path / "no_refs.db"
+    ReferenceRegistry(no_refs, create=True).close()
+    return {"no such file": missing, "empty file": zero, "not a database": garbage,
+            "registry": truncated, "not an artengine reference registry": foreign,
+            "schema version '99'": future, "imagededup-phash/0": other_scheme,
+            "no references": no_refs}
+
+
+def test_missing_empty_corrupt_or_incompatible_registries_are_errors_naming_the_file(tmp_path, registry_path):
+    for expected, path in _corrupt_variants(tmp_path, registry_path).items():
+        with pytest.raises(RegistryError) as caught:
+            open_registries([path])
+        assert str(path) in str(caught.value) and expected in str(caught.value), (path, caught.value)
+
+
+def test_registry_add_and_info_commands(tmp_path, ref_folder):
+    db = tmp_path / "cli.db"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["registry", "add", str(db), str(ref_folder), "--licence", "CC0",
+                                 "--source", "museum scans"])
+    assert result.exit_code == 0, result.output
+    assert "added 4" in result.output and "skipped 1 unreadable" in result.output
+    assert "broken.png" in result.output
+    again = runner.invoke(cli, ["registry", "add", str(db), str(ref_folder)])
+    assert "added 0, already present 4" in again.output
+    info = runner.invoke(cli, ["registry", "info", str(db), "--json"])
+    assert info.exit_code == 0
+    doc = json.loads(info.stdout)
+    assert doc["references"] == 4 and doc["licences"] == {"CC0": 4}
+    text = runner.invoke(cli, ["registry", "info", str(db)])
+    assert "4 references" in text.output and "imagehash" in text.output
+
+
+def test_registry_commands_fail_with_one_line_and_exit_2(tmp_path):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(2048))
+    runner = CliRunner()
+    for args in (["registry", "info", str(tmp_path / "missing.db")],
+                 ["registry", "info", str(garbage)],
+                 ["registry", "add", str(garbage), str(tmp_path)],
+                 ["registry", "add", str(tmp_path / "x.db"), str(tmp_path / "no_such_folder")]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
