@@ -238,6 +238,12 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
         model = load_model(out)
     assert model.info.step == 2
     assert any("damaged" in r.message for r in caplog.records)
+    newest.write_bytes(bytes(raw[: len(raw) // 2]))  # a write cut short: truncated newest checkpoint
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="artengine"):
+        model = load_model(out)
+    assert model.info.step == 2
+    assert any("damaged" in r.message and newest.name in r.message for r in caplog.records)
     for _, path in list_checkpoints(out):
         path.write_bytes(b"")
     with pytest.raises(ModelLoadError, match="no usable checkpoint"):
