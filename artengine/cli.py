@@ -495,13 +495,15 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this much training time (with a checkpoint).")
+@click.option("--threads", type=click.IntRange(1),
+              help="torch threads per process (default: torch's choice; 1 is faster on a busy machine).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_size: str | None,
           batch_size: int | None, resume: bool, device: str, seed: int | None, preset: str | None,
           lr_g: float | None, lr_d: float | None, loss: str | None, augment: str | None,
           r1_gamma: float | None, ema_kimg: float | None, settings: tuple[str, ...], data_length: int | None,
           label_attribute: str | None, sample_every: int, checkpoint_every: int, keep_checkpoints: int,
-          log_every: int, max_seconds: float | None, as_json: bool) -> None:
+          log_every: int, max_seconds: float | None, threads: int | None, as_json: bool) -> None:
     """Train a GAN (or resume one) into a run folder.
 
     Checkpoints (safetensors), samples, metrics.jsonl and loss_curve.svg land in --out.
@@ -521,7 +523,7 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
         batch_size=batch_size, seed=seed, resume=resume, device=device, preset=preset, settings=overrides,
         data_length=data_length, label_attribute=label_attribute, sample_every=sample_every,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-        max_seconds=max_seconds, progress=not as_json,
+        max_seconds=max_seconds, threads=threads, progress=not as_json,
     )
     plugins = load_plugins()
     try:
