@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
+import shutil
 import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +87,8 @@ def export_style(run: str | Path, *, name: str, out: str | Path, licence: str = 
     """Write the plugin package of the style ``name`` trained in ``run`` to the folder ``out``.
 
     ``out`` must not exist or be empty. ``licence`` is the licence text (written to
-    ``LICENCE``; its first line becomes ``Style.licence``).
+    ``LICENCE``; its first line becomes ``Style.licence``). The package is assembled in a
+    temporary sibling folder and renamed into place, so a failed export leaves nothing.
     """
     plugins = plugins or get_plugins()
     if not STYLE_NAME.match(name):
@@ -95,8 +99,30 @@ def export_style(run: str | Path, *, name: str, out: str | Path, licence: str = 
         raise InputError(f"{run_dir}: not a training run folder")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"--out {target}: exists and is not an empty folder")
+    if not target.absolute().parent.is_dir():
+        raise InputError(f"--out {target}: folder {target.absolute().parent} does not exist")
     run_config = read_run_config(run_dir)
     training = _read_training_record(run_dir)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.absolute().parent))
+    try:
+        written = _write_package(work, run_dir, run_config, training, name=name, licence=licence,
+                                 description=description, version=version, plugins=plugins)
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    written.out = target
+    written.weights = target / written.weights.relative_to(work)
+    written.registry = target / written.registry.relative_to(work)
+    if written.reference_distribution is not None:
+        written.reference_distribution = target / written.reference_distribution.relative_to(work)
+    return written
+
+
+def _write_package(target: Path, run_dir: Path, run_config: dict[str, Any], training: dict[str, Any], *,
+                   name: str, licence: str, description: str, version: str, plugins: Plugins) -> StyleExport:
     module = "artengine_style_" + name.replace("-", "_")
     data_dir = target / module / "data"
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,8 @@ def test_folder_run_registry_holds_the_original_files_and_refuses_changed_ones(t
                                        str(tmp_path / "pkg2"))
     assert changed.exit_code == 2
     assert "2.png: training image changed since the run" in changed.output
+    assert not (tmp_path / "pkg2").exists()  # a failed export leaves no half-written package
+    assert not list(tmp_path.glob(".pkg2.*"))
 
 
 def test_audit_with_style_uses_its_registry_and_distribution(package, tmp_path, monkeypatch):
