@@ -85,9 +85,10 @@ print(json.dumps({"weights": str(style.weights), "shape": list(images.shape), "d
     assert sum(found["dist"].values()) == pytest.approx(1.0)
 
     env.uninstall("artengine-style-test-shapes")
-    listed = json.loads(env.artengine("plugins", "--json").stdout)
-    assert "style_test_shapes" not in {p["name"] for p in listed["plugins"]}
     assert not (env.site_packages / "artengine_style_test_shapes").exists()
+    # Gone from discovery (asked by name, which is quick: nothing else is imported).
+    gone = env.artengine("plugins", "--json", ARTENGINE_PLUGINS="style_test_shapes")
+    assert gone.returncode == 2 and "no installed plugin has that entry-point" in gone.stderr
 
 
 def test_export_refuses_bad_names_and_non_empty_folders(run, tmp_path):
