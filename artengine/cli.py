@@ -577,6 +577,93 @@ def evaluate(run: Path, count: int, features: str, seed: int, clip_model: str | 
         click.echo(f"  label accuracy with styles from reference images: {results['reference_label_accuracy']:.1%}")
 
 
+# ----------------------------------------------------------------------------- generate
+
+
+@cli.command()
+@click.option("--model", required=True,
+              help="Training run folder, exported weights (.safetensors), or the name of an installed style.")
+@click.option("--count", type=click.IntRange(1), required=True, help="Number of images.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Job folder: approved/, quarantine/, report/, job.json, journal.jsonl.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents and the label mix.")
+@click.option("--label", "labels", multiple=True, metavar="NAME[:WEIGHT]",
+              help="Class or style name, optionally weighted (repeatable; default: an even mix of all).")
+@click.option("--style-ref", type=click.Path(dir_okay=False, path_type=Path),
+              help="Reference image whose style a style model copies.")
+@click.option("--policy", "policy_spec", default="default", show_default=True,
+              help="Policy file, or the name of a shipped policy (default, publication).")
+@click.option("--registry", "registries", multiple=True, type=click.Path(path_type=Path),
+              help="Reference registry (repeatable); added to the policy's and the style's.")
+@click.option("--reference-data", help="Dataset name or folder the bias audit compares with (default: the run's training data).")
+@click.option("--override", "overrides", multiple=True, metavar="AUDIT=REASON",
+              help="Allow publication despite an error, unknown or disabled AUDIT; recorded in the report.")
+@click.option("--size", type=click.IntRange(1), help="Output side in pixels (default 256: the watermark's minimum).")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Producer processes (local) or actors (ray).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="Address of an existing Ray cluster (default: start a local one).")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
+@click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path), help=_LEDGER_HELP)
+@click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
+@click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ...], style_ref: Path | None,
+             policy_spec: str, registries: tuple[Path, ...], reference_data: str | None, overrides: tuple[str, ...], size: int | None,
+             workers: int, executor: str, ray_address: str | None, keys_dir: Path | None, ledger: Path | None,
+             clip_model: str | None, clip_pretrained: str | None, as_json: bool) -> None:
+    """Generate, watermark, sign, audit and gate a batch of images.
+
+    Each image lands in approved/ or quarantine/ with its signed manifest; the report goes
+    to OUT/report. Killed at any point, the same command resumes where it stopped. Exit 0
+    when everything was approved, 1 when the policy blocked something, 2 on bad input.
+    """
+    from .generation import GenerateOptions, generate as run_job
+
+    plugins = load_plugins()
+    options = GenerateOptions(
+        model=model, count=count, out=out, seed=seed, labels=labels, style_ref=style_ref, policy=policy_spec,
+        registries=[str(r) for r in registries], reference_data=reference_data, overrides=overrides, size=size, workers=workers,
+        executor=executor, ray_address=ray_address, keys_dir=str(keys_dir) if keys_dir else None,
+        ledger=str(ledger) if ledger else None, clip_model=clip_model, clip_pretrained=clip_pretrained,
+        progress=not as_json,
+    )
+    result = run_job(options, plugins)
+    if as_json:
+        click.echo(json.dumps({"out": str(result.out), "count": result.count, "approved": result.approved,
+                               "quarantined": result.quarantined, "verdict": result.verdict,
+                               "exit_code": result.exit_code, "resumed": result.resumed,
+                               "report": str(result.report_json), "html": str(result.report_html)}, indent=2))
+    else:
+        if result.resumed:
+            click.echo(f"resumed: {result.resumed} image(s) were already complete")
+        click.echo(f"{result.verdict.upper()}: {result.count} images, {result.approved} approved, "
+                   f"{result.quarantined} quarantined")
+        click.echo(f"approved: {result.out / 'approved'}")
+        click.echo(f"report: {result.report_html}")
+    sys.exit(result.exit_code)
+
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artengine-demo"),
+              show_default=True, help="Folder for everything the demo makes (keys and ledger included).")
+@click.option("--train-seconds", type=click.FloatRange(min=5), default=90.0, show_default=True,
+              help="Training budget.")
+@click.option("--count", type=click.IntRange(8), default=48, show_default=True, help="Images to generate.")
+def demo(out: Path, train_seconds: float, count: int) -> None:
+    """The main job end to end on built-in data, with nothing downloaded.
+
+    Trains a small GAN on shapes, registers its training images as copyrighted references,
+    generates a skewed batch through the publication policy, then audits a submission with
+    planted copies of training images, and writes the report. Takes a few minutes on CPU.
+    """
+    from .demo import run_demo
+
+    load_plugins()
+    run_demo(out, train_seconds=train_seconds, count=count, echo=click.echo)
+
+
 @cli.command("export")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))

@@ -1,0 +1,1 @@
+"""Policies shipped with artengine (TOML files; see docs/policies.md)."""

@@ -1,0 +1,256 @@
+"""Batch generation (issue 7): deterministic bytes, gated placement, kill -9 resume, bad input."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from artengine import generation
+from artengine.cli import cli
+from artengine.journal import iter_records
+from artengine.training import TrainOptions, train
+
+EPOCH = "1790000000"  # a fixed job time: byte-identical manifests across runs
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny class-conditional model (colours of shapes), trained for a few steps."""
+    out = tmp_path_factory.mktemp("gen") / "run"
+    train(TrainOptions(out=out, arch="cgan", data="shapes", steps=2, batch_size=8, data_length=48,
+                       label_attribute="colour", settings={"g_ch": 8, "d_ch": 8}, checkpoint_every=2,
+                       sample_every=2, log_every=1, progress=False))
+    return out
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch) -> dict[str, str]:
+    """Keys and ledger of this test only; a fixed job time."""
+    keys, ledger = tmp_path / "keys", tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("ARTENGINE_KEYS", str(keys))
+    monkeypatch.setenv("ARTENGINE_LEDGER", str(ledger))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    result = CliRunner().invoke(cli, ["keys", "init"])
+    assert result.exit_code == 0, result.output
+    return dict(os.environ)
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def images(folder: Path) -> dict[str, bytes]:
+    """Every image of a job by ``folder/name``, with its bytes."""
+    return {f"{p.parent.name}/{p.name}": p.read_bytes()
+            for sub in ("approved", "quarantine", "pending") for p in sorted((folder / sub).glob("*.png"))}
+
+
+def test_generate_marks_signs_audits_and_places_every_image(tiny_run, env, tmp_path):
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "6", "--out", str(tmp_path / "job"),
+                        "--label", "red", "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["count"] == 6 and result["approved"] == 6 and result["quarantined"] == 0
+    job = tmp_path / "job"
+    files = sorted((job / "approved").glob("*.png"))
+    assert [p.name for p in files] == [f"{i:06d}.png" for i in range(6)]
+    records = [r for r in iter_records(job) if r["type"] == "image"]
+    assert sorted(r["index"] for r in records) == list(range(6))
+    assert all(r["meta"]["label"] == "red" for r in records)
+    report = json.loads((job / "report" / "report.json").read_text())
+    assert report["kind"] == "generate" and report["summary"]["images"] == 6
+    # Every image verifies: signature, pixels and mark agree, with the sidecar manifest next to it.
+    code, out = run_cli("verify", *map(str, files), "--json")
+    assert code == 0, out
+    assert {r["status"] for r in json.loads(out)["images"]} == {"verified"}
+    manifest = json.loads((job / "approved" / "000002.png.manifest.json").read_text())
+    assert manifest["generation"]["seed"] == 0 and manifest["generation"]["label"] == "red"
+    assert manifest["created"] == "2026-09-21T14:13:20Z"
+
+
+def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_path, monkeypatch):
+    def job(out: Path, chunk: int, workers: int) -> dict[str, bytes]:
+        options = generation.GenerateOptions(model=str(tiny_run), count=7, out=out, seed=3, chunk=chunk,
+                                             workers=workers, progress=False)
+        generation.generate(options)
+        return images(out)
+
+    one = job(tmp_path / "a", chunk=7, workers=1)
+    assert len(one) == 7
+    assert job(tmp_path / "b", chunk=2, workers=1) == one
+    assert job(tmp_path / "c", chunk=3, workers=2) == one
+
+
+def test_a_near_copy_of_a_registered_image_is_quarantined_and_blocks(tiny_run, env, tmp_path):
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "4", "--out", str(tmp_path / "first"))
+    assert code == 0, out
+    registry = tmp_path / "refs.db"
+    code, out = run_cli("registry", "add", str(registry), str(tmp_path / "first" / "approved" / "000002.png"),
+                        "--licence", "all rights reserved")
+    assert code == 0, out
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "4", "--out", str(tmp_path / "second"),
+                        "--policy", "publication", "--registry", str(registry))
+    assert code == 1, out
+    second = tmp_path / "second"
+    assert (second / "quarantine" / "000002.png").exists()
+    assert not (second / "approved" / "000002.png").exists()
+    report = json.loads((second / "report" / "report.json").read_text())
+    flagged = {e["key"]: e for e in report["images"] if e["verdict"] == "block"}
+    assert "000002.png" in flagged and not flagged["000002.png"]["publishable"]
+
+
+def _journal_lines(job: Path) -> int:
+    path = job / "journal.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("kill_after", [0, 3, 9])
+def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, env, tmp_path, kill_after):
+    args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5"]
+    reference = tmp_path / "reference"
+    code, out = run_cli(*args, "--out", str(reference))
+    assert code == 0, out
+
+    job = tmp_path / "job"
+    command = [sys.executable, "-m", "artengine", *args, "--out", str(job)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if kill_after == 0 and (job / "job.json").exists():
+            break
+        if kill_after and _journal_lines(job) >= kill_after:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = _journal_lines(job)
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert images(job) == images(reference)  # 0 missing, 0 duplicate, same bytes
+    indices = [r["index"] for r in iter_records(job) if r["type"] == "image"]
+    assert sorted(indices) == list(range(14))  # each image journaled exactly once
+    assert done_before <= 14
+    assert not list(job.rglob("*.artengine-tmp"))
+
+
+def test_full_disk_is_one_line_and_resume_completes_the_job(tiny_run, env, tmp_path, monkeypatch):
+    real_write = generation.atomic_write_bytes
+    calls = {"n": 0}
+
+    def failing_write(path, data):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(generation, "atomic_write_bytes", failing_write)
+    job = tmp_path / "job"
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "8", "--out", str(job))
+    assert code == 2
+    assert "No space left on device" in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+    journaled = {r["name"]: r for r in iter_records(job) if r["type"] == "image"}
+    assert journaled, "images finished before the disk filled are kept"
+    for name, record in journaled.items():  # the journal names only complete files
+        assert (job / record["folder"] / name).exists()
+
+    monkeypatch.setattr(generation, "atomic_write_bytes", real_write)
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "8", "--out", str(job))
+    assert code == 0, out
+    assert len(images(job)) == 8
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--model", "no-such-model"], "--model no-such-model: no such run folder"),
+    (["--label", "chartreuse"], "has no label 'chartreuse'"),
+    (["--label", "red:-1"], "weight must be a positive number"),
+    (["--style-ref", "README.md"], "takes no style reference"),
+    (["--size", "64"], "needs images of at least"),
+    (["--policy", "nonexistent-policy"], "no such shipped policy"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_run, env, tmp_path, args, expected):
+    base = {"--model": str(tiny_run)}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["generate", "--count", "2", "--out", str(tmp_path / "job")]
+    for flag, value in base.items():
+        argv += [flag, value]
+    code, out = run_cli(*argv)
+    assert code == 2, out
+    assert expected in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_output_folder_that_cannot_be_created_is_refused(tiny_run, env, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "2", "--out", str(blocker / "job"))
+    assert code == 2 and "--out" in out and "Traceback" not in out
+
+
+def test_a_folder_holding_another_job_is_refused(tiny_run, env, tmp_path):
+    job = tmp_path / "job"
+    assert run_cli("generate", "--model", str(tiny_run), "--count", "2", "--out", str(job))[0] == 0
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "2", "--seed", "9", "--out", str(job))
+    assert code == 2 and "holds a different job" in out
+
+
+def test_label_mix_follows_the_weights(tiny_run):
+    labels = [["red", 8.0], ["blue", 2.0]]
+    drawn = [generation.label_for(i, 0, labels) for i in range(2000)]
+    share = drawn.count("red") / len(drawn)
+    assert 0.77 <= share <= 0.83
+    assert drawn == [generation.label_for(i, 0, labels) for i in range(2000)]  # a function of (seed, i)
+
+
+@pytest.mark.slow
+def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
+    pytest.importorskip("ray")
+    local = tmp_path / "local"
+    generation.generate(generation.GenerateOptions(model=str(tiny_run), count=6, out=local, progress=False))
+    on_ray = tmp_path / "ray"
+    generation.generate(generation.GenerateOptions(model=str(tiny_run), count=6, out=on_ray, workers=2,
+                                                   executor="ray", progress=False))
+    assert images(on_ray) == images(local)
+
+
+@pytest.mark.parametrize("max_share, expected_folder, expected_code", [(1.0, "approved", 0), (-1.0, "quarantine", 1)])
+def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, env, tmp_path, max_share,
+                                                                    expected_folder, expected_code):
+    import gate_plugin
+    from artengine import Plugins
+    from artengine.plugins import set_plugins
+
+    plugins = Plugins.discover()
+    assert plugins.register(gate_plugin, "gate_plugin").loaded
+    set_plugins(plugins)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[policy]\nname = "batch"\nversion = 1\n\n[audits.bright_share]\nmax_share = {max_share}\n'
+                      '\n[audits.provenance]\n')
+    seen = []
+
+    def during(record):
+        seen.append(record["folder"])
+        assert (tmp_path / "job" / "pending" / record["name"]).exists()
+
+    result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=5, out=tmp_path / "job",
+                                                            policy=str(policy), progress=False),
+                                 plugins, on_image=during)
+    assert seen == ["pending"] * 5
+    assert result.exit_code == expected_code
+    assert sorted(p.name for p in (tmp_path / "job" / expected_folder).glob("*.png")) == \
+        [f"{i:06d}.png" for i in range(5)]
+    assert not (tmp_path / "job" / "pending").exists()
+    report = json.loads(result.report_json.read_text())
+    assert report["batch"]["status"] == ("pass" if max_share > 0 else "block")
