@@ -254,3 +254,14 @@ def test_cli_train_then_resume_further(tmp_path):
     assert json.loads(result.output)["step"] == 4
     result = CliRunner().invoke(cli, ["train", "--out", str(out), "--steps", "4", "--arch", "cgan", "--resume"])
     assert result.exit_code == 2 and "--arch dcgan" in result.output
+
+
+def test_cgan_demo_preset_is_the_call_artengine_demo_makes(tmp_path):
+    """The call documented for ``artengine demo`` runs as given and records the preset."""
+    out = tmp_path / "demo"
+    result = train(TrainOptions(out=out, arch="cgan", data="shapes", preset="demo", image_size=32,
+                                data_length=32, steps=2, max_seconds=90, progress=False))
+    assert result.step == 2 and result.checkpoint is not None
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"] == "demo" and config["image_size"] == 32
+    assert config["config"]["batch_size"] == 32 and config["config"]["g_ch"] == 16
