@@ -159,3 +159,24 @@ def test_audit_with_style_uses_its_registry_and_distribution(package, tmp_path, 
     assert any(r.endswith("registry.sqlite") for r in report["inputs"]["registries"])
     unknown = runner.invoke("audit", str(folder), "--policy", str(tmp_path / "p.toml"), "--style", "nope")
     assert unknown.exit_code == 2 and "no style named 'nope'" in unknown.output
+
+
+def test_generate_with_the_style_name_audits_against_its_registry(package, tmp_path, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(package))
+    module = importlib.import_module("artengine_style_test_shapes")
+    out = tmp_path / "gen"
+    monkeypatch.setenv("ARTENGINE_KEYS", str(tmp_path / "keys"))  # this test's own keys and ledger
+    monkeypatch.setenv("ARTENGINE_LEDGER", str(tmp_path / "ledger.sqlite"))
+    runner = ArtengineRunner(plugins=[module])
+    assert runner.invoke("keys", "init").exit_code == 0
+    result = runner.invoke("generate", "--model", "test-shapes", "--count", "2", "--out", str(out),
+                           "--policy", "default", "--workers", "1", "--json")
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(Path(json.loads(result.stdout)["report"]).read_text())
+    style_registry = str((package / "artengine_style_test_shapes" / "data" / "registry.sqlite").resolve())
+    assert style_registry in report["inputs"]["registries"]
+    assert report["inputs"]["model"]["style"] == "test-shapes"
+    findings = [f for image in report["images"] for f in image["findings"] if f["audit"] == "near_duplicate"]
+    assert len(findings) == 2 and all(f["outcome"] != "error" for f in findings)  # the registry was searched
