@@ -122,7 +122,8 @@ def is_pickle_file(path: Path) -> bool:
             head = fh.read(4)
     except OSError:
         return False
-    return head.startswith(_ZIP_MAGIC) or (len(head) > 0 and head[0] == _PICKLE_PROTOCOL)
+    # PROTO opcode then a protocol number 2..5 (what pickle and torch.save's legacy format write).
+    return head.startswith(_ZIP_MAGIC) or (len(head) > 1 and head[0] == _PICKLE_PROTOCOL and 2 <= head[1] <= 5)
 
 
 class PickleRefused(ModelLoadError):

@@ -216,6 +216,9 @@ def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--reference-distribution", "reference_distribution", type=click.Path(path_type=Path),
               help="JSON attribute distribution to compare with (bias), e.g. a style's stored one "
                    "(artengine bias reference writes it).")
+@click.option("--style", "style_name", metavar="NAME",
+              help="Installed style the images came from: its training-set registry and attribute "
+                   "distribution are used by the near-duplicate and bias audits.")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
               help="Training run that produced the images (curves and samples in the report).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("artengine-report"),
@@ -226,7 +229,8 @@ def _versions(plugins: Plugins) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], reference_data: str | None,
-          reference_distribution: Path | None, run_dir: Path | None, report_dir: Path, overrides: tuple[str, ...], clip_model: str | None,
+          reference_distribution: Path | None, style_name: str | None, run_dir: Path | None, report_dir: Path,
+          overrides: tuple[str, ...], clip_model: str | None,
           clip_pretrained: str | None, as_json: bool) -> None:
     """Audit every image in FOLDER against a policy and write the report.
 
@@ -246,11 +250,14 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
     for reg in registries:
         if not reg.exists():
             raise ArtengineError(f"--registry {reg}: no such file")
+    style = plugins.component("styles", style_name) if style_name else None
     context = AuditContext(
         policy_path=policy.path,
-        registries=[*policy.registries, *(str(r) for r in registries)],
+        registries=[*policy.registries, *(str(r) for r in registries),
+                    *([str(style.registry)] if style is not None and style.registry else [])],
         reference_data=reference_data,
-        reference_distribution=load_reference_distribution(reference_distribution) if reference_distribution else None,
+        reference_distribution=(load_reference_distribution(reference_distribution) if reference_distribution
+                                else style.read_reference_distribution() if style is not None else None),
         run_dir=str(run_dir) if run_dir else None,
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
@@ -264,7 +271,7 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
         inputs={"folder": str(folder), "registries": context.registries,
                 "reference_data": reference_data,
                 "reference_distribution": str(reference_distribution) if reference_distribution else None,
-                "run": context.run_dir},
+                "style": style_name, "run": context.run_dir},
     )
     json_path, html_path = write_report(report_dir, doc, outcome.thumbnails)
     plugins.hook.artengine_report_written(json_path=str(json_path), html_path=str(html_path), report=doc)
@@ -496,13 +503,15 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this much training time (with a checkpoint).")
+@click.option("--threads", type=click.IntRange(1),
+              help="torch threads per process (default: torch's choice; 1 is faster on a busy machine).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_size: str | None,
           batch_size: int | None, resume: bool, device: str, seed: int | None, preset: str | None,
           lr_g: float | None, lr_d: float | None, loss: str | None, augment: str | None,
           r1_gamma: float | None, ema_kimg: float | None, settings: tuple[str, ...], data_length: int | None,
           label_attribute: str | None, sample_every: int, checkpoint_every: int, keep_checkpoints: int,
-          log_every: int, max_seconds: float | None, as_json: bool) -> None:
+          log_every: int, max_seconds: float | None, threads: int | None, as_json: bool) -> None:
     """Train a GAN (or resume one) into a run folder.
 
     Checkpoints (safetensors), samples, metrics.jsonl and loss_curve.svg land in --out.
@@ -522,7 +531,7 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
         batch_size=batch_size, seed=seed, resume=resume, device=device, preset=preset, settings=overrides,
         data_length=data_length, label_attribute=label_attribute, sample_every=sample_every,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-        max_seconds=max_seconds, progress=not as_json,
+        max_seconds=max_seconds, threads=threads, progress=not as_json,
     )
     plugins = load_plugins()
     try:
@@ -816,6 +825,39 @@ def bias_reference(policy_spec: str, reference_data: str, out: Path, images: int
         shares = ", ".join(f"{v} {p * 100:.0f} %" for v, p in measured.overall[spec.name].probabilities.items())
         click.echo(f"{spec.name}: {shares}")
     click.echo(f"wrote {out} ({measured.images} images of {reference_data}, CLIP {model.name})")
+# ----------------------------------------------------------------------------- styles
+
+
+@cli.group()
+def style() -> None:
+    """Package trained runs as style plugins that studios install with pip."""
+
+
+@style.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Style name (--model NAME); package artengine-style-NAME.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write the package to (must not exist or be empty).")
+@click.option("--licence", default="", help="Licence text of the style (written to LICENCE).")
+@click.option("--description", default="", help="One line describing the style.")
+@click.option("--version", "package_version", default="0.1.0", show_default=True,
+              help="Version of the package.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
+def style_export(run: Path, name: str, out: Path, licence: str, description: str, package_version: str,
+                 as_json: bool) -> None:
+    """Write RUN as a pip-installable style plugin: weights, config, the training-set hash
+    registry, the training attribute distribution, licence and model card."""
+    from .style_export import export_style
+
+    plugins = load_plugins()
+    written = export_style(run, name=name, out=out, licence=licence, description=description,
+                           version=package_version, plugins=plugins)
+    if as_json:
+        click.echo(json.dumps(written.as_dict(), indent=2))
+        return
+    click.echo(f"wrote {written.distribution} to {written.out} "
+               f"({written.references} training images in its registry)")
+    click.echo(f"install it with: pip install {written.out}")
 
 
 def main() -> None:

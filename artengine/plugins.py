@@ -31,6 +31,16 @@ ALLOWLIST_ENV = "ARTENGINE_PLUGINS"
 
 hookimpl = pluggy.HookimplMarker("artengine")
 
+#: Why a plugin can be refused (``PluginInfo.problem``, ``"problem"`` in ``plugins --json``).
+PROBLEMS: dict[str, str] = {
+    "import": "importing the entry point's module failed",
+    "hook_api": "ARTENGINE_HOOK_API is malformed or incompatible with this artengine",
+    "signature": "a hook implementation takes an argument its hook does not have",
+    "unknown_hook": "a function named artengine_* matches no hook (a typo?)",
+    "registration": "a registration hook raised or returned something other than named components",
+    "name_clash": "an entry-point, plugin or component name is already taken",
+}
+
 #: Component kind -> the registration hook that returns components of that kind.
 COMPONENT_HOOKS: dict[str, str] = {
     "datasets": "artengine_datasets",
@@ -54,6 +64,12 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     components: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    #: Why it was refused, as a stable code for scripts (see PROBLEMS); None when loaded.
+    problem: str | None = None
+
+    def refuse(self, problem: str, error: str) -> None:
+        """Mark the plugin refused: ``problem`` is one of :data:`PROBLEMS`."""
+        self.problem, self.error = problem, error
 
     @property
     def loaded(self) -> bool:
@@ -68,6 +84,7 @@ class PluginInfo:
             "hook_api": self.hook_api,
             "status": "loaded" if self.loaded else "refused",
             "error": self.error,
+            "problem": self.problem,
             "hooks": sorted(self.hooks),
             "components": {k: sorted(v) for k, v in self.components.items()},
         }
@@ -164,16 +181,14 @@ class Plugins:
         )
         if ep.name in self.infos:
             other = self.infos[ep.name]
-            info.error = (
-                f"entry point name already used by distribution {other.distribution!r}"
-            )
+            info.refuse("name_clash", f"entry point name already used by distribution {other.distribution!r}")
             self.infos[f"{ep.name}@{dist}"] = info
             return
         self.infos[ep.name] = info
         try:
             obj = ep.load()
         except Exception as exc:  # ImportError, SyntaxError, anything at import time
-            info.error = f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}"
+            info.refuse("import", f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
             return
         self._register(obj, info)
 
@@ -185,7 +200,7 @@ class Plugins:
         info = PluginInfo(name=name, module=getattr(obj, "__name__", repr(obj)),
                           distribution=distribution, version=version)
         if name in self.infos:
-            info.error = "a plugin with this name is already registered"
+            info.refuse("name_clash", "a plugin with this name is already registered")
             return info
         self.infos[name] = info
         self._register(obj, info)
@@ -196,23 +211,23 @@ class Plugins:
         info.hook_api = str(declared) if declared is not None else None
         problem = check_hook_api(declared)
         if problem:
-            info.error = problem
+            info.refuse("hook_api", problem)
             return
         try:
             self.pm.register(obj, name=info.name)
         except pluggy.PluginValidationError as exc:
-            info.error = _one_line(str(exc))
+            info.refuse("signature", _one_line(str(exc)))
             return
         except ValueError as exc:  # already registered under another name
-            info.error = str(exc)
+            info.refuse("name_clash", str(exc))
             return
         unknown = self._unknown_hooks(info.name)
         if unknown:
             self.pm.unregister(name=info.name)
-            info.error = (
+            info.refuse("unknown_hook", (
                 f"unknown hook {unknown[0]!r}: no such hook in the artengine hook API "
                 f"{HOOK_API_VERSION} (hooks: {', '.join(sorted(_spec_names()))})"
-            )
+            ))
             return
         info.hooks = [impl.name for impl in self.pm.get_hookcallers(self.pm.get_plugin(info.name)) or []]
         self._collect_components(obj, info)
@@ -236,24 +251,24 @@ class Plugins:
                 try:
                     result = impl.function()
                 except Exception as exc:
-                    info.error = f"{hook_name}() raised {type(exc).__name__}: {exc}"
+                    info.refuse("registration", f"{hook_name}() raised {type(exc).__name__}: {exc}")
                     self.pm.unregister(name=info.name)
                     return
                 if result is None:
                     result = []
                 if not isinstance(result, (list, tuple)):
-                    info.error = f"{hook_name}() must return a list, got {type(result).__name__}"
+                    info.refuse("registration", f"{hook_name}() must return a list, got {type(result).__name__}")
                     self.pm.unregister(name=info.name)
                     return
                 for component in result:
                     cname = getattr(component, "name", None)
                     if not isinstance(cname, str) or not cname:
-                        info.error = f"{hook_name}() returned a component without a name: {component!r}"
+                        info.refuse("registration", f"{hook_name}() returned a component without a name: {component!r}")
                         self.pm.unregister(name=info.name)
                         return
                     owner = self._owners.get((kind, cname))
                     if owner is not None:
-                        info.error = f"{kind[:-1].replace('_', ' ')} name {cname!r} is already provided by plugin {owner!r}"
+                        info.refuse("name_clash", f"{kind[:-1].replace('_', ' ')} name {cname!r} is already provided by plugin {owner!r}")
                         self.pm.unregister(name=info.name)
                         return
                 found.setdefault(kind, []).extend(result)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -303,9 +304,33 @@ class ReferenceRegistry:
         except ImageLoadError as exc:
             summary.skipped.append((str(path), exc.reason))
             return
-        hashes = reference_hashes(loaded.rgb)
-        row = (digest, str(path.resolve()), licence, source, loaded.size[0], loaded.size[1],
-               hashes.quality, _utcnow(), _thumbnail(loaded.rgb))
+        self._insert(digest, str(path.resolve()), loaded.rgb, licence, source, summary)
+
+    def add_image(self, image: Image.Image, *, source_path: str, licence: str = "", source: str = "",
+                  summary: AddSummary | None = None) -> AddSummary:
+        """Hash one in-memory RGB image (e.g. a procedural training sample) into the registry.
+
+        ``source_path`` is how the image is named in reports (a reproducible id such as
+        ``shapes:seed=0:index=12``); its sha256 is that of the raw RGB pixels and size, as
+        there is no file. Idempotent like :meth:`add`.
+        """
+        if not self.writable:
+            raise RegistryError(self.path, "opened read-only")
+        summary = summary if summary is not None else AddSummary()
+        rgb = image.convert("RGB")
+        digest = hashlib.sha256(f"{rgb.size[0]}x{rgb.size[1]}:".encode() + rgb.tobytes()).hexdigest()
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM refs WHERE sha256 = ?", (digest,)).fetchone():
+                summary.unchanged += 1
+                return summary
+        self._insert(digest, source_path, rgb, licence, source, summary)
+        return summary
+
+    def _insert(self, digest: str, source_path: str, rgb: Image.Image, licence: str, source: str,
+                summary: AddSummary) -> None:
+        hashes = reference_hashes(rgb)
+        row = (digest, source_path, licence, source, rgb.size[0], rgb.size[1],
+               hashes.quality, _utcnow(), _thumbnail(rgb))
         with self._lock, self._conn:
             cur = self._conn.execute(
                 "INSERT INTO refs (sha256, source_path, licence, source_text, width, height, quality, "
@@ -318,7 +343,7 @@ class ReferenceRegistry:
                  for i, variant in enumerate(hashes.variants)])
         summary.added += 1
         if not hashes.reliable:
-            summary.low_quality.append(str(path))
+            summary.low_quality.append(source_path)
 
     # ------------------------------------------------------------------ describing
 

@@ -106,6 +106,7 @@ class TrainOptions:
     keep_checkpoints: int = 3
     log_every: int = 50
     max_seconds: float | None = None  # stop (with a checkpoint) after this much training time
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
     progress: bool = True
 
 
@@ -511,6 +512,8 @@ class Trainer:
     def __init__(self, options: TrainOptions, plugins: Plugins | None = None) -> None:
         check_torch_version()
         self.options = options
+        if options.threads is not None:
+            torch.set_num_threads(int(options.threads))
         self.plugins = plugins or get_plugins()
         self.run_dir = Path(options.out)
         device_kind = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

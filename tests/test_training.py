@@ -52,7 +52,8 @@ def assert_same_state(run_a: Path, run_b: Path) -> None:
     assert rec_a["rng"] == rec_b["rng"]
 
 
-@pytest.mark.parametrize("arch", ["dcgan", "cgan", "stylegan"])
+@pytest.mark.parametrize("arch", ["dcgan", pytest.param("cgan", marks=pytest.mark.slow),
+                                  pytest.param("stylegan", marks=pytest.mark.slow)])
 def test_stop_and_resume_equals_uninterrupted_training(tmp_path, arch):
     train(tiny_options(tmp_path / "whole", arch, 6))
     train(tiny_options(tmp_path / "split", arch, 3))
@@ -174,6 +175,7 @@ def _train_cli(out: Path, steps: int, env: dict, *, resume: bool = False) -> sub
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_sigkill_then_truncated_checkpoint_then_resume_equals_uninterrupted(tmp_path, plugin_dists):
     """Row 25: kill training at step 6 (right after its checkpoint), truncate that newest
     checkpoint, resume: the run falls back to step 3 and ends bitwise equal to a run never
@@ -214,6 +216,7 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint(tmp_path):
     assert step >= 1 and load_weights(path)[1]["step"] == step
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) on the global batch gives the parameters of one
     process on the whole batch, up to float summation order."""
@@ -251,3 +254,14 @@ def test_cli_train_then_resume_further(tmp_path):
     assert json.loads(result.output)["step"] == 4
     result = CliRunner().invoke(cli, ["train", "--out", str(out), "--steps", "4", "--arch", "cgan", "--resume"])
     assert result.exit_code == 2 and "--arch dcgan" in result.output
+
+
+def test_cgan_demo_preset_is_the_call_artengine_demo_makes(tmp_path):
+    """The call documented for ``artengine demo`` runs as given and records the preset."""
+    out = tmp_path / "demo"
+    result = train(TrainOptions(out=out, arch="cgan", data="shapes", preset="demo", image_size=32,
+                                data_length=32, steps=2, max_seconds=90, progress=False))
+    assert result.step == 2 and result.checkpoint is not None
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"] == "demo" and config["image_size"] == 32
+    assert config["config"]["batch_size"] == 32 and config["config"]["g_ch"] == 16

@@ -1,0 +1,66 @@
+"""Quality metrics: Fréchet distance, KID, label accuracy, and `artengine evaluate`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from artengine.cli import cli
+from artengine.evaluation import frechet_distance, kernel_inception_distance
+from artengine.training import TrainOptions, train
+
+from test_training import TINY
+
+
+def test_frechet_distance_matches_the_scipy_reference():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
+    b = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12)) + 0.5
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(s_a @ s_b).real
+    expected = np.square(mu_a - mu_b).sum() + np.trace(s_a + s_b - 2 * root)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_of_a_shift_is_its_squared_length():
+    a = np.random.default_rng(1).normal(size=(500, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(a, a + 3.0) == pytest.approx(8 * 9.0, rel=1e-9)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
+    same, same_std = kernel_inception_distance(a, b, subsets=20, subset_size=300)
+    shifted, _ = kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=300)
+    assert abs(same) < 3 * same_std + 1e-3
+    assert shifted > 20 * abs(same)
+
+
+def test_evaluate_writes_results_into_the_run(tmp_path):
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="stylegan", data="shapes", steps=2, batch_size=8, data_length=120,
+                       settings=TINY["stylegan"], progress=False))
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "classifier", "--count", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc == json.loads((out / "evaluation.json").read_text())
+    assert doc["count"] == 40 and doc["step"] == 2 and doc["features"].startswith("classifier")
+    assert doc["fd"] > doc["fd_floor"] > 0 and doc["fd_ratio"] == pytest.approx(doc["fd"] / doc["fd_floor"])
+    assert {"kid", "kid_std", "kid_floor", "label_accuracy", "reference_label_accuracy"} <= doc.keys()
+    assert set(doc["label_accuracy_per_label"]) == {"circle", "square", "triangle", "star"}
+    assert 0 <= doc["classifier"]["held_out_accuracy"] <= 1 and (out / "label_classifier.safetensors").is_file()
+    text = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "classifier", "--count", "40"])
+    assert text.exit_code == 0 and "floor" in text.output and "label accuracy" in text.output
+
+
+def test_evaluate_unknown_features_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="dcgan", data="shapes", steps=1, batch_size=8, data_length=40,
+                       settings=TINY["dcgan"], progress=False))
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "inception", "--count", "10"])
+    assert result.exit_code == 2 and "inception" in result.output and "Traceback" not in result.output
