@@ -5,9 +5,10 @@
 3. Generate a batch with a deliberately skewed colour mix through the publication
    policy: every image watermarked, signed, audited and gated into approved/ or
    quarantine/, and the batch's colour distribution compared with the training data's.
-4. Audit a "submission" folder, as a studio does before publishing: the approved images
-   plus a few lightly edited copies of training images (a JPEG re-save, a resize, a crop)
-   that someone slipped in. The gate must block the copies and name their references.
+4. Audit a "submission" folder, as a studio does before publishing anything, whoever made
+   it: the whole generated batch handed in as one folder, plus a few lightly edited copies
+   of training images (a JPEG re-save, a resize, a crop) that someone slipped in. The gate
+   must block the skewed batch and the copies, naming the references they copy.
 
 Everything lands in one folder; keys and ledger too, so the demo touches nothing else.
 """
@@ -114,11 +115,13 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
     submission = out / "submission"
     shutil.rmtree(submission, ignore_errors=True)
     submission.mkdir()
-    for path in sorted((job / "approved").glob("*.png")):
-        shutil.copy2(path, submission / path.name)
+    for folder in ("approved", "quarantine"):
+        for path in sorted((job / folder).glob("*.png")):
+            shutil.copy2(path, submission / path.name)
+            shutil.copy2(path.with_name(path.name + ".manifest.json"), submission / (path.name + ".manifest.json"))
     planted = plant_copies(training_images, submission, copies)
-    echo(f"[4/4] auditing {submission} ({len(planted)} edited training images slipped in) "
-         "with the publication policy")
+    echo(f"[4/4] auditing a submission: the whole batch plus {len(planted)} edited training images "
+         f"slipped in ({submission}), with the publication policy")
     policy = load_policy("publication", audits=plugins.components("audits"),
                          features=plugins.components("feature_extractors"))
     context = AuditContext(policy_path=policy.path, registries=[str(registry)],
@@ -138,6 +141,8 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
     caught = [name for name in planted if name in blocked]
     echo(f"      {doc['verdict'].upper()}: {len(caught)} of {len(planted)} planted copies blocked"
          + (f"; {len(blocked) - len(caught)} other image(s) blocked" if len(blocked) > len(caught) else ""))
+    for reason in outcome.batch.reasons:
+        echo(f"      batch {reason}")
     echo(f"report: {html}")
     return DemoResult(out=out, run=run, registry=registry, generated=generated, audit_verdict=doc["verdict"],
                       audit_blocked=blocked, audit_report=html, seconds=time.monotonic() - started)
@@ -148,7 +153,7 @@ def demo_train_options(run: Path, seconds: float) -> Any:
     from .training import TrainOptions
 
     return TrainOptions(out=run, arch="cgan", data="shapes", preset="demo", label_attribute="colour",
-                        steps=100_000, max_seconds=seconds, data_length=2048, image_size=32,
+                        steps=300, max_seconds=seconds, data_length=2000, image_size=32,
                         checkpoint_every=200, sample_every=200, log_every=25, progress=True)
 
 
