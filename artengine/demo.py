@@ -99,7 +99,7 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
     registry = out / "registry.sqlite"
     echo(f"[2/4] registering {len(dataset)} training images as copyrighted references -> {registry}")
     add_to_registry(registry, [training_images], licence="demo: all rights reserved",
-                    source="built-in shapes training set", progress=False)
+                    source="built-in shapes training set", progress=True)
 
     # 3. Generate through the publication policy.
     job = out / "batch"
@@ -127,7 +127,7 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
     context = AuditContext(policy_path=policy.path, registries=[str(registry)],
                            reference_data=str(training_images), run_dir=str(run), keys_dir=str(keys),
                            ledger=str(ledger))
-    outcome = audit_folder(submission, AuditRunner(policy, plugins, context), progress=False)
+    outcome = audit_folder(submission, AuditRunner(policy, plugins, context), progress=True)
     from .cli import _versions  # the same engine/plugin version block as `artengine audit`
 
     engine, versions = _versions(plugins)
