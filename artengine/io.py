@@ -222,7 +222,8 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make renames and new names in ``directory`` durable (best effort where the OS cannot)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -235,8 +236,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, sync_dir: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    The folder is fsynced too, so the new name survives a power cut. A caller writing
+    many files into one folder may pass ``sync_dir=False`` and call :func:`fsync_dir`
+    once before it relies on them (the generation writer does, per chunk).
+    """
     target = Path(path)
     tmp = _temp_path(target)
     try:
@@ -248,7 +254,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
     return target
 
 

@@ -35,7 +35,7 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,20 +476,38 @@ class Ledger:
 
     def record(self, manifest: Mapping[str, Any], image: str | None = None) -> None:
         """Store a signed manifest under its watermark payload."""
-        text = canonical_json(manifest).decode("utf-8")
-        payload = manifest["watermark"]["payload"]
+        self.record_many([(manifest, image)])
+
+    def record_many(self, entries: Sequence[tuple[Mapping[str, Any], str | None]]) -> None:
+        """Store several ``(manifest, image)`` pairs in one transaction (one sync)."""
+        rows = [(canonical_json(m).decode("utf-8"), m, image) for m, image in entries]
+        if not rows:
+            return
+        clash = None
         try:
             with self._lock:
-                self._db.execute(
-                    "INSERT INTO manifests (payload, pixels_sha256, key_id, created, scheme, image, manifest)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(payload) DO NOTHING",
-                    (payload, manifest["image"]["pixels_sha256"], manifest["signature"]["key_id"],
-                     manifest["created"], manifest["watermark"]["scheme"], image, text))
-                row = self._db.execute("SELECT manifest FROM manifests WHERE payload = ?", (payload,)).fetchone()
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for text, manifest, image in rows:
+                        payload = manifest["watermark"]["payload"]
+                        self._db.execute(
+                            "INSERT INTO manifests (payload, pixels_sha256, key_id, created, scheme, image, manifest)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(payload) DO NOTHING",
+                            (payload, manifest["image"]["pixels_sha256"], manifest["signature"]["key_id"],
+                             manifest["created"], manifest["watermark"]["scheme"], image, text))
+                        row = self._db.execute("SELECT manifest FROM manifests WHERE payload = ?",
+                                               (payload,)).fetchone()
+                        if row[0] != text:
+                            clash = payload
+                            break
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("ROLLBACK" if clash else "COMMIT")
         except sqlite3.DatabaseError as exc:
             raise ProvenanceError(f"{self.path}: ledger write failed: {exc}") from None
-        if row[0] != text:
-            raise ProvenanceError(f"{self.path}: payload {payload} is already recorded for another "
+        if clash:
+            raise ProvenanceError(f"{self.path}: payload {clash} is already recorded for another "
                                   "image; derive the next payload (attempt + 1)")
 
     def lookup(self, payload: bytes | str) -> LedgerRecord | None:
@@ -588,15 +606,25 @@ def check_written(path: str | os.PathLike[str], manifest: Mapping[str, Any], *, 
     """Re-read a written image: its embedded manifest must equal ``manifest``, its pixels
     must hash to the manifest's value and the mark must read back the manifest's payload.
     Raises :class:`ProvenanceError` naming what did not survive."""
-    loaded = open_image(path)
+    _check_loaded(open_image(path), manifest, scheme=scheme, name=str(path))
+
+
+def check_encoded(data: bytes, manifest: Mapping[str, Any], *, scheme: Watermark, name: str) -> None:
+    """:func:`check_written` on an encoded file's bytes, before they are written: a writer
+    that stores exactly these bytes and reads them back equal has a file that passes
+    :func:`check_written`. ``name`` is used in messages."""
+    _check_loaded(open_image(data, name=name), manifest, scheme=scheme, name=name)
+
+
+def _check_loaded(loaded: LoadedImage, manifest: Mapping[str, Any], *, scheme: Watermark, name: str) -> None:
     embedded = loaded.text.get(MANIFEST_KEY)
     if embedded is None or embedded != canonical_json(manifest).decode("utf-8"):
-        raise ProvenanceError(f"{path}: the manifest did not survive the save")
+        raise ProvenanceError(f"{name}: the manifest did not survive the save")
     if pixels_sha256(loaded) != manifest["image"]["pixels_sha256"]:
-        raise ProvenanceError(f"{path}: the saved pixels differ from the signed ones")
+        raise ProvenanceError(f"{name}: the saved pixels differ from the signed ones")
     reading = scheme.detect(loaded.rgb, search=False)
     if not reading.detected or reading.payload_hex != manifest["watermark"]["payload"]:
-        raise ProvenanceError(f"{path}: the watermark did not survive the save ({reading.reason or 'wrong payload'})")
+        raise ProvenanceError(f"{name}: the watermark did not survive the save ({reading.reason or 'wrong payload'})")
 
 
 def watermark_file(source: str | os.PathLike[str], target: str | os.PathLike[str], *, scheme: Watermark,

@@ -88,6 +88,8 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     assert len(one) == 7
     assert job(tmp_path / "b", chunk=2, workers=1) == one
     assert job(tmp_path / "c", chunk=3, workers=2) == one
+    monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "1")  # what a long one-worker job does
+    assert job(tmp_path / "d", chunk=2, workers=1) == one
 
 
 def test_a_near_copy_of_a_registered_image_is_quarantined_and_blocks(tiny_run, env, tmp_path):
@@ -113,8 +115,11 @@ def _journal_lines(job: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-@pytest.mark.parametrize("kill_after", [0, 3, 9])
-def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, env, tmp_path, kill_after):
+@pytest.mark.parametrize("kill_after, generator_process", [(0, "0"), (3, "1"), (9, "0")])
+def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, env, tmp_path, kill_after,
+                                                                      generator_process):
+    tag = f"{os.getpid()}-{kill_after}"
+    env = {**env, "ARTENGINE_GENERATOR_PROCESS": generator_process, "ARTENGINE_TEST_TAG": tag}
     args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5"]
     reference = tmp_path / "reference"
     code, out = run_cli(*args, "--out", str(reference))
@@ -142,17 +147,35 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
     assert sorted(indices) == list(range(14))  # each image journaled exactly once
     assert done_before <= 14
     assert not list(job.rglob("*.artengine-tmp"))
+    if generator_process == "1" and sys.platform.startswith("linux"):
+        deadline = time.monotonic() + 30  # the killed job's generator process does not outlive it
+        while time.monotonic() < deadline and _processes_tagged(tag):
+            time.sleep(0.2)
+        assert not _processes_tagged(tag)
+
+
+def _processes_tagged(tag: str) -> list[int]:
+    """Live processes whose environment carries ``ARTENGINE_TEST_TAG=tag`` (Linux /proc)."""
+    found = []
+    needle = f"ARTENGINE_TEST_TAG={tag}".encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_full_disk_is_one_line_and_resume_completes_the_job(tiny_run, env, tmp_path, monkeypatch):
     real_write = generation.atomic_write_bytes
     calls = {"n": 0}
 
-    def failing_write(path, data):
+    def failing_write(path, data, **options):
         calls["n"] += 1
         if calls["n"] > 5:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(path, data)
+        return real_write(path, data, **options)
 
     monkeypatch.setattr(generation, "atomic_write_bytes", failing_write)
     job = tmp_path / "job"
