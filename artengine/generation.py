@@ -5,23 +5,26 @@ ships) into a folder of published-or-quarantined images. For each image ``i``:
 
     latent(seed, i) + conditioning(seed, i) -> generator -> upsample to the output size
     -> watermark (payload = HMAC(job secret, i)) -> per-image audits on the marked pixels
-    -> gate -> signed manifest -> PNG bytes (fixed compression)
+    -> gate -> signed manifest -> PNG bytes (fixed compression) -> decoded again:
+       manifest, pixels and mark must read back
     -> atomic write into approved/ or quarantine/ (pending/ while batch audits can still
-       block) -> re-read: manifest, pixels and mark must have survived -> sidecar, ledger
-    -> one journal line.
+       block), read back equal -> sidecar -> per chunk: folder sync, ledger rows, journal
+       lines (the commit point).
 
 Determinism: image ``i`` depends only on the model weights, the seed, ``i``, the
 conditioning, the output size, the keys and the job's time (``created``; set it with
-``SOURCE_DATE_EPOCH`` for reproducible builds). Workers each own a whole image, the
-generator runs on fixed-size chunks on one thread, and PNG compression is deterministic,
-so the bytes are the same whatever the worker count, executor or resume history.
+``SOURCE_DATE_EPOCH`` for reproducible builds). Each chunk's generator pass runs on one
+thread (in whichever process), finishing is per image, and PNG compression is
+deterministic, so the bytes are the same whatever the worker count, executor or resume
+history.
 
 Resume: the journal (``journal.jsonl``) names the images that are completely written.
 Running the same command again skips them, removes stray temporaries and files that were
 written but not journaled, and continues. A folder holding a different job is refused.
 
-Producers (the expensive part) run in the parent (``--workers 1``), in local processes
-(``--workers N``) or on Ray actors (``--executor ray``); the parent is the only writer.
+Producers (the expensive part) run in the parent as overlapping stages (``--workers 1``,
+see :class:`_InProcess`), in local processes (``--workers N``) or on Ray actors
+(``--executor ray``); the parent is the only writer.
 """
 from __future__ import annotations
 
@@ -504,12 +507,12 @@ def _work(indices: list[int]) -> list[Produced]:
 _SOURCE: PixelSource | None = None
 
 
-def _init_source(spec: dict[str, Any], threads: int) -> None:
+def _init_source(spec: dict[str, Any]) -> None:
     global _SOURCE
     import torch
 
     _exit_with_parent()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     _SOURCE = PixelSource(spec)
 
 
@@ -539,7 +542,6 @@ class _InProcess:
         self.producer = producer
         self.spec = dict(spec)
         self.finishers = finishers or int(os.environ.get("ARTENGINE_FINISHERS", "0")) or min(4, max(2, cores // 2))
-        self.generator_threads = max(1, cores // 2)
         self.seconds = {"generator": 0.0, "finishing": 0.0}
 
     def _use_process(self, chunks: int) -> bool:
@@ -562,7 +564,7 @@ class _InProcess:
         if self._use_process(len(chunks)):
             generator_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_init_source,
-                                                 initargs=(self.spec, self.generator_threads))
+                                                 initargs=(self.spec,))
 
         def local_pixels(indices: list[int]) -> tuple[np.ndarray, float]:
             begin = time.perf_counter()
@@ -610,8 +612,7 @@ class _InProcess:
                 put(("error", exc))
 
         threads_before = torch.get_num_threads()
-        if generator_pool is None:  # the generator shares this process: leave cores to the finishers
-            torch.set_num_threads(max(1, min(threads_before, self.generator_threads)))
+        torch.set_num_threads(1)  # the finishers' torch work (CLIP) is parallel across images instead
         feeder = threading.Thread(target=feed, name="artengine-generator", daemon=True)
         feeder.start()
         try:
@@ -727,17 +728,15 @@ class _RayProducer:
 
 
 class Writer:
-    """The single writer: files, post-write checks, sidecars, ledger, journal."""
+    """The single writer: files (read back and compared), sidecars, ledger, journal."""
 
     def __init__(self, out: Path, spec: Mapping[str, Any], plugins: Plugins, policy: Any, staged: bool) -> None:
-        from .provenance import Ledger, default_ledger_path, load_keys
+        from .provenance import Ledger, default_ledger_path
 
         self.out = out
         self.spec = spec
         self.policy = policy
         self.staged = staged  # batch audits can still block: images wait in pending/
-        keys = load_keys(spec["watermark"]["keys"])
-        self.scheme = plugins.components("watermarks")[spec["watermark"]["scheme"]](keys.require_watermark())
         self.ledger = Ledger(spec.get("ledger") or default_ledger_path())
         self.journal = Journal(out)
 
