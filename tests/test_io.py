@@ -265,3 +265,22 @@ def test_stray_temporaries_are_removed(tmp_path):
     (tmp_path / "keep.png").write_bytes(b"x")
     assert remove_stray_temps(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.png", "sub"]
+
+
+@pytest.mark.parametrize("strategy", ["default", "rle", "huffman"])
+def test_png_strategies_are_lossless_and_keep_text(strategy):
+    from artengine.io import encode_image
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = encode_image(Image.fromarray(pixels), text={"k": "välue"}, compress_level=1, strategy=strategy)
+    back = Image.open(io.BytesIO(data))
+    assert back.text["k"] == "välue"
+    assert np.array_equal(np.asarray(back.convert("RGB")), pixels)
+
+
+def test_unknown_png_strategy_is_refused():
+    from artengine.io import encode_image
+
+    with pytest.raises(ValueError, match="strategy 'zstd'"):
+        encode_image(Image.new("RGB", (8, 8)), strategy="zstd")
