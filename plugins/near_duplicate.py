@@ -50,10 +50,10 @@ ARTENGINE_HOOK_API = "1.0"
 #: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
 #: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
 DEFAULT_MAX_PHASH = 14
-DEFAULT_MAX_DHASH = 14
-DEFAULT_MAX_SUM = 20
-DEFAULT_MAX_COLOUR = 0.10
-DEFAULT_FLAT_MAX_SUM = 8
+DEFAULT_MAX_DHASH = 12
+DEFAULT_MAX_SUM = 22
+DEFAULT_MAX_COLOUR = 0.08
+DEFAULT_FLAT_MAX_SUM = 14
 
 
 class PerceptualHashes(FeatureExtractor):
