@@ -283,3 +283,19 @@ def test_a_copy_of_a_flat_reference_is_named_and_other_flat_images_stay_unknown(
     assert finding["outcome"] == "fail" and finding["details"]["match"]["source"] == str((refs / "flat.png").resolve())
     entry, finding = _finding(doc, "other.png")
     assert finding["outcome"] == "unknown" and entry["verdict"] == "block", finding["message"]
+
+
+def test_shipped_policies_use_the_audits_calibrated_defaults():
+    """The policies repeat the operating point the benchmark measured; they must not drift."""
+    import tomllib
+    from pathlib import Path
+
+    from artengine_plugins import near_duplicate as plugin
+
+    expected = {"max_phash_distance": plugin.DEFAULT_MAX_PHASH, "max_dhash_distance": plugin.DEFAULT_MAX_DHASH,
+                "max_distance_sum": plugin.DEFAULT_MAX_SUM, "max_colour_distance": plugin.DEFAULT_MAX_COLOUR,
+                "flat_max_distance_sum": plugin.DEFAULT_FLAT_MAX_SUM}
+    policies = Path(__file__).resolve().parent.parent / "policies"
+    for name in ("default.toml", "publication.toml"):
+        section = tomllib.loads((policies / name).read_text())["audits"]["near_duplicate"]
+        assert {k: section.get(k) for k in expected} == expected, name
