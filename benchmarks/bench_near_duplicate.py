@@ -46,6 +46,7 @@ from artengine import MIN_RELIABLE_QUALITY, ReferenceRegistry, query_hashes  # n
 from artengine.hashing import colour_distance, hamming, hash_value  # noqa: E402
 from artengine_plugins.near_duplicate import (  # noqa: E402
     DEFAULT_FLAT_MAX_SUM,
+    DEFAULT_LOW_DETAIL_QUALITY,
     DEFAULT_MAX_COLOUR,
     DEFAULT_MAX_DHASH,
     DEFAULT_MAX_PHASH,
@@ -261,8 +262,8 @@ def main() -> None:
         nd = len(distractors)
         print_table(f"near-duplicate recall per transform (seed {args.seed}; registry: {len(refs)} references; "
                     f"pHash <= {thresholds['phash']}, dHash <= {thresholds['dhash']}, sum <= "
-                    f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; flat images: sum <= "
-                    f"{thresholds['flat_sum']})", rows)
+                    f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; images of quality < "
+                    f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']})", rows)
         summary = [{
             "distractors": nd,
             "references": len(refs),
@@ -308,12 +309,12 @@ def _candidates(index, hashes, limit: int = 24):
 def _sweep(index, sweep_queries, distractor_hashes) -> None:
     """Per-class worst-transform recall (named) and false positives for other operating
     points, from the same hashes, with the audit's rule: pHash <= P, dHash <= D,
-    pHash + dHash <= S, colour <= C; an image below the quality cut-off is named only
-    within pHash + dHash <= F."""
+    pHash + dHash <= S, colour <= C; an image below the low-detail quality LQ is named
+    only within pHash + dHash <= F."""
     queries = [(name, group, true_id, h) for name, group, true_id, h in sweep_queries]
     queries += [("distractor", "distractor", -1, h) for _, h in distractor_hashes]
     qid, ref, p, d, c = [], [], [], [], []
-    flat = np.array([h.quality < MIN_RELIABLE_QUALITY for _, _, _, h in queries])
+    quality = np.array([h.quality for _, _, _, h in queries])
     true = np.array([t for _, _, t, _ in queries])
     for i, (_, _, _, h) in enumerate(queries):
         r, pp, dd, cc = _candidates(index, h)
@@ -328,15 +329,16 @@ def _sweep(index, sweep_queries, distractor_hashes) -> None:
     is_distractor = np.array([n == "distractor" for n in names])
     kinds = np.array([""] * len(sweep_queries) + [k for k, _ in distractor_hashes])
     grid = itertools.product((12, 14, 16), (12, 14, 16), (20, 22, 24, 26), (0.06, 0.08, 0.10, 1.0),
-                             (8, 10, 12, 14, 16))
+                             (8, 10, 12, 14, 16), (MIN_RELIABLE_QUALITY, DEFAULT_LOW_DETAIL_QUALITY))
     rows = []
-    for P, D, S, C, F in grid:
-        ok = (p <= P) & (d <= D) & (s <= S) & (c <= C) & (~flat[qid] | (s <= F))
+    for P, D, S, C, F, LQ in grid:
+        weak = quality < LQ
+        ok = (p <= P) & (d <= D) & (s <= S) & (c <= C) & (~weak[qid] | (s <= F))
         named = np.zeros(len(queries), dtype=bool)
         named[qid[ok & is_true]] = True
         failed = np.zeros(len(queries), dtype=bool)
         failed[qid[ok]] = True
-        row = {"phash": P, "dhash": D, "sum": S, "colour": C, "flat_sum": F,
+        row = {"phash": P, "dhash": D, "sum": S, "colour": C, "flat_sum": F, "low_detail_quality": LQ,
                "fp_photos": int(failed[is_distractor & (kinds == "photo")].sum()),
                "fp_shapes": int(failed[is_distractor & (kinds == "shapes")].sum())}
         worst: dict[str, float] = {}

@@ -15,11 +15,12 @@ Two components:
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
-every image. An image with too little detail for its hash to be strong evidence (quality
-below ``min_quality``, PDQ's measure) fails only on a much closer match (pHash + dHash
-within ``flat_max_distance_sum``, colours within their bound); otherwise it is ``unknown``,
-since flat images match each other. Both block publication unless the policy records an
-override.
+every image. An image with little detail (PDQ's quality measure below
+``low_detail_quality``) is weaker evidence, since smooth pictures resemble each other: it
+fails only on a much closer match (pHash + dHash within ``flat_max_distance_sum``, colours
+within their bound). Below ``min_quality`` (too flat for the hash to rule anything out),
+an image without such a match is ``unknown`` rather than ``pass``. Both ``error`` and
+``unknown`` block publication unless the policy records an override.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
 DEFAULT_MAX_COLOUR = 0.08
 DEFAULT_FLAT_MAX_SUM = 14
+DEFAULT_LOW_DETAIL_QUALITY = 50
 
 
 class PerceptualHashes(FeatureExtractor):
@@ -89,7 +91,10 @@ class NearDuplicateAudit(Audit):
                                "flat_max_distance_sum, else are 'unknown' (blocked); 0 turns the rule off"),
         "flat_max_distance_sum": Setting(int, DEFAULT_FLAT_MAX_SUM,
                                          "largest pHash + dHash distance that names a copy of an image "
-                                         "below min_quality"),
+                                         "below low_detail_quality"),
+        "low_detail_quality": Setting(int, DEFAULT_LOW_DETAIL_QUALITY,
+                                      "images below this hash quality (0-100) need a match within "
+                                      "flat_max_distance_sum"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
@@ -97,7 +102,8 @@ class NearDuplicateAudit(Audit):
         super().__init__(settings, context)
         where = context.policy_path or "policy"
         for key, top in (("max_phash_distance", 64), ("max_dhash_distance", 64), ("max_distance_sum", 128),
-                         ("flat_max_distance_sum", 128), ("max_colour_distance", 1)):
+                         ("flat_max_distance_sum", 128), ("max_colour_distance", 1), ("low_detail_quality", 100),
+                         ("min_quality", 100)):
             if not 0 <= self.settings[key] <= top:
                 raise ArtengineError(f"{where}: audits.near_duplicate.{key}: "
                                      f"must be between 0 and {top}, got {self.settings[key]}")
@@ -134,7 +140,8 @@ class NearDuplicateAudit(Audit):
                            details={"registries": self.paths})
         hashes: ImageHashes = item.features["hashes"]
         exact = _exact_copy(self.registries, item.image.path)
-        outcome, matches = classify(hashes, self.registries, self.thresholds, self.settings["min_quality"])
+        outcome, matches = classify(hashes, self.registries, self.thresholds, self.settings["min_quality"],
+                                    self.settings["low_detail_quality"])
         details: dict[str, Any] = {"quality": hashes.quality, "thresholds": self.thresholds,
                                    "registries": self.paths, "hashes": hashes.as_dict()}
         if exact is not None:
@@ -171,21 +178,24 @@ class NearDuplicateAudit(Audit):
 
 
 def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thresholds: dict[str, float],
-             min_quality: int) -> tuple[str, list[Match]]:
+             min_quality: int, low_detail_quality: int = DEFAULT_LOW_DETAIL_QUALITY) -> tuple[str, list[Match]]:
     """The audit's decision from an image's hashes: ``("fail" | "unknown" | "pass",
     matches)``.
 
     ``thresholds`` holds ``phash``, ``dhash``, ``sum`` and ``colour`` (see
     :meth:`ReferenceRegistry.search`) and ``flat_sum``. A hash of quality below
-    ``min_quality`` is weak evidence (flat images match each other): such an image fails
-    only on a match within ``flat_sum`` (pHash + dHash), naming it, and is ``unknown``
-    otherwise, never ``pass``.
+    ``low_detail_quality`` is weaker evidence (smooth pictures resemble each other): such
+    an image fails only on a match within ``flat_sum`` (pHash + dHash), naming it. Below
+    ``min_quality`` the hash cannot rule a copy out either: without such a match the
+    image is ``unknown``, never ``pass``.
     """
     search = {k: v for k, v in thresholds.items() if k != "flat_sum"}
     matches = search_registries(registries, hashes, search)
-    if hashes.quality < min_quality:
+    if hashes.quality < max(min_quality, low_detail_quality):
         close = [m for m in matches if sum(m.distances.values()) <= thresholds.get("flat_sum", -1)]
-        return ("fail", close) if close else ("unknown", matches)
+        if close:
+            return "fail", close
+        return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
     return ("fail" if matches else "pass"), matches
 
 
