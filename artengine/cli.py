@@ -176,6 +176,24 @@ def registry_add(db: Path, paths: tuple[Path, ...], licence: str, source: str) -
                    f"hash, e.g. {summary.low_quality[0]}", err=True)
 
 
+@registry.command("upgrade")
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+def registry_upgrade(db: Path) -> None:
+    """Upgrade a registry made by an earlier artengine to the current schema, in place.
+
+    Schema 1 registries gain each reference's colour signature, measured on its stored
+    thumbnail. The hashes are kept.
+    """
+    from .registry import SCHEMA_VERSION, upgrade_registry
+
+    before, info = upgrade_registry(db)
+    if before == SCHEMA_VERSION:
+        click.echo(f"{db}: already at schema version {SCHEMA_VERSION}; nothing to do")
+    else:
+        click.echo(f"{db}: upgraded from schema version {before} to {SCHEMA_VERSION} "
+                   f"({info['references']} references)")
+
+
 @registry.command("info")
 @click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")

@@ -2,17 +2,21 @@
 
 imagehash is the reference implementation and stays so: every hash here is
 ``imagehash.phash`` / ``imagehash.dhash`` itself. What we add is the order of work.
-imagehash resizes the full image to 32x32 with a Lanczos filter, which is 80 % of its time
-on a 512x512 image. We first shrink the image with ``Image.reduce`` (a box filter, very
-fast) to an intermediate whose shorter side is still at least :data:`INTERMEDIATE_SIDE`
-pixels, then let imagehash do its own Lanczos resize from there. That is the trick Pillow's
+imagehash resizes the full colour image to 32x32 with a Lanczos filter, which is most of
+its time on a 512x512 image. We first convert to greyscale (imagehash hashes luminance
+anyway), then shrink with ``Image.reduce`` (a box filter, very fast on one channel) to an
+intermediate whose shorter side is still at least :data:`INTERMEDIATE_SIDE` pixels, and let
+imagehash do its own Lanczos resize from there. That is the trick Pillow's
 ``reducing_gap`` uses; the bits stay within a mean of well under 2 of imagehash on the full
-image (``tests/test_hashing.py`` checks it on photographs), at about 4x the speed.
+image (``tests/test_hashing.py`` checks it), at about 3x the speed
+(``benchmarks/bench_hashing.py``).
 
 One decode and one shared intermediate feed every hash of an image: the 64-bit pHash and
 dHash of the image and of its mirror image (query side), or of a set of crops (reference
-side, so that a cropped copy still lands near one of them), and a PDQ-style quality score
-that says when an image has too little detail for its hash to mean anything.
+side, so that a cropped copy still lands near one of them), a PDQ-style quality score
+that says when an image has too little detail for its hash to mean anything, and a colour
+signature (the chromaticity of the image's mean colour) that tells apart pictures whose
+greyscale hashes agree but whose colours do not.
 
 Hashes are ``numpy.uint64`` values: the 64 bits of imagehash's hash in row-major order,
 most significant bit first, so ``f"{value:016x}"`` is imagehash's own hex string
@@ -26,7 +30,7 @@ from typing import Any
 
 import imagehash
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageStat
 
 #: Name and version of the hash scheme: the algorithms, the intermediate size and the
 #: reference variants. A registry built with another scheme is refused, not searched.
@@ -53,6 +57,14 @@ MIN_RELIABLE_QUALITY = 20
 CROP_SCALES: tuple[float, ...] = (0.95, 0.90)
 CROP_ANCHORS: tuple[float, ...] = (0.0, 0.5, 1.0)
 QUERY_VARIANTS: tuple[str, ...] = ("full", "mirror")
+#: The colour signature is measured on the image shrunk to about this many pixels a side.
+COLOUR_SIDE = 32
+#: Added to each channel's mean (0-255) before the chromaticity is taken, so that the
+#: colour of a dark image, where a few levels swing the ratios, counts as nearly grey.
+#: Measured (benchmarks/bench_near_duplicate.py, calibration seed): with 32, a +-20 level
+#: colour shift moves the signature by at most 0.14 (99 % within 0.09), against 0.41
+#: with no offset.
+COLOUR_DARK_OFFSET = 32.0
 
 
 def reference_variant_names() -> tuple[str, ...]:
@@ -71,7 +83,8 @@ REFERENCE_VARIANTS: tuple[str, ...] = reference_variant_names()
 def reduce_for_hashing(image: Image.Image, min_side: int = INTERMEDIATE_SIDE) -> Image.Image:
     """Shrink ``image`` with ``Image.reduce`` by the largest integer factor per axis that
     keeps each side at least ``min_side`` pixels (images already small are returned as
-    they are). Any mode; the result has the same mode."""
+    they are). Any mode; the result has the same mode. Hashing passes a greyscale image:
+    reducing one channel instead of three is what makes the fast path fast."""
     fx = max(1, image.width // min_side)
     fy = max(1, image.height // min_side)
     if fx == 1 and fy == 1:
@@ -94,15 +107,43 @@ def hash_hex(value: int | np.integer) -> str:
     return f"{int(value):016x}"
 
 
+def hashing_gray(image: Image.Image) -> Image.Image:
+    """The shared hashing intermediate: ``image`` in greyscale (imagehash's own ``"L"``
+    conversion), then reduced by :func:`reduce_for_hashing`."""
+    return reduce_for_hashing(image if image.mode == "L" else image.convert("L"))
+
+
 def phash(image: Image.Image) -> imagehash.ImageHash:
-    """``imagehash.phash(image)`` after a reduce-before-hash step: same algorithm, about
-    4x faster on large images, bits within a mean of < 2 of imagehash's own."""
-    return imagehash.phash(reduce_for_hashing(image))
+    """``imagehash.phash(image)`` after a greyscale-then-reduce step: same algorithm, about
+    3x faster on a 512x512 image, bits within a mean of < 2 of imagehash's own."""
+    return imagehash.phash(hashing_gray(image))
 
 
 def dhash(image: Image.Image) -> imagehash.ImageHash:
-    """``imagehash.dhash(image)`` after the same reduce-before-hash step."""
-    return imagehash.dhash(reduce_for_hashing(image))
+    """``imagehash.dhash(image)`` after the same greyscale-then-reduce step."""
+    return imagehash.dhash(hashing_gray(image))
+
+
+def colour_signature(image: Image.Image) -> np.ndarray:
+    """The chromaticity of the image's mean colour: ``(r, g, b)`` shares of the mean
+    (each channel's mean plus :data:`COLOUR_DARK_OFFSET`, over their sum), a ``float32``
+    array summing to 1; grey is ``(1/3, 1/3, 1/3)``.
+
+    Brightness, contrast, JPEG, resizing, crops and mirroring barely move it; a picture of
+    another colour does. Computed on the image reduced to about :data:`COLOUR_SIDE`
+    pixels a side (the mean of a box-filtered image is the image's mean).
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    factor = max(1, min(rgb.width, rgb.height) // COLOUR_SIDE)
+    small = rgb.reduce(factor) if factor > 1 else rgb
+    means = np.asarray(ImageStat.Stat(small).mean, dtype=np.float64) + COLOUR_DARK_OFFSET
+    return (means / means.sum()).astype(np.float32)
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance between colour signatures: the largest difference of a channel's share
+    (broadcasting over leading axes; 0 for the same colour, at most 1)."""
+    return np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).max(axis=-1)
 
 
 def hash_quality(gray: Image.Image) -> int:
@@ -130,13 +171,15 @@ class ImageHashes:
     """The perceptual hashes of one image: one row per variant, one column per algorithm.
 
     ``variants`` names each row (``"full"``, ``"mirror"``, ``"crop0.90@0,0.5"``...),
-    ``values`` is a ``(len(variants), len(ALGORITHMS))`` ``uint64`` array, and
-    ``quality`` the PDQ-style quality (0-100) of the image.
+    ``values`` is a ``(len(variants), len(ALGORITHMS))`` ``uint64`` array, ``quality``
+    the PDQ-style quality (0-100) of the image and ``colour`` its
+    :func:`colour_signature`.
     """
 
     variants: tuple[str, ...]
     values: np.ndarray
     quality: int
+    colour: np.ndarray
     scheme: str = HASH_SCHEME
 
     def __getitem__(self, algorithm: str) -> np.ndarray:
@@ -150,7 +193,8 @@ class ImageHashes:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form: algorithm -> {variant: imagehash hex string}, plus quality."""
-        out: dict[str, Any] = {"scheme": self.scheme, "quality": self.quality}
+        out: dict[str, Any] = {"scheme": self.scheme, "quality": self.quality,
+                               "colour": [round(float(c), 4) for c in self.colour]}
         for j, algorithm in enumerate(ALGORITHMS):
             out[algorithm] = {v: hash_hex(self.values[i, j]) for i, v in enumerate(self.variants)}
         return out
@@ -166,9 +210,10 @@ def query_hashes(image: Image.Image) -> ImageHashes:
     Matching the mirror against the registry catches horizontally flipped copies without
     storing flipped references.
     """
-    gray = reduce_for_hashing(image).convert("L")
+    gray = hashing_gray(image)
     rows = [_hash_row(gray), _hash_row(gray.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
-    return ImageHashes(QUERY_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray))
+    return ImageHashes(QUERY_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray),
+                       colour_signature(image))
 
 
 def reference_hashes(image: Image.Image) -> ImageHashes:
@@ -177,7 +222,7 @@ def reference_hashes(image: Image.Image) -> ImageHashes:
     A copy that was cropped by 5-10 % lands within a few bits of one of the crops, where
     the full image's hash would be 10-20 bits away.
     """
-    gray = reduce_for_hashing(image).convert("L")
+    gray = hashing_gray(image)
     rows = [_hash_row(gray)]
     width, height = gray.size
     for scale in CROP_SCALES:
@@ -186,7 +231,8 @@ def reference_hashes(image: Image.Image) -> ImageHashes:
             for ax in CROP_ANCHORS:
                 left, top = round((width - cw) * ax), round((height - ch) * ay)
                 rows.append(_hash_row(gray.crop((left, top, left + cw, top + ch))))
-    return ImageHashes(REFERENCE_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray))
+    return ImageHashes(REFERENCE_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray),
+                       colour_signature(image))
 
 
 def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:

@@ -3,10 +3,14 @@
 A registry is one SQLite file (stdlib ``sqlite3``, WAL journal) holding, per reference
 image: its sha256, source path, licence and source text, size, hash quality, a small JPEG
 thumbnail (so a report can show the reference beside an output even after the original has
-moved) and its perceptual hashes (:mod:`artengine.hashing`: pHash and dHash of the image
-and of crops of it). The file also records the hash scheme and the library versions that
-computed the hashes; a registry built with another scheme is refused rather than searched
-with hashes that do not compare.
+moved), its colour signature (the chromaticity of its mean colour) and its perceptual
+hashes (:mod:`artengine.hashing`: pHash and dHash of the image and of crops of it). The
+file also records the hash scheme and the library versions that computed the hashes; a
+registry built with another scheme is refused rather than searched with hashes that do not
+compare. A registry of schema version 1 (before colour signatures) is upgraded in place
+when opened for writing (``artengine registry upgrade``, or any ``registry add``): each
+reference's colour signature is measured on its stored thumbnail. Opened read-only, it is
+refused with a message saying so.
 
 Search does not go through SQLite. The hashes are laid out as ``uint64`` columns in an
 index file beside the registry (``<registry>.index``, or a user cache folder when that is
@@ -40,11 +44,24 @@ import numpy as np
 from PIL import Image
 
 from .errors import ArtengineError, ImageLoadError
-from .hashing import ALGORITHMS, HASH_SCHEME, MIN_RELIABLE_QUALITY, REFERENCE_VARIANTS, ImageHashes, hash_hex, hamming_within, reference_hashes
+from .hashing import (
+    ALGORITHMS,
+    HASH_SCHEME,
+    MIN_RELIABLE_QUALITY,
+    REFERENCE_VARIANTS,
+    ImageHashes,
+    colour_distance,
+    colour_signature,
+    hamming_within,
+    hash_hex,
+    reference_hashes,
+)
 from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
 
-#: Version of the SQLite layout below. Another version is refused with a clear message.
-SCHEMA_VERSION = 1
+#: Version of the SQLite layout below. Version 1 (no colour signatures) is upgraded in
+#: place when opened for writing; any other version is refused with a clear message.
+SCHEMA_VERSION = 2
+_UPGRADABLE_FROM = "1"
 APPLICATION_ID = 0x41524547  # "AREG": marks the SQLite file as an artengine registry
 THUMBNAIL_SIDE = 128
 _INDEX_MAGIC = b"ARTEIDX1"
@@ -63,7 +80,10 @@ CREATE TABLE refs (
     height INTEGER NOT NULL,
     quality INTEGER NOT NULL,
     added_at TEXT NOT NULL,
-    thumbnail BLOB NOT NULL
+    thumbnail BLOB NOT NULL,
+    colour_r REAL NOT NULL,
+    colour_g REAL NOT NULL,
+    colour_b REAL NOT NULL
 );
 CREATE TABLE hashes (
     ref_id INTEGER NOT NULL REFERENCES refs(id) ON DELETE CASCADE,
@@ -115,6 +135,7 @@ class Reference:
     quality: int
     added_at: str
     thumbnail: bytes  # JPEG
+    colour: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)  # colour signature (r, g, b)
 
     def thumbnail_uri(self) -> str:
         """The thumbnail as a ``data:image/jpeg;base64,...`` URI (for reports)."""
@@ -130,6 +151,7 @@ class Match:
     distances: dict[str, int]  # algorithm -> Hamming distance
     query_variant: str  # "full" or "mirror"
     reference_variant: str  # "full" or a crop name
+    colour_distance: float = 0.0  # between the colour signatures (hashing.colour_distance)
 
     @property
     def distance(self) -> int:
@@ -142,7 +164,9 @@ class Match:
         return {"registry": self.registry, "sha256": r.sha256, "source": r.source_path,
                 "licence": r.licence, "source_text": r.source_text,
                 "algorithm": "+".join(ALGORITHMS), "distance": self.distance,
-                "distances": dict(self.distances), "mirrored": self.query_variant == "mirror",
+                "distances": dict(self.distances), "distance_sum": sum(self.distances.values()),
+                "colour_distance": round(float(self.colour_distance), 4),
+                "mirrored": self.query_variant == "mirror",
                 "reference_variant": self.reference_variant, "reference_quality": r.quality}
 
 
@@ -246,6 +270,13 @@ class ReferenceRegistry:
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise RegistryError(self.path, f"corrupt registry (SQLite: {exc})") from None
+        if meta.get("schema_version") == _UPGRADABLE_FROM:
+            if not self.writable:
+                raise RegistryError(self.path, f"registry schema version {_UPGRADABLE_FROM!r} (before colour "
+                                    f"signatures), this artengine reads version {SCHEMA_VERSION}; upgrade it "
+                                    f"in place with `artengine registry upgrade {self.path}`")
+            self._upgrade_from_v1()
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise RegistryError(self.path, f"registry schema version {meta.get('schema_version')!r}, "
                                 f"this artengine reads version {SCHEMA_VERSION}; rebuild it with "
@@ -257,6 +288,32 @@ class ReferenceRegistry:
         if not meta.get("uuid") or not str(meta.get("generation", "")).isdigit():
             raise RegistryError(self.path, "corrupt registry: metadata is incomplete")
         return meta
+
+    def _upgrade_from_v1(self) -> None:
+        """Schema 1 -> 2, in one transaction: add the colour signature of every reference,
+        measured on its stored thumbnail (the original may have moved)."""
+        try:
+            with self._lock, self._conn:
+                for channel in "rgb":
+                    self._conn.execute(f"ALTER TABLE refs ADD COLUMN colour_{channel} REAL NOT NULL DEFAULT 0")
+                rows = self._conn.execute("SELECT id, thumbnail FROM refs").fetchall()
+                for ref_id, thumbnail in rows:
+                    try:
+                        with Image.open(io.BytesIO(thumbnail)) as thumb:
+                            colour = colour_signature(thumb.convert("RGB"))
+                    except (OSError, ValueError) as exc:
+                        raise RegistryError(self.path, f"corrupt registry: thumbnail of reference {ref_id} "
+                                            f"cannot be read ({exc}); rebuild it with "
+                                            "`artengine registry add`") from None
+                    self._conn.execute("UPDATE refs SET colour_r = ?, colour_g = ?, colour_b = ? WHERE id = ?",
+                                       (*(float(c) for c in colour), ref_id))
+                self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("upgraded", json.dumps({"from_schema": 1, "at": _utcnow(),
+                                             "colour_signatures": "measured on thumbnails"})),
+                ])
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(self.path, f"cannot upgrade from schema version 1 (SQLite: {exc})") from None
 
     def close(self) -> None:
         """Close the database and release the index map."""
@@ -330,11 +387,12 @@ class ReferenceRegistry:
                 summary: AddSummary) -> None:
         hashes = reference_hashes(rgb)
         row = (digest, source_path, licence, source, rgb.size[0], rgb.size[1],
-               hashes.quality, _utcnow(), _thumbnail(rgb))
+               hashes.quality, _utcnow(), _thumbnail(rgb), *(float(c) for c in hashes.colour))
         with self._lock, self._conn:
             cur = self._conn.execute(
                 "INSERT INTO refs (sha256, source_path, licence, source_text, width, height, quality, "
-                "added_at, thumbnail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                "added_at, thumbnail, colour_r, colour_g, colour_b) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             ref_id = cur.lastrowid
             self._conn.executemany(
                 f"INSERT INTO hashes (ref_id, variant, {', '.join(ALGORITHMS)}) "
@@ -396,10 +454,11 @@ class ReferenceRegistry:
             if found is None:
                 row = self._conn.execute(
                     "SELECT id, sha256, source_path, licence, source_text, width, height, quality, "
-                    "added_at, thumbnail FROM refs WHERE id = ?", (ref_id,)).fetchone()
+                    "added_at, thumbnail, colour_r, colour_g, colour_b FROM refs WHERE id = ?",
+                    (ref_id,)).fetchone()
                 if row is None:
                     raise RegistryError(self.path, f"index names reference {ref_id}, which is gone")
-                found = self._refs[ref_id] = Reference(*row)
+                found = self._refs[ref_id] = Reference(*row[:10], colour=tuple(row[10:13]))
             return found
 
     def find_sha256(self, digest: str) -> Reference | None:
@@ -426,28 +485,42 @@ class ReferenceRegistry:
             self._index = index
             return index
 
-    def search(self, hashes: ImageHashes, thresholds: dict[str, int]) -> list[Match]:
-        """References within ``thresholds`` (algorithm -> largest Hamming distance) of any
-        query variant in ``hashes``, on every algorithm at once; closest first, one match
-        per reference."""
+    def search(self, hashes: ImageHashes, thresholds: dict[str, float]) -> list[Match]:
+        """References near any query variant in ``hashes``; closest first, one match per
+        reference.
+
+        ``thresholds`` holds the largest Hamming distance per algorithm (``"phash"``,
+        ``"dhash"``: both must hold, for the same query variant and stored variant), and
+        optionally ``"sum"``, the largest pHash + dHash distance, and ``"colour"``, the
+        largest :func:`~artengine.hashing.colour_distance` between the image's and the
+        reference's colour signatures.
+        """
         missing = [a for a in ALGORITHMS if a not in thresholds]
         if missing:
             raise ValueError(f"thresholds missing for {missing}")
+        max_sum = thresholds.get("sum")
+        max_colour = thresholds.get("colour")
         index = self.index()
         first, rest = ALGORITHMS[0], ALGORITHMS[1:]
-        qi, rows, dist = hamming_within(index.columns[first], hashes[first], thresholds[first])
+        qi, rows, dist = hamming_within(index.columns[first], hashes[first], int(thresholds[first]))
         best: dict[int, Match] = {}
+        colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             distances = {first: d}
             for algorithm in rest:
                 distances[algorithm] = int(np.bitwise_count(index.columns[algorithm][row] ^ hashes[algorithm][q]))
             if any(distances[a] > thresholds[a] for a in rest):
                 continue
+            if max_sum is not None and sum(distances.values()) > max_sum:
+                continue
+            apart = float(colour_distance(index.colours[row], colour))
+            if max_colour is not None and apart > max_colour:
+                continue
             ref_id = int(index.ref_ids[row])
             current = best.get(ref_id)
             if current is None or _rank(distances) < _rank(current.distances):
                 best[ref_id] = Match(str(self.path), self.reference(ref_id), distances,
-                                     hashes.variants[q], index.variant_names[int(index.variants[row])])
+                                     hashes.variants[q], index.variant_names[int(index.variants[row])], apart)
         return sorted(best.values(), key=lambda m: _rank(m.distances))
 
     def _index_path(self) -> Path | None:
@@ -466,7 +539,8 @@ class ReferenceRegistry:
         with self._lock:
             # The join drops hashes orphaned by a delete made without foreign keys on.
             rows = self._conn.execute(
-                f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in ALGORITHMS)} FROM hashes h "
+                f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in ALGORITHMS)}, "
+                "r.colour_r, r.colour_g, r.colour_b FROM hashes h "
                 "JOIN refs r ON r.id = h.ref_id ORDER BY h.ref_id, h.variant"
             ).fetchall()
         variant_names = sorted({r[1] for r in rows})
@@ -475,7 +549,9 @@ class ReferenceRegistry:
                    for j, a in enumerate(ALGORITHMS)}
         ref_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         variants = np.fromiter((code[r[1]] for r in rows), dtype=np.uint16, count=len(rows))
-        index = _Index(self._meta["uuid"], generation, columns, ref_ids, variants, tuple(variant_names))
+        k = 2 + len(ALGORITHMS)
+        colours = np.array([r[k:k + 3] for r in rows], dtype=np.float32).reshape(len(rows), 3)
+        index = _Index(self._meta["uuid"], generation, columns, ref_ids, variants, tuple(variant_names), colours)
         path = self._index_path()
         if path is not None:
             try:
@@ -489,14 +565,15 @@ class ReferenceRegistry:
 
 
 def _rank(distances: dict[str, int]) -> tuple[int, int]:
-    return (max(distances.values()), sum(distances.values()))
+    return (sum(distances.values()), max(distances.values()))
 
 
 @dataclass
 class _Index:
-    """Hash columns of a registry, aligned by row: ``columns[alg][i]``, ``ref_ids[i]`` and
-    ``variants[i]`` describe hash row ``i``. On disk: magic, a JSON header, then the arrays,
-    each 64-byte aligned, memory-mapped on load."""
+    """Hash columns of a registry, aligned by row: ``columns[alg][i]``, ``ref_ids[i]``,
+    ``variants[i]`` and ``colours[i]`` (the reference's colour signature) describe hash row
+    ``i``. On disk: magic, a JSON header, then the arrays, each 64-byte aligned,
+    memory-mapped on load."""
 
     uuid: str
     generation: int
@@ -504,10 +581,12 @@ class _Index:
     ref_ids: np.ndarray
     variants: np.ndarray
     variant_names: tuple[str, ...]
+    colours: np.ndarray  # (rows, 3) float32
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {**{f"hash:{a}": c for a, c in self.columns.items()},
-                "ref_ids": self.ref_ids, "variants": self.variants}
+                "ref_ids": self.ref_ids, "variants": self.variants,
+                "colours": np.ascontiguousarray(self.colours, dtype=np.float32).reshape(-1)}
 
     def write(self, path: Path) -> None:
         arrays = self._arrays()
@@ -516,6 +595,7 @@ class _Index:
             layout[name] = {"offset": offset, "dtype": arr.dtype.str, "count": int(arr.shape[0])}
             offset += -(-arr.nbytes // _ALIGN) * _ALIGN
         header = json.dumps({"uuid": self.uuid, "generation": self.generation, "scheme": HASH_SCHEME,
+                             "schema_version": SCHEMA_VERSION,
                              "variant_names": list(self.variant_names), "arrays": layout,
                              "data_bytes": offset}).encode()
         head_len = -(-(len(_INDEX_MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
@@ -544,7 +624,8 @@ class _Index:
             return None
         head_len = -(-(16 + header_len) // _ALIGN) * _ALIGN
         if (header.get("uuid") != uuid_ or header.get("generation") != generation
-                or header.get("scheme") != HASH_SCHEME or size != head_len + header.get("data_bytes", -1)):
+                or header.get("scheme") != HASH_SCHEME or header.get("schema_version") != SCHEMA_VERSION
+                or size != head_len + header.get("data_bytes", -1)):
             return None
         try:
             data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -554,8 +635,11 @@ class _Index:
                 start = head_len + spec["offset"]
                 arrays[name] = data[start:start + dtype.itemsize * spec["count"]].view(dtype)
             columns = {a: arrays[f"hash:{a}"] for a in ALGORITHMS}
+            colours = arrays["colours"].reshape(-1, 3)
+            if colours.shape[0] != arrays["ref_ids"].shape[0]:
+                return None
             return cls(uuid_, generation, columns, arrays["ref_ids"], arrays["variants"],
-                       tuple(header["variant_names"]))
+                       tuple(header["variant_names"]), colours)
         except (KeyError, ValueError, TypeError, OSError):
             return None
 
@@ -582,10 +666,32 @@ def open_registries(paths: Sequence[str | os.PathLike[str]]) -> list[ReferenceRe
 
 
 def search_registries(registries: Sequence[ReferenceRegistry], hashes: ImageHashes,
-                      thresholds: dict[str, int]) -> list[Match]:
-    """Search every registry; all matches, closest first."""
+                      thresholds: dict[str, float]) -> list[Match]:
+    """Search every registry (:meth:`ReferenceRegistry.search`); all matches, closest first."""
     matches = [m for r in registries for m in r.search(hashes, thresholds)]
     return sorted(matches, key=lambda m: _rank(m.distances))
+
+
+def upgrade_registry(db: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
+    """Bring an existing registry to :data:`SCHEMA_VERSION` in place; returns the schema
+    version it had and its :meth:`~ReferenceRegistry.info` after. A registry already
+    current is left as it is; a missing file or a schema this artengine cannot upgrade is a
+    :class:`RegistryError`."""
+    path = Path(db)
+    if not path.exists():
+        raise RegistryError(path, "no such file")
+    before: int | None = None
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        conn.close()
+        before = int(row[0]) if row and str(row[0]).isdigit() else None
+    except sqlite3.DatabaseError:
+        pass  # the full check below names the problem
+    with ReferenceRegistry(path, create=True) as registry:
+        if registry.count():
+            registry.index()
+        return (before if before is not None else SCHEMA_VERSION), registry.info()
 
 
 def add_to_registry(db: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], *,

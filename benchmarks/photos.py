@@ -16,6 +16,7 @@ treat crops of one source as one group where that matters.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,19 @@ def load_photos(max_side: int = 1536) -> tuple[tuple[str, Image.Image], ...]:
 
 
 def photo_patches(size: int, count: int, *, seed: int = 0, min_fraction: float = 0.25,
-                  max_fraction: float = 0.9) -> list[tuple[str, Image.Image]]:
+                  max_fraction: float = 0.9, sources: Collection[str] | None = None,
+                  ) -> list[tuple[str, Image.Image]]:
     """``count`` random square crops resized to ``size``, as ``(source name, image)``.
 
     Each crop's side is a random fraction of its source's shorter side, so patches range
-    from close-ups to whole-scene views. Deterministic for a seed.
+    from close-ups to whole-scene views. ``sources`` (names, i.e. file stems) limits the
+    pictures cut from. Deterministic for a seed.
     """
     photos = load_photos()
+    if sources is not None:
+        photos = tuple(p for p in photos if p[0] in set(sources))
+        if not photos:
+            raise ValueError("none of the requested source pictures is available")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):

@@ -3,20 +3,24 @@
 Two components:
 
 * the ``hashes`` feature extractor computes every perceptual hash of an image once (pHash
-  and dHash of the image and of its mirror image, and a PDQ-style quality score), for any
-  audit or metric that needs them;
+  and dHash of the image and of its mirror image, a PDQ-style quality score and a colour
+  signature), for any audit or metric that needs them;
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the
   run (``--registry``, the policy's ``registries``, the registries the audited styles ship,
-  and its own ``registries`` setting) and fails an image that lies within the policy's
-  distances of a reference on every algorithm. The finding names the reference (sha256,
-  source path, licence, source text), the distances and whether the copy was mirrored, and
-  carries the reference's thumbnail for the report.
+  and its own ``registries`` setting) and fails an image that matches a reference: pHash
+  and dHash distances each within their bound and their sum within its own (for the same
+  image variant and stored variant), and colour signatures within their bound. The
+  finding names the reference (sha256, source path, licence, source text), the distances
+  and whether the copy was mirrored, and carries the reference's thumbnail for the report.
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
-every image; an image with too little detail for its hash to be evidence (quality below
-``min_quality``, PDQ's measure) gives ``unknown``, match or not, since flat images match each
-other. Both block publication unless the policy records an override.
+every image. An image with little detail (PDQ's quality measure below
+``low_detail_quality``) is weaker evidence, since smooth pictures resemble each other: it
+fails only on a much closer match (pHash + dHash within ``flat_max_distance_sum``, colours
+within their bound). Below ``min_quality`` (too flat for the hash to rule anything out),
+an image without such a match is ``unknown`` rather than ``pass``. Both ``error`` and
+``unknown`` block publication unless the policy records an override.
 """
 from __future__ import annotations
 
@@ -44,9 +48,14 @@ from artengine import (
 
 ARTENGINE_HOOK_API = "1.0"
 
-#: Operating point measured by benchmarks/bench_near_duplicate.py (see docs/near-duplicates.md).
-DEFAULT_MAX_PHASH = 12
-DEFAULT_MAX_DHASH = 14
+#: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
+#: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
+DEFAULT_MAX_PHASH = 14
+DEFAULT_MAX_DHASH = 12
+DEFAULT_MAX_SUM = 22
+DEFAULT_MAX_COLOUR = 0.08
+DEFAULT_FLAT_MAX_SUM = 14
+DEFAULT_LOW_DETAIL_QUALITY = 50
 
 
 class PerceptualHashes(FeatureExtractor):
@@ -72,20 +81,37 @@ class NearDuplicateAudit(Audit):
                                       "largest pHash Hamming distance (of 64 bits) that counts as a copy"),
         "max_dhash_distance": Setting(int, DEFAULT_MAX_DHASH,
                                       "largest dHash Hamming distance (of 64 bits) that counts as a copy"),
+        "max_distance_sum": Setting(int, DEFAULT_MAX_SUM,
+                                    "largest pHash + dHash distance (of 128 bits) that counts as a copy"),
+        "max_colour_distance": Setting(float, DEFAULT_MAX_COLOUR,
+                                       "largest difference of a channel's share of the mean colour "
+                                       "(0-1; 1 turns the colour check off)"),
         "min_quality": Setting(int, MIN_RELIABLE_QUALITY,
-                               "images below this hash quality (0-100) are 'unknown' "
-                               "(blocked): their hash is no evidence; 0 turns the rule off"),
+                               "images below this hash quality (0-100) fail only on a match within "
+                               "flat_max_distance_sum, else are 'unknown' (blocked); 0 turns the rule off"),
+        "flat_max_distance_sum": Setting(int, DEFAULT_FLAT_MAX_SUM,
+                                         "largest pHash + dHash distance that names a copy of an image "
+                                         "below low_detail_quality"),
+        "low_detail_quality": Setting(int, DEFAULT_LOW_DETAIL_QUALITY,
+                                      "images below this hash quality (0-100) need a match within "
+                                      "flat_max_distance_sum"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
     def __init__(self, settings: Any, context: Any) -> None:
         super().__init__(settings, context)
-        for key in ("max_phash_distance", "max_dhash_distance"):
-            if not 0 <= self.settings[key] <= 64:
-                raise ArtengineError(f"{context.policy_path or 'policy'}: audits.near_duplicate.{key}: "
-                                     f"must be between 0 and 64, got {self.settings[key]}")
+        where = context.policy_path or "policy"
+        for key, top in (("max_phash_distance", 64), ("max_dhash_distance", 64), ("max_distance_sum", 128),
+                         ("flat_max_distance_sum", 128), ("max_colour_distance", 1), ("low_detail_quality", 100),
+                         ("min_quality", 100)):
+            if not 0 <= self.settings[key] <= top:
+                raise ArtengineError(f"{where}: audits.near_duplicate.{key}: "
+                                     f"must be between 0 and {top}, got {self.settings[key]}")
         self.thresholds = {"phash": self.settings["max_phash_distance"],
-                           "dhash": self.settings["max_dhash_distance"]}
+                           "dhash": self.settings["max_dhash_distance"],
+                           "sum": self.settings["max_distance_sum"],
+                           "colour": self.settings["max_colour_distance"],
+                           "flat_sum": self.settings["flat_max_distance_sum"]}
         self.paths = self._registry_paths()
         self.registries: list[Any] = []
         self.problem: str | None = None
@@ -114,7 +140,8 @@ class NearDuplicateAudit(Audit):
                            details={"registries": self.paths})
         hashes: ImageHashes = item.features["hashes"]
         exact = _exact_copy(self.registries, item.image.path)
-        outcome, matches = classify(hashes, self.registries, self.thresholds, self.settings["min_quality"])
+        outcome, matches = classify(hashes, self.registries, self.thresholds, self.settings["min_quality"],
+                                    self.settings["low_detail_quality"])
         details: dict[str, Any] = {"quality": hashes.quality, "thresholds": self.thresholds,
                                    "registries": self.paths, "hashes": hashes.as_dict()}
         if exact is not None:
@@ -131,31 +158,44 @@ class NearDuplicateAudit(Audit):
                 audit=self.name, outcome="fail", item=item.key,
                 message=(f"{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, licence: "
                          f"{ref.licence or 'not recorded'}; pHash distance {best.distances['phash']}, "
-                         f"dHash {best.distances['dhash']})"),
+                         f"dHash {best.distances['dhash']}, colour {best.colour_distance:.3f})"),
                 details=details, attachments={"reference": ref.thumbnail_uri()})
         if outcome == "unknown":
             seen = f"; closest candidate {matches[0].reference.source_path}" if matches else ""
             return Finding(
                 audit=self.name, outcome="unknown", item=item.key,
                 message=(f"too little detail for a reliable perceptual hash (quality {hashes.quality} "
-                         f"< {self.settings['min_quality']}): a near-copy can be neither confirmed nor "
+                         f"< {self.settings['min_quality']}) and no reference within pHash + dHash "
+                         f"{self.thresholds['flat_sum']}: a near-copy can be neither confirmed nor "
                          f"ruled out{seen}"),
                 details=details)
         return Finding(audit=self.name, outcome="pass", item=item.key,
                        message=f"no reference within pHash {self.thresholds['phash']} / "
-                               f"dHash {self.thresholds['dhash']} in {len(self.registries)} registr"
+                               f"dHash {self.thresholds['dhash']} / sum {self.thresholds['sum']} and colour "
+                               f"{self.thresholds['colour']:g} in {len(self.registries)} registr"
                                f"{'y' if len(self.registries) == 1 else 'ies'}",
                        details=details)
 
 
-def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thresholds: dict[str, int],
-             min_quality: int) -> tuple[str, list[Match]]:
+def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thresholds: dict[str, float],
+             min_quality: int, low_detail_quality: int = DEFAULT_LOW_DETAIL_QUALITY) -> tuple[str, list[Match]]:
     """The audit's decision from an image's hashes: ``("fail" | "unknown" | "pass",
-    matches)``. A hash of quality below ``min_quality`` is no evidence either way: such an
-    image is ``unknown`` whether or not something matched (flat images match each other)."""
-    matches = search_registries(registries, hashes, thresholds)
-    if hashes.quality < min_quality:
-        return "unknown", matches
+    matches)``.
+
+    ``thresholds`` holds ``phash``, ``dhash``, ``sum`` and ``colour`` (see
+    :meth:`ReferenceRegistry.search`) and ``flat_sum``. A hash of quality below
+    ``low_detail_quality`` is weaker evidence (smooth pictures resemble each other): such
+    an image fails only on a match within ``flat_sum`` (pHash + dHash), naming it. Below
+    ``min_quality`` the hash cannot rule a copy out either: without such a match the
+    image is ``unknown``, never ``pass``.
+    """
+    search = {k: v for k, v in thresholds.items() if k != "flat_sum"}
+    matches = search_registries(registries, hashes, search)
+    if hashes.quality < max(min_quality, low_detail_quality):
+        close = [m for m in matches if sum(m.distances.values()) <= thresholds.get("flat_sum", -1)]
+        if close:
+            return "fail", close
+        return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
     return ("fail" if matches else "pass"), matches
 
 
@@ -168,7 +208,7 @@ def _exact_copy(registries: Sequence[ReferenceRegistry], path: str) -> Match | N
     for registry in registries:
         ref = registry.find_sha256(digest)
         if ref is not None:
-            return Match(str(registry.path), ref, {"phash": 0, "dhash": 0}, "full", "file")
+            return Match(str(registry.path), ref, {"phash": 0, "dhash": 0}, "full", "file", 0.0)
     return None
 
 

@@ -208,3 +208,95 @@ def test_thresholds_come_from_the_policy(tmp_path, registry):
     result = CliRunner().invoke(cli, ["audit", str(out), "--policy", _policy(tmp_path, "max_phash_distance = 65"),
                                       "--registry", str(db)])
     assert result.exit_code == 2 and "max_phash_distance" in result.output
+
+
+def _photo() -> Image.Image:
+    """A real photograph (scikit-image's bundled astronaut), 384 px."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return Image.fromarray(skimage_data.astronaut()).resize((384, 384), Image.Resampling.LANCZOS)
+
+
+def _colour_shift(im: Image.Image, shift) -> Image.Image:
+    return Image.fromarray(np.clip(np.asarray(im, dtype=np.int16) + np.array(shift), 0, 255).astype(np.uint8))
+
+
+def test_transformed_copies_of_a_photograph_are_named_and_recolourings_are_not(tmp_path):
+    """The default rule (pHash, dHash, their sum and the colour signature) names
+    photometric copies of a photograph; the same composition in other colours passes."""
+    photo = _photo()
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    photo.save(refs / "astronaut.png")
+    db = tmp_path / "refs.db"
+    with ReferenceRegistry(db, create=True) as reg:
+        reg.add([refs / "astronaut.png"], licence="public domain")
+    out = tmp_path / "outputs"
+    out.mkdir()
+    copies = {
+        "shifted": _colour_shift(photo, (20, -20, 12)),
+        "bright_contrast": ImageEnhance.Contrast(ImageEnhance.Brightness(photo).enhance(0.7)).enhance(1.3),
+        "overlay_jpeg": _jpeg(_overlay(photo), 60),
+        "small_jpeg": _jpeg(photo.resize((192, 192), Image.Resampling.BILINEAR), 50),
+        "mirror_crop": _crop(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 0.08),
+    }
+    for name, im in copies.items():
+        im.save(out / f"{name}.png")
+    # Same luminance (so pHash and dHash agree with the reference), other colours.
+    lum = np.asarray(photo.convert("L"), dtype=np.float32)
+    tinted = np.stack([lum, lum * 0.45, lum * 0.2], axis=-1)
+    Image.fromarray(tinted.astype(np.uint8)).save(out / "recoloured.png")
+
+    _, doc = _audit(out, _policy(tmp_path), db)
+    for name in copies:
+        entry, finding = _finding(doc, f"{name}.png")
+        assert finding["outcome"] == "fail", (name, finding["message"])
+        assert finding["details"]["match"]["source"] == str((refs / "astronaut.png").resolve())
+        assert finding["details"]["match"]["colour_distance"] <= 0.1
+    entry, finding = _finding(doc, "recoloured.png")
+    assert finding["outcome"] == "pass", finding["message"]
+    # Only the colour told it apart: with the colour check off it is named.
+    _, loose = _audit(out, _policy(tmp_path, "max_colour_distance = 1.0"), db)
+    assert _finding(loose, "recoloured.png")[1]["outcome"] == "fail"
+
+
+def test_a_copy_of_a_flat_reference_is_named_and_other_flat_images_stay_unknown(tmp_path):
+    """Flat images are weak evidence: a very close match is still named, anything else
+    is 'unknown' (blocked), never 'pass'."""
+    x = np.linspace(0, 1, 256, dtype=np.float32)
+    ramp = np.stack([110 + 14 * x[None, :] + 0 * x[:, None], 120 + 10 * x[:, None] + 0 * x[None, :],
+                     np.full((256, 256), 150.0)], axis=-1)
+    flat = Image.fromarray(ramp.astype(np.uint8))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    flat.save(refs / "flat.png")
+    db = tmp_path / "refs.db"
+    with ReferenceRegistry(db, create=True) as reg:
+        summary = reg.add([refs / "flat.png"])
+    assert summary.low_quality  # below the quality cut-off
+    out = tmp_path / "outputs"
+    out.mkdir()
+    _jpeg(flat, 90).save(out / "copy.png")
+    Image.new("RGB", (256, 256), (200, 60, 40)).save(out / "other.png")
+    _, doc = _audit(out, _policy(tmp_path), db)
+    entry, finding = _finding(doc, "copy.png")
+    assert finding["details"]["quality"] < 20
+    assert finding["outcome"] == "fail" and finding["details"]["match"]["source"] == str((refs / "flat.png").resolve())
+    entry, finding = _finding(doc, "other.png")
+    assert finding["outcome"] == "unknown" and entry["verdict"] == "block", finding["message"]
+
+
+def test_shipped_policies_use_the_audits_calibrated_defaults():
+    """The policies repeat the operating point the benchmark measured; they must not drift."""
+    import tomllib
+    from pathlib import Path
+
+    from artengine_plugins import near_duplicate as plugin
+
+    expected = {"max_phash_distance": plugin.DEFAULT_MAX_PHASH, "max_dhash_distance": plugin.DEFAULT_MAX_DHASH,
+                "max_distance_sum": plugin.DEFAULT_MAX_SUM, "max_colour_distance": plugin.DEFAULT_MAX_COLOUR,
+                "flat_max_distance_sum": plugin.DEFAULT_FLAT_MAX_SUM,
+                "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY}
+    policies = Path(__file__).resolve().parent.parent / "policies"
+    for name in ("default.toml", "publication.toml"):
+        section = tomllib.loads((policies / name).read_text())["audits"]["near_duplicate"]
+        assert {k: section.get(k) for k in expected} == expected, name

@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -185,3 +186,54 @@ def test_registry_commands_fail_with_one_line_and_exit_2(tmp_path):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def _as_schema_1(path):
+    """Turn a current registry file into what artengine's schema 1 wrote (no colours)."""
+    with sqlite3.connect(path) as conn:
+        for channel in "rgb":
+            conn.execute(f"ALTER TABLE refs DROP COLUMN colour_{channel}")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+
+
+def test_a_schema_1_registry_is_refused_read_only_and_upgraded_in_place(registry_path, ref_folder):
+    with ReferenceRegistry(registry_path) as reg:
+        before = {m.reference.source_path: m.reference.colour
+                  for p in sorted(ref_folder.rglob("ref*.png"))
+                  for m in reg.search(query_hashes(Image.open(p).convert("RGB")), THRESHOLDS)}
+    assert len(before) == 4
+    _as_schema_1(registry_path)
+    with pytest.raises(RegistryError) as caught:
+        open_registries([registry_path])
+    assert "schema version '1'" in str(caught.value) and "artengine registry upgrade" in str(caught.value)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["registry", "upgrade", str(registry_path)])
+    assert result.exit_code == 0 and "upgraded from schema version 1 to 2" in result.output, result.output
+    again = runner.invoke(cli, ["registry", "upgrade", str(registry_path)])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    with ReferenceRegistry(registry_path) as reg:
+        assert reg.info()["schema_version"] == 2
+        for p in sorted(ref_folder.rglob("ref*.png")):
+            [match] = reg.search(query_hashes(Image.open(p).convert("RGB")), {**THRESHOLDS, "colour": 0.1})
+            # Measured on the stored thumbnail: within a hair of the original's signature.
+            assert max(abs(a - b) for a, b in zip(match.reference.colour, before[match.reference.source_path])) < 0.01
+    missing = runner.invoke(cli, ["registry", "upgrade", str(registry_path.with_name("none.db"))])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_colour_signature_separates_same_composition_in_other_colours(registry_path, ref_folder):
+    source = Image.open(ref_folder / "ref0.png").convert("RGB")
+    # The same luminance, other colours: greyscale hashes agree, colours do not.
+    lum = np.asarray(source.convert("L"), dtype=np.float32)
+    recoloured = np.stack([lum * 0.55, lum * 0.95, np.minimum(255, lum * 1.6)], axis=-1)
+    other = Image.fromarray(recoloured.clip(0, 255).astype(np.uint8))
+    with ReferenceRegistry(registry_path) as reg:
+        loose = reg.search(query_hashes(other), THRESHOLDS)
+        assert [m.reference.source_path for m in loose] == [str((ref_folder / "ref0.png").resolve())]
+        assert loose[0].colour_distance > 0.1
+        assert reg.search(query_hashes(other), {**THRESHOLDS, "colour": 0.1}) == []
+        jpeg = io.BytesIO()
+        source.save(jpeg, format="JPEG", quality=60)
+        [copy] = reg.search(query_hashes(Image.open(jpeg).convert("RGB")), {**THRESHOLDS, "colour": 0.1})
+        assert copy.colour_distance < 0.02
