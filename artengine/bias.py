@@ -265,7 +265,8 @@ def homogeneity(counts: np.ndarray, reference_counts: np.ndarray, rng: np.random
 
 def _interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     tail = (1.0 - level) / 2 * 100
-    return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+    low, high = np.percentile(samples, [tail, 100 - tail], axis=0)  # one partition for both bounds
+    return low, high
 
 
 def compare_distribution(
