@@ -56,9 +56,10 @@ class _Worker:
 
     Used for feature extractors, which run once per chunk of images: a fresh thread per
     call costs torch a new intra-op thread team and its warm-up each time (measured: about
-    10 % of the CLIP feature's time with a small model). A call that times out abandons the
-    thread, as :func:`call_with_timeout` does, and the next call starts a fresh one. The
-    thread ends when its owner is garbage-collected.
+    10 % of the CLIP feature's time with a small model). Not for concurrent use: each
+    calling thread has its own. A call that times out abandons the thread, as
+    :func:`call_with_timeout` does, and the next call starts a fresh one. The thread ends
+    when its owner is garbage-collected.
     """
 
     def __init__(self, name: str) -> None:
@@ -112,7 +113,7 @@ class AuditRunner:
     def __init__(self, policy: "Policy", plugins: "Plugins", context: AuditContext) -> None:
         self.policy = policy
         self.context = context
-        self._workers: dict[str, _Worker] = {}  # one long-lived thread per feature extractor
+        self._workers = threading.local()  # long-lived feature threads, per calling thread
         audit_classes = plugins.components("audits")
         self.audits: dict[str, Audit] = {}
         for name, rule in policy.audits.items():
@@ -147,9 +148,12 @@ class AuditRunner:
         failed: dict[str, str] = {}
         for name, extractor in self.extractors.items():
             timeout = 60.0 + 10.0 * len(items)
-            worker = self._workers.get(name)
+            # One worker per feature and calling thread: callers that compute features
+            # concurrently (the generation pipeline's finishers) keep running in parallel.
+            workers = self._workers.__dict__.setdefault("by_feature", {})
+            worker = workers.get(name)
             if worker is None:
-                worker = self._workers[name] = _Worker(f"artengine-feature-{name}")
+                worker = workers[name] = _Worker(f"artengine-feature-{name}")
             values, exc, timed_out = worker.call(lambda e=extractor: e.compute(items), timeout)
             if timed_out:
                 failed[name] = f"feature {name!r} timed out after {timeout:.0f} s"
