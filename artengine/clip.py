@@ -45,6 +45,9 @@ _TINY_CLIP_FOLDER = "tiny_clip"
 _CONFIG_NAME = "open_clip_config.json"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
 _HUB_PROBE_TIMEOUT = 5.0
+#: open_clip preprocess settings this layer reproduces (open_clip's ``preprocess_cfg``).
+_INTERPOLATIONS = ("bicubic", "bilinear")
+_RESIZE_MODES = ("shortest", "squash")
 
 
 class ClipModel:
@@ -68,6 +71,8 @@ class ClipModel:
         weights_sha256: str | None = None,
         device: str = "cpu",
         batch_size: int = 64,
+        interpolation: str = "bicubic",
+        resize_mode: str = "shortest",
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -77,8 +82,19 @@ class ClipModel:
         self.batch_size = int(batch_size)
         self.weights_path = weights_path
         self._sha256 = weights_sha256
-        self._mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+        if interpolation not in _INTERPOLATIONS:
+            raise ModelLoadError(name, f"image interpolation {interpolation!r} is not supported "
+                                       f"(supported: {', '.join(_INTERPOLATIONS)})")
+        if resize_mode not in _RESIZE_MODES:
+            raise ModelLoadError(name, f"image resize mode {resize_mode!r} is not supported "
+                                       f"(supported: {', '.join(_RESIZE_MODES)})")
+        self.interpolation = interpolation
+        self.resize_mode = resize_mode
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply and one subtract per batch
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = mean_t / std_t
         self._text_cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self.logit_scale = float(model.logit_scale.detach().exp().clamp(max=100.0))
@@ -113,39 +129,56 @@ class ClipModel:
     # ------------------------------------------------------------------ images
 
     def preprocess(self, images: np.ndarray | Sequence[Image.Image] | Sequence[np.ndarray]) -> torch.Tensor:
-        """Images to the model's normalised ``(N, 3, S, S)`` input: resize the shortest side
-        to S (bicubic, antialiased, as open_clip's preprocess does), centre crop, normalise."""
-        if isinstance(images, np.ndarray) and (images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8):
-            raise ValueError(f"expected a uint8 (N, H, W, 3) array, got {images.dtype} {images.shape}")
-        size = self.image_size
-        out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-        for i, image in enumerate(images):
-            out[i] = self._fit(image, size)
-        x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
-        return x.sub_(self._mean).div_(self._std)
+        """Images to the model's normalised ``(N, 3, S, S)`` float input, as open_clip's own
+        preprocess makes it: resize (shortest side to S and centre crop, or squash to S x S,
+        as the model's preprocess config says) with antialiased bicubic (or bilinear)
+        interpolation, then normalise.
 
-    @staticmethod
-    def _fit(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
-        """One image as a ``(size, size, 3)`` uint8 array."""
-        if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected uint8 (H, W, 3) images, got {image.dtype} {image.shape}")
-            if image.shape[:2] == (size, size):
-                return image
-            image = Image.fromarray(image)
-        elif not isinstance(image, Image.Image):
-            raise ValueError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        w, h = image.size
-        if (w, h) != (size, size):
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            if (nw, nh) != (size, size):
-                image = image.crop((left, top, left + size, top + size))
-        return np.asarray(image, dtype=np.uint8)
+        Done per batch, not per image: the pixels are gathered once as uint8, images of one
+        size are resized together by one torch call on uint8 (the same filter as PIL's
+        resize, which open_clip uses; results differ by at most a grey level or two), and
+        the float conversion and normalisation is one pass over the batch."""
+        x = self.prepare(images).to(torch.float32, memory_format=torch.contiguous_format)
+        return x.mul_(self._scale).sub_(self._shift)
+
+    def prepare(self, images: np.ndarray | Sequence[Image.Image] | Sequence[np.ndarray]) -> torch.Tensor:
+        """Images resized and cropped to the model's input, not yet normalised: a uint8
+        ``(N, 3, S, S)`` tensor (see :meth:`preprocess`)."""
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+                raise ValueError(f"expected a uint8 (N, H, W, 3) array, got {images.dtype} {images.shape}")
+            return self._resize_group(_nchw(images))
+        size = self.image_size
+        arrays = [_pixels(image) for image in images]
+        out = torch.empty((len(arrays), 3, size, size), dtype=torch.uint8)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape[:2], []).append(i)
+        for indices in groups.values():
+            stacked = np.stack([arrays[i] for i in indices])  # one copy, writable
+            resized = self._resize_group(_nchw(stacked))
+            if len(indices) == len(arrays):
+                return resized
+            out[indices] = resized
+        return out
+
+    def _resize_group(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(n, 3, H, W)`` images of one size to ``(n, 3, S, S)``."""
+        size = self.image_size
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if self.resize_mode == "squash":
+            nh, nw = size, size
+        else:  # shortest side to size (torchvision's Resize(int)), then centre crop
+            short, long = min(h, w), max(h, w)
+            new_long = int(size * long / short)
+            nh, nw = (size, new_long) if h <= w else (new_long, size)
+        if (nh, nw) != (h, w):
+            x = torch.nn.functional.interpolate(x.contiguous(memory_format=torch.channels_last), size=(nh, nw),
+                                                mode=self.interpolation, antialias=True, align_corners=False)
+        if (nh, nw) != (size, size):
+            top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+            x = x[:, :, top:top + size, left:left + size]
+        return x
 
     @torch.inference_mode()
     def encode_images(self, images: np.ndarray | Sequence[Image.Image] | Sequence[np.ndarray],
@@ -189,6 +222,27 @@ class ClipModel:
 
     def __repr__(self) -> str:
         return f"ClipModel({self.name!r}, dim={self.embed_dim}, image_size={self.image_size})"
+
+
+def _nchw(images: np.ndarray) -> torch.Tensor:
+    """A uint8 ``(N, H, W, 3)`` array as an ``(N, 3, H, W)`` tensor sharing its memory
+    (channels-last strides, which torch's uint8 resize is fastest on)."""
+    if not images.flags.writeable:  # torch tensors cannot be read-only
+        images = images.copy()
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def _pixels(image: Image.Image | np.ndarray) -> np.ndarray:
+    """One image as a ``(H, W, 3)`` uint8 array (PIL images converted to RGB)."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 (H, W, 3) images, got {image.dtype} {image.shape}")
+        return image
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
 
 
 def fill_template(template: str, value: str) -> str:
@@ -396,7 +450,9 @@ def _build(arch: str, extra: Mapping[str, Any] | None, weights: Path, device: st
     digest = _hub_blob_sha256(weights)
     log.info("loaded CLIP %s from %s", name, weights)
     return ClipModel(model, tokenizer, name=name, image_size=int(size), mean=mean, std=std,
-                     weights_path=str(weights), weights_sha256=digest, device=device)
+                     weights_path=str(weights), weights_sha256=digest, device=device,
+                     interpolation=str(preprocess.get("interpolation") or "bicubic"),
+                     resize_mode=str(preprocess.get("resize_mode") or "shortest"))
 
 
 def _hub_blob_sha256(path: Path) -> str | None:

@@ -1,21 +1,37 @@
 """Bias-audit throughput vs raw batched CLIP image encoding, for the same model.
 
-The audit path is what ``artengine audit`` runs for a policy with the bias audit: the
-``clip`` feature extractor (preprocess + encode in batches) on every image, then the bias
-audit's batch check (zero-shot classification, bootstrap, tests) over the batch. The bare
-baselines, written here with open_clip alone:
+All three sides run in the same process on the same images, one after the other, rounds
+interleaved; the median round of each is reported, with the ratios. What each side includes:
 
-* ``open_clip pipeline``: open_clip's own preprocess transform per image, ``torch.stack``,
-  ``model.encode_image`` in batches of 32 and normalisation: what a user writes;
-* ``encode only``: ``model.encode_image`` on ready input tensors, the physical limit.
+* ``audit``: what ``artengine audit`` does for a policy with the bias audit (the recommended
+  policy of docs/bias.md: two attributes, 2000 bootstrap resamples), from decoded images
+  (``LoadedImage``, PIL RGB, as the auditor holds them) to findings: the auditor's
+  ``check_images`` per chunk of 32 (the ``clip`` feature extractor in the auditor's worker
+  thread: pixels gathered as uint8, resized, normalised, ``encode_image``, L2-normalised,
+  stored per image), then ``check_batch`` over the whole batch (zero-shot classification,
+  bootstrap intervals, TVD, KL, chi-square, Holm, charts) overall and per class label and
+  style (the images carry 4 labels and 2 styles, so 14 comparisons are made);
+* ``open clip pipeline``: what a user writes with open_clip alone: open_clip's own preprocess
+  transform per PIL image, ``torch.stack``, ``model.encode_image`` in batches of 32, L2
+  normalisation; no statistics;
+* ``encode only`` (the baseline of the target): ``model.encode_image`` in batches of 32 on
+  input tensors prepared before the clock starts (open_clip's preprocess of the first 32
+  images, reused for every batch; the cost of a forward pass does not depend on the pixel
+  values); no preprocessing, no normalisation, no statistics. The physical limit.
 
-Models: the shipped tiny CLIP, and ViT-B-32 randomly initialised (no weights can be
-downloaded here; random weights cost the same to run), loaded through artengine from a
-temporary .safetensors file. Target: audit >= 0.8 x raw encode.
+Text prompt embeddings are computed in the warm-up round and cached, as in a run. Every side
+runs in a worker thread (torch's threading differs between the main thread and others).
+
+Models: the shipped tiny CLIP (64 px input), and ViT-B-32 randomly initialised (224 px; no
+weights can be downloaded here; random weights cost the same to run), loaded through
+artengine from a temporary .safetensors file. Target: audit >= 0.8 x encode only.
 Real photographs (benchmarks/photos.py) cut to 256 px patches are the images.
+
+Usage: ``python benchmarks/bench_clip.py [--tiny-images N] [--vit-images N] [--rounds N]``.
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import threading
@@ -58,12 +74,14 @@ def audit_runner(folder: Path, clip_model: str | None, clip_pretrained: str | No
 def measure(label: str, runner, images, bare_model, bare_preprocess, rounds: int = 3) -> dict:
     from artengine import AuditItem, LoadedImage
 
+    labels, styles = ("circle", "square", "triangle", "star"), ("flat", "textured")
     items = [AuditItem(key=f"{i}", image=LoadedImage(path=f"{i}", rgb=im, alpha=None, format="PNG", mode="RGB",
-                                                     text={})) for i, im in enumerate(images)]
+                                                     text={}),
+                       meta={"label": labels[i % 4], "style": styles[i // 4 % 2]}) for i, im in enumerate(images)]
     ready = torch.stack([bare_preprocess(im) for im in images[:BATCH]])
 
     def audit() -> None:
-        fresh = [AuditItem(key=it.key, image=it.image) for it in items]
+        fresh = [AuditItem(key=it.key, image=it.image, meta=dict(it.meta)) for it in items]
         for start in range(0, len(fresh), BATCH):  # the auditor's chunks
             runner.check_images(fresh[start:start + BATCH])
         kept = [AuditItem(key=it.key, image=None, meta=it.meta, features=it.features) for it in fresh]
@@ -108,12 +126,21 @@ def measure(label: str, runner, images, bare_model, bare_preprocess, rounds: int
 
 
 def main() -> None:
+    import argparse
+
     import open_clip
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny-images", type=int, default=512)
+    parser.add_argument("--vit-images", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
     from safetensors.torch import save_file
 
     from artengine import load_clip
 
     torch.manual_seed(0)
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -121,18 +148,19 @@ def main() -> None:
         tiny = load_clip()
         tiny_bare, _, tiny_pre = open_clip.create_model_and_transforms(f"local-dir:{tiny.weights_path.rsplit('/', 1)[0]}")
         tiny_bare.eval()
-        patches = [im for _, im in photo_patches(256, 512, seed=1)]
+        patches = [im for _, im in photo_patches(256, args.tiny_images, seed=1)]
         rows.append(measure("tiny CLIP, 256 px photos", audit_runner(folder, None, None), patches,
-                            tiny_bare, tiny_pre))
+                            tiny_bare, tiny_pre, rounds=args.rounds))
         # ViT-B-32, random weights saved as safetensors and loaded the way a user would.
         vit, _, vit_pre = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
         vit.eval()
         weights = folder / "vit_b_32_random.safetensors"
         save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
-        patches = [im for _, im in photo_patches(256, 96, seed=2)]
+        patches = [im for _, im in photo_patches(256, args.vit_images, seed=2)]
         rows.append(measure("ViT-B-32 (random init), 256 px photos", audit_runner(folder, "ViT-B-32", str(weights)),
-                            patches, vit, vit_pre))
-    print(f"torch threads: {torch.get_num_threads()}")
+                            patches, vit, vit_pre, rounds=args.rounds))
+    print(f"torch threads: {torch.get_num_threads()}; load average before / after: {load_before} / "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print_table("bias audit vs raw CLIP image encoding (same model, same images)", rows)
 
 

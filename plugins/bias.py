@@ -159,6 +159,12 @@ class BiasAudit(Audit):
         # Every (attribute, group) comparison first, so Holm covers the whole batch.
         results: dict[str, dict[str, Any]] = {}
         tests: list[tuple[str, str | None, str | None, dict[str, Any]]] = []
+        # Group membership once per metadata key, not once per attribute and group.
+        members: dict[str, dict[str, np.ndarray]] = {}
+        for key in s["groups"]:
+            names = np.array(["" if m.get(key) is None else str(m[key]) for m in metas], dtype=str)
+            present = np.array([m.get(key) is not None for m in metas], dtype=bool)
+            members[key] = {group: present & (names == group) for group in sorted(set(names[present]))}
         for spec in self.specs:
             labels, _ = classify(embeddings, class_embeddings(clip, spec), clip.logit_scale, spec.threshold)
             entry: dict[str, Any] = {
@@ -173,9 +179,7 @@ class BiasAudit(Audit):
             for key in s["groups"]:
                 section = GROUP_KEYS[key]
                 entry[section] = {}
-                names = sorted({str(m[key]) for m in metas if m.get(key) is not None})
-                for group in names:
-                    mask = np.array([str(m.get(key)) == group if m.get(key) is not None else False for m in metas])
+                for group, mask in members[key].items():
                     ref = by_label.get(spec.name, {}).get(group, overall[spec.name]) if key == "label" else overall[spec.name]
                     comparison = compare_distribution(labels[mask], spec.values, ref, rng=rng, bootstrap=s["bootstrap"])
                     comparison["reference_group"] = group if ref is not overall[spec.name] else None

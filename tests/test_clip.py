@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from artengine import ModelLoadError, get_plugins, load_clip, sha256_file
 from artengine.clip import TINY_CLIP_NAME, clear_clip_cache, tiny_clip_path
 from artengine.clip_train import EVAL_PROMPTS, zero_shot_accuracy
+from artengine_plugins.shapes import COLOURS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +88,52 @@ def test_large_and_non_square_images_are_resized_and_centre_cropped(tiny):
     e_small, e_big, e_wide = tiny.encode_images([small, big, wide])
     assert float(e_small @ e_big) > 0.95
     assert float(e_big @ e_wide) > 0.95  # the centre crop of the wide image is the big one
+
+
+@pytest.mark.parametrize("interpolation,resize_mode", [("bicubic", "shortest"), ("bilinear", "squash")])
+def test_batched_preprocess_agrees_with_open_clips_own(tiny, interpolation, resize_mode):
+    # open_clip's preprocess resizes each PIL image on its own; ours resizes a batch at
+    # once in torch. Stated tolerance: a grey level or two on average, embeddings with
+    # cosine >= 0.9999, and the same zero-shot answers.
+    from open_clip.transform import image_transform
+
+    from artengine.clip import ClipModel
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    model = ClipModel(tiny.model, tiny.tokenizer, name="t", image_size=tiny.image_size, mean=mean, std=std,
+                      interpolation=interpolation, resize_mode=resize_mode)
+    theirs = image_transform(tiny.image_size, is_train=False, mean=mean, std=std,
+                             interpolation=interpolation, resize_mode=resize_mode)
+    rng = np.random.default_rng(0)
+    samples = [s.image for s in shapes(24, seed=11)]
+    images = (samples[:6]  # already the model's size
+              + [im.resize((256, 256), Image.Resampling.BICUBIC) for im in samples[6:14]]
+              + [im.resize((211, 129), Image.Resampling.BICUBIC) for im in samples[14:20]]
+              + [im.resize((40, 40), Image.Resampling.BICUBIC) for im in samples[20:]]
+              + [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in
+                 ((200, 300, 3), (300, 97, 3), (97, 300, 3))])  # noise: the hardest case
+    ours = model.preprocess(images)
+    reference = torch.stack([theirs(im) for im in images])
+    assert ours.shape == reference.shape == (len(images), 3, tiny.image_size, tiny.image_size)
+    grey_levels = ((ours - reference) * torch.tensor(std).view(1, 3, 1, 1) * 255).abs()
+    assert float(grey_levels.mean()) < 0.5 and float(grey_levels.max()) <= 8
+    with torch.inference_mode():
+        a = torch.nn.functional.normalize(model.model.encode_image(ours), dim=-1)
+        b = torch.nn.functional.normalize(model.model.encode_image(reference), dim=-1)
+    assert float((a * b).sum(-1).min()) >= 0.9999
+    colours = np.stack([model.encode_prompt_ensemble(EVAL_PROMPTS["colour"], c) for c in COLOURS])
+    np.testing.assert_array_equal((a.numpy() @ colours.T).argmax(1), (b.numpy() @ colours.T).argmax(1))
+    # every input form gives the same batch
+    np.testing.assert_array_equal(model.prepare(images[6:14]).numpy(),
+                                  model.prepare(np.stack([np.asarray(im) for im in images[6:14]])).numpy())
+
+
+def test_unsupported_preprocess_config_is_one_clear_error(tiny):
+    from artengine.clip import ClipModel
+
+    with pytest.raises(ModelLoadError, match="resize mode 'longest'"):
+        ClipModel(tiny.model, tiny.tokenizer, name="t", image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3,
+                  resize_mode="longest")
 
 
 def test_text_embeddings_are_cached_per_distinct_text(tiny):

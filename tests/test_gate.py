@@ -221,3 +221,19 @@ def test_json_flag_prints_only_the_report(plugins, tmp_path, folder):
                                       "--report", str(tmp_path / "r")])
     doc = json.loads(result.stdout)
     assert doc["schema"] == "artengine.report/1" and doc["summary"]["images"] == 4
+
+
+def test_features_run_in_one_reused_thread_and_a_hung_call_is_abandoned():
+    import threading
+    import time
+
+    from artengine.auditor import _Worker
+
+    worker = _Worker("test-feature")
+    threads = {worker.call(threading.get_ident, 5)[0] for _ in range(5)}
+    assert len(threads) == 1  # no new thread (and no new torch thread team) per chunk
+    result, exc, timed_out = worker.call(lambda: time.sleep(3), 0.1)
+    assert timed_out and result is None and exc is None
+    result, exc, timed_out = worker.call(lambda: 1 / 0, 5)
+    assert isinstance(exc, ZeroDivisionError) and not timed_out
+    assert worker.call(threading.get_ident, 5)[0] not in threads  # a fresh thread after the hang
