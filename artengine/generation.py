@@ -495,12 +495,20 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="artengine-parent-watch", daemon=True).start()
 
 
+def _one_thread_each() -> None:
+    """A worker process computes on one core: torch and the BLAS under numpy get one
+    thread each (idle OpenBLAS threads spin, taking the cores the other stages need)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def _init_worker(spec: dict[str, Any]) -> None:
     global _WORKER
-    import torch
-
     _exit_with_parent()
-    torch.set_num_threads(1)
+    _one_thread_each()
     _WORKER = Producer(spec)
 
 
@@ -514,10 +522,8 @@ _SOURCE: PixelSource | None = None
 
 def _init_source(spec: dict[str, Any]) -> None:
     global _SOURCE
-    import torch
-
     _exit_with_parent()
-    torch.set_num_threads(1)
+    _one_thread_each()
     _SOURCE = PixelSource(spec)
 
 
@@ -629,8 +635,13 @@ class _InProcess:
             except BaseException as exc:  # handed on to the writer, which raises it
                 put(("error", exc))
 
+        from threadpoolctl import threadpool_limits
+
+        # One thread each for torch and the BLAS under numpy: the stages are parallel across
+        # images instead, and idle OpenBLAS threads would spin on the generator's core.
         threads_before = torch.get_num_threads()
-        torch.set_num_threads(1)  # the finishers' torch work (CLIP) is parallel across images instead
+        torch.set_num_threads(1)
+        blas = threadpool_limits(limits=1, user_api="blas")
         feeder = threading.Thread(target=feed, name="artengine-generator", daemon=True)
         feeder.start()
         try:
@@ -648,6 +659,7 @@ class _InProcess:
             if generator_pool is not None:
                 generator_pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads_before)
+            blas.restore_original_limits()
 
     def close(self) -> None:
         pass
