@@ -270,7 +270,8 @@ def _classifier_for(run_dir: Path, data, num_classes: int, steps: int) -> tuple[
     order = torch.from_numpy(np.random.default_rng(7).permutation(n))
     held = order[: max(1, n // 10)]
     train_idx = order[max(1, n // 10):]
-    model = train_label_classifier(data.pixels[train_idx], data.labels[train_idx], num_classes, steps=steps)
+    with fixed_threads(1):  # one thread: the same judge on any machine (and fastest on a busy one)
+        model = train_label_classifier(data.pixels[train_idx], data.labels[train_idx], num_classes, steps=steps)
     accuracy = float((classify(model, data.pixels[held]) == data.labels[held].numpy()).mean())
     quality = {"held_out_accuracy": accuracy, "held_out": len(held), "trained_on": len(train_idx), "steps": steps,
                "required_accuracy": JUDGE_MIN_ACCURACY}
