@@ -10,6 +10,10 @@ One feature pass per image set, shared by the metrics (as StyleGAN2-ADA's ``metr
 * Label accuracy of conditional and style models: a small classifier trained on real
   images of the run's data labels generated images; the share that matches the requested
   label. For style models also with styles taken from held-out real reference images.
+  The classifier (the judge) is trained a fixed number of steps and its accuracy on
+  held-out real images is stored with the results; below :data:`JUDGE_MIN_ACCURACY` the
+  label accuracy is withheld (``None``, with the reason) rather than reported from a
+  judge that cannot tell real images apart.
 
 Feature extractors are pluggable (:func:`feature_encoder`): ``clip`` (the project's CLIP
 image encoder, offline by default), ``classifier`` (the label classifier's penultimate
@@ -123,30 +127,43 @@ def _to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     return pixels.float().div(127.5).sub(1.0)
 
 
-def train_label_classifier(pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8, width: int = 16,
-                           seed: int = 0, batch_size: int = 128) -> LabelClassifier:
-    """Train the classifier on uint8 NCHW images (random shifts and flips against overfitting)."""
+#: Optimiser steps of the label classifier: a fixed count (not epochs), so the judge is trained
+#: the same amount whatever the size of the run's data, and the result is deterministic.
+CLASSIFIER_STEPS = 600
+#: Held-out accuracy on real images the judge must reach before its label accuracy of
+#: generated images is reported: a weaker judge would understate (or blur) the figure.
+JUDGE_MIN_ACCURACY = 0.95
+
+
+def train_label_classifier(pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                           steps: int = CLASSIFIER_STEPS, width: int = 16, seed: int = 0,
+                           batch_size: int = 128) -> LabelClassifier:
+    """Train the classifier for ``steps`` optimiser steps on uint8 NCHW images (random
+    shifts and flips against overfitting; one-cycle learning rate). Deterministic for a
+    given seed and thread count."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = LabelClassifier(num_classes, width)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    steps = epochs * math.ceil(len(pixels) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(pixels), generator=generator)
-        for start in range(0, len(pixels), batch_size):
-            idx = order[start:start + batch_size]
-            x = _to_input(pixels[idx])
-            if torch.rand(1, generator=generator).item() < 0.5:
-                x = x.flip(3)
-            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-            x = torch.roll(x, shifts=shift, dims=(2, 3))
-            loss = F.cross_entropy(model(x), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    batch_size = min(batch_size, len(pixels))
+    order, position = torch.randperm(len(pixels), generator=generator), 0
+    for _ in range(steps):
+        if position + batch_size > len(order):
+            order, position = torch.randperm(len(pixels), generator=generator), 0
+        idx = order[position:position + batch_size]
+        position += batch_size
+        x = _to_input(pixels[idx])
+        if torch.rand(1, generator=generator).item() < 0.5:
+            x = x.flip(3)
+        shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+        x = torch.roll(x, shifts=shift, dims=(2, 3))
+        loss = F.cross_entropy(model(x), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
     return model.eval()
 
 
@@ -218,7 +235,7 @@ class EvaluationOptions:
     count: int = 5000  # generated images, and real images per half
     features: str = "clip"
     seed: int = 12345  # latent seed of the generated images
-    classifier_epochs: int = 8
+    classifier_steps: int = CLASSIFIER_STEPS
     clip_model: str | None = None
     clip_pretrained: str | None = None
     write: bool = True
@@ -235,11 +252,11 @@ def _real_halves(pixels: torch.Tensor, labels: torch.Tensor, count: int, seed: i
     return to_nhwc(a), labels[a].numpy(), to_nhwc(b), labels[b].numpy()
 
 
-def _classifier_for(run_dir: Path, data, num_classes: int, epochs: int) -> tuple[LabelClassifier, dict[str, Any]]:
+def _classifier_for(run_dir: Path, data, num_classes: int, steps: int) -> tuple[LabelClassifier, dict[str, Any]]:
     """Train the label classifier once per run (on the run's real data) and keep it."""
     path = run_dir / CLASSIFIER_FILE
     key = {"data": data.record["spec"], "seed": data.record["seed"], "length": data.record["length"],
-           "classes": data.classes, "epochs": epochs}
+           "classes": data.classes, "steps": steps}
     if path.is_file():
         try:
             tensors, record = load_weights(path)
@@ -253,9 +270,11 @@ def _classifier_for(run_dir: Path, data, num_classes: int, epochs: int) -> tuple
     order = torch.from_numpy(np.random.default_rng(7).permutation(n))
     held = order[: max(1, n // 10)]
     train_idx = order[max(1, n // 10):]
-    model = train_label_classifier(data.pixels[train_idx], data.labels[train_idx], num_classes, epochs=epochs)
+    with fixed_threads(1):  # one thread: the same judge on any machine (and fastest on a busy one)
+        model = train_label_classifier(data.pixels[train_idx], data.labels[train_idx], num_classes, steps=steps)
     accuracy = float((classify(model, data.pixels[held]) == data.labels[held].numpy()).mean())
-    quality = {"held_out_accuracy": accuracy, "held_out": len(held), "trained_on": len(train_idx), "epochs": epochs}
+    quality = {"held_out_accuracy": accuracy, "held_out": len(held), "trained_on": len(train_idx), "steps": steps,
+               "required_accuracy": JUDGE_MIN_ACCURACY}
     save_weights(path, model.state_dict(), {"format": CLASSIFIER_FORMAT, "key": key, "quality": quality})
     return model, quality
 
@@ -275,7 +294,7 @@ def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> 
     classes = data.classes
     classifier, classifier_quality = (None, None)
     if classes:
-        classifier, classifier_quality = _classifier_for(run_dir, data, len(classes), options.classifier_epochs)
+        classifier, classifier_quality = _classifier_for(run_dir, data, len(classes), options.classifier_steps)
     real_a, labels_a, real_b, labels_b = _real_halves(data.pixels, data.labels, options.count, seed=options.seed)
     count = len(real_a)
 
@@ -310,12 +329,21 @@ def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> 
     }
     if classifier is not None:
         results["classifier"] = classifier_quality
-    if conditional and classifier is not None:
+    judge_ok = classifier_quality is not None and classifier_quality["held_out_accuracy"] >= JUDGE_MIN_ACCURACY
+    if conditional and classifier is not None and not judge_ok:
+        reason = (f"the label classifier reaches {classifier_quality['held_out_accuracy']:.1%} on "
+                  f"{classifier_quality['held_out']} held-out real images, below the "
+                  f"{JUDGE_MIN_ACCURACY:.0%} needed to judge generated images")
+        results["label_accuracy"] = None
+        results["label_accuracy_unavailable"] = reason
+        if model.info.conditioning == "style":
+            results["reference_label_accuracy"] = None
+    if conditional and judge_ok:
         predicted = classify(classifier, generated)
         results["label_accuracy"] = float((predicted == requested).mean())
         results["label_accuracy_per_label"] = {
             name: float((predicted[requested == i] == i).mean()) for i, name in enumerate(classes)}
-    if model.info.conditioning == "style" and classifier is not None:
+    if model.info.conditioning == "style" and judge_ok:
         with fixed_threads(model.threads):
             styles = torch.stack([model.style_from_image(img) for img in real_b])
         from_refs = model.generate(model.latents(options.seed + 1, indices), styles=styles)

@@ -45,17 +45,41 @@ def test_evaluate_writes_results_into_the_run(tmp_path):
     out = tmp_path / "run"
     train(TrainOptions(out=out, arch="stylegan", data="shapes", steps=2, batch_size=8, data_length=120,
                        settings=TINY["stylegan"], progress=False))
-    result = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "classifier", "--count", "40", "--json"])
+    # A judge trained 3 steps on 108 images cannot tell the shapes apart: its verdict on
+    # generated images is withheld, with the reason, not reported.
+    args = ["evaluate", str(out), "--features", "classifier", "--count", "40", "--classifier-steps", "3"]
+    result = CliRunner().invoke(cli, [*args, "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc == json.loads((out / "evaluation.json").read_text())
     assert doc["count"] == 40 and doc["step"] == 2 and doc["features"].startswith("classifier")
     assert doc["fd"] > doc["fd_floor"] > 0 and doc["fd_ratio"] == pytest.approx(doc["fd"] / doc["fd_floor"])
-    assert {"kid", "kid_std", "kid_floor", "label_accuracy", "reference_label_accuracy"} <= doc.keys()
+    assert {"kid", "kid_std", "kid_floor"} <= doc.keys()
+    judge = doc["classifier"]
+    assert judge["steps"] == 3 and judge["held_out"] == 12 and judge["required_accuracy"] == 0.95
+    assert judge["held_out_accuracy"] < 0.95 and (out / "label_classifier.safetensors").is_file()
+    assert doc["label_accuracy"] is None and doc["reference_label_accuracy"] is None
+    assert "label_accuracy_per_label" not in doc
+    assert f"{judge['held_out_accuracy']:.1%}" in doc["label_accuracy_unavailable"]
+    assert "below the 95%" in doc["label_accuracy_unavailable"]
+    text = CliRunner().invoke(cli, args)
+    assert text.exit_code == 0 and "floor" in text.output
+    assert "label accuracy: unavailable (the label classifier reaches" in text.output
+
+
+@pytest.mark.slow
+def test_the_label_judge_tells_real_shapes_apart_and_then_reports_label_accuracy(tmp_path):
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="cgan", data="shapes", steps=1, batch_size=8, data_length=2000,
+                       settings=TINY["cgan"], progress=False))
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "classifier", "--count", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    judge = doc["classifier"]
+    assert judge["steps"] == 600 and judge["held_out"] == 200 and judge["trained_on"] == 1800
+    assert judge["held_out_accuracy"] >= 0.95
+    assert "label_accuracy_unavailable" not in doc and 0 <= doc["label_accuracy"] <= 1
     assert set(doc["label_accuracy_per_label"]) == {"circle", "square", "triangle", "star"}
-    assert 0 <= doc["classifier"]["held_out_accuracy"] <= 1 and (out / "label_classifier.safetensors").is_file()
-    text = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "classifier", "--count", "40"])
-    assert text.exit_code == 0 and "floor" in text.output and "label accuracy" in text.output
 
 
 def test_evaluate_unknown_features_is_one_line(tmp_path):
