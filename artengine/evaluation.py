@@ -256,7 +256,7 @@ def _classifier_for(run_dir: Path, data, num_classes: int, steps: int) -> tuple[
     """Train the label classifier once per run (on the run's real data) and keep it."""
     path = run_dir / CLASSIFIER_FILE
     key = {"data": data.record["spec"], "seed": data.record["seed"], "length": data.record["length"],
-           "classes": data.classes, "steps": steps}
+           "classes": data.classes, "steps": steps, "image_size": int(data.pixels.shape[-1])}
     if path.is_file():
         try:
             tensors, record = load_weights(path)
