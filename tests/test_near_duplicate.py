@@ -212,7 +212,7 @@ def test_thresholds_come_from_the_policy(tmp_path, registry):
 
 def _photo() -> Image.Image:
     """A real photograph (scikit-image's bundled astronaut), 384 px."""
-    skimage_data = pytest.importorskip("skimage.data")
+    from skimage import data as skimage_data  # the test extra installs scikit-image
     return Image.fromarray(skimage_data.astronaut()).resize((384, 384), Image.Resampling.LANCZOS)
 
 
