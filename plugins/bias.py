@@ -164,7 +164,7 @@ class BiasAudit(Audit):
         for key in s["groups"]:
             names = np.array(["" if m.get(key) is None else str(m[key]) for m in metas], dtype=str)
             present = np.array([m.get(key) is not None for m in metas], dtype=bool)
-            members[key] = {group: present & (names == group) for group in sorted(set(names[present]))}
+            members[key] = {str(group): present & (names == group) for group in sorted(set(names[present]))}
         for spec in self.specs:
             labels, _ = classify(embeddings, class_embeddings(clip, spec), clip.logit_scale, spec.threshold)
             entry: dict[str, Any] = {

@@ -194,6 +194,7 @@ def test_skew_inside_one_class_label_is_found_per_label(pool, workdir, run_dir):
     assert colour.outcome == "fail"
     flagged = {(f["group"], f["name"]) for f in colour.details["flagged"]}
     assert {("by_label", s) for s in SHAPES} <= flagged
+    assert "among label '" in colour.message and "np.str_" not in colour.message  # names the group plainly
     star = colour.details["by_label"]["star"]
     assert star["reference_group"] == "star"  # compared with training stars, not all images
     assert star["amplification"]["value"] == lean["star"]
