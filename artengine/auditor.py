@@ -54,10 +54,10 @@ class _Worker:
     """One long-lived daemon thread that runs calls with a timeout, like
     :func:`call_with_timeout` but without a new thread per call.
 
-    Used for feature extractors and per-image audits, which run once per chunk or image: a
-    fresh thread per call costs its start, and torch a new intra-op thread team and its
-    warm-up each time (measured: about 10 % of the CLIP feature's time with a small model).
-    Not for concurrent use: each calling thread has its own. A call that times out abandons the thread, as
+    Used for feature extractors, which run once per chunk of images: a fresh thread per
+    call costs torch a new intra-op thread team and its warm-up each time (measured: about
+    10 % of the CLIP feature's time with a small model). Not for concurrent use: each
+    calling thread has its own. A call that times out abandons the thread, as
     :func:`call_with_timeout` does, and the next call starts a fresh one. The thread ends
     when its owner is garbage-collected.
     """
@@ -113,7 +113,7 @@ class AuditRunner:
     def __init__(self, policy: "Policy", plugins: "Plugins", context: AuditContext) -> None:
         self.policy = policy
         self.context = context
-        self._workers = threading.local()  # long-lived feature and audit threads, per calling thread
+        self._workers = threading.local()  # long-lived feature threads, per calling thread
         audit_classes = plugins.components("audits")
         self.audits: dict[str, Audit] = {}
         for name, rule in policy.audits.items():
@@ -148,8 +148,13 @@ class AuditRunner:
         failed: dict[str, str] = {}
         for name, extractor in self.extractors.items():
             timeout = 60.0 + 10.0 * len(items)
-            values, exc, timed_out = self._worker(f"feature-{name}").call(lambda e=extractor: e.compute(items),
-                                                                          timeout)
+            # One worker per feature and calling thread: callers that compute features
+            # concurrently (the generation pipeline's finishers) keep running in parallel.
+            workers = self._workers.__dict__.setdefault("by_feature", {})
+            worker = workers.get(name)
+            if worker is None:
+                worker = workers[name] = _Worker(f"artengine-feature-{name}")
+            values, exc, timed_out = worker.call(lambda e=extractor: e.compute(items), timeout)
             if timed_out:
                 failed[name] = f"feature {name!r} timed out after {timeout:.0f} s"
             elif exc is not None:
@@ -178,18 +183,8 @@ class AuditRunner:
                 out[item.key].append(self._check_one(audit, item, rule.timeout_seconds))
         return out
 
-    def _worker(self, name: str) -> _Worker:
-        """The long-lived worker thread for ``name`` (a feature or a per-image audit) of the
-        calling thread: callers that run concurrently (the generation pipeline's finishers)
-        keep running in parallel, and no call starts a thread of its own."""
-        workers = self._workers.__dict__.setdefault("by_name", {})
-        worker = workers.get(name)
-        if worker is None:
-            worker = workers[name] = _Worker(f"artengine-{name}")
-        return worker
-
     def _check_one(self, audit: Audit, item: AuditItem, timeout: float) -> Finding:
-        result, exc, timed_out = self._worker(f"audit-{audit.name}").call(lambda: audit.check_image(item), timeout)
+        result, exc, timed_out = call_with_timeout(lambda: audit.check_image(item), timeout)
         if timed_out:
             return Finding(audit=audit.name, outcome="error", item=item.key,
                            message=f"timed out after {timeout:g} s")
