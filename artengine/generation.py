@@ -67,10 +67,11 @@ PIPELINE_AUDITS = ("provenance",)
 #: them is refused.
 DEFINING = ("format", "model", "seed", "count", "labels", "style_ref", "size", "watermark",
             "policy", "registries", "reference_data", "overrides", "created", "compress_level",
-            "png_strategy")
+            "png_strategy", "png_filter")
 DEFAULT_SIZE = 256
 COMPRESS_LEVEL = 1  # zlib level: 2.3x faster than 3 on marked 256 px images
 PNG_STRATEGY = "rle"  # at level 1: encodes faster than zlib's default strategy, files smaller
+PNG_FILTER = "up"  # one row filter for the whole image: 2x faster than Pillow's adaptive choice
 
 
 # ----------------------------------------------------------------------------- options
@@ -101,6 +102,7 @@ class GenerateOptions:
     chunk: int = 8  # images per unit of work
     compress_level: int = COMPRESS_LEVEL
     png_strategy: str = PNG_STRATEGY
+    png_filter: str = PNG_FILTER
     progress: bool = True
     report_dir: Path | None = None  # default: OUT/report
 
@@ -269,6 +271,7 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
         "ledger": str(Path(options.ledger).resolve()) if options.ledger else None,
         "compress_level": int(options.compress_level),
         "png_strategy": str(options.png_strategy),
+        "png_filter": str(options.png_filter),
         "created": _created_time(),
         "engine": {"version": __version__, "hook_api": HOOK_API_VERSION},
     }
@@ -431,7 +434,8 @@ class Producer:
                 audits=audits, extra={"job": spec["job_id"], "index": index, "policy": spec["policy"]["name"]})
             signed = sign_manifest(manifest, self.signing_key)
             png = encode_image(marked, text={MANIFEST_KEY: canonical_json(signed).decode("utf-8")},
-                               compress_level=int(spec["compress_level"]), strategy=spec["png_strategy"])
+                               compress_level=int(spec["compress_level"]), strategy=spec["png_strategy"],
+                               png_filter=spec["png_filter"])
             try:
                 check_encoded(png, signed, scheme=self.scheme, name=item.key)
                 problem = None

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import secrets
+import struct
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -276,6 +277,45 @@ ZLIB_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTER
                    "huffman": zlib.Z_HUFFMAN_ONLY, "rle": zlib.Z_RLE, "fixed": zlib.Z_FIXED}
 
 
+#: PNG row filters ``encode_image`` offers. ``adaptive`` is Pillow's encoder, which tries
+#: four filters on every row; ``up`` filters every row against the one above in one array
+#: operation and deflates the whole image in one call, about 3x faster at level 1 with
+#: files of the same size on generated images (see docs/generation.md).
+PNG_FILTERS = ("adaptive", "up")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {"RGB": 2, "RGBA": 6, "L": 0, "LA": 4}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _encode_png_up(image: Image.Image, text: Mapping[str, str], level: int, strategy: int) -> bytes:
+    """A PNG whose rows all use filter type 2 (Up), deflated in one call (which releases
+    the GIL). Text goes into uncompressed iTXt chunks, as Pillow writes them."""
+    if image.mode not in _PNG_COLOUR_TYPES:
+        raise ValueError(f"PNG filter 'up' takes RGB, RGBA, L or LA images, not mode {image.mode}")
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps mod 256
+    deflate = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+    idat = deflate.compress(filtered) + deflate.flush()
+    parts = [_PNG_SIGNATURE,
+             _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[image.mode], 0, 0, 0))]
+    for key, value in text.items():
+        keyword = key.encode("latin-1")
+        if not 1 <= len(keyword) <= 79 or b"\0" in keyword:
+            raise ValueError(f"PNG text key {key!r}: 1 to 79 Latin-1 characters without NUL")
+        parts.append(_png_chunk(b"iTXt", keyword + b"\0\0\0\0\0" + value.encode("utf-8")))
+    parts += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
+    return b"".join(parts)
+
+
 def encode_image(
     image: Image.Image,
     *,
@@ -284,18 +324,24 @@ def encode_image(
     compress_level: int = 6,
     quality: int = 95,
     strategy: str = "default",
+    png_filter: str = "adaptive",
 ) -> bytes:
     """Encode an image to bytes. PNG ``text`` is stored as UTF-8 iTXt chunks; ``strategy``
     is zlib's for PNG (``default``, ``filtered``, ``huffman``, ``rle``, ``fixed``): ``rle``
-    suits PNG's filtered rows and at level 1 is faster and smaller than the default."""
+    suits PNG's filtered rows and at level 1 is faster and smaller than the default.
+    ``png_filter`` is one of :data:`PNG_FILTERS`."""
     fmt = format.upper()
     buf = io.BytesIO()
     if fmt == "PNG":
+        if strategy not in ZLIB_STRATEGIES:
+            raise ValueError(f"PNG strategy {strategy!r}: choose one of {', '.join(ZLIB_STRATEGIES)}")
+        if png_filter not in PNG_FILTERS:
+            raise ValueError(f"PNG filter {png_filter!r}: choose one of {', '.join(PNG_FILTERS)}")
+        if png_filter == "up":
+            return _encode_png_up(image, text or {}, compress_level, ZLIB_STRATEGIES[strategy])
         info = PngImagePlugin.PngInfo()
         for key, value in (text or {}).items():
             info.add_itxt(key, value)
-        if strategy not in ZLIB_STRATEGIES:
-            raise ValueError(f"PNG strategy {strategy!r}: choose one of {', '.join(ZLIB_STRATEGIES)}")
         image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level,
                    compress_type=ZLIB_STRATEGIES[strategy])
     elif fmt in ("JPEG", "JPG"):

@@ -267,16 +267,56 @@ def test_stray_temporaries_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.png", "sub"]
 
 
+@pytest.mark.parametrize("png_filter", ["adaptive", "up"])
 @pytest.mark.parametrize("strategy", ["default", "rle", "huffman"])
-def test_png_strategies_are_lossless_and_keep_text(strategy):
+def test_png_strategies_are_lossless_and_keep_text(strategy, png_filter):
     from artengine.io import encode_image
 
     rng = np.random.default_rng(3)
-    pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    data = encode_image(Image.fromarray(pixels), text={"k": "välue"}, compress_level=1, strategy=strategy)
+    pixels = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    data = encode_image(Image.fromarray(pixels), text={"k": "välue", "manifest": '{"a": "ü"}'}, compress_level=1,
+                        strategy=strategy, png_filter=png_filter)
     back = Image.open(io.BytesIO(data))
-    assert back.text["k"] == "välue"
+    assert back.text == {"k": "välue", "manifest": '{"a": "ü"}'}
     assert np.array_equal(np.asarray(back.convert("RGB")), pixels)
+    loaded = open_image(data, name="x.png")  # the safe loader reads it as any PNG
+    assert np.array_equal(np.asarray(loaded.rgb), pixels) and loaded.text["k"] == "välue"
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "LA"])
+def test_up_filtered_png_keeps_every_mode_exactly(mode):
+    from artengine.io import encode_image
+
+    rng = np.random.default_rng(4)
+    image = Image.fromarray(rng.integers(0, 256, (33, 17, 3), dtype=np.uint8)).convert(mode)
+    back = Image.open(io.BytesIO(encode_image(image, compress_level=1, png_filter="up")))
+    assert back.mode == mode and np.array_equal(np.asarray(back), np.asarray(image))
+
+
+def test_up_filtered_png_is_about_as_small_as_pillows_on_generated_like_images():
+    from PIL import ImageDraw
+
+    from artengine.io import encode_image
+
+    small = Image.new("RGB", (64, 64), (40, 60, 90))
+    ImageDraw.Draw(small).ellipse((12, 10, 50, 52), fill=(220, 80, 30))
+    smooth = np.asarray(small.resize((256, 256), Image.Resampling.LANCZOS)).astype(np.int16)
+    mark = np.random.default_rng(5).integers(-2, 3, smooth.shape)  # a faint mark's texture
+    image = Image.fromarray(np.clip(smooth + mark, 0, 255).astype(np.uint8))
+    ours = encode_image(image, compress_level=1, strategy="rle", png_filter="up")
+    pillow = encode_image(image, compress_level=1, strategy="rle")
+    assert len(ours) <= 1.1 * len(pillow)
+
+
+def test_up_filter_refuses_what_it_cannot_write():
+    from artengine.io import encode_image
+
+    with pytest.raises(ValueError, match="mode P"):
+        encode_image(Image.new("P", (8, 8)), png_filter="up")
+    with pytest.raises(ValueError, match="filter 'paeth'"):
+        encode_image(Image.new("RGB", (8, 8)), png_filter="paeth")
+    with pytest.raises(ValueError, match="text key"):
+        encode_image(Image.new("RGB", (8, 8)), text={"": "x"}, png_filter="up")
 
 
 def test_unknown_png_strategy_is_refused():
