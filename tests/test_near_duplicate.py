@@ -295,7 +295,10 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
     expected = {"max_phash_distance": plugin.DEFAULT_MAX_PHASH, "max_dhash_distance": plugin.DEFAULT_MAX_DHASH,
                 "max_distance_sum": plugin.DEFAULT_MAX_SUM, "max_colour_distance": plugin.DEFAULT_MAX_COLOUR,
                 "flat_max_distance_sum": plugin.DEFAULT_FLAT_MAX_SUM,
-                "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY}
+                "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY,
+                "flat_max_equalised_distance": plugin.DEFAULT_FLAT_MAX_EQUALISED,
+                "max_band_distance_sum": plugin.DEFAULT_MAX_BAND_SUM,
+                "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM}
     policies = Path(__file__).resolve().parent.parent / "policies"
     for name in ("default.toml", "publication.toml"):
         section = tomllib.loads((policies / name).read_text())["audits"]["near_duplicate"]
