@@ -45,12 +45,8 @@ from photos import load_photos, photo_patches  # noqa: E402
 from artengine import MIN_RELIABLE_QUALITY, ReferenceRegistry, query_hashes  # noqa: E402
 from artengine.hashing import colour_distance, hamming, hash_value  # noqa: E402
 from artengine_plugins.near_duplicate import (  # noqa: E402
-    DEFAULT_FLAT_MAX_SUM,
     DEFAULT_LOW_DETAIL_QUALITY,
-    DEFAULT_MAX_COLOUR,
-    DEFAULT_MAX_DHASH,
-    DEFAULT_MAX_PHASH,
-    DEFAULT_MAX_SUM,
+    DEFAULT_THRESHOLDS,
     classify,
 )
 from artengine_plugins.shapes import ShapesSet  # noqa: E402
@@ -182,8 +178,8 @@ def corpus(n_photos: int, n_shapes: int, n_distract_photos: int, n_distract_shap
 
 
 def default_thresholds() -> dict[str, float]:
-    return {"phash": DEFAULT_MAX_PHASH, "dhash": DEFAULT_MAX_DHASH, "sum": DEFAULT_MAX_SUM,
-            "colour": DEFAULT_MAX_COLOUR, "flat_sum": DEFAULT_FLAT_MAX_SUM}
+    """The audit's own thresholds at its defaults (the policies' values)."""
+    return dict(DEFAULT_THRESHOLDS)
 
 
 def main() -> None:
@@ -263,7 +259,10 @@ def main() -> None:
         print_table(f"near-duplicate recall per transform (seed {args.seed}; registry: {len(refs)} references; "
                     f"pHash <= {thresholds['phash']}, dHash <= {thresholds['dhash']}, sum <= "
                     f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; images of quality < "
-                    f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']})", rows)
+                    f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']} and equalised pHash <= "
+                    f"{thresholds['flat_equalised']}, or equalised pHash <= {thresholds['flat_close_equalised']}; "
+                    f"bands: sum <= {thresholds['band_sum']}, whole image sum <= {thresholds['band_image_sum']})",
+                    rows)
         summary = [{
             "distractors": nd,
             "references": len(refs),

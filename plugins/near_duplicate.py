@@ -20,9 +20,10 @@ A file byte-identical to a reference fails whatever its hashes say. Fail-closed:
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
 every image. An image with little detail (PDQ's quality measure below
 ``low_detail_quality``) is weaker evidence, since smooth pictures resemble each other: it
-fails only on a much closer match (pHash + dHash within ``flat_max_distance_sum``, the
-pHashes of the histogram-equalised images within ``flat_max_equalised_distance``, colours
-within their bound). Below ``min_quality`` (too flat for the hash to rule anything out),
+fails only on a much closer match: pHash + dHash within ``flat_max_distance_sum`` and the
+pHashes of the histogram-equalised images within ``flat_max_equalised_distance``, or the
+ordinary bounds and equalised pHashes within ``flat_close_equalised_distance``; colours
+within their bound either way. Below ``min_quality`` (too flat for the hash to rule anything out),
 an image without such a match is ``unknown`` rather than ``pass``. Both ``error`` and
 ``unknown`` block publication unless the policy records an override.
 """
@@ -60,9 +61,18 @@ DEFAULT_MAX_SUM = 22
 DEFAULT_MAX_COLOUR = 0.08
 DEFAULT_FLAT_MAX_SUM = 14
 DEFAULT_FLAT_MAX_EQUALISED = 16
+DEFAULT_FLAT_CLOSE_EQUALISED = 6
 DEFAULT_LOW_DETAIL_QUALITY = 50
 DEFAULT_MAX_BAND_SUM = 16
 DEFAULT_BAND_MAX_IMAGE_SUM = 34
+#: :func:`classify`'s thresholds at these defaults (what the audit uses with no policy
+#: settings).
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "phash": DEFAULT_MAX_PHASH, "dhash": DEFAULT_MAX_DHASH, "sum": DEFAULT_MAX_SUM, "colour": DEFAULT_MAX_COLOUR,
+    "flat_sum": DEFAULT_FLAT_MAX_SUM, "flat_equalised": DEFAULT_FLAT_MAX_EQUALISED,
+    "flat_close_equalised": DEFAULT_FLAT_CLOSE_EQUALISED, "band_sum": DEFAULT_MAX_BAND_SUM,
+    "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM,
+}
 
 
 class PerceptualHashes(FeatureExtractor):
@@ -104,6 +114,10 @@ class NearDuplicateAudit(Audit):
                                                "largest distance between the pHashes of the histogram-"
                                                "equalised images that names a copy of an image below "
                                                "low_detail_quality"),
+        "flat_close_equalised_distance": Setting(int, DEFAULT_FLAT_CLOSE_EQUALISED,
+                                                 "largest distance between the equalised pHashes that "
+                                                 "names a copy of an image below low_detail_quality "
+                                                 "at the ordinary distance bounds"),
         "low_detail_quality": Setting(int, DEFAULT_LOW_DETAIL_QUALITY,
                                       "images below this hash quality (0-100) need a match within "
                                       "flat_max_distance_sum and flat_max_equalised_distance, and are "
@@ -122,7 +136,8 @@ class NearDuplicateAudit(Audit):
         where = context.policy_path or "policy"
         for key, top in (("max_phash_distance", 64), ("max_dhash_distance", 64), ("max_distance_sum", 128),
                          ("flat_max_distance_sum", 128), ("max_colour_distance", 1), ("low_detail_quality", 100),
-                         ("min_quality", 100), ("flat_max_equalised_distance", 64), ("max_band_distance_sum", 128),
+                         ("min_quality", 100), ("flat_max_equalised_distance", 64),
+                         ("flat_close_equalised_distance", 64), ("max_band_distance_sum", 128),
                          ("band_max_image_distance_sum", 128)):
             if not 0 <= self.settings[key] <= top:
                 raise ArtengineError(f"{where}: audits.near_duplicate.{key}: "
@@ -133,6 +148,7 @@ class NearDuplicateAudit(Audit):
                            "colour": self.settings["max_colour_distance"],
                            "flat_sum": self.settings["flat_max_distance_sum"],
                            "flat_equalised": self.settings["flat_max_equalised_distance"],
+                           "flat_close_equalised": self.settings["flat_close_equalised_distance"],
                            "band_sum": self.settings["max_band_distance_sum"],
                            "band_image_sum": self.settings["band_max_image_distance_sum"]}
         self.paths = self._registry_paths()
@@ -209,19 +225,23 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
 
     ``thresholds`` holds ``phash``, ``dhash``, ``sum`` and ``colour``, optionally
     ``band_sum`` and ``band_image_sum`` (see :meth:`ReferenceRegistry.search`; bands count
-    only from ``low_detail_quality`` up), and ``flat_sum`` and ``flat_equalised``. A hash
-    of quality below ``low_detail_quality`` is weaker evidence (smooth pictures resemble
-    each other): such an image fails only on a match within ``flat_sum`` (pHash + dHash)
-    whose equalised pHashes are within ``flat_equalised`` too, naming it. Below
+    only from ``low_detail_quality`` up), and ``flat_sum``, ``flat_equalised`` and
+    ``flat_close_equalised``. A hash of quality below ``low_detail_quality`` is weaker
+    evidence (smooth pictures resemble each other): such an image fails only on a match
+    within ``flat_sum`` (pHash + dHash) whose equalised pHashes are within
+    ``flat_equalised`` too, or on a match whose equalised pHashes are within
+    ``flat_close_equalised``, naming it. Below
     ``min_quality`` the hash cannot rule a copy out either: without such a match the image
     is ``unknown``, never ``pass``.
     """
-    search = {k: v for k, v in thresholds.items() if k not in ("flat_sum", "flat_equalised")}
+    search = {k: v for k, v in thresholds.items() if not k.startswith("flat_")}
     search["band_min_quality"] = low_detail_quality
     matches = search_registries(registries, hashes, search)
     if hashes.quality < max(min_quality, low_detail_quality):
-        close = [m for m in matches if sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
-                 and m.equalised_distance <= thresholds.get("flat_equalised", 64)]
+        close = [m for m in matches
+                 if (sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
+                     and m.equalised_distance <= thresholds.get("flat_equalised", 64))
+                 or m.equalised_distance <= thresholds.get("flat_close_equalised", -1)]
         if close:
             return "fail", close
         return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])

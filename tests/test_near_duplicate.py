@@ -297,6 +297,7 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
                 "flat_max_distance_sum": plugin.DEFAULT_FLAT_MAX_SUM,
                 "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY,
                 "flat_max_equalised_distance": plugin.DEFAULT_FLAT_MAX_EQUALISED,
+                "flat_close_equalised_distance": plugin.DEFAULT_FLAT_CLOSE_EQUALISED,
                 "max_band_distance_sum": plugin.DEFAULT_MAX_BAND_SUM,
                 "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM}
     policies = Path(__file__).resolve().parent.parent / "policies"
