@@ -258,7 +258,7 @@ def main() -> None:
         nd = len(distractors)
         print_table(f"near-duplicate recall per transform (seed {args.seed}; registry: {len(refs)} references; "
                     f"pHash <= {thresholds['phash']}, dHash <= {thresholds['dhash']}, sum <= "
-                    f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; images of quality < "
+                    f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; images or references of quality < "
                     f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']} and equalised pHash <= "
                     f"{thresholds['flat_equalised']}, or equalised pHash <= {thresholds['flat_close_equalised']}; "
                     f"bands: sum <= {thresholds['band_sum']}, whole image sum <= {thresholds['band_image_sum']})",
@@ -312,9 +312,10 @@ def _candidates(index, hashes, limit: int = 24):
 def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     """Per-class worst-transform recall (named) and false positives for other operating
     points of the whole-image rule, from the same hashes: pHash <= P, dHash <= D,
-    pHash + dHash <= S, colour <= C; an image below the low-detail quality LQ is named
-    only within pHash + dHash <= F with equalised pHashes within E, or with equalised
-    pHashes within EC. Band matches are added at the audit's defaults."""
+    pHash + dHash <= S, colour <= C; a pair where the image or the reference is below
+    the low-detail quality is named only within pHash + dHash <= F with equalised pHashes
+    within E, or with equalised pHashes within EC. Band matches are added at the audit's
+    defaults."""
     index = registry.index()
     queries = [(name, group, true_id, h) for name, group, true_id, h in sweep_queries]
     queries += [("distractor", "distractor", -1, h) for _, h in distractor_hashes]
@@ -343,9 +344,11 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     grid = itertools.product((12, 14, 16), (12, 14), (20, 22, 24), (0.06, 0.08, 0.10),
                              (12, 14, 16), (12, 16, 20, 64), (-1, 4, 6, 8))
     rows = []
-    weak = quality < DEFAULT_LOW_DETAIL_QUALITY
+    ref_quality = {int(r): registry.reference(int(r)).quality for r in np.unique(ref)}
+    weak = (quality[qid] < DEFAULT_LOW_DETAIL_QUALITY) | (np.array([ref_quality[int(r)] for r in ref])
+                                                          < DEFAULT_LOW_DETAIL_QUALITY)
     for P, D, S, C, F, E, EC in grid:
-        ok = (p <= P) & (d <= D) & (s <= S) & (c <= C) & (~weak[qid] | ((s <= F) & (e <= E)) | (e <= EC))
+        ok = (p <= P) & (d <= D) & (s <= S) & (c <= C) & (~weak | ((s <= F) & (e <= E)) | (e <= EC))
         named = band_named.copy()
         named[qid[ok & is_true]] = True
         failed = band_failed.copy()

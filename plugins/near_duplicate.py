@@ -19,8 +19,9 @@ Two components:
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
 every image. An image with little detail (PDQ's quality measure below
-``low_detail_quality``) is weaker evidence, since smooth pictures resemble each other: it
-fails only on a much closer match: pHash + dHash within ``flat_max_distance_sum`` and the
+``low_detail_quality``) is weaker evidence, since smooth pictures resemble each other: a
+match where the image or the reference has so little detail counts only if it is much
+closer: pHash + dHash within ``flat_max_distance_sum`` and the
 pHashes of the histogram-equalised images within ``flat_max_equalised_distance``, or the
 ordinary bounds and equalised pHashes within ``flat_close_equalised_distance``; colours
 within their bound either way. Below ``min_quality`` (too flat for the hash to rule anything out),
@@ -50,6 +51,7 @@ from artengine import (
     search_registries,
     sha256_file,
 )
+from artengine.hashing import BAND_VARIANTS
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -60,7 +62,7 @@ DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
 DEFAULT_MAX_COLOUR = 0.08
 DEFAULT_FLAT_MAX_SUM = 14
-DEFAULT_FLAT_MAX_EQUALISED = 16
+DEFAULT_FLAT_MAX_EQUALISED = 20
 DEFAULT_FLAT_CLOSE_EQUALISED = 6
 DEFAULT_LOW_DETAIL_QUALITY = 50
 DEFAULT_MAX_BAND_SUM = 16
@@ -227,25 +229,29 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     ``band_sum`` and ``band_image_sum`` (see :meth:`ReferenceRegistry.search`; bands count
     only from ``low_detail_quality`` up), and ``flat_sum``, ``flat_equalised`` and
     ``flat_close_equalised``. A hash of quality below ``low_detail_quality`` is weaker
-    evidence (smooth pictures resemble each other): such an image fails only on a match
-    within ``flat_sum`` (pHash + dHash) whose equalised pHashes are within
-    ``flat_equalised`` too, or on a match whose equalised pHashes are within
-    ``flat_close_equalised``, naming it. Below
+    evidence (smooth pictures resemble each other): a whole-image match where the image or
+    the reference is that flat names a copy only within ``flat_sum`` (pHash + dHash) with
+    equalised pHashes within ``flat_equalised`` too, or with equalised pHashes within
+    ``flat_close_equalised``. Below
     ``min_quality`` the hash cannot rule a copy out either: without such a match the image
     is ``unknown``, never ``pass``.
     """
     search = {k: v for k, v in thresholds.items() if not k.startswith("flat_")}
     search["band_min_quality"] = low_detail_quality
     matches = search_registries(registries, hashes, search)
-    if hashes.quality < max(min_quality, low_detail_quality):
-        close = [m for m in matches
-                 if (sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
-                     and m.equalised_distance <= thresholds.get("flat_equalised", 64))
-                 or m.equalised_distance <= thresholds.get("flat_close_equalised", -1)]
-        if close:
-            return "fail", close
-        return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
-    return ("fail" if matches else "pass"), matches
+    weak = max(min_quality, low_detail_quality)
+
+    def names_a_copy(m: Match) -> bool:
+        if m.query_variant in BAND_VARIANTS or min(hashes.quality, m.reference.quality) >= weak:
+            return True
+        return ((sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
+                 and m.equalised_distance <= thresholds.get("flat_equalised", 64))
+                or m.equalised_distance <= thresholds.get("flat_close_equalised", -1))
+
+    close = [m for m in matches if names_a_copy(m)]
+    if close:
+        return "fail", close
+    return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
 
 
 def _exact_copy(registries: Sequence[ReferenceRegistry], path: str) -> Match | None:
