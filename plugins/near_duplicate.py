@@ -57,12 +57,12 @@ ARTENGINE_HOOK_API = "1.0"
 
 #: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
 #: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
-DEFAULT_MAX_PHASH = 14
-DEFAULT_MAX_DHASH = 12
-DEFAULT_MAX_SUM = 22
+DEFAULT_MAX_PHASH = 16
+DEFAULT_MAX_DHASH = 14
+DEFAULT_MAX_SUM = 24
 DEFAULT_MAX_COLOUR = 0.08
-DEFAULT_FLAT_MAX_SUM = 14
-DEFAULT_FLAT_MAX_EQUALISED = 20
+DEFAULT_FLAT_MAX_SUM = 12
+DEFAULT_FLAT_MAX_EQUALISED = 12
 DEFAULT_FLAT_CLOSE_EQUALISED = 6
 DEFAULT_LOW_DETAIL_QUALITY = 50
 DEFAULT_MAX_BAND_SUM = 16
