@@ -40,14 +40,18 @@ from PIL import Image, ImageOps, ImageStat
 HASH_SCHEME = "artengine-hashes/2"
 #: The hash algorithms a match is judged on, each a 64-bit imagehash hash.
 ALGORITHMS: tuple[str, ...] = ("phash", "dhash")
-#: The pHash of the histogram-equalised greyscale (``ImageOps.equalize``, then
-#: ``imagehash.phash``). Equalisation is a monotone remapping of grey levels, so a
+#: The pHash of the histogram-equalised greyscale: the image is first shrunk to pHash's
+#: own 32x32 input (Lanczos, as imagehash does), then equalised (``ImageOps.equalize``),
+#: then hashed (``imagehash.phash``). Equalising after the shrink keeps JPEG block noise
+#: of flat areas from being stretched into the hash. Equalisation is a monotone remapping
+#: of grey levels, so a
 #: brightness or contrast change barely moves it, while it spreads the faint tones of a
 #: smooth picture (sky, gradient) over the whole range: two different smooth pictures whose
 #: plain hashes agree usually disagree here. Measured (benchmarks/bench_near_duplicate.py,
 #: calibration seed): the photographic false positives of low-detail images are 24-34 bits
 #: apart on it, their true copies under brightness/contrast changes 0-16.
 EQUALISED = "phash_eq"
+EQUALISED_SIDE = 32  # imagehash.phash's input side (hash_size 8 x highfreq_factor 4)
 #: Every hash stored per variant: :data:`ALGORITHMS`, then :data:`EQUALISED`.
 COLUMNS: tuple[str, ...] = (*ALGORITHMS, EQUALISED)
 #: Shorter side of the shared intermediate. imagehash's own Lanczos resize then shrinks by
@@ -226,7 +230,8 @@ class ImageHashes:
 def _hash_row(image: Image.Image) -> list[np.uint64]:
     """One row of :data:`COLUMNS` for a greyscale image."""
     return [hash_value(imagehash.phash(image)), hash_value(imagehash.dhash(image)),
-            hash_value(imagehash.phash(ImageOps.equalize(image)))]
+            hash_value(imagehash.phash(ImageOps.equalize(
+                image.resize((EQUALISED_SIDE, EQUALISED_SIDE), Image.Resampling.LANCZOS))))]
 
 
 def _band_rows(gray: Image.Image) -> list[list[np.uint64]]:
