@@ -44,12 +44,11 @@ ALGORITHMS: tuple[str, ...] = ("phash", "dhash")
 #: own 32x32 input (Lanczos, as imagehash does), then equalised (``ImageOps.equalize``),
 #: then hashed (``imagehash.phash``). Equalising after the shrink keeps JPEG block noise
 #: of flat areas from being stretched into the hash. Equalisation is a monotone remapping
-#: of grey levels, so a
-#: brightness or contrast change barely moves it, while it spreads the faint tones of a
-#: smooth picture (sky, gradient) over the whole range: two different smooth pictures whose
-#: plain hashes agree usually disagree here. Measured (benchmarks/bench_near_duplicate.py,
-#: calibration seed): the photographic false positives of low-detail images are 24-34 bits
-#: apart on it, their true copies under brightness/contrast changes 0-16.
+#: of grey levels, so a brightness or contrast change barely moves it, while it spreads
+#: the faint tones of a smooth picture (sky, gradient) over the whole range: two different
+#: smooth pictures whose plain hashes agree usually disagree here. The near-duplicate
+#: audit asks it to agree on matches involving a low-detail image (calibrated with
+#: benchmarks/bench_near_duplicate.py --sweep).
 EQUALISED = "phash_eq"
 EQUALISED_SIDE = 32  # imagehash.phash's input side (hash_size 8 x highfreq_factor 4)
 #: Every hash stored per variant: :data:`ALGORITHMS`, then :data:`EQUALISED`.
