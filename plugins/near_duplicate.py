@@ -195,7 +195,7 @@ class NearDuplicateAudit(Audit):
             ref = best.reference
             how = ("byte-identical copy" if best.reference_variant == "file"
                    else "near-duplicate (mirrored)" if best.query_variant == "mirror"
-                   else f"near-duplicate ({best.query_variant.replace('-', ' ')} alike)"
+                   else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
                    if best.query_variant.startswith("band-") else "near-duplicate")
             return Finding(
                 audit=self.name, outcome="fail", item=item.key,
