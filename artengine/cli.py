@@ -182,7 +182,9 @@ def registry_upgrade(db: Path) -> None:
     """Upgrade a registry made by an earlier artengine to the current schema, in place.
 
     Schema 1 registries gain each reference's colour signature, measured on its stored
-    thumbnail. The hashes are kept.
+    thumbnail; schema 1 and 2 registries gain band hashes and equalised pHashes, computed
+    from each reference's source file when it is unchanged, else from its thumbnail. The
+    stored pHash and dHash are kept.
     """
     from .registry import SCHEMA_VERSION, upgrade_registry
 

@@ -46,22 +46,28 @@ from PIL import Image
 from .errors import ArtengineError, ImageLoadError
 from .hashing import (
     ALGORITHMS,
+    BAND_VARIANTS,
+    COLUMNS,
+    EQUALISED,
     HASH_SCHEME,
     MIN_RELIABLE_QUALITY,
     REFERENCE_VARIANTS,
     ImageHashes,
     colour_distance,
     colour_signature,
+    hamming,
     hamming_within,
     hash_hex,
     reference_hashes,
 )
 from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
 
-#: Version of the SQLite layout below. Version 1 (no colour signatures) is upgraded in
-#: place when opened for writing; any other version is refused with a clear message.
-SCHEMA_VERSION = 2
-_UPGRADABLE_FROM = "1"
+#: Version of the SQLite layout below. Versions 1 (no colour signatures) and 2 (no band
+#: hashes, no equalised pHash) are upgraded in place when opened for writing; any other
+#: version is refused with a clear message.
+SCHEMA_VERSION = 3
+_UPGRADABLE_FROM = ("1", "2")
+_PREVIOUS_HASH_SCHEME = "artengine-hashes/1"  # what schema 1 and 2 registries hold
 APPLICATION_ID = 0x41524547  # "AREG": marks the SQLite file as an artengine registry
 THUMBNAIL_SIDE = 128
 _INDEX_MAGIC = b"ARTEIDX1"
@@ -88,7 +94,7 @@ CREATE TABLE refs (
 CREATE TABLE hashes (
     ref_id INTEGER NOT NULL REFERENCES refs(id) ON DELETE CASCADE,
     variant TEXT NOT NULL,
-    {", ".join(f"{a} TEXT NOT NULL" for a in ALGORITHMS)},
+    {", ".join(f"{a} TEXT NOT NULL" for a in COLUMNS)},
     PRIMARY KEY (ref_id, variant)
 );
 """
@@ -152,6 +158,8 @@ class Match:
     query_variant: str  # "full" or "mirror"
     reference_variant: str  # "full" or a crop name
     colour_distance: float = 0.0  # between the colour signatures (hashing.colour_distance)
+    equalised_distance: int = 0  # between the equalised pHashes (hashing.EQUALISED)
+    image_distance_sum: int | None = None  # band matches: pHash + dHash of the nearest whole-image pair
 
     @property
     def distance(self) -> int:
@@ -166,6 +174,8 @@ class Match:
                 "algorithm": "+".join(ALGORITHMS), "distance": self.distance,
                 "distances": dict(self.distances), "distance_sum": sum(self.distances.values()),
                 "colour_distance": round(float(self.colour_distance), 4),
+                "equalised_distance": self.equalised_distance,
+                "image_distance_sum": self.image_distance_sum,
                 "mirrored": self.query_variant == "mirror",
                 "reference_variant": self.reference_variant, "reference_quality": r.quality}
 
@@ -249,7 +259,7 @@ class ReferenceRegistry:
             "format": "artengine-registry",
             "schema_version": str(SCHEMA_VERSION),
             "hash_scheme": HASH_SCHEME,
-            "algorithms": ",".join(ALGORITHMS),
+            "algorithms": ",".join(COLUMNS),
             "variants": json.dumps(list(REFERENCE_VARIANTS)),
             "uuid": uuid.uuid4().hex,
             "generation": "0",
@@ -270,18 +280,21 @@ class ReferenceRegistry:
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise RegistryError(self.path, f"corrupt registry (SQLite: {exc})") from None
-        if meta.get("schema_version") == _UPGRADABLE_FROM:
+        if meta.get("schema_version") in _UPGRADABLE_FROM and meta.get("hash_scheme") == _PREVIOUS_HASH_SCHEME:
             if not self.writable:
-                raise RegistryError(self.path, f"registry schema version {_UPGRADABLE_FROM!r} (before colour "
-                                    f"signatures), this artengine reads version {SCHEMA_VERSION}; upgrade it "
+                what = "before colour signatures" if meta["schema_version"] == "1" else "before band hashes"
+                raise RegistryError(self.path, f"registry schema version {meta['schema_version']!r} ({what}), "
+                                    f"this artengine reads version {SCHEMA_VERSION}; upgrade it "
                                     f"in place with `artengine registry upgrade {self.path}`")
-            self._upgrade_from_v1()
+            if meta["schema_version"] == "1":
+                self._upgrade_from_v1()
+            self._upgrade_from_v2()
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise RegistryError(self.path, f"registry schema version {meta.get('schema_version')!r}, "
                                 f"this artengine reads version {SCHEMA_VERSION}; rebuild it with "
                                 "`artengine registry add`")
-        if meta.get("hash_scheme") != HASH_SCHEME or meta.get("algorithms") != ",".join(ALGORITHMS):
+        if meta.get("hash_scheme") != HASH_SCHEME or meta.get("algorithms") != ",".join(COLUMNS):
             raise RegistryError(self.path, f"hashes were computed with scheme {meta.get('hash_scheme')!r}, "
                                 f"this artengine uses {HASH_SCHEME!r}; rebuild it with "
                                 "`artengine registry add`")
@@ -308,12 +321,64 @@ class ReferenceRegistry:
                     self._conn.execute("UPDATE refs SET colour_r = ?, colour_g = ?, colour_b = ? WHERE id = ?",
                                        (*(float(c) for c in colour), ref_id))
                 self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [
-                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("schema_version", "2"),
                     ("upgraded", json.dumps({"from_schema": 1, "at": _utcnow(),
                                              "colour_signatures": "measured on thumbnails"})),
                 ])
         except sqlite3.DatabaseError as exc:
             raise RegistryError(self.path, f"cannot upgrade from schema version 1 (SQLite: {exc})") from None
+
+    def _upgrade_from_v2(self) -> None:
+        """Schema 2 -> 3, in one transaction: add the equalised pHash of every stored
+        variant and the band hashes of every reference. They are computed from the
+        reference's source file when it is still there unchanged (same sha256), else from
+        its stored thumbnail (128 pixels, the size hashing reduces to anyway). The stored
+        pHash and dHash are kept as they are."""
+        sources = {"source file": 0, "thumbnail": 0}
+        try:
+            with self._lock, self._conn:
+                self._conn.execute(f"ALTER TABLE hashes ADD COLUMN {EQUALISED} TEXT NOT NULL DEFAULT ''")
+                refs = self._conn.execute("SELECT id, sha256, source_path, thumbnail FROM refs").fetchall()
+                for ref_id, digest, source_path, thumbnail in refs:
+                    image, origin = self._upgrade_image(digest, source_path, thumbnail, ref_id)
+                    sources[origin] += 1
+                    hashes = reference_hashes(image)
+                    stored = {v for (v,) in self._conn.execute("SELECT variant FROM hashes WHERE ref_id = ?",
+                                                                  (ref_id,))}
+                    for i, variant in enumerate(hashes.variants):
+                        row = [hash_hex(v) for v in hashes.values[i]]
+                        if variant in stored:
+                            self._conn.execute(f"UPDATE hashes SET {EQUALISED} = ? WHERE ref_id = ? AND variant = ?",
+                                               (row[COLUMNS.index(EQUALISED)], ref_id, variant))
+                        else:
+                            self._conn.execute(f"INSERT INTO hashes (ref_id, variant, {', '.join(COLUMNS)}) "
+                                               f"VALUES (?, ?, {', '.join('?' for _ in COLUMNS)})",
+                                               (ref_id, variant, *row))
+                self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("hash_scheme", HASH_SCHEME),
+                    ("algorithms", ",".join(COLUMNS)),
+                    ("variants", json.dumps(list(REFERENCE_VARIANTS))),
+                    ("upgraded_to_3", json.dumps({"from_schema": 2, "at": _utcnow(),
+                                                  "new_hashes_from": sources})),
+                ])
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(self.path, f"cannot upgrade from schema version 2 (SQLite: {exc})") from None
+
+    def _upgrade_image(self, digest: str, source_path: str, thumbnail: bytes, ref_id: int) -> tuple[Image.Image, str]:
+        """A reference's pixels for an upgrade: its source file if unchanged, else its thumbnail."""
+        path = Path(source_path)
+        try:
+            if path.is_file() and sha256_file(path) == digest:
+                return open_image(path).rgb, "source file"
+        except (OSError, ImageLoadError):
+            pass
+        try:
+            with Image.open(io.BytesIO(thumbnail)) as thumb:
+                return thumb.convert("RGB"), "thumbnail"
+        except (OSError, ValueError) as exc:
+            raise RegistryError(self.path, f"corrupt registry: thumbnail of reference {ref_id} cannot be "
+                                f"read ({exc}); rebuild it with `artengine registry add`") from None
 
     def close(self) -> None:
         """Close the database and release the index map."""
@@ -395,8 +460,8 @@ class ReferenceRegistry:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             ref_id = cur.lastrowid
             self._conn.executemany(
-                f"INSERT INTO hashes (ref_id, variant, {', '.join(ALGORITHMS)}) "
-                f"VALUES (?, ?, {', '.join('?' for _ in ALGORITHMS)})",
+                f"INSERT INTO hashes (ref_id, variant, {', '.join(COLUMNS)}) "
+                f"VALUES (?, ?, {', '.join('?' for _ in COLUMNS)})",
                 [(ref_id, variant, *(hash_hex(v) for v in hashes.values[i]))
                  for i, variant in enumerate(hashes.variants)])
         summary.added += 1
@@ -439,7 +504,7 @@ class ReferenceRegistry:
             "variants_per_reference": len(json.loads(meta.get("variants", "[]"))),
             "versions": json.loads(meta.get("versions", "{}")),
             "references": int(refs),
-            "hashes": n_hashes * len(ALGORITHMS),
+            "hashes": n_hashes * len(COLUMNS),
             "low_quality_references": int(low or 0),
             "licences": by_licence,
             "distinct_licences": int(licences),
@@ -494,18 +559,36 @@ class ReferenceRegistry:
         optionally ``"sum"``, the largest pHash + dHash distance, and ``"colour"``, the
         largest :func:`~artengine.hashing.colour_distance` between the image's and the
         reference's colour signatures.
+
+        Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
+        same band of a reference, and only when ``thresholds`` holds ``"band_sum"`` (the
+        largest pHash + dHash of the band pair) and ``"band_image_sum"`` (the largest
+        pHash + dHash between the nearest whole-image variants of the same pair, a looser
+        check that the rest of the picture agrees too); ``"band_min_quality"`` (default 0)
+        is the lowest image quality for which bands count. Whole-image variants are never
+        compared with bands.
         """
         missing = [a for a in ALGORITHMS if a not in thresholds]
         if missing:
             raise ValueError(f"thresholds missing for {missing}")
         max_sum = thresholds.get("sum")
         max_colour = thresholds.get("colour")
+        band_sum = thresholds.get("band_sum")
+        band_image_sum = thresholds.get("band_image_sum")
+        use_bands = (band_sum is not None and band_image_sum is not None
+                     and hashes.quality >= thresholds.get("band_min_quality", 0))
         index = self.index()
+        band_of_code = [name if name in BAND_VARIANTS else None for name in index.variant_names]
+        query_band = [v if v in BAND_VARIANTS else None for v in hashes.variants]
+        whole_queries = [i for i, b in enumerate(query_band) if b is None]
         first, rest = ALGORITHMS[0], ALGORITHMS[1:]
         qi, rows, dist = hamming_within(index.columns[first], hashes[first], int(thresholds[first]))
         best: dict[int, Match] = {}
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
+            band = band_of_code[int(index.variants[row])]
+            if band != query_band[q] or (band is not None and not use_bands):
+                continue
             distances = {first: d}
             for algorithm in rest:
                 distances[algorithm] = int(np.bitwise_count(index.columns[algorithm][row] ^ hashes[algorithm][q]))
@@ -513,15 +596,38 @@ class ReferenceRegistry:
                 continue
             if max_sum is not None and sum(distances.values()) > max_sum:
                 continue
+            if band is not None and sum(distances.values()) > band_sum:
+                continue
             apart = float(colour_distance(index.colours[row], colour))
             if max_colour is not None and apart > max_colour:
                 continue
             ref_id = int(index.ref_ids[row])
+            image_sum = None
+            if band is not None:
+                image_sum = self._image_distance_sum(index, ref_id, hashes, whole_queries)
+                if image_sum > band_image_sum:
+                    continue
             current = best.get(ref_id)
             if current is None or _rank(distances) < _rank(current.distances):
                 best[ref_id] = Match(str(self.path), self.reference(ref_id), distances,
-                                     hashes.variants[q], index.variant_names[int(index.variants[row])], apart)
+                                     hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
+                                     int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
+                                     image_sum)
         return sorted(best.values(), key=lambda m: _rank(m.distances))
+
+    @staticmethod
+    def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:
+        """Smallest pHash + dHash between a whole-image query variant and a whole-image
+        stored variant of one reference (its rows are contiguous: the index is ordered by
+        reference)."""
+        start, end = np.searchsorted(index.ref_ids, [ref_id, ref_id + 1])
+        codes = index.variants[start:end]
+        keep = np.array([index.variant_names[int(c)] not in BAND_VARIANTS for c in codes], dtype=bool)
+        if not keep.any() or not whole_queries:
+            return 2 * 64
+        total = sum(hamming(index.columns[a][start:end][keep][None, :], hashes[a][whole_queries][:, None])
+                    .astype(np.int32) for a in ALGORITHMS)
+        return int(total.min())
 
     def _index_path(self) -> Path | None:
         """Beside the registry if that folder is writable, else in the user's cache."""
@@ -539,17 +645,17 @@ class ReferenceRegistry:
         with self._lock:
             # The join drops hashes orphaned by a delete made without foreign keys on.
             rows = self._conn.execute(
-                f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in ALGORITHMS)}, "
+                f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in COLUMNS)}, "
                 "r.colour_r, r.colour_g, r.colour_b FROM hashes h "
                 "JOIN refs r ON r.id = h.ref_id ORDER BY h.ref_id, h.variant"
             ).fetchall()
         variant_names = sorted({r[1] for r in rows})
         code = {v: i for i, v in enumerate(variant_names)}
         columns = {a: np.fromiter((int(r[2 + j], 16) for r in rows), dtype=np.uint64, count=len(rows))
-                   for j, a in enumerate(ALGORITHMS)}
+                   for j, a in enumerate(COLUMNS)}
         ref_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         variants = np.fromiter((code[r[1]] for r in rows), dtype=np.uint16, count=len(rows))
-        k = 2 + len(ALGORITHMS)
+        k = 2 + len(COLUMNS)
         colours = np.array([r[k:k + 3] for r in rows], dtype=np.float32).reshape(len(rows), 3)
         index = _Index(self._meta["uuid"], generation, columns, ref_ids, variants, tuple(variant_names), colours)
         path = self._index_path()
@@ -634,7 +740,7 @@ class _Index:
                 dtype = np.dtype(spec["dtype"])
                 start = head_len + spec["offset"]
                 arrays[name] = data[start:start + dtype.itemsize * spec["count"]].view(dtype)
-            columns = {a: arrays[f"hash:{a}"] for a in ALGORITHMS}
+            columns = {a: arrays[f"hash:{a}"] for a in COLUMNS}
             colours = arrays["colours"].reshape(-1, 3)
             if colours.shape[0] != arrays["ref_ids"].shape[0]:
                 return None

@@ -43,14 +43,10 @@ from common import print_table  # noqa: E402
 from photos import load_photos, photo_patches  # noqa: E402
 
 from artengine import MIN_RELIABLE_QUALITY, ReferenceRegistry, query_hashes  # noqa: E402
-from artengine.hashing import colour_distance, hamming, hash_value  # noqa: E402
+from artengine.hashing import BAND_VARIANTS, EQUALISED, colour_distance, hamming, hash_value  # noqa: E402
 from artengine_plugins.near_duplicate import (  # noqa: E402
-    DEFAULT_FLAT_MAX_SUM,
     DEFAULT_LOW_DETAIL_QUALITY,
-    DEFAULT_MAX_COLOUR,
-    DEFAULT_MAX_DHASH,
-    DEFAULT_MAX_PHASH,
-    DEFAULT_MAX_SUM,
+    DEFAULT_THRESHOLDS,
     classify,
 )
 from artengine_plugins.shapes import ShapesSet  # noqa: E402
@@ -182,8 +178,8 @@ def corpus(n_photos: int, n_shapes: int, n_distract_photos: int, n_distract_shap
 
 
 def default_thresholds() -> dict[str, float]:
-    return {"phash": DEFAULT_MAX_PHASH, "dhash": DEFAULT_MAX_DHASH, "sum": DEFAULT_MAX_SUM,
-            "colour": DEFAULT_MAX_COLOUR, "flat_sum": DEFAULT_FLAT_MAX_SUM}
+    """The audit's own thresholds at its defaults (the policies' values)."""
+    return dict(DEFAULT_THRESHOLDS)
 
 
 def main() -> None:
@@ -262,8 +258,11 @@ def main() -> None:
         nd = len(distractors)
         print_table(f"near-duplicate recall per transform (seed {args.seed}; registry: {len(refs)} references; "
                     f"pHash <= {thresholds['phash']}, dHash <= {thresholds['dhash']}, sum <= "
-                    f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; images of quality < "
-                    f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']})", rows)
+                    f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; images or references of quality < "
+                    f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']} and equalised pHash <= "
+                    f"{thresholds['flat_equalised']}, or equalised pHash <= {thresholds['flat_close_equalised']}; "
+                    f"bands: sum <= {thresholds['band_sum']}, whole image sum <= {thresholds['band_image_sum']})",
+                    rows)
         summary = [{
             "distractors": nd,
             "references": len(refs),
@@ -283,7 +282,7 @@ def main() -> None:
                    "target": TARGETS[g] if TARGETS[g] is not None else "report"} for g, v in per_group.items()]
         print_table("recall by class of transform", groups)
         if args.sweep:
-            _sweep(index, sweep_queries, distractor_hashes)
+            _sweep(registry, sweep_queries, distractor_hashes)
         registry.close()
 
 
@@ -296,30 +295,44 @@ def _upper95(k: int, n: int) -> float:
 
 
 def _candidates(index, hashes, limit: int = 24):
-    """(ref_id, pHash, dHash, colour distance) of every stored variant within ``limit`` on
-    both hashes, for either query variant."""
-    P, D = index.columns["phash"], index.columns["dhash"]
-    p = np.bitwise_count(P[None, :] ^ hashes["phash"][:, None]).astype(np.int16)
-    d = np.bitwise_count(D[None, :] ^ hashes["dhash"][:, None]).astype(np.int16)
+    """(ref_id, pHash, dHash, colour distance, equalised pHash distance) of every stored
+    whole-image variant within ``limit`` on both hashes, for either whole-image query
+    variant (bands are left to :func:`_band_hits`)."""
+    whole_rows = ~np.isin(index.variants, [i for i, v in enumerate(index.variant_names) if v in BAND_VARIANTS])
+    whole_q = np.array([v not in BAND_VARIANTS for v in hashes.variants])
+    P, D, E = (index.columns[a][whole_rows] for a in ("phash", "dhash", EQUALISED))
+    p = np.bitwise_count(P[None, :] ^ hashes["phash"][whole_q][:, None]).astype(np.int16)
+    d = np.bitwise_count(D[None, :] ^ hashes["dhash"][whole_q][:, None]).astype(np.int16)
+    e = np.bitwise_count(E[None, :] ^ hashes[EQUALISED][whole_q][:, None]).astype(np.int16)
     qv, row = np.nonzero((p <= limit) & (d <= limit))
-    c = colour_distance(index.colours[row], np.asarray(hashes.colour, dtype=np.float32))
-    return index.ref_ids[row], p[qv, row], d[qv, row], c
+    c = colour_distance(index.colours[whole_rows][row], np.asarray(hashes.colour, dtype=np.float32))
+    return index.ref_ids[whole_rows][row], p[qv, row], d[qv, row], c, e[qv, row]
 
 
-def _sweep(index, sweep_queries, distractor_hashes) -> None:
+def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     """Per-class worst-transform recall (named) and false positives for other operating
-    points, from the same hashes, with the audit's rule: pHash <= P, dHash <= D,
-    pHash + dHash <= S, colour <= C; an image below the low-detail quality LQ is named
-    only within pHash + dHash <= F."""
+    points of the whole-image rule, from the same hashes: pHash <= P, dHash <= D,
+    pHash + dHash <= S, colour <= C; a pair where the image or the reference is below
+    the low-detail quality is named only within pHash + dHash <= F with equalised pHashes
+    within E, or with equalised pHashes within EC. Band matches are added at the audit's
+    defaults."""
+    index = registry.index()
     queries = [(name, group, true_id, h) for name, group, true_id, h in sweep_queries]
     queries += [("distractor", "distractor", -1, h) for _, h in distractor_hashes]
-    qid, ref, p, d, c = [], [], [], [], []
+    qid, ref, p, d, c, e = [], [], [], [], [], []
     quality = np.array([h.quality for _, _, _, h in queries])
     true = np.array([t for _, _, t, _ in queries])
+    band_named = np.zeros(len(queries), dtype=bool)
+    band_failed = np.zeros(len(queries), dtype=bool)
+    band_only = {k: v for k, v in default_thresholds().items() if not k.startswith("flat_")}
+    band_only["band_min_quality"] = DEFAULT_LOW_DETAIL_QUALITY
     for i, (_, _, _, h) in enumerate(queries):
-        r, pp, dd, cc = _candidates(index, h)
-        qid.append(np.full(r.size, i)), ref.append(r), p.append(pp), d.append(dd), c.append(cc)
-    qid, ref, p, d, c = (np.concatenate(a) for a in (qid, ref, p, d, c))
+        r, pp, dd, cc, ee = _candidates(index, h)
+        qid.append(np.full(r.size, i)), ref.append(r), p.append(pp), d.append(dd), c.append(cc), e.append(ee)
+        bands = [m for m in registry.search(h, band_only) if m.query_variant in BAND_VARIANTS]
+        band_failed[i] = bool(bands)
+        band_named[i] = any(m.reference.id == true[i] for m in bands)
+    qid, ref, p, d, c, e = (np.concatenate(a) for a in (qid, ref, p, d, c, e))
     s = p + d
     is_true = ref == true[qid]
     names = [q[0] for q in queries]
@@ -328,17 +341,20 @@ def _sweep(index, sweep_queries, distractor_hashes) -> None:
     group_of = {q[0]: q[1] for q in queries}
     is_distractor = np.array([n == "distractor" for n in names])
     kinds = np.array([""] * len(sweep_queries) + [k for k, _ in distractor_hashes])
-    grid = itertools.product((12, 14, 16), (12, 14, 16), (20, 22, 24, 26), (0.06, 0.08, 0.10, 1.0),
-                             (8, 10, 12, 14, 16), (MIN_RELIABLE_QUALITY, DEFAULT_LOW_DETAIL_QUALITY))
+    grid = itertools.product((12, 14, 16), (12, 14), (20, 22, 24), (0.06, 0.08, 0.10),
+                             (12, 14, 16), (12, 16, 20, 64), (-1, 4, 6, 8))
     rows = []
-    for P, D, S, C, F, LQ in grid:
-        weak = quality < LQ
-        ok = (p <= P) & (d <= D) & (s <= S) & (c <= C) & (~weak[qid] | (s <= F))
-        named = np.zeros(len(queries), dtype=bool)
+    ref_quality = {int(r): registry.reference(int(r)).quality for r in np.unique(ref)}
+    weak = (quality[qid] < DEFAULT_LOW_DETAIL_QUALITY) | (np.array([ref_quality[int(r)] for r in ref])
+                                                          < DEFAULT_LOW_DETAIL_QUALITY)
+    for P, D, S, C, F, E, EC in grid:
+        ok = (p <= P) & (d <= D) & (s <= S) & (c <= C) & (~weak | ((s <= F) & (e <= E)) | (e <= EC))
+        named = band_named.copy()
         named[qid[ok & is_true]] = True
-        failed = np.zeros(len(queries), dtype=bool)
+        failed = band_failed.copy()
         failed[qid[ok]] = True
-        row = {"phash": P, "dhash": D, "sum": S, "colour": C, "flat_sum": F, "low_detail_quality": LQ,
+        row = {"phash": P, "dhash": D, "sum": S, "colour": C, "flat_sum": F, "flat_equalised": E,
+               "flat_close_equalised": EC,
                "fp_photos": int(failed[is_distractor & (kinds == "photo")].sum()),
                "fp_shapes": int(failed[is_distractor & (kinds == "shapes")].sum())}
         worst: dict[str, float] = {}
@@ -354,7 +370,8 @@ def _sweep(index, sweep_queries, distractor_hashes) -> None:
     print_table(f"threshold sweep: the 40 best of {len(rows)} operating points (fewest false positives on "
                 f"the {int((is_distractor & (kinds == 'photo')).sum())} photograph distractors, then "
                 "worst-transform recall named per class relative to its target, then false positives "
-                "on shapes distractors)", rows[:40])
+                "on shapes distractors; low-detail quality "
+                f"{DEFAULT_LOW_DETAIL_QUALITY}; flat_close_equalised -1: off)", rows[:40])
 
 
 if __name__ == "__main__":

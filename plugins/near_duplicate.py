@@ -3,22 +3,28 @@
 Two components:
 
 * the ``hashes`` feature extractor computes every perceptual hash of an image once (pHash
-  and dHash of the image and of its mirror image, a PDQ-style quality score and a colour
+  and dHash of the image, of its mirror image and of its top and bottom bands, the pHash
+  of each after histogram equalisation, a PDQ-style quality score and a colour
   signature), for any audit or metric that needs them;
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the
   run (``--registry``, the policy's ``registries``, the registries the audited styles ship,
   and its own ``registries`` setting) and fails an image that matches a reference: pHash
   and dHash distances each within their bound and their sum within its own (for the same
-  image variant and stored variant), and colour signatures within their bound. The
-  finding names the reference (sha256, source path, licence, source text), the distances
+  image variant and stored variant), and colour signatures within their bound; or, for an
+  image of enough detail, whose top or bottom band matches the same band of a reference
+  within ``max_band_distance_sum`` while the whole images are within
+  ``band_max_image_distance_sum`` (a copy with a caption across it). The finding names the reference (sha256, source path, licence, source text), the distances
   and whether the copy was mirrored, and carries the reference's thumbnail for the report.
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
 every image. An image with little detail (PDQ's quality measure below
-``low_detail_quality``) is weaker evidence, since smooth pictures resemble each other: it
-fails only on a much closer match (pHash + dHash within ``flat_max_distance_sum``, colours
-within their bound). Below ``min_quality`` (too flat for the hash to rule anything out),
+``low_detail_quality``) is weaker evidence, since smooth pictures resemble each other: a
+match where the image or the reference has so little detail counts only if it is much
+closer: pHash + dHash within ``flat_max_distance_sum`` and the
+pHashes of the histogram-equalised images within ``flat_max_equalised_distance``, or the
+ordinary bounds and equalised pHashes within ``flat_close_equalised_distance``; colours
+within their bound either way. Below ``min_quality`` (too flat for the hash to rule anything out),
 an image without such a match is ``unknown`` rather than ``pass``. Both ``error`` and
 ``unknown`` block publication unless the policy records an override.
 """
@@ -45,17 +51,30 @@ from artengine import (
     search_registries,
     sha256_file,
 )
+from artengine.hashing import BAND_VARIANTS
 
 ARTENGINE_HOOK_API = "1.0"
 
 #: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
 #: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
-DEFAULT_MAX_PHASH = 14
+DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
-DEFAULT_MAX_COLOUR = 0.08
+DEFAULT_MAX_COLOUR = 0.1
 DEFAULT_FLAT_MAX_SUM = 14
+DEFAULT_FLAT_MAX_EQUALISED = 16
+DEFAULT_FLAT_CLOSE_EQUALISED = 8
 DEFAULT_LOW_DETAIL_QUALITY = 50
+DEFAULT_MAX_BAND_SUM = 16
+DEFAULT_BAND_MAX_IMAGE_SUM = 34
+#: :func:`classify`'s thresholds at these defaults (what the audit uses with no policy
+#: settings).
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "phash": DEFAULT_MAX_PHASH, "dhash": DEFAULT_MAX_DHASH, "sum": DEFAULT_MAX_SUM, "colour": DEFAULT_MAX_COLOUR,
+    "flat_sum": DEFAULT_FLAT_MAX_SUM, "flat_equalised": DEFAULT_FLAT_MAX_EQUALISED,
+    "flat_close_equalised": DEFAULT_FLAT_CLOSE_EQUALISED, "band_sum": DEFAULT_MAX_BAND_SUM,
+    "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM,
+}
 
 
 class PerceptualHashes(FeatureExtractor):
@@ -63,7 +82,8 @@ class PerceptualHashes(FeatureExtractor):
     downscale per image; see :mod:`artengine.hashing`)."""
 
     name = "hashes"
-    description = "perceptual hashes (imagehash pHash + dHash, image and mirror) and PDQ-style quality"
+    description = ("perceptual hashes (imagehash pHash + dHash of image, mirror and bands; equalised "
+                   "pHash) and PDQ-style quality")
 
     def compute(self, items: Sequence[AuditItem]) -> list[ImageHashes]:
         return [query_hashes(item.image.rgb) for item in items]
@@ -92,9 +112,24 @@ class NearDuplicateAudit(Audit):
         "flat_max_distance_sum": Setting(int, DEFAULT_FLAT_MAX_SUM,
                                          "largest pHash + dHash distance that names a copy of an image "
                                          "below low_detail_quality"),
+        "flat_max_equalised_distance": Setting(int, DEFAULT_FLAT_MAX_EQUALISED,
+                                               "largest distance between the pHashes of the histogram-"
+                                               "equalised images that names a copy of an image below "
+                                               "low_detail_quality"),
+        "flat_close_equalised_distance": Setting(int, DEFAULT_FLAT_CLOSE_EQUALISED,
+                                                 "largest distance between the equalised pHashes that "
+                                                 "names a copy of an image below low_detail_quality "
+                                                 "at the ordinary distance bounds"),
         "low_detail_quality": Setting(int, DEFAULT_LOW_DETAIL_QUALITY,
                                       "images below this hash quality (0-100) need a match within "
-                                      "flat_max_distance_sum"),
+                                      "flat_max_distance_sum and flat_max_equalised_distance, and are "
+                                      "not matched by bands"),
+        "max_band_distance_sum": Setting(int, DEFAULT_MAX_BAND_SUM,
+                                         "largest pHash + dHash distance between the top (or bottom) "
+                                         "bands of image and reference that counts as a copy"),
+        "band_max_image_distance_sum": Setting(int, DEFAULT_BAND_MAX_IMAGE_SUM,
+                                               "largest pHash + dHash distance between the whole images "
+                                               "for a band match to count"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
@@ -103,7 +138,9 @@ class NearDuplicateAudit(Audit):
         where = context.policy_path or "policy"
         for key, top in (("max_phash_distance", 64), ("max_dhash_distance", 64), ("max_distance_sum", 128),
                          ("flat_max_distance_sum", 128), ("max_colour_distance", 1), ("low_detail_quality", 100),
-                         ("min_quality", 100)):
+                         ("min_quality", 100), ("flat_max_equalised_distance", 64),
+                         ("flat_close_equalised_distance", 64), ("max_band_distance_sum", 128),
+                         ("band_max_image_distance_sum", 128)):
             if not 0 <= self.settings[key] <= top:
                 raise ArtengineError(f"{where}: audits.near_duplicate.{key}: "
                                      f"must be between 0 and {top}, got {self.settings[key]}")
@@ -111,7 +148,11 @@ class NearDuplicateAudit(Audit):
                            "dhash": self.settings["max_dhash_distance"],
                            "sum": self.settings["max_distance_sum"],
                            "colour": self.settings["max_colour_distance"],
-                           "flat_sum": self.settings["flat_max_distance_sum"]}
+                           "flat_sum": self.settings["flat_max_distance_sum"],
+                           "flat_equalised": self.settings["flat_max_equalised_distance"],
+                           "flat_close_equalised": self.settings["flat_close_equalised_distance"],
+                           "band_sum": self.settings["max_band_distance_sum"],
+                           "band_image_sum": self.settings["band_max_image_distance_sum"]}
         self.paths = self._registry_paths()
         self.registries: list[Any] = []
         self.problem: str | None = None
@@ -153,7 +194,9 @@ class NearDuplicateAudit(Audit):
             best = matches[0]
             ref = best.reference
             how = ("byte-identical copy" if best.reference_variant == "file"
-                   else "near-duplicate (mirrored)" if best.query_variant == "mirror" else "near-duplicate")
+                   else "near-duplicate (mirrored)" if best.query_variant == "mirror"
+                   else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
+                   if best.query_variant.startswith("band-") else "near-duplicate")
             return Finding(
                 audit=self.name, outcome="fail", item=item.key,
                 message=(f"{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, licence: "
@@ -182,21 +225,33 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     """The audit's decision from an image's hashes: ``("fail" | "unknown" | "pass",
     matches)``.
 
-    ``thresholds`` holds ``phash``, ``dhash``, ``sum`` and ``colour`` (see
-    :meth:`ReferenceRegistry.search`) and ``flat_sum``. A hash of quality below
-    ``low_detail_quality`` is weaker evidence (smooth pictures resemble each other): such
-    an image fails only on a match within ``flat_sum`` (pHash + dHash), naming it. Below
-    ``min_quality`` the hash cannot rule a copy out either: without such a match the
-    image is ``unknown``, never ``pass``.
+    ``thresholds`` holds ``phash``, ``dhash``, ``sum`` and ``colour``, optionally
+    ``band_sum`` and ``band_image_sum`` (see :meth:`ReferenceRegistry.search`; bands count
+    only from ``low_detail_quality`` up), and ``flat_sum``, ``flat_equalised`` and
+    ``flat_close_equalised``. A hash of quality below ``low_detail_quality`` is weaker
+    evidence (smooth pictures resemble each other): a whole-image match where the image or
+    the reference is that flat names a copy only within ``flat_sum`` (pHash + dHash) with
+    equalised pHashes within ``flat_equalised`` too, or with equalised pHashes within
+    ``flat_close_equalised``. Below
+    ``min_quality`` the hash cannot rule a copy out either: without such a match the image
+    is ``unknown``, never ``pass``.
     """
-    search = {k: v for k, v in thresholds.items() if k != "flat_sum"}
+    search = {k: v for k, v in thresholds.items() if not k.startswith("flat_")}
+    search["band_min_quality"] = low_detail_quality
     matches = search_registries(registries, hashes, search)
-    if hashes.quality < max(min_quality, low_detail_quality):
-        close = [m for m in matches if sum(m.distances.values()) <= thresholds.get("flat_sum", -1)]
-        if close:
-            return "fail", close
-        return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
-    return ("fail" if matches else "pass"), matches
+    weak = max(min_quality, low_detail_quality)
+
+    def names_a_copy(m: Match) -> bool:
+        if m.query_variant in BAND_VARIANTS or min(hashes.quality, m.reference.quality) >= weak:
+            return True
+        return ((sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
+                 and m.equalised_distance <= thresholds.get("flat_equalised", 64))
+                or m.equalised_distance <= thresholds.get("flat_close_equalised", -1))
+
+    close = [m for m in matches if names_a_copy(m)]
+    if close:
+        return "fail", close
+    return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
 
 
 def _exact_copy(registries: Sequence[ReferenceRegistry], path: str) -> Match | None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import imagehash
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from artengine import query_hashes, reference_hashes
 from artengine.hashing import (
+    BAND_GAP,
+    COLUMNS,
     MIN_RELIABLE_QUALITY,
+    QUERY_VARIANTS,
     REFERENCE_VARIANTS,
     dhash,
     hamming,
@@ -64,16 +67,39 @@ def test_query_hashes_hold_the_mirror_image(pictures):
     im = pictures[1]
     q = query_hashes(im)
     flipped = query_hashes(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    assert q.variants == ("full", "mirror")
-    assert q.values.shape == (2, 2) and q.values.dtype == np.uint64
-    assert int(hamming(q["phash"][1], flipped["phash"][0])) == 0
-    assert int(hamming(q["dhash"][1], flipped["dhash"][0])) == 0
+    assert q.variants == QUERY_VARIANTS == ("full", "mirror", "band-top", "band-bottom")
+    assert q.values.shape == (4, len(COLUMNS)) and q.values.dtype == np.uint64
+    for column in COLUMNS:
+        assert int(hamming(q[column][1], flipped[column][0])) == 0
+
+
+def test_equalised_phash_is_imagehash_on_the_equalised_greyscale(pictures):
+    im = pictures[3]
+    q = query_hashes(im)
+    small = im.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    reference = imagehash.phash(ImageOps.equalize(small))
+    assert int(hamming(q["phash_eq"][0], hash_value(reference))) <= 6
+    # Equalisation undoes a contrast change: the equalised hash stays put.
+    faded = ImageEnhance.Contrast(im).enhance(0.6)
+    assert int(hamming(q["phash_eq"][0], query_hashes(faded)["phash_eq"][0])) <= 4
+
+
+def test_band_hashes_ignore_a_caption_across_the_other_band(pictures):
+    im = pictures[4]
+    captioned = im.copy()
+    draw = ImageDraw.Draw(captioned)
+    top = round(im.height * 0.6)  # a strip inside the gap-free part of the bottom band only
+    draw.rectangle((0, top, im.width, top + round(im.height * BAND_GAP * 0.8)), fill=(255, 255, 255))
+    a, b = query_hashes(im), query_hashes(captioned)
+    top_band = QUERY_VARIANTS.index("band-top")
+    assert int(hamming(a["phash"][top_band], b["phash"][top_band])) == 0
+    assert int(hamming(a["phash"][0], b["phash"][0])) > int(hamming(a["phash"][top_band], b["phash"][top_band]))
 
 
 def test_reference_hashes_cover_crops(pictures):
     im = pictures[2]
     ref = reference_hashes(im)
-    assert ref.variants == REFERENCE_VARIANTS and ref.values.shape == (len(REFERENCE_VARIANTS), 2)
+    assert ref.variants == REFERENCE_VARIANTS and ref.values.shape == (len(REFERENCE_VARIANTS), len(COLUMNS))
     # A 10 % crop from the top-left corner is far from the full image's hash but close
     # to the matching stored crop.
     cropped = im.crop((0, 0, round(im.width * 0.9), round(im.height * 0.9)))

@@ -44,6 +44,16 @@ def _overlay(im: Image.Image) -> Image.Image:
     return out
 
 
+def _caption(im: Image.Image) -> Image.Image:
+    """A banner a tenth of the height tall across the lower middle, with white text."""
+    out = im.copy()
+    draw = ImageDraw.Draw(out)
+    top = round(im.height * 0.6)
+    draw.rectangle((0, top, im.width, top + im.height // 10), fill=(20, 20, 20))
+    draw.text((im.width // 20, top + 4), "(c) studio 2026 - sample", fill=(255, 255, 255))
+    return out
+
+
 def _crop(im: Image.Image, fraction: float) -> Image.Image:
     w, h = im.size
     return im.crop((round(w * fraction), 0, w, round(h * (1 - fraction))))
@@ -238,6 +248,7 @@ def test_transformed_copies_of_a_photograph_are_named_and_recolourings_are_not(t
         "overlay_jpeg": _jpeg(_overlay(photo), 60),
         "small_jpeg": _jpeg(photo.resize((192, 192), Image.Resampling.BILINEAR), 50),
         "mirror_crop": _crop(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 0.08),
+        "captioned": _caption(photo),
     }
     for name, im in copies.items():
         im.save(out / f"{name}.png")
@@ -252,6 +263,10 @@ def test_transformed_copies_of_a_photograph_are_named_and_recolourings_are_not(t
         assert finding["outcome"] == "fail", (name, finding["message"])
         assert finding["details"]["match"]["source"] == str((refs / "astronaut.png").resolve())
         assert finding["details"]["match"]["colour_distance"] <= 0.1
+    # The caption spoils the whole-image hashes; the top band, which it misses, names the copy.
+    _, captioned = _finding(doc, "captioned.png")
+    assert captioned["details"]["match"]["reference_variant"] == "band-top", captioned["message"]
+    assert "top band" in captioned["message"]
     entry, finding = _finding(doc, "recoloured.png")
     assert finding["outcome"] == "pass", finding["message"]
     # Only the colour told it apart: with the colour check off it is named.
@@ -295,7 +310,11 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
     expected = {"max_phash_distance": plugin.DEFAULT_MAX_PHASH, "max_dhash_distance": plugin.DEFAULT_MAX_DHASH,
                 "max_distance_sum": plugin.DEFAULT_MAX_SUM, "max_colour_distance": plugin.DEFAULT_MAX_COLOUR,
                 "flat_max_distance_sum": plugin.DEFAULT_FLAT_MAX_SUM,
-                "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY}
+                "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY,
+                "flat_max_equalised_distance": plugin.DEFAULT_FLAT_MAX_EQUALISED,
+                "flat_close_equalised_distance": plugin.DEFAULT_FLAT_CLOSE_EQUALISED,
+                "max_band_distance_sum": plugin.DEFAULT_MAX_BAND_SUM,
+                "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM}
     policies = Path(__file__).resolve().parent.parent / "policies"
     for name in ("default.toml", "publication.toml"):
         section = tomllib.loads((policies / name).read_text())["audits"]["near_duplicate"]

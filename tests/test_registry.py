@@ -53,8 +53,8 @@ def test_info_names_scheme_versions_and_counts(registry_path):
     with ReferenceRegistry(registry_path) as reg:
         info = reg.info()
     assert info["references"] == 4
-    assert info["algorithms"] == ["phash", "dhash"]
-    assert info["hashes"] == 4 * info["variants_per_reference"] * 2
+    assert info["algorithms"] == ["phash", "dhash", "phash_eq"]
+    assert info["hashes"] == 4 * info["variants_per_reference"] * 3
     assert {"imagehash", "pillow", "numpy", "artengine"} <= set(info["versions"])
     assert info["licences"] == {"CC BY 4.0": 4}
     assert info["size_bytes"] > 0
@@ -188,13 +188,75 @@ def test_registry_commands_fail_with_one_line_and_exit_2(tmp_path):
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def _as_schema_2(path):
+    """Turn a current registry file into what artengine's schema 2 wrote (no band hashes,
+    no equalised pHash, hash scheme 1)."""
+    from artengine.hashing import BAND_VARIANTS
+
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"DELETE FROM hashes WHERE variant IN ({', '.join('?' for _ in BAND_VARIANTS)})", BAND_VARIANTS)
+        conn.execute("ALTER TABLE hashes DROP COLUMN phash_eq")
+        variants = [v for v in json.loads(conn.execute("SELECT value FROM meta WHERE key = 'variants'").fetchone()[0])
+                    if v not in BAND_VARIANTS]
+        for key, value in (("schema_version", "2"), ("hash_scheme", "artengine-hashes/1"),
+                           ("algorithms", "phash,dhash"), ("variants", json.dumps(variants))):
+            conn.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    conn.close()
+
+
 def _as_schema_1(path):
     """Turn a current registry file into what artengine's schema 1 wrote (no colours)."""
+    _as_schema_2(path)
     with sqlite3.connect(path) as conn:
         for channel in "rgb":
             conn.execute(f"ALTER TABLE refs DROP COLUMN colour_{channel}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
+
+
+def _captioned(image):
+    """``image`` with an opaque strip across its lower middle (a caption band)."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    top = round(image.height * 0.58)
+    ImageDraw.Draw(out).rectangle((0, top, image.width, top + image.height // 10), fill=(255, 255, 255))
+    return out
+
+
+BAND_THRESHOLDS = {"phash": 14, "dhash": 12, "sum": 22, "band_sum": 16, "band_image_sum": 64}
+
+
+def test_a_schema_2_registry_gains_band_and_equalised_hashes_in_place(registry_path, ref_folder, tmp_path):
+    with ReferenceRegistry(registry_path) as reg:
+        before = {tuple(r) for r in reg._conn.execute("SELECT ref_id, variant, phash, dhash, phash_eq FROM hashes")}
+    source = ref_folder / "ref0.png"
+    caption = _captioned(Image.open(source).convert("RGB"))
+    with ReferenceRegistry(registry_path) as reg:
+        [found] = reg.search(query_hashes(caption), BAND_THRESHOLDS)
+        assert found.query_variant == "band-top" and found.reference.source_path == str(source.resolve())
+    _as_schema_2(registry_path)
+    shutil.move(ref_folder / "sub" / "ref1.png", tmp_path / "moved.png")  # the upgrade falls back to the thumbnail
+    with pytest.raises(RegistryError) as caught:
+        open_registries([registry_path])
+    assert "schema version '2'" in str(caught.value) and "artengine registry upgrade" in str(caught.value)
+    result = CliRunner().invoke(cli, ["registry", "upgrade", str(registry_path)])
+    assert result.exit_code == 0 and "upgraded from schema version 2 to 3" in result.output, result.output
+    with ReferenceRegistry(registry_path) as reg:
+        info = reg.info()
+        assert info["schema_version"] == 3 and info["algorithms"] == ["phash", "dhash", "phash_eq"]
+        after = {tuple(r) for r in reg._conn.execute("SELECT ref_id, variant, phash, dhash, phash_eq FROM hashes")}
+        # Unchanged sources give the very hashes a fresh registry holds; the moved one's
+        # new hashes come from its thumbnail and stay close.
+        rows = reg._conn.execute("SELECT id, source_path FROM refs").fetchall()
+        moved_id = next(i for i, p in rows if p.endswith("ref1.png"))
+        assert {r for r in after if r[0] != moved_id} == {r for r in before if r[0] != moved_id}
+        fresh = {r[1]: r for r in before if r[0] == moved_id}
+        for ref_id, variant, p, d, eq in (r for r in after if r[0] == moved_id):
+            assert (p, d) == fresh[variant][2:4] or variant.startswith("band-")
+            assert bin(int(eq, 16) ^ int(fresh[variant][4], 16)).count("1") <= 12, variant
+        [found] = reg.search(query_hashes(caption), BAND_THRESHOLDS)
+        assert found.query_variant == "band-top"
 
 
 def test_a_schema_1_registry_is_refused_read_only_and_upgraded_in_place(registry_path, ref_folder):
@@ -209,11 +271,11 @@ def test_a_schema_1_registry_is_refused_read_only_and_upgraded_in_place(registry
     assert "schema version '1'" in str(caught.value) and "artengine registry upgrade" in str(caught.value)
     runner = CliRunner()
     result = runner.invoke(cli, ["registry", "upgrade", str(registry_path)])
-    assert result.exit_code == 0 and "upgraded from schema version 1 to 2" in result.output, result.output
+    assert result.exit_code == 0 and "upgraded from schema version 1 to 3" in result.output, result.output
     again = runner.invoke(cli, ["registry", "upgrade", str(registry_path)])
     assert again.exit_code == 0 and "nothing to do" in again.output
     with ReferenceRegistry(registry_path) as reg:
-        assert reg.info()["schema_version"] == 2
+        assert reg.info()["schema_version"] == 3
         for p in sorted(ref_folder.rglob("ref*.png")):
             [match] = reg.search(query_hashes(Image.open(p).convert("RGB")), {**THRESHOLDS, "colour": 0.1})
             # Measured on the stored thumbnail: within a hair of the original's signature.
