@@ -51,6 +51,7 @@ ALGORITHMS: tuple[str, ...] = ("phash", "dhash")
 #: benchmarks/bench_near_duplicate.py --sweep).
 EQUALISED = "phash_eq"
 EQUALISED_SIDE = 32  # imagehash.phash's input side (hash_size 8 x highfreq_factor 4)
+DHASH_SIZE = 8  # imagehash.dhash's hash_size: its input is (hash_size + 1) x hash_size
 #: Every hash stored per variant: :data:`ALGORITHMS`, then :data:`EQUALISED`.
 COLUMNS: tuple[str, ...] = (*ALGORITHMS, EQUALISED)
 #: Shorter side of the shared intermediate. imagehash's own Lanczos resize then shrinks by
@@ -228,9 +229,29 @@ class ImageHashes:
 
 def _hash_row(image: Image.Image) -> list[np.uint64]:
     """One row of :data:`COLUMNS` for a greyscale image."""
-    return [hash_value(imagehash.phash(image)), hash_value(imagehash.dhash(image)),
-            hash_value(imagehash.phash(ImageOps.equalize(
-                image.resize((EQUALISED_SIDE, EQUALISED_SIDE), Image.Resampling.LANCZOS))))]
+    return _row_from_inputs(*_hash_inputs(image))
+
+
+def _hash_inputs(image: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """The two resized images imagehash itself would hash: pHash's 32x32 input and
+    dHash's 9x8 one (the same Lanczos resizes ``imagehash.phash``/``dhash`` make, so
+    hashing them gives exactly imagehash's hashes of ``image``)."""
+    return (image.resize((EQUALISED_SIDE, EQUALISED_SIDE), Image.Resampling.LANCZOS),
+            image.resize((DHASH_SIZE + 1, DHASH_SIZE), Image.Resampling.LANCZOS))
+
+
+def _row_from_inputs(small: Image.Image, strip: Image.Image) -> list[np.uint64]:
+    """:data:`COLUMNS` from :func:`_hash_inputs` (resizing them again is a no-op)."""
+    return [hash_value(imagehash.phash(small)), hash_value(imagehash.dhash(strip)),
+            hash_value(imagehash.phash(ImageOps.equalize(small)))]
+
+
+def _mirror_row(small: Image.Image, strip: Image.Image) -> list[np.uint64]:
+    """The row of the mirror image from the inputs of the image: mirroring commutes with
+    Pillow's symmetric Lanczos resize, so this is the row of the mirrored image without
+    resizing it again (``tests/test_hashing.py`` checks they agree)."""
+    flip = Image.Transpose.FLIP_LEFT_RIGHT
+    return _row_from_inputs(small.transpose(flip), strip.transpose(flip))
 
 
 def _band_rows(gray: Image.Image) -> list[list[np.uint64]]:
@@ -248,7 +269,8 @@ def query_hashes(image: Image.Image) -> ImageHashes:
     storing flipped references; the bands catch copies with a caption across them.
     """
     gray = hashing_gray(image)
-    rows = [_hash_row(gray), _hash_row(gray.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), *_band_rows(gray)]
+    inputs = _hash_inputs(gray)
+    rows = [_row_from_inputs(*inputs), _mirror_row(*inputs), *_band_rows(gray)]
     return ImageHashes(QUERY_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray),
                        colour_signature(image))
 

@@ -64,13 +64,18 @@ def test_reduce_keeps_small_images_and_shrinks_large_ones():
 
 
 def test_query_hashes_hold_the_mirror_image(pictures):
-    im = pictures[1]
-    q = query_hashes(im)
-    flipped = query_hashes(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    assert q.variants == QUERY_VARIANTS == ("full", "mirror", "band-top", "band-bottom")
-    assert q.values.shape == (4, len(COLUMNS)) and q.values.dtype == np.uint64
-    for column in COLUMNS:
-        assert int(hamming(q[column][1], flipped[column][0])) == 0
+    from artengine.hashing import hashing_gray
+
+    for im in pictures:
+        q = query_hashes(im)
+        flipped = query_hashes(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+        assert q.variants == QUERY_VARIANTS == ("full", "mirror", "band-top", "band-bottom")
+        assert q.values.shape == (4, len(COLUMNS)) and q.values.dtype == np.uint64
+        for column in COLUMNS:  # the mirror row is exactly the mirrored image's row
+            assert int(hamming(q[column][1], flipped[column][0])) == 0
+        gray = hashing_gray(im)  # and the full row is imagehash's on the shared intermediate
+        assert q["phash"][0] == hash_value(imagehash.phash(gray))
+        assert q["dhash"][0] == hash_value(imagehash.dhash(gray))
 
 
 def test_equalised_phash_is_imagehash_on_the_equalised_greyscale(pictures):
