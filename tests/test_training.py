@@ -180,6 +180,15 @@ def test_auxiliary_classifier_loss_teaches_the_discriminator_the_labels(tmp_path
     assert "aux_d" not in read_metrics(tmp_path / "plain")[-1]
 
 
+def test_cgan_quality_preset_trains_with_the_auxiliary_classifier(tmp_path):
+    out = tmp_path / "quality"
+    result = train(TrainOptions(out=out, arch="cgan", data="shapes", preset="quality", data_length=32, steps=2,
+                                progress=False))
+    assert result.step == 2 and {"aux_d", "aux_g"} <= result.metrics.keys()
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["aux_weight"] == 1.0 and config["augment"] == "translation" and config["lr_d"] == 2e-3
+
+
 def test_run_made_before_aux_weight_existed_resumes(tmp_path):
     out = tmp_path / "old"
     train(tiny_options(out, "cgan", 3))
