@@ -5,8 +5,9 @@ networks and optimizers (fresh, or from the newest good checkpoint) -> the loop 
 G step, EMA) -> samples, metrics, checkpoints.
 
 What the loop owns, so architectures do not have to: the non-saturating and hinge losses,
-the auxiliary classifier (AC-GAN) loss of conditional models, lazy R1 on real images, DiffAugment on everything the discriminator sees, the EMA
-generator (StyleGAN2-ADA's half-life in images, with ramp-up), style/label conditioning,
+the auxiliary classifier (AC-GAN) loss of conditional models, lazy R1 on real images,
+DiffAugment on everything the discriminator sees, the EMA generator (StyleGAN2-ADA's
+half-life in images, with ramp-up), style/label conditioning,
 data-parallel training over ``torch.distributed`` (started by ``torchrun``; gloo on CPU,
 nccl on CUDA), and exact resumption.
 
