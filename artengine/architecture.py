@@ -15,6 +15,12 @@ stay generic:
   (images in ``[-1, 1]``), both returning codes of shape ``(N, G.style_dim)``.
 * discriminator: ``D(images, labels=None) -> logits`` of shape ``(N,)``; conditional
   discriminators use ``labels`` (for a style model, the style label of the image).
+* auxiliary classifier (optional): a discriminator built from a config with
+  ``aux_weight > 0`` also offers ``D.forward_with_classes(images, labels) -> (logits,
+  class_logits)``, the same logits plus class scores ``(N, num_classes)`` from a class head
+  on its own features. The trainer then adds the AC-GAN loss (Odena et al., 2017): cross
+  entropy of the real images' labels for D, of the requested labels for G. With
+  ``aux_weight`` 0 the head is not built, so older runs' checkpoints still load.
 
 Generators must compute each sample independently of the others in the batch (no batch
 statistics in eval mode, no cross-sample layers), because generation promises that image
@@ -46,6 +52,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "augment": "translation,cutout",  # DiffAugment policy ("" for none)
     "style_ref_prob": 0.5,  # style models: share of the batch styled from a reference image
     "style_align": 1.0,  # style models: weight of the encoder-to-label alignment loss
+    "aux_weight": 0.0,  # conditional models: weight of the auxiliary classifier (AC-GAN) loss
 }
 
 

@@ -5,8 +5,9 @@ networks and optimizers (fresh, or from the newest good checkpoint) -> the loop 
 G step, EMA) -> samples, metrics, checkpoints.
 
 What the loop owns, so architectures do not have to: the non-saturating and hinge losses,
-lazy R1 on real images, DiffAugment on everything the discriminator sees, the EMA
-generator (StyleGAN2-ADA's half-life in images, with ramp-up), style/label conditioning,
+the auxiliary classifier (AC-GAN) loss of conditional models, lazy R1 on real images,
+DiffAugment on everything the discriminator sees, the EMA generator (StyleGAN2-ADA's
+half-life in images, with ramp-up), style/label conditioning,
 data-parallel training over ``torch.distributed`` (started by ``torchrun``; gloo on CPU,
 nccl on CUDA), and exact resumption.
 
@@ -555,6 +556,13 @@ class Trainer:
         self.augment = parse_policy(str(self.config["augment"]))
         self.sampler = BatchSampler(self.data, self.seed, self.global_batch, self.rows, self.device)
         self._build()
+        if float(self.config.get("aux_weight", 0.0)) > 0:
+            if self.conditioning == "none":
+                raise InputError(f"--set aux_weight: architecture {self.arch.name} is unconditional; the "
+                                 "auxiliary classifier loss needs labels")
+            if not callable(getattr(self.D, "forward_with_classes", None)):
+                raise InputError(f"--set aux_weight: the {self.arch.name} discriminator has no class head "
+                                 "(forward_with_classes); use aux_weight 0")
 
     @property
     def _show_progress(self) -> bool:
@@ -640,6 +648,7 @@ class Trainer:
         cfg = self.config
         loss_kind = str(cfg["loss"])
         d_steps = int(cfg["d_steps"])
+        aux_weight = float(cfg.get("aux_weight", 0.0))  # runs made before the setting existed: 0
         out: dict[str, float] = {}
         self.D.requires_grad_(True)
         for k in range(d_steps):
@@ -651,9 +660,17 @@ class Trainer:
                 fake = self.G(z, **kwargs)
             r1_now = float(cfg["r1_gamma"]) > 0 and d_iter % int(cfg["r1_every"]) == 0
             real_in = real.detach().requires_grad_(r1_now)
-            logits_real = self.D(self._augment(real_in), self._d_labels(labels))
+            if aux_weight > 0:
+                logits_real, classes_real = self.D.forward_with_classes(self._augment(real_in), labels)
+            else:
+                logits_real = self.D(self._augment(real_in), self._d_labels(labels))
             logits_fake = self.D(self._augment(fake), self._d_labels(labels))
             loss_d = discriminator_loss(loss_kind, logits_real, logits_fake)
+            if aux_weight > 0:
+                aux_d = F.cross_entropy(classes_real, labels)
+                loss_d = loss_d + aux_weight * aux_d
+                out["aux_d"] = float(aux_d.detach())
+                out["aux_acc_real"] = float((classes_real.detach().argmax(1) == labels).float().mean())
             if r1_now:
                 (grad,) = torch.autograd.grad(logits_real.sum(), real_in, create_graph=True)
                 penalty = grad.square().sum(dim=(1, 2, 3)).mean()
@@ -671,7 +688,13 @@ class Trainer:
         z = self._z()
         kwargs, codes = self._conditioning(labels, real, train=True)
         fake = self.G(z, **kwargs)
-        loss_g = generator_loss(loss_kind, self.D(self._augment(fake), self._d_labels(labels)))
+        if aux_weight > 0:
+            logits_fake, classes_fake = self.D.forward_with_classes(self._augment(fake), labels)
+            aux_g = F.cross_entropy(classes_fake, labels)
+            loss_g = generator_loss(loss_kind, logits_fake) + aux_weight * aux_g
+            out["aux_g"] = float(aux_g.detach())
+        else:
+            loss_g = generator_loss(loss_kind, self.D(self._augment(fake), self._d_labels(labels)))
         if self.conditioning == "style" and float(cfg["style_align"]) > 0:
             align = self._style_alignment(codes["from_images"], labels)
             loss_g = loss_g + float(cfg["style_align"]) * align

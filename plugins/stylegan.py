@@ -262,14 +262,29 @@ class StyleDiscriminator(nn.Module):
         self.embed = EqualLinear(int(config["num_classes"]), cmap_dim)
         self.num_classes = int(config["num_classes"])
         self.cmap_dim = cmap_dim
+        # The auxiliary classifier's head (AC-GAN, ``aux_weight > 0``) on the penultimate features.
+        self.classes = EqualLinear(c4, self.num_classes) if float(config.get("aux_weight", 0.0)) > 0 else None
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.blocks(self.fromrgb(images))).flatten(1))
+
+    def _logits(self, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
             raise ValueError("stylegan discriminator needs style labels")
-        h = self.conv(self.blocks(self.fromrgb(images)))
-        h = self.out(self.fc(h.flatten(1)))
+        h = self.out(features)
         cmap = self.embed(F.one_hot(labels, self.num_classes).to(h.dtype))
         return (h * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self._logits(self._features(images), labels)
+
+    def forward_with_classes(self, images: torch.Tensor,
+                             labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the class head's scores ``(N, num_classes)`` (``aux_weight > 0``)."""
+        if self.classes is None:
+            raise ValueError("stylegan discriminator was built without a class head (aux_weight 0)")
+        features = self._features(images)
+        return self._logits(features, labels), self.classes(features)
 
 
 def build_generator(config: Mapping[str, Any]) -> StyleGenerator:

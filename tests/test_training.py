@@ -52,11 +52,16 @@ def assert_same_state(run_a: Path, run_b: Path) -> None:
     assert rec_a["rng"] == rec_b["rng"]
 
 
-@pytest.mark.parametrize("arch", ["dcgan", pytest.param("cgan", marks=pytest.mark.slow),
-                                  pytest.param("stylegan", marks=pytest.mark.slow)])
-def test_stop_and_resume_equals_uninterrupted_training(tmp_path, arch):
-    train(tiny_options(tmp_path / "whole", arch, 6))
-    train(tiny_options(tmp_path / "split", arch, 3))
+@pytest.mark.parametrize("arch,extra", [("dcgan", {}), ("cgan", {"aux_weight": 0.5}),
+                                        pytest.param("cgan", {}, marks=pytest.mark.slow),
+                                        pytest.param("stylegan", {}, marks=pytest.mark.slow),
+                                        pytest.param("stylegan", {"aux_weight": 0.5}, marks=pytest.mark.slow)])
+def test_stop_and_resume_equals_uninterrupted_training(tmp_path, arch, extra):
+    whole, split = tiny_options(tmp_path / "whole", arch, 6), tiny_options(tmp_path / "split", arch, 3)
+    whole.settings.update(extra)
+    split.settings.update(extra)
+    train(whole)
+    train(split)
     result = train(resume_options(tmp_path / "split", 6))
     assert result.step == 6
     assert_same_state(tmp_path / "whole", tmp_path / "split")
@@ -145,6 +150,59 @@ def test_bad_options_are_input_errors(tmp_path):
         train(TrainOptions(out=tmp_path / "b", arch="cgan", data=str(folder), progress=False))
     with pytest.raises(InputError, match="has no such preset"):
         train(TrainOptions(out=tmp_path / "c", arch="dcgan", data="shapes", preset="nope", progress=False))
+
+
+def test_auxiliary_classifier_loss_teaches_the_discriminator_the_labels(tmp_path):
+    """With aux_weight > 0 the discriminator gets a class head trained on the real labels:
+    after a short run it tells the training images' labels apart (and its losses are logged)."""
+    from artengine.checkpoints import unpack_module
+    from artengine.plugins import get_plugins
+    from artengine.training import build_networks, load_training_data
+
+    options = tiny_options(tmp_path / "aux", "cgan", 60, label_attribute="colour")
+    options.settings.update({"aux_weight": 1.0, "lr_d": 2e-3, "augment": ""})
+    train(options)
+    assert {"aux_d", "aux_g", "aux_acc_real"} <= read_metrics(tmp_path / "aux")[-1].keys()
+    path, tensors, record = load_latest_checkpoint(tmp_path / "aux")
+    plugins = get_plugins()
+    _, D = build_networks(plugins.component("architectures", "cgan"), record["run"]["config"])
+    unpack_module("D", D, tensors, path)
+    data = load_training_data("shapes", image_size=32, seed=0, plugins=plugins, length=48,
+                              label_attribute="colour", progress=False)
+    with torch.no_grad():
+        _, scores = D.eval().forward_with_classes(data.pixels.float() / 127.5 - 1, data.labels)
+    accuracy = float((scores.argmax(1) == data.labels).float().mean())
+    assert accuracy >= 0.6, accuracy  # six colours: chance is 1/6
+
+    train(tiny_options(tmp_path / "plain", "cgan", 1))
+    _, tensors, _ = load_latest_checkpoint(tmp_path / "plain")
+    assert not any(k.startswith("D.classes.") for k in tensors)  # aux_weight 0: no head, old layout
+    assert "aux_d" not in read_metrics(tmp_path / "plain")[-1]
+
+
+def test_cgan_quality_preset_trains_with_the_auxiliary_classifier(tmp_path):
+    out = tmp_path / "quality"
+    result = train(TrainOptions(out=out, arch="cgan", data="shapes", preset="quality", data_length=32, steps=2,
+                                progress=False))
+    assert result.step == 2 and {"aux_d", "aux_g"} <= result.metrics.keys()
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["aux_weight"] == 1.0 and config["augment"] == "translation" and config["lr_d"] == 2e-3
+
+
+def test_run_made_before_aux_weight_existed_resumes(tmp_path):
+    out = tmp_path / "old"
+    train(tiny_options(out, "cgan", 3))
+    config = json.loads((out / "config.json").read_text())
+    del config["config"]["aux_weight"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert train(resume_options(out, 4)).step == 4
+
+
+def test_aux_weight_needs_a_conditional_model(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--arch", "dcgan", "--data", "shapes", "--data-length", "16",
+                                      "--steps", "1", "--set", "aux_weight=1", "--out", str(tmp_path / "u")])
+    assert result.exit_code == 2 and "aux_weight" in result.output and "unconditional" in result.output
+    assert "Traceback" not in result.output
 
 
 # --------------------------------------------------------------------------- processes
