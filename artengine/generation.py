@@ -99,7 +99,7 @@ class GenerateOptions:
     ledger: str | None = None
     clip_model: str | None = None
     clip_pretrained: str | None = None
-    chunk: int = 8  # images per unit of work
+    chunk: int = 32  # images per unit of work: the generator's own pass (models.GENERATION_CHUNK)
     compress_level: int = COMPRESS_LEVEL
     png_strategy: str = PNG_STRATEGY
     png_filter: str = PNG_FILTER
@@ -562,7 +562,7 @@ class _InProcess:
 
     LOOKAHEAD = 2  # chunks the generator may run ahead of the finishers
     FINISHER_NICE = 5  # finisher threads yield to the generator when the cores are short
-    PROCESS_FROM_CHUNKS = 8  # jobs of at least this many chunks get a generator process
+    PROCESS_FROM_IMAGES = 64  # jobs of at least this many images get a generator process
 
     def __init__(self, producer: Producer, spec: Mapping[str, Any], finishers: int | None = None) -> None:
         cores = os.cpu_count() or 1
@@ -571,11 +571,11 @@ class _InProcess:
         self.finishers = finishers or int(os.environ.get("ARTENGINE_FINISHERS", "0")) or min(4, max(2, cores // 2))
         self.seconds = {"generator": 0.0, "finishing": 0.0}
 
-    def _use_process(self, chunks: int) -> bool:
+    def _use_process(self, images: int) -> bool:
         forced = os.environ.get("ARTENGINE_GENERATOR_PROCESS", "").strip()
         if forced in ("0", "1"):
             return forced == "1"
-        return chunks >= self.PROCESS_FROM_CHUNKS and (os.cpu_count() or 1) >= 2
+        return images >= self.PROCESS_FROM_IMAGES and (os.cpu_count() or 1) >= 2
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
         import multiprocessing
@@ -589,7 +589,7 @@ class _InProcess:
         finish_pool = ThreadPoolExecutor(max_workers=self.finishers, thread_name_prefix="artengine-finisher",
                                          initializer=_lower_thread_priority, initargs=(self.FINISHER_NICE,))
         generator_pool = None
-        if self._use_process(len(chunks)):
+        if self._use_process(sum(len(c) for c in chunks)):
             generator_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_init_source,
                                                  initargs=(self.spec,))

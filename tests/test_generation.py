@@ -277,3 +277,11 @@ def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, e
     assert not (tmp_path / "job" / "pending").exists()
     report = json.loads(result.report_json.read_text())
     assert report["batch"]["status"] == ("pass" if max_share > 0 else "block")
+
+
+def test_a_job_hands_the_generator_whole_passes():
+    """The generator always runs passes of GENERATION_CHUNK samples (padding the last), so
+    a job's unit of work is exactly one pass: smaller chunks would pay for padding."""
+    from artengine.models import GENERATION_CHUNK
+
+    assert generation.GenerateOptions(model="m", count=1, out=Path("o")).chunk == GENERATION_CHUNK
