@@ -302,7 +302,7 @@ def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
 
 
 def hamming_within(table: np.ndarray, queries: Sequence[int] | np.ndarray, max_distance: int,
-                   *, chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   *, chunk: int = 1 << 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query, row) pair with Hamming distance ``<= max_distance``.
 
     ``table`` is a 1-D ``uint64`` array (a memory map is fine), ``queries`` a few hashes.
@@ -329,6 +329,8 @@ def hamming_within(table: np.ndarray, queries: Sequence[int] | np.ndarray, max_d
             np.bitwise_xor(block, q, out=xor[:m])
             np.bitwise_count(xor[:m], out=count[:m])
             np.less_equal(count[:m], max_distance, out=mask[:m])
+            if not mask[:m].any():  # the usual case, and cheaper than flatnonzero's scan
+                continue
             hits = np.flatnonzero(mask[:m])
             if hits.size:
                 found_q.append(np.full(hits.size, qi, dtype=np.int64))
