@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .architecture import TRAINER_DEFAULTS, Architecture
+from .architecture import TRAINER_DEFAULTS, Architecture, ClassHeadDiscriminator
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .bias import (
     AttributeSpec,
@@ -107,6 +107,7 @@ __all__ = [
     "Audit",
     "AuditContext",
     "AuditItem",
+    "ClassHeadDiscriminator",
     "ClipModel",
     "Dataset",
     "FeatureExtractor",

@@ -56,6 +56,25 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+class ClassHeadDiscriminator:
+    """``forward`` and ``forward_with_classes`` for a discriminator (an ``nn.Module`` listing
+    this class first among its bases) that defines ``_features(images) -> h``,
+    ``_logits(h, labels) -> (N,)`` and ``classes``: a class head applied to ``h``, or
+    ``None`` when the run's ``aux_weight`` is 0 (see the module doc)."""
+
+    classes: Any
+
+    def forward(self, images: Any, labels: Any = None) -> Any:
+        return self._logits(self._features(images), labels)  # type: ignore[attr-defined]
+
+    def forward_with_classes(self, images: Any, labels: Any = None) -> tuple[Any, Any]:
+        """The logits and the class head's scores ``(N, num_classes)`` (``aux_weight > 0``)."""
+        if self.classes is None:
+            raise ValueError(f"{type(self).__name__} was built without a class head (aux_weight 0)")
+        h = self._features(images)  # type: ignore[attr-defined]
+        return self._logits(h, labels), self.classes(h)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A GAN architecture registered through ``artengine_architectures``.

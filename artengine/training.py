@@ -643,6 +643,14 @@ class Trainer:
     def _d_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
         return labels if self.conditioning != "none" else None
 
+    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor,
+                      classes: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D's logits on augmented ``images``, and its class scores when ``classes`` (the
+        auxiliary classifier loss; conditional models only, so the labels are passed)."""
+        if classes:
+            return self.D.forward_with_classes(self._augment(images), labels)
+        return self.D(self._augment(images), self._d_labels(labels)), None
+
     def train_step(self) -> dict[str, float]:
         """One generator step preceded by ``d_steps`` discriminator steps."""
         cfg = self.config
@@ -660,11 +668,8 @@ class Trainer:
                 fake = self.G(z, **kwargs)
             r1_now = float(cfg["r1_gamma"]) > 0 and d_iter % int(cfg["r1_every"]) == 0
             real_in = real.detach().requires_grad_(r1_now)
-            if aux_weight > 0:
-                logits_real, classes_real = self.D.forward_with_classes(self._augment(real_in), labels)
-            else:
-                logits_real = self.D(self._augment(real_in), self._d_labels(labels))
-            logits_fake = self.D(self._augment(fake), self._d_labels(labels))
+            logits_real, classes_real = self._discriminate(real_in, labels, classes=aux_weight > 0)
+            logits_fake, _ = self._discriminate(fake, labels)
             loss_d = discriminator_loss(loss_kind, logits_real, logits_fake)
             if aux_weight > 0:
                 aux_d = F.cross_entropy(classes_real, labels)
@@ -688,13 +693,12 @@ class Trainer:
         z = self._z()
         kwargs, codes = self._conditioning(labels, real, train=True)
         fake = self.G(z, **kwargs)
+        logits_fake, classes_fake = self._discriminate(fake, labels, classes=aux_weight > 0)
+        loss_g = generator_loss(loss_kind, logits_fake)
         if aux_weight > 0:
-            logits_fake, classes_fake = self.D.forward_with_classes(self._augment(fake), labels)
             aux_g = F.cross_entropy(classes_fake, labels)
-            loss_g = generator_loss(loss_kind, logits_fake) + aux_weight * aux_g
+            loss_g = loss_g + aux_weight * aux_g
             out["aux_g"] = float(aux_g.detach())
-        else:
-            loss_g = generator_loss(loss_kind, self.D(self._augment(fake), self._d_labels(labels)))
         if self.conditioning == "style" and float(cfg["style_align"]) > 0:
             align = self._style_alignment(codes["from_images"], labels)
             loss_g = loss_g + float(cfg["style_align"]) * align

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from artengine import Architecture, hookimpl
+from artengine import Architecture, ClassHeadDiscriminator, hookimpl
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -123,7 +123,7 @@ class DiscriminatorBlock(nn.Module):
         return h + s
 
 
-class ProjectionDiscriminator(nn.Module):
+class ProjectionDiscriminator(ClassHeadDiscriminator, nn.Module):
     """image, class -> logit: residual down-blocks, sum pooling, linear + projection."""
 
     def __init__(self, image_size: int, ch: int, num_classes: int, class_head: bool = False) -> None:
@@ -147,17 +147,6 @@ class ProjectionDiscriminator(nn.Module):
         if labels is None:
             raise ValueError("projection discriminator needs class labels")
         return self.linear(h).flatten() + (self.embed(labels) * h).sum(dim=1)
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self._logits(self._features(images), labels)
-
-    def forward_with_classes(self, images: torch.Tensor,
-                             labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits and the class head's scores ``(N, num_classes)`` (``aux_weight > 0``)."""
-        if self.classes is None:
-            raise ValueError("cgan discriminator was built without a class head (aux_weight 0)")
-        h = self._features(images)
-        return self._logits(h, labels), self.classes(h)
 
 
 def build_generator(config: Mapping[str, Any]) -> CGANGenerator:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artengine import Architecture, hookimpl
+from artengine import Architecture, ClassHeadDiscriminator, hookimpl
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -240,7 +240,7 @@ class DiscriminatorBlock(nn.Module):
         return (self.skip(x) + self.conv1(self.conv0(x))) / math.sqrt(2.0)
 
 
-class StyleDiscriminator(nn.Module):
+class StyleDiscriminator(ClassHeadDiscriminator, nn.Module):
     """Residual discriminator with projection conditioning on the style label."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -274,17 +274,6 @@ class StyleDiscriminator(nn.Module):
         h = self.out(features)
         cmap = self.embed(F.one_hot(labels, self.num_classes).to(h.dtype))
         return (h * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self._logits(self._features(images), labels)
-
-    def forward_with_classes(self, images: torch.Tensor,
-                             labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits and the class head's scores ``(N, num_classes)`` (``aux_weight > 0``)."""
-        if self.classes is None:
-            raise ValueError("stylegan discriminator was built without a class head (aux_weight 0)")
-        features = self._features(images)
-        return self._logits(features, labels), self.classes(features)
 
 
 def build_generator(config: Mapping[str, Any]) -> StyleGenerator:
