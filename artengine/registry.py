@@ -311,13 +311,7 @@ class ReferenceRegistry:
                     self._conn.execute(f"ALTER TABLE refs ADD COLUMN colour_{channel} REAL NOT NULL DEFAULT 0")
                 rows = self._conn.execute("SELECT id, thumbnail FROM refs").fetchall()
                 for ref_id, thumbnail in rows:
-                    try:
-                        with Image.open(io.BytesIO(thumbnail)) as thumb:
-                            colour = colour_signature(thumb.convert("RGB"))
-                    except (OSError, ValueError) as exc:
-                        raise RegistryError(self.path, f"corrupt registry: thumbnail of reference {ref_id} "
-                                            f"cannot be read ({exc}); rebuild it with "
-                                            "`artengine registry add`") from None
+                    colour = colour_signature(self._thumbnail_image(thumbnail, ref_id))
                     self._conn.execute("UPDATE refs SET colour_r = ?, colour_g = ?, colour_b = ? WHERE id = ?",
                                        (*(float(c) for c in colour), ref_id))
                 self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [
@@ -373,9 +367,13 @@ class ReferenceRegistry:
                 return open_image(path).rgb, "source file"
         except (OSError, ImageLoadError):
             pass
+        return self._thumbnail_image(thumbnail, ref_id), "thumbnail"
+
+    def _thumbnail_image(self, thumbnail: bytes, ref_id: int) -> Image.Image:
+        """A reference's stored thumbnail as an RGB image; unreadable is a corrupt registry."""
         try:
             with Image.open(io.BytesIO(thumbnail)) as thumb:
-                return thumb.convert("RGB"), "thumbnail"
+                return thumb.convert("RGB")
         except (OSError, ValueError) as exc:
             raise RegistryError(self.path, f"corrupt registry: thumbnail of reference {ref_id} cannot be "
                                 f"read ({exc}); rebuild it with `artengine registry add`") from None
