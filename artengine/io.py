@@ -279,8 +279,8 @@ ZLIB_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTER
 
 #: PNG row filters ``encode_image`` offers. ``adaptive`` is Pillow's encoder, which tries
 #: four filters on every row; ``up`` filters every row against the one above in one array
-#: operation and deflates the whole image in one call, about 3x faster at level 1 with
-#: files of the same size on generated images (see docs/generation.md).
+#: operation and deflates the whole image in one call: on marked 256 px images at level 1,
+#: 2.7 ms against 4.7 ms, for files about 5 % larger (see docs/generation.md).
 PNG_FILTERS = ("adaptive", "up")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
