@@ -78,8 +78,9 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 
 
 class PerceptualHashes(FeatureExtractor):
-    """pHash and dHash of each image and its mirror image, plus hash quality (one shared
-    downscale per image; see :mod:`artengine.hashing`)."""
+    """Every perceptual hash of each image (:func:`artengine.hashing.query_hashes`: pHash,
+    dHash and equalised pHash of the image, its mirror image and its top and bottom bands,
+    plus hash quality and colour signature; one shared downscale per image)."""
 
     name = "hashes"
     description = ("perceptual hashes (imagehash pHash + dHash of image, mirror and bands; equalised "
