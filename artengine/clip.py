@@ -149,15 +149,19 @@ class ClipModel:
                 raise ValueError(f"expected a uint8 (N, H, W, 3) array, got {images.dtype} {images.shape}")
             return self._resize_group(_nchw(images))
         size = self.image_size
-        arrays = [_pixels(image) for image in images]
-        out = torch.empty((len(arrays), 3, size, size), dtype=torch.uint8)
+        images = [_rgb(image) for image in images]
+        out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, array in enumerate(arrays):
-            groups.setdefault(array.shape[:2], []).append(i)
-        for indices in groups.values():
-            stacked = np.stack([arrays[i] for i in indices])  # one copy, writable
+        for i, image in enumerate(images):
+            groups.setdefault(_height_width(image), []).append(i)
+        for (height, width), indices in groups.items():
+            # Each image's pixels are copied once, straight into the group's buffer (a
+            # list of arrays and np.stack would copy a PIL image twice).
+            stacked = np.empty((len(indices), height, width, 3), dtype=np.uint8)
+            for row, i in enumerate(indices):
+                stacked[row] = images[i]
             resized = self._resize_group(_nchw(stacked))
-            if len(indices) == len(arrays):
+            if len(indices) == len(images):
                 return resized
             out[indices] = resized
         return out
@@ -232,17 +236,22 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
-def _pixels(image: Image.Image | np.ndarray) -> np.ndarray:
-    """One image as a ``(H, W, 3)`` uint8 array (PIL images converted to RGB)."""
+def _rgb(image: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+    """One image checked and, for PIL, converted to RGB: a ``(H, W, 3)`` uint8 array or an
+    RGB PIL image (whose pixels numpy reads through the array interface)."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected uint8 (H, W, 3) images, got {image.dtype} {image.shape}")
         return image
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _height_width(image: Image.Image | np.ndarray) -> tuple[int, int]:
+    if isinstance(image, np.ndarray):
+        return int(image.shape[0]), int(image.shape[1])
+    return image.height, image.width
 
 
 def fill_template(template: str, value: str) -> str:
