@@ -548,9 +548,12 @@ class ReferenceRegistry:
             self._index = index
             return index
 
-    def search(self, hashes: ImageHashes, thresholds: dict[str, float]) -> list[Match]:
+    def search(self, hashes: ImageHashes, thresholds: dict[str, float],
+               accept: Callable[[Match], bool] | None = None) -> list[Match]:
         """References near any query variant in ``hashes``; closest first, one match per
-        reference.
+        reference. With ``accept``, a pair of variants counts only if ``accept(match)`` is
+        true, and each reference's closest pair is chosen among those that count (so a
+        closer pair that fails the test does not hide one that passes).
 
         ``thresholds`` holds the largest Hamming distance per algorithm (``"phash"``,
         ``"dhash"``: both must hold, for the same query variant and stored variant), and
@@ -607,10 +610,12 @@ class ReferenceRegistry:
                     continue
             current = best.get(ref_id)
             if current is None or _rank(distances) < _rank(current.distances):
-                best[ref_id] = Match(str(self.path), self.reference(ref_id), distances,
-                                     hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
-                                     int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
-                                     image_sum)
+                found = Match(str(self.path), self.reference(ref_id), distances,
+                              hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
+                              int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
+                              image_sum)
+                if accept is None or accept(found):
+                    best[ref_id] = found
         return sorted(best.values(), key=lambda m: _rank(m.distances))
 
     @staticmethod
@@ -770,9 +775,10 @@ def open_registries(paths: Sequence[str | os.PathLike[str]]) -> list[ReferenceRe
 
 
 def search_registries(registries: Sequence[ReferenceRegistry], hashes: ImageHashes,
-                      thresholds: dict[str, float]) -> list[Match]:
-    """Search every registry (:meth:`ReferenceRegistry.search`); all matches, closest first."""
-    matches = [m for r in registries for m in r.search(hashes, thresholds)]
+                      thresholds: dict[str, float], accept: Callable[[Match], bool] | None = None) -> list[Match]:
+    """Search every registry (:meth:`ReferenceRegistry.search`, with ``accept``); all
+    matches, closest first."""
+    matches = [m for r in registries for m in r.search(hashes, thresholds, accept)]
     return sorted(matches, key=lambda m: _rank(m.distances))
 
 

@@ -239,7 +239,6 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     """
     search = {k: v for k, v in thresholds.items() if not k.startswith("flat_")}
     search["band_min_quality"] = low_detail_quality
-    matches = search_registries(registries, hashes, search)
     weak = max(min_quality, low_detail_quality)
 
     def names_a_copy(m: Match) -> bool:
@@ -249,10 +248,14 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
                  and m.equalised_distance <= thresholds.get("flat_equalised", 64))
                 or m.equalised_distance <= thresholds.get("flat_close_equalised", -1))
 
-    close = [m for m in matches if names_a_copy(m)]
+    # Every variant pair of a reference is judged, not only its closest one: a crop whose
+    # plain hashes are closest may fail the low-detail test while the full image passes.
+    close = search_registries(registries, hashes, search, names_a_copy)
     if close:
         return "fail", close
-    return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
+    if hashes.quality < min_quality:
+        return "unknown", search_registries(registries, hashes, search)
+    return "pass", []
 
 
 def _exact_copy(registries: Sequence[ReferenceRegistry], path: str) -> Match | None:
