@@ -258,7 +258,9 @@ def main() -> None:
         nd = len(distractors)
         print_table(f"near-duplicate recall per transform (seed {args.seed}; registry: {len(refs)} references; "
                     f"pHash <= {thresholds['phash']}, dHash <= {thresholds['dhash']}, sum <= "
-                    f"{thresholds['sum']}, colour <= {thresholds['colour']:g}; images or references of quality < "
+                    f"{thresholds['sum']}, or pHash <= {thresholds['close_phash']} with dHash <= "
+                    f"{thresholds['close_phash_dhash']}; colour <= {thresholds['colour']:g} allowing for contrast x"
+                    f"{thresholds['colour_contrast']:g}; images or references of quality < "
                     f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']} and equalised pHash <= "
                     f"{thresholds['flat_equalised']}, or equalised pHash <= {thresholds['flat_close_equalised']}; "
                     f"bands: sum <= {thresholds['band_sum']}, whole image sum <= {thresholds['band_image_sum']})",
@@ -294,31 +296,35 @@ def _upper95(k: int, n: int) -> float:
     return 1.0 if k >= n else float(beta.ppf(0.95, k + 1, n - k))
 
 
-def _candidates(index, hashes, limit: int = 24):
-    """(ref_id, pHash, dHash, colour distance, equalised pHash distance) of every stored
-    whole-image variant within ``limit`` on both hashes, for either whole-image query
-    variant (bands are left to :func:`_band_hits`)."""
+def _candidates(index, hashes, contrasts, limit: int = 24, close_limit: int = 8):
+    """(ref_id, pHash, dHash, {contrast: colour distance}, equalised pHash distance) of
+    every stored whole-image variant within ``limit`` on both hashes, or within
+    ``close_limit`` on pHash whatever dHash says, for either whole-image query variant
+    (band matches are taken from the audit's own search)."""
     whole_rows = ~np.isin(index.variants, [i for i, v in enumerate(index.variant_names) if v in BAND_VARIANTS])
     whole_q = np.array([v not in BAND_VARIANTS for v in hashes.variants])
     P, D, E = (index.columns[a][whole_rows] for a in ("phash", "dhash", EQUALISED))
     p = np.bitwise_count(P[None, :] ^ hashes["phash"][whole_q][:, None]).astype(np.int16)
     d = np.bitwise_count(D[None, :] ^ hashes["dhash"][whole_q][:, None]).astype(np.int16)
     e = np.bitwise_count(E[None, :] ^ hashes[EQUALISED][whole_q][:, None]).astype(np.int16)
-    qv, row = np.nonzero((p <= limit) & (d <= limit))
-    c = colour_distance(index.colours[whole_rows][row], np.asarray(hashes.colour, dtype=np.float32))
+    qv, row = np.nonzero(((p <= limit) & (d <= limit)) | (p <= close_limit))
+    query_colour = np.asarray(hashes.colour, dtype=np.float32)
+    c = {k: colour_distance(query_colour, index.colours[whole_rows][row], k) for k in contrasts}
     return index.ref_ids[whole_rows][row], p[qv, row], d[qv, row], c, e[qv, row]
 
 
 def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     """Per-class worst-transform recall (named) and false positives for other operating
     points of the whole-image rule, from the same hashes: pHash <= P, dHash <= D,
-    pHash + dHash <= S, colour <= C; a pair where the image or the reference is below
-    the low-detail quality is named only within pHash + dHash <= F with equalised pHashes
+    pHash + dHash <= S, or pHash <= CP with dHash <= CD; colour <= C allowing for a
+    contrast change of K; a pair where the image or the reference is below the
+    low-detail quality is named only within pHash + dHash <= F with equalised pHashes
     within E, or with equalised pHashes within EC. Band matches are added at the audit's
     defaults."""
     index = registry.index()
     queries = [(name, group, true_id, h) for name, group, true_id, h in sweep_queries]
     queries += [("distractor", "distractor", -1, h) for _, h in distractor_hashes]
+    contrasts = (1.0, 1.2, 1.35)
     qid, ref, p, d, c, e = [], [], [], [], [], []
     quality = np.array([h.quality for _, _, _, h in queries])
     true = np.array([t for _, _, t, _ in queries])
@@ -327,12 +333,13 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     band_only = {k: v for k, v in default_thresholds().items() if not k.startswith("flat_")}
     band_only["band_min_quality"] = DEFAULT_LOW_DETAIL_QUALITY
     for i, (_, _, _, h) in enumerate(queries):
-        r, pp, dd, cc, ee = _candidates(index, h)
+        r, pp, dd, cc, ee = _candidates(index, h, contrasts)
         qid.append(np.full(r.size, i)), ref.append(r), p.append(pp), d.append(dd), c.append(cc), e.append(ee)
         bands = [m for m in registry.search(h, band_only) if m.query_variant in BAND_VARIANTS]
         band_failed[i] = bool(bands)
         band_named[i] = any(m.reference.id == true[i] for m in bands)
-    qid, ref, p, d, c, e = (np.concatenate(a) for a in (qid, ref, p, d, c, e))
+    qid, ref, p, d, e = (np.concatenate(a) for a in (qid, ref, p, d, e))
+    c = {k: np.concatenate([cc[k] for cc in c]) for k in contrasts}
     s = p + d
     is_true = ref == true[qid]
     names = [q[0] for q in queries]
@@ -341,19 +348,21 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     group_of = {q[0]: q[1] for q in queries}
     is_distractor = np.array([n == "distractor" for n in names])
     kinds = np.array([""] * len(sweep_queries) + [k for k, _ in distractor_hashes])
-    grid = itertools.product((12, 14, 16), (12, 14), (20, 22, 24), (0.06, 0.08, 0.10),
-                             (12, 14, 16), (12, 16, 20, 64), (-1, 4, 6, 8))
+    grid = itertools.product((14, 16), (12,), (22, 24), (-1, 2, 4, 6), (20, 24, 32), (0.08, 0.10),
+                             contrasts, (14, 16), (16, 64), (-1, 8))
     rows = []
     ref_quality = {int(r): registry.reference(int(r)).quality for r in np.unique(ref)}
     weak = (quality[qid] < DEFAULT_LOW_DETAIL_QUALITY) | (np.array([ref_quality[int(r)] for r in ref])
                                                           < DEFAULT_LOW_DETAIL_QUALITY)
-    for P, D, S, C, F, E, EC in grid:
-        ok = (p <= P) & (d <= D) & (s <= S) & (c <= C) & (~weak | ((s <= F) & (e <= E)) | (e <= EC))
+    for P, D, S, CP, CD, C, K, F, E, EC in grid:
+        bounds = ((p <= P) & (d <= D) & (s <= S)) | ((p <= CP) & (d <= CD))
+        ok = bounds & (c[K] <= C) & (~weak | ((s <= F) & (e <= E)) | (e <= EC))
         named = band_named.copy()
         named[qid[ok & is_true]] = True
         failed = band_failed.copy()
         failed[qid[ok]] = True
-        row = {"phash": P, "dhash": D, "sum": S, "colour": C, "flat_sum": F, "flat_equalised": E,
+        row = {"phash": P, "dhash": D, "sum": S, "close_phash": CP, "close_phash_dhash": CD, "colour": C,
+               "colour_contrast": K, "flat_sum": F, "flat_equalised": E,
                "flat_close_equalised": EC,
                "fp_photos": int(failed[is_distractor & (kinds == "photo")].sum()),
                "fp_shapes": int(failed[is_distractor & (kinds == "shapes")].sum())}
@@ -371,7 +380,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
                 f"the {int((is_distractor & (kinds == 'photo')).sum())} photograph distractors, then "
                 "worst-transform recall named per class relative to its target, then false positives "
                 "on shapes distractors; low-detail quality "
-                f"{DEFAULT_LOW_DETAIL_QUALITY}; flat_close_equalised -1: off)", rows[:40])
+                f"{DEFAULT_LOW_DETAIL_QUALITY}; close_phash and flat_close_equalised -1: off)", rows[:40])
 
 
 if __name__ == "__main__":

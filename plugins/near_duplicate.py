@@ -60,7 +60,10 @@ ARTENGINE_HOOK_API = "1.0"
 DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
-DEFAULT_MAX_COLOUR = 0.1
+DEFAULT_MAX_COLOUR = 0.08
+DEFAULT_COLOUR_CONTRAST = 1.2
+DEFAULT_CLOSE_PHASH = 2
+DEFAULT_CLOSE_PHASH_MAX_DHASH = 20
 DEFAULT_FLAT_MAX_SUM = 14
 DEFAULT_FLAT_MAX_EQUALISED = 16
 DEFAULT_FLAT_CLOSE_EQUALISED = 8
@@ -71,6 +74,8 @@ DEFAULT_BAND_MAX_IMAGE_SUM = 34
 #: settings).
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "phash": DEFAULT_MAX_PHASH, "dhash": DEFAULT_MAX_DHASH, "sum": DEFAULT_MAX_SUM, "colour": DEFAULT_MAX_COLOUR,
+    "colour_contrast": DEFAULT_COLOUR_CONTRAST, "close_phash": DEFAULT_CLOSE_PHASH,
+    "close_phash_dhash": DEFAULT_CLOSE_PHASH_MAX_DHASH,
     "flat_sum": DEFAULT_FLAT_MAX_SUM, "flat_equalised": DEFAULT_FLAT_MAX_EQUALISED,
     "flat_close_equalised": DEFAULT_FLAT_CLOSE_EQUALISED, "band_sum": DEFAULT_MAX_BAND_SUM,
     "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM,
@@ -107,6 +112,16 @@ class NearDuplicateAudit(Audit):
         "max_colour_distance": Setting(float, DEFAULT_MAX_COLOUR,
                                        "largest difference of a channel's share of the mean colour "
                                        "(0-1; 1 turns the colour check off)"),
+        "colour_contrast": Setting(float, DEFAULT_COLOUR_CONTRAST,
+                                   "contrast change (factor, either way) the colour comparison allows "
+                                   "for: the difference from grey may be scaled by up to it (1: none)"),
+        "close_phash_distance": Setting(int, DEFAULT_CLOSE_PHASH,
+                                        "pHash distance within which a pair counts with a dHash distance "
+                                        "up to close_phash_max_dhash_distance (clipped highlights move "
+                                        "dHash, not pHash; -1 turns it off)"),
+        "close_phash_max_dhash_distance": Setting(int, DEFAULT_CLOSE_PHASH_MAX_DHASH,
+                                                  "largest dHash distance for a pair within "
+                                                  "close_phash_distance"),
         "min_quality": Setting(int, MIN_RELIABLE_QUALITY,
                                "images below this hash quality (0-100) fail only on a match within "
                                "flat_max_distance_sum, else are 'unknown' (blocked); 0 turns the rule off"),
@@ -141,14 +156,23 @@ class NearDuplicateAudit(Audit):
                          ("flat_max_distance_sum", 128), ("max_colour_distance", 1), ("low_detail_quality", 100),
                          ("min_quality", 100), ("flat_max_equalised_distance", 64),
                          ("flat_close_equalised_distance", 64), ("max_band_distance_sum", 128),
-                         ("band_max_image_distance_sum", 128)):
+                         ("band_max_image_distance_sum", 128), ("close_phash_max_dhash_distance", 64)):
             if not 0 <= self.settings[key] <= top:
                 raise ArtengineError(f"{where}: audits.near_duplicate.{key}: "
                                      f"must be between 0 and {top}, got {self.settings[key]}")
+        if not -1 <= self.settings["close_phash_distance"] <= 64:
+            raise ArtengineError(f"{where}: audits.near_duplicate.close_phash_distance: "
+                                 f"must be between -1 (off) and 64, got {self.settings['close_phash_distance']}")
+        if not 1 <= self.settings["colour_contrast"] <= 4:
+            raise ArtengineError(f"{where}: audits.near_duplicate.colour_contrast: "
+                                 f"must be between 1 (none) and 4, got {self.settings['colour_contrast']}")
         self.thresholds = {"phash": self.settings["max_phash_distance"],
                            "dhash": self.settings["max_dhash_distance"],
                            "sum": self.settings["max_distance_sum"],
                            "colour": self.settings["max_colour_distance"],
+                           "colour_contrast": self.settings["colour_contrast"],
+                           "close_phash": self.settings["close_phash_distance"],
+                           "close_phash_dhash": self.settings["close_phash_max_dhash_distance"],
                            "flat_sum": self.settings["flat_max_distance_sum"],
                            "flat_equalised": self.settings["flat_max_equalised_distance"],
                            "flat_close_equalised": self.settings["flat_close_equalised_distance"],

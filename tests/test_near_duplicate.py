@@ -309,6 +309,8 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
 
     expected = {"max_phash_distance": plugin.DEFAULT_MAX_PHASH, "max_dhash_distance": plugin.DEFAULT_MAX_DHASH,
                 "max_distance_sum": plugin.DEFAULT_MAX_SUM, "max_colour_distance": plugin.DEFAULT_MAX_COLOUR,
+                "colour_contrast": plugin.DEFAULT_COLOUR_CONTRAST, "close_phash_distance": plugin.DEFAULT_CLOSE_PHASH,
+                "close_phash_max_dhash_distance": plugin.DEFAULT_CLOSE_PHASH_MAX_DHASH,
                 "flat_max_distance_sum": plugin.DEFAULT_FLAT_MAX_SUM,
                 "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY,
                 "flat_max_equalised_distance": plugin.DEFAULT_FLAT_MAX_EQUALISED,
