@@ -375,11 +375,13 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     target = [g for g, v in TARGETS.items() if v is not None]
     for r in rows:
         r["min_target_class"] = min(r[g] / TARGETS[g] for g in target)
-    rows.sort(key=lambda r: (r["fp_photos"], -r["min_target_class"], r["fp_shapes"]))
+    # A target met is met: recall beyond it does not outrank false positives (one more copy
+    # named on this seed is not worth a score of look-alikes flagged).
+    rows.sort(key=lambda r: (r["fp_photos"], -min(1.0, r["min_target_class"]), r["fp_shapes"]))
     print_table(f"threshold sweep: the 40 best of {len(rows)} operating points (fewest false positives on "
                 f"the {int((is_distractor & (kinds == 'photo')).sum())} photograph distractors, then "
-                "worst-transform recall named per class relative to its target, then false positives "
-                "on shapes distractors; low-detail quality "
+                "worst-transform recall named per class relative to its target, up to the target, then "
+                "false positives on shapes distractors; low-detail quality "
                 f"{DEFAULT_LOW_DETAIL_QUALITY}; close_phash and flat_close_equalised -1: off)", rows[:40])
 
 

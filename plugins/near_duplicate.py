@@ -9,8 +9,10 @@ Two components:
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the
   run (``--registry``, the policy's ``registries``, the registries the audited styles ship,
   and its own ``registries`` setting) and fails an image that matches a reference: pHash
-  and dHash distances each within their bound and their sum within its own (for the same
-  image variant and stored variant), and colour signatures within their bound; or, for an
+  and dHash distances each within their bound and their sum within its own, or pHash
+  within ``close_phash_distance`` with dHash within ``close_phash_max_dhash_distance``
+  (for the same image variant and stored variant), and colour signatures within their
+  bound, allowing for a contrast change of up to ``colour_contrast``; or, for an
   image of enough detail, whose top or bottom band matches the same band of a reference
   within ``max_band_distance_sum`` while the whole images are within
   ``band_max_image_distance_sum`` (a copy with a caption across it). The finding names the reference (sha256, source path, licence, source text), the distances
@@ -61,7 +63,7 @@ DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
 DEFAULT_MAX_COLOUR = 0.08
-DEFAULT_COLOUR_CONTRAST = 1.2
+DEFAULT_COLOUR_CONTRAST = 1.0
 DEFAULT_CLOSE_PHASH = 2
 DEFAULT_CLOSE_PHASH_MAX_DHASH = 20
 DEFAULT_FLAT_MAX_SUM = 14
