@@ -320,7 +320,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     contrast change of K; a pair where the image or the reference is below the
     low-detail quality is named only within pHash + dHash <= F with equalised pHashes
     within E, or with equalised pHashes within EC. Band matches are added at the audit's
-    defaults."""
+    band bounds, with each point's colour bound."""
     index = registry.index()
     queries = [(name, group, true_id, h) for name, group, true_id, h in sweep_queries]
     queries += [("distractor", "distractor", -1, h) for _, h in distractor_hashes]
@@ -328,16 +328,19 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     qid, ref, p, d, c, e = [], [], [], [], [], []
     quality = np.array([h.quality for _, _, _, h in queries])
     true = np.array([t for _, _, t, _ in queries])
-    band_named = np.zeros(len(queries), dtype=bool)
-    band_failed = np.zeros(len(queries), dtype=bool)
+    # Band matches at the audit's band bounds, found with the colour check off; the
+    # colour signature is one per reference, so each point's colour bound is applied after.
+    band_hits = []  # per query: (reference ids, {contrast: colour distances})
     band_only = {k: v for k, v in default_thresholds().items() if not k.startswith("flat_")}
-    band_only["band_min_quality"] = DEFAULT_LOW_DETAIL_QUALITY
+    band_only.update(band_min_quality=DEFAULT_LOW_DETAIL_QUALITY, colour=1.0, colour_contrast=1.0)
     for i, (_, _, _, h) in enumerate(queries):
         r, pp, dd, cc, ee = _candidates(index, h, contrasts)
         qid.append(np.full(r.size, i)), ref.append(r), p.append(pp), d.append(dd), c.append(cc), e.append(ee)
         bands = [m for m in registry.search(h, band_only) if m.query_variant in BAND_VARIANTS]
-        band_failed[i] = bool(bands)
-        band_named[i] = any(m.reference.id == true[i] for m in bands)
+        ids = np.array([m.reference.id for m in bands], dtype=np.int64)
+        ref_colours = np.array([m.reference.colour for m in bands], dtype=np.float32).reshape(-1, 3)
+        band_hits.append((ids, {k: colour_distance(np.asarray(h.colour, dtype=np.float32), ref_colours, k)
+                                for k in contrasts}))
     qid, ref, p, d, e = (np.concatenate(a) for a in (qid, ref, p, d, e))
     c = {k: np.concatenate([cc[k] for cc in c]) for k in contrasts}
     s = p + d
@@ -348,8 +351,12 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     group_of = {q[0]: q[1] for q in queries}
     is_distractor = np.array([n == "distractor" for n in names])
     kinds = np.array([""] * len(sweep_queries) + [k for k, _ in distractor_hashes])
-    grid = itertools.product((14, 16), (12,), (22, 24), (-1, 2, 4, 6), (20, 24, 32), (0.08, 0.10),
+    colours = (0.08, 0.10)
+    grid = itertools.product((14, 16), (12,), (22, 24), (-1, 2, 4, 6), (20, 24, 32), colours,
                              contrasts, (14, 16), (16, 64), (-1, 8))
+    band_by = {(C, K): (np.array([bool(((ids == true[i]) & (cd[K] <= C)).any()) for i, (ids, cd) in enumerate(band_hits)]),
+                        np.array([bool((cd[K] <= C).any()) for _, cd in band_hits]))
+               for C in colours for K in contrasts}
     rows = []
     ref_quality = {int(r): registry.reference(int(r)).quality for r in np.unique(ref)}
     weak = (quality[qid] < DEFAULT_LOW_DETAIL_QUALITY) | (np.array([ref_quality[int(r)] for r in ref])
@@ -357,6 +364,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     for P, D, S, CP, CD, C, K, F, E, EC in grid:
         bounds = ((p <= P) & (d <= D) & (s <= S)) | ((p <= CP) & (d <= CD))
         ok = bounds & (c[K] <= C) & (~weak | ((s <= F) & (e <= E)) | (e <= EC))
+        band_named, band_failed = band_by[C, K]
         named = band_named.copy()
         named[qid[ok & is_true]] = True
         failed = band_failed.copy()
