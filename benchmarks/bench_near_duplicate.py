@@ -313,6 +313,16 @@ def _candidates(index, hashes, contrasts, limit: int = 24, close_limit: int = 8)
     return index.ref_ids[whole_rows][row], p[qv, row], d[qv, row], c, e[qv, row]
 
 
+def _band_names_a_copy(m) -> bool:
+    """The audit's low-detail test for a band match (the image's quality is at least the
+    low-detail quality for any band match; a flat reference needs the closer match), at
+    the default flat bounds."""
+    t = DEFAULT_THRESHOLDS
+    return (m.reference.quality >= DEFAULT_LOW_DETAIL_QUALITY
+            or (sum(m.distances.values()) <= t["flat_sum"] and m.equalised_distance <= t["flat_equalised"])
+            or m.equalised_distance <= t["flat_close_equalised"])
+
+
 def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     """Per-class worst-transform recall (named) and false positives for other operating
     points of the whole-image rule, from the same hashes: pHash <= P, dHash <= D,
@@ -336,7 +346,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     for i, (_, _, _, h) in enumerate(queries):
         r, pp, dd, cc, ee = _candidates(index, h, contrasts)
         qid.append(np.full(r.size, i)), ref.append(r), p.append(pp), d.append(dd), c.append(cc), e.append(ee)
-        bands = [m for m in registry.search(h, band_only) if m.query_variant in BAND_VARIANTS]
+        bands = [m for m in registry.search(h, band_only, _band_names_a_copy) if m.query_variant in BAND_VARIANTS]
         ids = np.array([m.reference.id for m in bands], dtype=np.int64)
         ref_colours = np.array([m.reference.colour for m in bands], dtype=np.float32).reshape(-1, 3)
         band_hits.append((ids, {k: colour_distance(np.asarray(h.colour, dtype=np.float32), ref_colours, k)

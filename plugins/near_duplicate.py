@@ -53,7 +53,6 @@ from artengine import (
     search_registries,
     sha256_file,
 )
-from artengine.hashing import BAND_VARIANTS
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -256,8 +255,8 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     ``band_sum`` and ``band_image_sum`` (see :meth:`ReferenceRegistry.search`; bands count
     only from ``low_detail_quality`` up), and ``flat_sum``, ``flat_equalised`` and
     ``flat_close_equalised``. A hash of quality below ``low_detail_quality`` is weaker
-    evidence (smooth pictures resemble each other): a whole-image match where the image or
-    the reference is that flat names a copy only within ``flat_sum`` (pHash + dHash) with
+    evidence (smooth pictures resemble each other): a match (whole image or band) where the
+    image or the reference is that flat names a copy only within ``flat_sum`` (pHash + dHash) with
     equalised pHashes within ``flat_equalised`` too, or with equalised pHashes within
     ``flat_close_equalised``. Below
     ``min_quality`` the hash cannot rule a copy out either: without such a match the image
@@ -268,8 +267,8 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     weak = max(min_quality, low_detail_quality)
 
     def names_a_copy(m: Match) -> bool:
-        if m.query_variant in BAND_VARIANTS or min(hashes.quality, m.reference.quality) >= weak:
-            return True
+        if min(hashes.quality, m.reference.quality) >= weak:
+            return True  # a band match too: the image's bands count only from low_detail_quality up
         return ((sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
                  and m.equalised_distance <= thresholds.get("flat_equalised", 64))
                 or m.equalised_distance <= thresholds.get("flat_close_equalised", -1))
