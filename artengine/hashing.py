@@ -187,16 +187,14 @@ def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.n
     # interval is at an end or where two of its pieces cross (s a_i - b_i = +-(s a_j - b_j),
     # i = j included), so those scales, kept within the interval, are the candidates.
     lo, hi = 1.0 / contrast, float(contrast)
-    cands = [np.full(a.shape[:-1], lo), np.full(a.shape[:-1], hi)]
-    channels = a.shape[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        for i in range(channels):
-            for j in range(i, channels):
-                for sign in (1.0, -1.0):
-                    den = a[..., i] - sign * a[..., j]
-                    s = (b[..., i] - sign * b[..., j]) / den
-                    cands.append(np.where(np.isfinite(s), np.clip(s, lo, hi), lo))
-    scales = np.stack(cands, axis=-1)[..., None]  # (..., candidates, 1)
+        crossings = np.concatenate([
+            ((b[..., :, None] - b[..., None, :]) / (a[..., :, None] - a[..., None, :])).reshape(*a.shape[:-1], -1),
+            ((b[..., :, None] + b[..., None, :]) / (a[..., :, None] + a[..., None, :])).reshape(*a.shape[:-1], -1),
+        ], axis=-1)
+    crossings = np.clip(np.where(np.isfinite(crossings), crossings, lo), lo, hi)
+    ends = np.broadcast_to(np.array([lo, hi]), (*a.shape[:-1], 2))
+    scales = np.concatenate([ends, crossings], axis=-1)[..., None]  # (..., candidates, 1)
     apart = np.abs(scales * a[..., None, :] - b[..., None, :]).max(axis=-1)
     return apart.min(axis=-1).astype(np.float32)
 

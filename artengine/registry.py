@@ -594,6 +594,7 @@ class ReferenceRegistry:
         qi, rows, dist = hamming_within(index.columns[first], hashes[first],
                                         int(max(thresholds[first], close_phash)))
         best: dict[int, Match] = {}
+        colour_apart: dict[int, float] = {}
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -610,10 +611,12 @@ class ReferenceRegistry:
                     continue
             if band is not None and sum(distances.values()) > band_sum:
                 continue
-            apart = float(colour_distance(colour, index.colours[row], contrast))
+            ref_id = int(index.ref_ids[row])
+            apart = colour_apart.get(ref_id)
+            if apart is None:  # one colour signature per reference: compared once per search
+                apart = colour_apart[ref_id] = float(colour_distance(colour, index.colours[row], contrast))
             if max_colour is not None and apart > max_colour:
                 continue
-            ref_id = int(index.ref_ids[row])
             image_sum = None
             if band is not None:
                 image_sum = self._image_distance_sum(index, ref_id, hashes, whole_queries)
