@@ -165,10 +165,38 @@ def colour_signature(image: Image.Image) -> np.ndarray:
     return (means / means.sum()).astype(np.float32)
 
 
-def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.ndarray:
     """Distance between colour signatures: the largest difference of a channel's share
-    (broadcasting over leading axes; 0 for the same colour, at most 1)."""
-    return np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).max(axis=-1)
+    (broadcasting over leading axes; 0 for the same colour, at most 1).
+
+    With ``contrast`` > 1, a contrast change of up to that factor either way is allowed
+    for: a contrast change (Pillow's ``ImageEnhance.Contrast``, a levels or curves
+    adjustment) moves each channel's mean towards or away from the grey of the image's
+    luminance, which scales the signature's difference from grey, ``a - 1/3``, by about
+    the contrast factor. The distance is then the smallest, over scales ``s`` within
+    ``[1/contrast, contrast]``, of the largest difference between ``s * (a - 1/3)`` and
+    ``b - 1/3``: a pair that differs only by such a scale is at distance 0, another hue
+    still far.
+    """
+    a = np.asarray(a, dtype=np.float64) - 1 / 3
+    b = np.asarray(b, dtype=np.float64) - 1 / 3
+    if contrast <= 1.0:
+        return np.abs(a - b).max(axis=-1).astype(np.float32)
+    a, b = np.broadcast_arrays(a, b)
+    # max_i |s a_i - b_i| is convex and piecewise linear in s: its minimum over the
+    # interval is at an end or where two of its pieces cross (s a_i - b_i = +-(s a_j - b_j),
+    # i = j included), so those scales, kept within the interval, are the candidates.
+    lo, hi = 1.0 / contrast, float(contrast)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossings = np.concatenate([
+            ((b[..., :, None] - b[..., None, :]) / (a[..., :, None] - a[..., None, :])).reshape(*a.shape[:-1], -1),
+            ((b[..., :, None] + b[..., None, :]) / (a[..., :, None] + a[..., None, :])).reshape(*a.shape[:-1], -1),
+        ], axis=-1)
+    crossings = np.clip(np.where(np.isfinite(crossings), crossings, lo), lo, hi)
+    ends = np.broadcast_to(np.array([lo, hi]), (*a.shape[:-1], 2))
+    scales = np.concatenate([ends, crossings], axis=-1)[..., None]  # (..., candidates, 1)
+    apart = np.abs(scales * a[..., None, :] - b[..., None, :]).max(axis=-1)
+    return apart.min(axis=-1).astype(np.float32)
 
 
 def hash_quality(gray: Image.Image) -> int:

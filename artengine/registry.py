@@ -548,15 +548,23 @@ class ReferenceRegistry:
             self._index = index
             return index
 
-    def search(self, hashes: ImageHashes, thresholds: dict[str, float]) -> list[Match]:
+    def search(self, hashes: ImageHashes, thresholds: dict[str, float],
+               accept: Callable[[Match], bool] | None = None) -> list[Match]:
         """References near any query variant in ``hashes``; closest first, one match per
-        reference.
+        reference. With ``accept``, a pair of variants counts only if ``accept(match)`` is
+        true, and each reference's closest pair is chosen among those that count (so a
+        closer pair that fails the test does not hide one that passes).
 
         ``thresholds`` holds the largest Hamming distance per algorithm (``"phash"``,
         ``"dhash"``: both must hold, for the same query variant and stored variant), and
         optionally ``"sum"``, the largest pHash + dHash distance, and ``"colour"``, the
         largest :func:`~artengine.hashing.colour_distance` between the image's and the
-        reference's colour signatures.
+        reference's colour signatures, allowing for a contrast change of up to
+        ``"colour_contrast"`` (default 1: none). With ``"close_phash"`` and
+        ``"close_phash_dhash"``, a whole-image pair whose pHashes are within
+        ``close_phash`` also counts with a dHash distance up to ``close_phash_dhash``,
+        whatever the other bounds say (clipped highlights or shadows, from a brightness or
+        contrast change, move many dHash bits and few pHash bits).
 
         Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
         same band of a reference, and only when ``thresholds`` holds ``"band_sum"`` (the
@@ -571,6 +579,9 @@ class ReferenceRegistry:
             raise ValueError(f"thresholds missing for {missing}")
         max_sum = thresholds.get("sum")
         max_colour = thresholds.get("colour")
+        contrast = float(thresholds.get("colour_contrast", 1.0))
+        close_phash = thresholds.get("close_phash", -1)
+        close_phash_dhash = thresholds.get("close_phash_dhash", -1)
         band_sum = thresholds.get("band_sum")
         band_image_sum = thresholds.get("band_image_sum")
         use_bands = (band_sum is not None and band_image_sum is not None
@@ -580,8 +591,10 @@ class ReferenceRegistry:
         query_band = [v if v in BAND_VARIANTS else None for v in hashes.variants]
         whole_queries = [i for i, b in enumerate(query_band) if b is None]
         first, rest = ALGORITHMS[0], ALGORITHMS[1:]
-        qi, rows, dist = hamming_within(index.columns[first], hashes[first], int(thresholds[first]))
+        qi, rows, dist = hamming_within(index.columns[first], hashes[first],
+                                        int(max(thresholds[first], close_phash)))
         best: dict[int, Match] = {}
+        colour_apart: dict[int, float] = {}
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -590,16 +603,20 @@ class ReferenceRegistry:
             distances = {first: d}
             for algorithm in rest:
                 distances[algorithm] = int(np.bitwise_count(index.columns[algorithm][row] ^ hashes[algorithm][q]))
-            if any(distances[a] > thresholds[a] for a in rest):
-                continue
-            if max_sum is not None and sum(distances.values()) > max_sum:
-                continue
+            close = band is None and d <= close_phash and distances["dhash"] <= close_phash_dhash
+            if not close:
+                if any(distances[a] > thresholds[a] for a in ALGORITHMS):
+                    continue
+                if max_sum is not None and sum(distances.values()) > max_sum:
+                    continue
             if band is not None and sum(distances.values()) > band_sum:
                 continue
-            apart = float(colour_distance(index.colours[row], colour))
+            ref_id = int(index.ref_ids[row])
+            apart = colour_apart.get(ref_id)
+            if apart is None:  # one colour signature per reference: compared once per search
+                apart = colour_apart[ref_id] = float(colour_distance(colour, index.colours[row], contrast))
             if max_colour is not None and apart > max_colour:
                 continue
-            ref_id = int(index.ref_ids[row])
             image_sum = None
             if band is not None:
                 image_sum = self._image_distance_sum(index, ref_id, hashes, whole_queries)
@@ -607,10 +624,12 @@ class ReferenceRegistry:
                     continue
             current = best.get(ref_id)
             if current is None or _rank(distances) < _rank(current.distances):
-                best[ref_id] = Match(str(self.path), self.reference(ref_id), distances,
-                                     hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
-                                     int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
-                                     image_sum)
+                found = Match(str(self.path), self.reference(ref_id), distances,
+                              hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
+                              int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
+                              image_sum)
+                if accept is None or accept(found):
+                    best[ref_id] = found
         return sorted(best.values(), key=lambda m: _rank(m.distances))
 
     @staticmethod
@@ -770,9 +789,10 @@ def open_registries(paths: Sequence[str | os.PathLike[str]]) -> list[ReferenceRe
 
 
 def search_registries(registries: Sequence[ReferenceRegistry], hashes: ImageHashes,
-                      thresholds: dict[str, float]) -> list[Match]:
-    """Search every registry (:meth:`ReferenceRegistry.search`); all matches, closest first."""
-    matches = [m for r in registries for m in r.search(hashes, thresholds)]
+                      thresholds: dict[str, float], accept: Callable[[Match], bool] | None = None) -> list[Match]:
+    """Search every registry (:meth:`ReferenceRegistry.search`, with ``accept``); all
+    matches, closest first."""
+    matches = [m for r in registries for m in r.search(hashes, thresholds, accept)]
     return sorted(matches, key=lambda m: _rank(m.distances))
 
 

@@ -9,8 +9,10 @@ Two components:
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the
   run (``--registry``, the policy's ``registries``, the registries the audited styles ship,
   and its own ``registries`` setting) and fails an image that matches a reference: pHash
-  and dHash distances each within their bound and their sum within its own (for the same
-  image variant and stored variant), and colour signatures within their bound; or, for an
+  and dHash distances each within their bound and their sum within its own, or pHash
+  within ``close_phash_distance`` with dHash within ``close_phash_max_dhash_distance``
+  (for the same image variant and stored variant), and colour signatures within their
+  bound, allowing for a contrast change of up to ``colour_contrast``; or, for an
   image of enough detail, whose top or bottom band matches the same band of a reference
   within ``max_band_distance_sum`` while the whole images are within
   ``band_max_image_distance_sum`` (a copy with a caption across it). The finding names the reference (sha256, source path, licence, source text), the distances
@@ -51,7 +53,6 @@ from artengine import (
     search_registries,
     sha256_file,
 )
-from artengine.hashing import BAND_VARIANTS
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -60,7 +61,10 @@ ARTENGINE_HOOK_API = "1.0"
 DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
-DEFAULT_MAX_COLOUR = 0.1
+DEFAULT_MAX_COLOUR = 0.08
+DEFAULT_COLOUR_CONTRAST = 1.2
+DEFAULT_CLOSE_PHASH = 2
+DEFAULT_CLOSE_PHASH_MAX_DHASH = 20
 DEFAULT_FLAT_MAX_SUM = 14
 DEFAULT_FLAT_MAX_EQUALISED = 16
 DEFAULT_FLAT_CLOSE_EQUALISED = 8
@@ -71,6 +75,8 @@ DEFAULT_BAND_MAX_IMAGE_SUM = 34
 #: settings).
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "phash": DEFAULT_MAX_PHASH, "dhash": DEFAULT_MAX_DHASH, "sum": DEFAULT_MAX_SUM, "colour": DEFAULT_MAX_COLOUR,
+    "colour_contrast": DEFAULT_COLOUR_CONTRAST, "close_phash": DEFAULT_CLOSE_PHASH,
+    "close_phash_dhash": DEFAULT_CLOSE_PHASH_MAX_DHASH,
     "flat_sum": DEFAULT_FLAT_MAX_SUM, "flat_equalised": DEFAULT_FLAT_MAX_EQUALISED,
     "flat_close_equalised": DEFAULT_FLAT_CLOSE_EQUALISED, "band_sum": DEFAULT_MAX_BAND_SUM,
     "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM,
@@ -107,6 +113,16 @@ class NearDuplicateAudit(Audit):
         "max_colour_distance": Setting(float, DEFAULT_MAX_COLOUR,
                                        "largest difference of a channel's share of the mean colour "
                                        "(0-1; 1 turns the colour check off)"),
+        "colour_contrast": Setting(float, DEFAULT_COLOUR_CONTRAST,
+                                   "contrast change (factor, either way) the colour comparison allows "
+                                   "for: the difference from grey may be scaled by up to it (1: none)"),
+        "close_phash_distance": Setting(int, DEFAULT_CLOSE_PHASH,
+                                        "pHash distance within which a pair counts with a dHash distance "
+                                        "up to close_phash_max_dhash_distance (clipped highlights move "
+                                        "dHash, not pHash; -1 turns it off)"),
+        "close_phash_max_dhash_distance": Setting(int, DEFAULT_CLOSE_PHASH_MAX_DHASH,
+                                                  "largest dHash distance for a pair within "
+                                                  "close_phash_distance"),
         "min_quality": Setting(int, MIN_RELIABLE_QUALITY,
                                "images below this hash quality (0-100) fail only on a match within "
                                "flat_max_distance_sum, else are 'unknown' (blocked); 0 turns the rule off"),
@@ -141,14 +157,23 @@ class NearDuplicateAudit(Audit):
                          ("flat_max_distance_sum", 128), ("max_colour_distance", 1), ("low_detail_quality", 100),
                          ("min_quality", 100), ("flat_max_equalised_distance", 64),
                          ("flat_close_equalised_distance", 64), ("max_band_distance_sum", 128),
-                         ("band_max_image_distance_sum", 128)):
+                         ("band_max_image_distance_sum", 128), ("close_phash_max_dhash_distance", 64)):
             if not 0 <= self.settings[key] <= top:
                 raise ArtengineError(f"{where}: audits.near_duplicate.{key}: "
                                      f"must be between 0 and {top}, got {self.settings[key]}")
+        if not -1 <= self.settings["close_phash_distance"] <= 64:
+            raise ArtengineError(f"{where}: audits.near_duplicate.close_phash_distance: "
+                                 f"must be between -1 (off) and 64, got {self.settings['close_phash_distance']}")
+        if not 1 <= self.settings["colour_contrast"] <= 4:
+            raise ArtengineError(f"{where}: audits.near_duplicate.colour_contrast: "
+                                 f"must be between 1 (none) and 4, got {self.settings['colour_contrast']}")
         self.thresholds = {"phash": self.settings["max_phash_distance"],
                            "dhash": self.settings["max_dhash_distance"],
                            "sum": self.settings["max_distance_sum"],
                            "colour": self.settings["max_colour_distance"],
+                           "colour_contrast": self.settings["colour_contrast"],
+                           "close_phash": self.settings["close_phash_distance"],
+                           "close_phash_dhash": self.settings["close_phash_max_dhash_distance"],
                            "flat_sum": self.settings["flat_max_distance_sum"],
                            "flat_equalised": self.settings["flat_max_equalised_distance"],
                            "flat_close_equalised": self.settings["flat_close_equalised_distance"],
@@ -230,8 +255,8 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     ``band_sum`` and ``band_image_sum`` (see :meth:`ReferenceRegistry.search`; bands count
     only from ``low_detail_quality`` up), and ``flat_sum``, ``flat_equalised`` and
     ``flat_close_equalised``. A hash of quality below ``low_detail_quality`` is weaker
-    evidence (smooth pictures resemble each other): a whole-image match where the image or
-    the reference is that flat names a copy only within ``flat_sum`` (pHash + dHash) with
+    evidence (smooth pictures resemble each other): a match (whole image or band) where the
+    image or the reference is that flat names a copy only within ``flat_sum`` (pHash + dHash) with
     equalised pHashes within ``flat_equalised`` too, or with equalised pHashes within
     ``flat_close_equalised``. Below
     ``min_quality`` the hash cannot rule a copy out either: without such a match the image
@@ -239,20 +264,23 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     """
     search = {k: v for k, v in thresholds.items() if not k.startswith("flat_")}
     search["band_min_quality"] = low_detail_quality
-    matches = search_registries(registries, hashes, search)
     weak = max(min_quality, low_detail_quality)
 
     def names_a_copy(m: Match) -> bool:
-        if m.query_variant in BAND_VARIANTS or min(hashes.quality, m.reference.quality) >= weak:
-            return True
+        if min(hashes.quality, m.reference.quality) >= weak:
+            return True  # a band match too: the image's bands count only from low_detail_quality up
         return ((sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
                  and m.equalised_distance <= thresholds.get("flat_equalised", 64))
                 or m.equalised_distance <= thresholds.get("flat_close_equalised", -1))
 
-    close = [m for m in matches if names_a_copy(m)]
+    # Every variant pair of a reference is judged, not only its closest one: a crop whose
+    # plain hashes are closest may fail the low-detail test while the full image passes.
+    close = search_registries(registries, hashes, search, names_a_copy)
     if close:
         return "fail", close
-    return ("unknown", matches) if hashes.quality < min_quality else ("pass", [])
+    if hashes.quality < min_quality:
+        return "unknown", search_registries(registries, hashes, search)
+    return "pass", []
 
 
 def _exact_copy(registries: Sequence[ReferenceRegistry], path: str) -> Match | None:

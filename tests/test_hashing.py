@@ -135,3 +135,25 @@ def test_hamming_within_equals_brute_force_across_chunks():
     assert (0, 17, 3) in got and (1, 4999, 0) in got
     empty = hamming_within(table[:0], queries, 12)
     assert all(a.size == 0 for a in empty)
+
+
+def test_colour_comparison_allows_for_a_contrast_change_but_not_another_hue():
+    """A contrast change scales the mean colour's difference from grey: allowed for, a
+    lowered-contrast copy's signature is at the same colour; a hue change stays far."""
+    from PIL import ImageEnhance
+
+    from artengine.hashing import colour_distance, colour_signature
+
+    warm = np.asarray(artwork(5, 256), dtype=np.float32) * np.array([1.0, 0.55, 0.3])
+    picture = Image.fromarray(warm.astype(np.uint8))
+    original = colour_signature(picture)
+    flatter = colour_signature(ImageEnhance.Contrast(picture).enhance(0.7))
+    assert colour_distance(flatter, original) > 0.03
+    assert colour_distance(flatter, original, 1.5) < 0.005
+    # The same picture with its channels swapped (another hue): far either way.
+    r, g, b = picture.split()
+    swapped = colour_signature(Image.merge("RGB", (b, r, g)))
+    assert colour_distance(swapped, original, 1.5) > 0.15
+    # No allowance is the plain distance, and an allowance never makes two colours farther.
+    assert colour_distance(flatter, original, 1.0) == colour_distance(flatter, original)
+    assert colour_distance(swapped, original, 1.2) <= colour_distance(swapped, original)

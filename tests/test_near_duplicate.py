@@ -274,6 +274,43 @@ def test_transformed_copies_of_a_photograph_are_named_and_recolourings_are_not(t
     assert _finding(loose, "recoloured.png")[1]["outcome"] == "fail"
 
 
+def test_a_brightened_copy_whose_highlights_clip_is_named_on_its_phash(tmp_path):
+    """Brightness up by 50 % and contrast by 30 % clip the highlights of a photograph:
+    dHash moves beyond its bound while pHash stays within 2, which names the copy. Other
+    parts of the same photograph pass."""
+    from skimage import data as skimage_data  # the test extra installs scikit-image
+
+    photo = Image.fromarray(skimage_data.astronaut())  # 512 x 512
+
+    def part(left: int, top: int) -> Image.Image:
+        return photo.crop((left, top, left + 153, top + 153)).resize((320, 320), Image.Resampling.LANCZOS)
+
+    others = ((180, 0), (359, 0), (0, 180), (180, 180), (359, 359))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    part(0, 0).save(refs / "corner.png")
+    db = tmp_path / "refs.db"
+    with ReferenceRegistry(db, create=True) as reg:
+        reg.add([refs / "corner.png"], licence="All rights reserved")
+    out = tmp_path / "outputs"
+    out.mkdir()
+    ImageEnhance.Contrast(ImageEnhance.Brightness(part(0, 0)).enhance(1.5)).enhance(1.3).save(out / "brighter.png")
+    for left, top in others:
+        part(left, top).save(out / f"other_{left}_{top}.png")
+
+    _, doc = _audit(out, _policy(tmp_path), db)
+    _, finding = _finding(doc, "brighter.png")
+    assert finding["outcome"] == "fail", finding["message"]
+    match = finding["details"]["match"]
+    assert match["source"] == str((refs / "corner.png").resolve())
+    assert match["distances"]["phash"] <= 2 and match["distances"]["dhash"] > 12, match
+    for left, top in others:
+        assert _finding(doc, f"other_{left}_{top}.png")[1]["outcome"] == "pass"
+    # The pHash-only rule is what names it: turned off, the copy passes.
+    _, off = _audit(out, _policy(tmp_path, "close_phash_distance = -1"), db)
+    assert _finding(off, "brighter.png")[1]["outcome"] == "pass"
+
+
 def test_a_copy_of_a_flat_reference_is_named_and_other_flat_images_stay_unknown(tmp_path):
     """Flat images are weak evidence: a very close match is still named, anything else
     is 'unknown' (blocked), never 'pass'."""
@@ -309,6 +346,8 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
 
     expected = {"max_phash_distance": plugin.DEFAULT_MAX_PHASH, "max_dhash_distance": plugin.DEFAULT_MAX_DHASH,
                 "max_distance_sum": plugin.DEFAULT_MAX_SUM, "max_colour_distance": plugin.DEFAULT_MAX_COLOUR,
+                "colour_contrast": plugin.DEFAULT_COLOUR_CONTRAST, "close_phash_distance": plugin.DEFAULT_CLOSE_PHASH,
+                "close_phash_max_dhash_distance": plugin.DEFAULT_CLOSE_PHASH_MAX_DHASH,
                 "flat_max_distance_sum": plugin.DEFAULT_FLAT_MAX_SUM,
                 "low_detail_quality": plugin.DEFAULT_LOW_DETAIL_QUALITY,
                 "flat_max_equalised_distance": plugin.DEFAULT_FLAT_MAX_EQUALISED,

@@ -79,6 +79,19 @@ def test_search_finds_the_reference_with_its_record_and_thumbnail(registry_path,
         assert reg.search(query_hashes(artwork(999, 256)), THRESHOLDS) == []
 
 
+def test_an_accept_test_chooses_among_all_variant_pairs_of_a_reference(registry_path, ref_folder):
+    """With ``accept``, a closer pair that fails it does not hide a pair that passes: an
+    exact copy is found on a crop variant when the full-image pair is refused."""
+    source = ref_folder / "ref0.png"
+    query = query_hashes(Image.open(source).convert("RGB"))
+    with ReferenceRegistry(registry_path) as reg:
+        [closest] = reg.search(query, THRESHOLDS)
+        assert closest.reference_variant == "full" and closest.distance == 0
+        [other] = reg.search(query, THRESHOLDS, accept=lambda m: m.reference_variant != "full")
+        assert other.reference.id == closest.reference.id and other.reference_variant.startswith("crop")
+        assert reg.search(query, THRESHOLDS, accept=lambda m: False) == []
+
+
 def test_index_is_rebuilt_when_the_registry_changes(registry_path, tmp_path):
     newcomer = tmp_path / "new.png"
     artwork(555, 256).save(newcomer)
