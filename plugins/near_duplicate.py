@@ -238,9 +238,11 @@ class NearDuplicateAudit(Audit):
                          f"{self.thresholds['flat_sum']}: a near-copy can be neither confirmed nor "
                          f"ruled out{seen}"),
                 details=details)
+        close = (f" (or pHash {self.thresholds['close_phash']} with dHash {self.thresholds['close_phash_dhash']})"
+                 if self.thresholds["close_phash"] >= 0 else "")
         return Finding(audit=self.name, outcome="pass", item=item.key,
                        message=f"no reference within pHash {self.thresholds['phash']} / "
-                               f"dHash {self.thresholds['dhash']} / sum {self.thresholds['sum']} and colour "
+                               f"dHash {self.thresholds['dhash']} / sum {self.thresholds['sum']}{close} and colour "
                                f"{self.thresholds['colour']:g} in {len(self.registries)} registr"
                                f"{'y' if len(self.registries) == 1 else 'ies'}",
                        details=details)

@@ -269,6 +269,8 @@ def test_transformed_copies_of_a_photograph_are_named_and_recolourings_are_not(t
     assert "top band" in captioned["message"]
     entry, finding = _finding(doc, "recoloured.png")
     assert finding["outcome"] == "pass", finding["message"]
+    # A pass states every bound it was judged by, the close-pHash rule included.
+    assert "no reference within pHash" in finding["message"] and "(or pHash" in finding["message"]
     # Only the colour told it apart: with the colour check off it is named.
     _, loose = _audit(out, _policy(tmp_path, "max_colour_distance = 1.0"), db)
     assert _finding(loose, "recoloured.png")[1]["outcome"] == "fail"
