@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .architecture import cpu_layout
 from .checkpoints import (
     CHECKPOINT_FORMAT,
     GENERATOR_FORMAT,
@@ -96,7 +97,7 @@ class GeneratorModel:
                  device: str | torch.device = "cpu", path: str = "", source: str = "", step: int | None = None,
                  pickle_opt_in: bool = False, threads: int = GENERATION_THREADS,
                  chunk: int = GENERATION_CHUNK) -> None:
-        self.generator = generator.to(device).eval().requires_grad_(False)
+        self.generator = cpu_layout(generator.to(device), device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.run_config = dict(run_config)
         self.threads, self.chunk = int(threads), int(chunk)

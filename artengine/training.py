@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .architecture import TRAINER_DEFAULTS, Architecture
+from .architecture import TRAINER_DEFAULTS, Architecture, cpu_layout
 from .augment import diff_augment, parse_policy
 from .checkpoints import (
     CHECKPOINT_FORMAT,
@@ -341,6 +341,8 @@ class BatchSampler:
         """This process's images (float in [-1, 1]) and labels of global batch ``counter``."""
         idx = torch.from_numpy(self.indices(counter)[self.rows])
         images = self.data.pixels[idx].to(self.device, torch.float32) / 127.5 - 1.0
+        if self.device.type == "cpu":  # the layout of the networks (architecture.cpu_layout)
+            images = images.contiguous(memory_format=torch.channels_last)
         return images, self.data.labels[idx].to(self.device)
 
 
@@ -575,7 +577,7 @@ class Trainer:
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
         G, D = build_networks(self.arch, self.config)
-        self.G, self.D = G.to(self.device), D.to(self.device)
+        self.G, self.D = cpu_layout(G.to(self.device), self.device), cpu_layout(D.to(self.device), self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         betas = tuple(float(b) for b in self.config["betas"])
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=float(self.config["lr_g"]), betas=betas)

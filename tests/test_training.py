@@ -159,7 +159,7 @@ def test_auxiliary_classifier_loss_teaches_the_discriminator_the_labels(tmp_path
     from artengine.plugins import get_plugins
     from artengine.training import build_networks, load_training_data
 
-    options = tiny_options(tmp_path / "aux", "cgan", 60, label_attribute="colour")
+    options = tiny_options(tmp_path / "aux", "cgan", 100, label_attribute="colour")
     options.settings.update({"aux_weight": 1.0, "lr_d": 2e-3, "augment": ""})
     train(options)
     assert {"aux_d", "aux_g", "aux_acc_real"} <= read_metrics(tmp_path / "aux")[-1].keys()
@@ -172,7 +172,9 @@ def test_auxiliary_classifier_loss_teaches_the_discriminator_the_labels(tmp_path
     with torch.no_grad():
         _, scores = D.eval().forward_with_classes(data.pixels.float() / 127.5 - 1, data.labels)
     accuracy = float((scores.argmax(1) == data.labels).float().mean())
-    assert accuracy >= 0.6, accuracy  # six colours: chance is 1/6
+    # Six colours: chance is 1/6. After 100 steps seeds 0-3 gave 0.58-0.98 (60 steps gave
+    # 0.48-0.75, float rounding alone moving a run across 0.6).
+    assert accuracy >= 0.45, accuracy
 
     train(tiny_options(tmp_path / "plain", "cgan", 1))
     _, tensors, _ = load_latest_checkpoint(tmp_path / "plain")
