@@ -66,18 +66,19 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 def minibatch_std(x: Any, group: int) -> Any:
     """Append one feature map to ``x`` ``(N, C, H, W)``: the standard deviation of each
-    feature over a group of ``group`` images, averaged over features and pixels, the same
-    value for every image of the group (Karras et al., 2018; StyleGAN2's layout: image
-    ``i`` belongs to group ``i % (N / group)``). When ``group`` does not divide ``N``, the
-    largest divisor of ``N`` below it is used."""
+    feature over a group of ``group`` consecutive images, averaged over features and
+    pixels, the same value for every image of the group (Karras et al., 2018). When
+    ``group`` does not divide ``N``, the largest divisor of ``N`` below it is used.
+    Consecutive groups keep a multi-process run equal to one process whenever each
+    process's share of the batch divides by ``group``."""
     import torch
 
     n, c, h, w = x.shape
     g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
-    y = x.reshape(g, n // g, c, h, w).float()
-    y = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()  # (N/g, C, H, W)
+    y = x.reshape(n // g, g, c, h, w).float()
+    y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1).add(1e-8).sqrt()  # (N/g, C, H, W)
     y = y.mean(dim=(1, 2, 3)).to(x.dtype)  # (N/g,)
-    y = y.reshape(1, n // g, 1, 1, 1).expand(g, n // g, 1, h, w).reshape(n, 1, h, w)
+    y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w)
     return torch.cat([x, y], dim=1)
 
 
