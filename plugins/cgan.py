@@ -5,7 +5,9 @@ class-conditional (each class learns its own gain and bias, de Vries et al. 2017
 discriminator is a residual network whose output is ``linear(h) + <embed(y), h>``: the
 projection of the pooled features onto a learned class embedding. Spectral norm on every
 layer of both networks and the hinge loss follow the paper; the learning rates follow
-the two time-scale rule (the discriminator learns faster).
+the two time-scale rule (the discriminator learns faster). A minibatch standard deviation
+map before the discriminator's last block (StyleGAN's remedy for mode dropping) is an option
+(``mbstd_group``).
 """
 from __future__ import annotations
 

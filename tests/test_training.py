@@ -52,10 +52,11 @@ def assert_same_state(run_a: Path, run_b: Path) -> None:
     assert rec_a["rng"] == rec_b["rng"]
 
 
-@pytest.mark.parametrize("arch,extra", [("dcgan", {}), ("cgan", {"aux_weight": 0.5}),
+@pytest.mark.parametrize("arch,extra", [("dcgan", {}), ("cgan", {"aux_weight": 0.5, "mbstd_group": 4}),
                                         pytest.param("cgan", {}, marks=pytest.mark.slow),
                                         pytest.param("stylegan", {}, marks=pytest.mark.slow),
-                                        pytest.param("stylegan", {"aux_weight": 0.5}, marks=pytest.mark.slow)])
+                                        pytest.param("stylegan", {"aux_weight": 0.5, "mbstd_group": 4},
+                                                     marks=pytest.mark.slow)])
 def test_stop_and_resume_equals_uninterrupted_training(tmp_path, arch, extra):
     whole, split = tiny_options(tmp_path / "whole", arch, 6), tiny_options(tmp_path / "split", arch, 3)
     whole.settings.update(extra)
@@ -196,6 +197,47 @@ def test_run_made_before_aux_weight_existed_resumes(tmp_path):
     del config["config"]["aux_weight"]
     (out / "config.json").write_text(json.dumps(config))
     assert train(resume_options(out, 4)).step == 4
+
+
+def test_minibatch_std_appends_the_spread_of_each_group():
+    from artengine import minibatch_std
+
+    x = torch.randn(8, 3, 4, 4)
+    x[4:] = x[4]  # the second group of four: identical images
+    y = minibatch_std(x, 4)
+    assert y.shape == (8, 4, 4, 4) and torch.equal(y[:, :3], x)
+    spread = x[:4].std(dim=0, unbiased=False).mean()
+    torch.testing.assert_close(y[:4, 3], spread.expand(4, 4, 4))
+    assert float(y[4:, 3].max()) < 1e-3  # no variety: the map says so
+    six = minibatch_std(x[:6], 4)[:, 3, 0, 0]  # 4 does not divide 6: two groups of 3
+    torch.testing.assert_close(six[:3], x[:3].std(dim=0, unbiased=False).mean().expand(3))
+    assert six.unique().numel() == 2
+
+
+@pytest.mark.parametrize("arch", ["cgan", "stylegan"])
+def test_mbstd_group_makes_the_discriminator_see_its_group(arch):
+    """With mbstd_group 4 an image's logit depends on the other images of its group (and on
+    no other image); with 0 it depends on the image alone, and the parameter layout is that
+    of runs made before the option existed."""
+    from artengine.plugins import get_plugins
+    from artengine.training import resolve_settings
+
+    architecture = get_plugins().component("architectures", arch)
+    config = {**resolve_settings(architecture, None, TINY[arch]), "arch": arch, "image_size": 32, "num_classes": 4}
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 32, 32) * 2 - 1, torch.arange(8) % 4
+    changed = images.clone()
+    changed[1] = -changed[1]
+    older = {k: v for k, v in config.items() if k != "mbstd_group"}
+    assert architecture.build_discriminator(older).state_dict().keys() == \
+        architecture.build_discriminator(config).state_dict().keys()
+    for group in (0, 4):
+        torch.manual_seed(1)
+        D = architecture.build_discriminator({**config, "mbstd_group": group}).eval()
+        with torch.no_grad():
+            before, after = D(images, labels), D(changed, labels)
+        assert torch.equal(before[4:], after[4:])  # the other group: untouched
+        assert torch.equal(before[0], after[0]) == (group == 0), group
 
 
 def test_aux_weight_needs_a_conditional_model(tmp_path):
