@@ -317,12 +317,14 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"mbstd_group": 2}])
+def test_two_processes_train_like_one(tmp_path, extra):
     """torchrun with 2 CPU processes (gloo) on the global batch gives the parameters of one
-    process on the whole batch, up to float summation order."""
+    process on the whole batch, up to float summation order (with minibatch standard
+    deviation too: its groups of consecutive images fall inside each process's rows)."""
     common = ["--arch", "stylegan", "--data", "shapes", "--steps", "4", "--batch-size", "8", "--data-length", "48",
               "--checkpoint-every", "100", "--sample-every", "100", "--augment", "color,translation,cutout"]
-    for key, value in TINY["stylegan"].items():
+    for key, value in {**TINY["stylegan"], **extra}.items():
         common += ["--set", f"{key}={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "artengine", "train", "--out", str(tmp_path / "one"), *common],
