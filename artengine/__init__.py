@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .architecture import TRAINER_DEFAULTS, Architecture, ClassHeadDiscriminator
+from .architecture import TRAINER_DEFAULTS, Architecture, ClassHeadDiscriminator, minibatch_std
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .bias import (
     AttributeSpec,
@@ -160,6 +160,7 @@ __all__ = [
     "load_clip",
     "load_reference_distribution",
     "measure_reference",
+    "minibatch_std",
     "open_dataset",
     "open_image",
     "parse_attributes",

@@ -22,6 +22,14 @@ stay generic:
   entropy of the real images' labels for D, of the requested labels for G. With
   ``aux_weight`` 0 the head is not built, so older runs' checkpoints still load.
 
+* minibatch standard deviation (optional): discriminators built from a config with
+  ``mbstd_group > 0`` append :func:`minibatch_std`'s feature map before their last block
+  (StyleGAN's remedy for mode dropping: the discriminator sees how varied a group of
+  images is, so a generator that makes every image alike is told apart). The
+  discriminator's output for an image then depends on the other images of its group;
+  the trainer runs real and generated images in separate passes, so a group never mixes
+  them. With ``mbstd_group`` 0 (or absent, in older runs) the layer is not built.
+
 Generators must compute each sample independently of the others in the batch (no batch
 statistics in eval mode, no cross-sample layers), because generation promises that image
 ``i`` depends only on its own latent and conditioning.
@@ -54,6 +62,24 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "style_align": 1.0,  # style models: weight of the encoder-to-label alignment loss
     "aux_weight": 0.0,  # conditional models: weight of the auxiliary classifier (AC-GAN) loss
 }
+
+
+def minibatch_std(x: Any, group: int) -> Any:
+    """Append one feature map to ``x`` ``(N, C, H, W)``: the standard deviation of each
+    feature over a group of ``group`` consecutive images, averaged over features and
+    pixels, the same value for every image of the group (Karras et al., 2018). When
+    ``group`` does not divide ``N``, the largest divisor of ``N`` below it is used.
+    Consecutive groups keep a multi-process run equal to one process whenever each
+    process's share of the batch divides by ``group``."""
+    import torch
+
+    n, c, h, w = x.shape
+    g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
+    y = x.reshape(n // g, g, c, h, w).float()
+    y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1).add(1e-8).sqrt()  # (N/g, C, H, W)
+    y = y.mean(dim=(1, 2, 3)).to(x.dtype)  # (N/g,)
+    y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w)
+    return torch.cat([x, y], dim=1)
 
 
 class ClassHeadDiscriminator:

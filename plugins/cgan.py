@@ -5,7 +5,9 @@ class-conditional (each class learns its own gain and bias, de Vries et al. 2017
 discriminator is a residual network whose output is ``linear(h) + <embed(y), h>``: the
 projection of the pooled features onto a learned class embedding. Spectral norm on every
 layer of both networks and the hinge loss follow the paper; the learning rates follow
-the two time-scale rule (the discriminator learns faster).
+the two time-scale rule (the discriminator learns faster). A minibatch standard deviation
+map before the discriminator's last block (StyleGAN's remedy for mode dropping) is an option
+(``mbstd_group``).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from artengine import Architecture, ClassHeadDiscriminator, hookimpl
+from artengine import Architecture, ClassHeadDiscriminator, hookimpl, minibatch_std
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -126,14 +128,18 @@ class DiscriminatorBlock(nn.Module):
 class ProjectionDiscriminator(ClassHeadDiscriminator, nn.Module):
     """image, class -> logit: residual down-blocks, sum pooling, linear + projection."""
 
-    def __init__(self, image_size: int, ch: int, num_classes: int, class_head: bool = False) -> None:
+    def __init__(self, image_size: int, ch: int, num_classes: int, class_head: bool = False,
+                 mbstd_group: int = 0) -> None:
         super().__init__()
         levels = _levels(image_size)
         widths = [ch * min(8, 2 ** i) for i in range(levels)] + [ch * min(8, 2 ** (levels - 1))]
         blocks = [DiscriminatorBlock(3, widths[0], down=True, first=True)]
         for i in range(1, levels):
             blocks.append(DiscriminatorBlock(widths[i - 1], widths[i], down=True, first=False))
-        blocks.append(DiscriminatorBlock(widths[levels - 1], widths[levels], down=False, first=False))
+        # Minibatch standard deviation (mbstd_group > 0): one more input map for the last block.
+        self.mbstd_group = mbstd_group
+        extra = 1 if mbstd_group > 0 else 0
+        blocks.append(DiscriminatorBlock(widths[levels - 1] + extra, widths[levels], down=False, first=False))
         self.blocks = nn.Sequential(*blocks)
         self.linear = spectral_norm(nn.Linear(widths[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, widths[-1]))
@@ -141,7 +147,10 @@ class ProjectionDiscriminator(ClassHeadDiscriminator, nn.Module):
         self.classes = spectral_norm(nn.Linear(widths[-1], num_classes)) if class_head else None
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.blocks(images)).sum(dim=(2, 3))
+        h = self.blocks[:-1](images)
+        if self.mbstd_group > 0:
+            h = minibatch_std(h, self.mbstd_group)
+        return F.relu(self.blocks[-1](h)).sum(dim=(2, 3))
 
     def _logits(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
@@ -157,9 +166,10 @@ def build_generator(config: Mapping[str, Any]) -> CGANGenerator:
 
 def build_discriminator(config: Mapping[str, Any]) -> ProjectionDiscriminator:
     """The discriminator for a run config (``image_size``, ``d_ch``, ``num_classes``; a class
-    head when ``aux_weight > 0``)."""
+    head when ``aux_weight > 0``; minibatch standard deviation when ``mbstd_group > 0``)."""
     return ProjectionDiscriminator(int(config["image_size"]), int(config["d_ch"]), int(config["num_classes"]),
-                                   class_head=float(config.get("aux_weight", 0.0)) > 0)
+                                   class_head=float(config.get("aux_weight", 0.0)) > 0,
+                                   mbstd_group=int(config.get("mbstd_group", 0)))
 
 
 CGAN = Architecture(
@@ -180,6 +190,7 @@ CGAN = Architecture(
         "betas": [0.0, 0.999],
         "r1_gamma": 0.0,
         "augment": "translation,cutout",
+        "mbstd_group": 0,
     },
     presets={
         # A minute or two on 2 CPU cores at 32 px: narrow networks, small batches, no spectral

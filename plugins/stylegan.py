@@ -16,7 +16,8 @@ from real reference images and pulls the encoder's code of an image towards its 
 code, so both paths land in one style space.
 
 Discriminator: the StyleGAN2 residual discriminator, conditioned by projection on the style
-label (as in StyleGAN2-ADA); regularised with R1, no spectral norm.
+label (as in StyleGAN2-ADA); regularised with R1, no spectral norm. StyleGAN2's minibatch
+standard deviation layer before the 4x4 convolution is an option (``mbstd_group``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artengine import Architecture, ClassHeadDiscriminator, hookimpl
+from artengine import Architecture, ClassHeadDiscriminator, hookimpl, minibatch_std
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -256,7 +257,9 @@ class StyleDiscriminator(ClassHeadDiscriminator, nn.Module):
             res //= 2
         self.blocks = nn.Sequential(*blocks)
         c4 = _channels(4, base, maximum)
-        self.conv = EqualConv2d(c4, c4, 3)
+        # Minibatch standard deviation (mbstd_group > 0): one more input map for the 4x4 conv.
+        self.mbstd_group = int(config.get("mbstd_group", 0))
+        self.conv = EqualConv2d(c4 + (1 if self.mbstd_group > 0 else 0), c4, 3)
         self.fc = EqualLinear(c4 * 16, c4, activation=True)
         self.out = EqualLinear(c4, cmap_dim)
         self.embed = EqualLinear(int(config["num_classes"]), cmap_dim)
@@ -266,7 +269,10 @@ class StyleDiscriminator(ClassHeadDiscriminator, nn.Module):
         self.classes = EqualLinear(c4, self.num_classes) if float(config.get("aux_weight", 0.0)) > 0 else None
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(self.blocks(self.fromrgb(images))).flatten(1))
+        h = self.blocks(self.fromrgb(images))
+        if self.mbstd_group > 0:
+            h = minibatch_std(h, self.mbstd_group)
+        return self.fc(self.conv(h).flatten(1))
 
     def _logits(self, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
@@ -282,7 +288,7 @@ def build_generator(config: Mapping[str, Any]) -> StyleGenerator:
 
 
 def build_discriminator(config: Mapping[str, Any]) -> StyleDiscriminator:
-    """The discriminator for a run config."""
+    """The discriminator for a run config (minibatch standard deviation when ``mbstd_group > 0``)."""
     return StyleDiscriminator(config)
 
 
@@ -312,6 +318,7 @@ STYLEGAN = Architecture(
         "r1_gamma": 0.05,
         "r1_every": 16,
         "augment": "translation,cutout",
+        "mbstd_group": 0,
     },
     presets={
         "demo": {"g_ch_base": 1024, "g_ch_max": 128, "d_ch_base": 1024, "d_ch_max": 128, "batch_size": 32},

@@ -52,10 +52,11 @@ def assert_same_state(run_a: Path, run_b: Path) -> None:
     assert rec_a["rng"] == rec_b["rng"]
 
 
-@pytest.mark.parametrize("arch,extra", [("dcgan", {}), ("cgan", {"aux_weight": 0.5}),
+@pytest.mark.parametrize("arch,extra", [("dcgan", {}), ("cgan", {"aux_weight": 0.5, "mbstd_group": 4}),
                                         pytest.param("cgan", {}, marks=pytest.mark.slow),
                                         pytest.param("stylegan", {}, marks=pytest.mark.slow),
-                                        pytest.param("stylegan", {"aux_weight": 0.5}, marks=pytest.mark.slow)])
+                                        pytest.param("stylegan", {"aux_weight": 0.5, "mbstd_group": 4},
+                                                     marks=pytest.mark.slow)])
 def test_stop_and_resume_equals_uninterrupted_training(tmp_path, arch, extra):
     whole, split = tiny_options(tmp_path / "whole", arch, 6), tiny_options(tmp_path / "split", arch, 3)
     whole.settings.update(extra)
@@ -200,6 +201,47 @@ def test_run_made_before_aux_weight_existed_resumes(tmp_path):
     assert train(resume_options(out, 4)).step == 4
 
 
+def test_minibatch_std_appends_the_spread_of_each_group():
+    from artengine import minibatch_std
+
+    x = torch.randn(8, 3, 4, 4)
+    x[4:] = x[4]  # the second group of four: identical images
+    y = minibatch_std(x, 4)
+    assert y.shape == (8, 4, 4, 4) and torch.equal(y[:, :3], x)
+    spread = x[:4].std(dim=0, unbiased=False).mean()
+    torch.testing.assert_close(y[:4, 3], spread.expand(4, 4, 4))
+    assert float(y[4:, 3].max()) < 1e-3  # no variety: the map says so
+    six = minibatch_std(x[:6], 4)[:, 3, 0, 0]  # 4 does not divide 6: two groups of 3
+    torch.testing.assert_close(six[:3], x[:3].std(dim=0, unbiased=False).mean().expand(3))
+    assert six.unique().numel() == 2
+
+
+@pytest.mark.parametrize("arch", ["cgan", "stylegan"])
+def test_mbstd_group_makes_the_discriminator_see_its_group(arch):
+    """With mbstd_group 4 an image's logit depends on the other images of its group (and on
+    no other image); with 0 it depends on the image alone, and the parameter layout is that
+    of runs made before the option existed."""
+    from artengine.plugins import get_plugins
+    from artengine.training import resolve_settings
+
+    architecture = get_plugins().component("architectures", arch)
+    config = {**resolve_settings(architecture, None, TINY[arch]), "arch": arch, "image_size": 32, "num_classes": 4}
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 32, 32) * 2 - 1, torch.arange(8) % 4
+    changed = images.clone()
+    changed[1] = -changed[1]
+    older = {k: v for k, v in config.items() if k != "mbstd_group"}
+    assert architecture.build_discriminator(older).state_dict().keys() == \
+        architecture.build_discriminator(config).state_dict().keys()
+    for group in (0, 4):
+        torch.manual_seed(1)
+        D = architecture.build_discriminator({**config, "mbstd_group": group}).eval()
+        with torch.no_grad():
+            before, after = D(images, labels), D(changed, labels)
+        assert torch.equal(before[4:], after[4:])  # the other group: untouched
+        assert torch.equal(before[0], after[0]) == (group == 0), group
+
+
 def test_aux_weight_needs_a_conditional_model(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--arch", "dcgan", "--data", "shapes", "--data-length", "16",
                                       "--steps", "1", "--set", "aux_weight=1", "--out", str(tmp_path / "u")])
@@ -277,12 +319,14 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"mbstd_group": 2}])
+def test_two_processes_train_like_one(tmp_path, extra):
     """torchrun with 2 CPU processes (gloo) on the global batch gives the parameters of one
-    process on the whole batch, up to float summation order."""
+    process on the whole batch, up to float summation order (with minibatch standard
+    deviation too: its groups of consecutive images fall inside each process's rows)."""
     common = ["--arch", "stylegan", "--data", "shapes", "--steps", "4", "--batch-size", "8", "--data-length", "48",
               "--checkpoint-every", "100", "--sample-every", "100", "--augment", "color,translation,cutout"]
-    for key, value in TINY["stylegan"].items():
+    for key, value in {**TINY["stylegan"], **extra}.items():
         common += ["--set", f"{key}={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "artengine", "train", "--out", str(tmp_path / "one"), *common],
