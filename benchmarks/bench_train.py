@@ -4,7 +4,10 @@ Training: the engine's ``Trainer.train_step`` (data sampler, conditioning dispat
 update, metrics) against a plain DCGAN loop written here (one D step on real and detached
 fake, one G step, Adam, non-saturating loss), on the same DCGAN 64x64 networks (ngf = ndf =
 64, built by the dcgan plugin), the same batch of 64 and the same data. DiffAugment is off
-in the main row because the bare loop has none; a second row shows its cost.
+in the main row because the bare loop has none; a later row shows its cost. The engine runs
+its networks in channels-last layout on CPU (``artengine.architecture.cpu_layout``); the
+bare loop as written runs PyTorch's default layout, and a second row runs it in
+channels-last too, which shows the engine's own overhead apart from the layout.
 Target: engine / bare <= 1.05.
 
 Inference: ``GeneratorModel.generate`` (per-index latents, fixed chunks of 32 on a fixed
@@ -32,14 +35,18 @@ from artengine.models import GENERATION_THREADS, GeneratorModel, fixed_threads, 
 from artengine.training import TrainOptions, Trainer  # noqa: E402
 
 
-def bare_loop(G: torch.nn.Module, D: torch.nn.Module, pixels: torch.Tensor, batch: int, z_dim: int):
-    """The loop a researcher would write by hand."""
+def bare_loop(G: torch.nn.Module, D: torch.nn.Module, pixels: torch.Tensor, batch: int, z_dim: int,
+              channels_last: bool = False):
+    """The loop a researcher would write by hand (optionally in channels-last layout, as
+    the engine runs its networks on CPU)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    G, D = G.to(memory_format=layout), D.to(memory_format=layout)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
 
     def step() -> None:
         idx = torch.randint(0, len(pixels), (batch,))
-        real = pixels[idx].float() / 127.5 - 1.0
+        real = (pixels[idx].float() / 127.5 - 1.0).contiguous(memory_format=layout)
         fake = G(torch.randn(batch, z_dim))
         loss_d = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
         opt_d.zero_grad(set_to_none=True)
@@ -76,6 +83,12 @@ def main() -> None:
         e, b = side_by_side(engine.train_step, bare, repeat=repeat, number=2)
         rows.append({"stage": "DCGAN 64x64 train step, batch 64", "engine_s": e, "bare_s": b, "ratio": e / b,
                      "target": "<= 1.05"})
+        G_cl, D_cl = engine.arch.build_generator(engine.config), engine.arch.build_discriminator(engine.config)
+        bare_cl = bare_loop(G_cl.train(), D_cl.train(), engine.data.pixels, 64, int(engine.config["z_dim"]),
+                            channels_last=True)
+        e, b = side_by_side(engine.train_step, bare_cl, repeat=repeat, number=2)
+        rows.append({"stage": "  same, bare loop in channels-last layout (the engine's on CPU)", "engine_s": e,
+                     "bare_s": b, "ratio": e / b, "target": "(context)"})
         e, b = side_by_side(trainers["translation,cutout"].train_step, bare, repeat=repeat, number=2)
         rows.append({"stage": "  same, engine with DiffAugment (translation,cutout)", "engine_s": e, "bare_s": b,
                      "ratio": e / b, "target": "(context)"})
