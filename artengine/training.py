@@ -341,9 +341,7 @@ class BatchSampler:
         """This process's images (float in [-1, 1]) and labels of global batch ``counter``."""
         idx = torch.from_numpy(self.indices(counter)[self.rows])
         images = self.data.pixels[idx].to(self.device, torch.float32) / 127.5 - 1.0
-        if self.device.type == "cpu":  # the layout of the networks (architecture.cpu_layout)
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, self.data.labels[idx].to(self.device)
+        return cpu_layout(images, self.device), self.data.labels[idx].to(self.device)
 
 
 # ----------------------------------------------------------------------------- distributed
