@@ -30,7 +30,6 @@ import copy
 import datetime as _dt
 import json
 import logging
-import math
 import os
 import random
 import signal
