@@ -100,20 +100,18 @@ def measure(label: str, runner, images, bare_model, bare_preprocess, rounds: int
             x = torch.stack([bare_preprocess(im) for im in images[start:start + BATCH]])
             torch.nn.functional.normalize(bare_model.encode_image(x), dim=-1)
 
-    @torch.inference_mode()
-    def encode_only() -> None:
-        for start in range(0, len(images), BATCH):
-            bare_model.encode_image(ready[: min(BATCH, len(images) - start)])
+    def encode_only_with(model, inputs):
+        @torch.inference_mode()
+        def encode() -> None:
+            for start in range(0, len(images), BATCH):
+                model.encode_image(inputs[: min(BATCH, len(images) - start)])
+        return encode
 
+    encode_only = encode_only_with(bare_model, ready)
     # The audit runs the same weights in channels-last layout (faster convolutions on CPU):
     # the same encode in that layout shows what the audit costs beyond its own encoder.
-    bare_cl = copy.deepcopy(bare_model).to(memory_format=torch.channels_last)
-    ready_cl = ready.contiguous(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def encode_channels_last() -> None:
-        for start in range(0, len(images), BATCH):
-            bare_cl.encode_image(ready_cl[: min(BATCH, len(images) - start)])
+    encode_channels_last = encode_only_with(copy.deepcopy(bare_model).to(memory_format=torch.channels_last),
+                                            ready.contiguous(memory_format=torch.channels_last))
 
     def in_thread(fn):
         # The auditor runs features and audits in worker threads (call_with_timeout). Torch's
