@@ -554,6 +554,8 @@ class Trainer:
         self.rows = slice(self.dist.rank * local, (self.dist.rank + 1) * local)
         self.augment = parse_policy(str(self.config["augment"]))
         self.sampler = BatchSampler(self.data, self.seed, self.global_batch, self.rows, self.device)
+        if int(self.config.get("mbstd_group", 0)) < 0:
+            raise InputError(f"--set mbstd_group: must be 0 (off) or a group size, got {self.config['mbstd_group']}")
         self._build()
         if float(self.config.get("aux_weight", 0.0)) > 0:
             if self.conditioning == "none":

@@ -149,6 +149,9 @@ def test_bad_options_are_input_errors(tmp_path):
         for i in range(3):
             Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
         train(TrainOptions(out=tmp_path / "b", arch="cgan", data=str(folder), progress=False))
+    with pytest.raises(InputError, match="mbstd_group: must be 0"):
+        train(TrainOptions(out=tmp_path / "m", arch="cgan", data="shapes", settings={"mbstd_group": -3},
+                           data_length=8, progress=False))
     with pytest.raises(InputError, match="has no such preset"):
         train(TrainOptions(out=tmp_path / "c", arch="dcgan", data="shapes", preset="nope", progress=False))
 
