@@ -473,11 +473,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, env):
 # ----------------------------------------------------------------------------- the audit
 
 
-def test_audit_reports_provenance_per_image(tmp_path, keys, ledger, scheme, monkeypatch):
+def test_audit_reports_provenance_per_image(tmp_path, keys, ledger, monkeypatch):
+    # A fixed watermark key: how well a mark survives JPEG 35 depends on the key (over 1,500
+    # random keys the read's confidence ran 0.82-1.0), and this test needs a read that is
+    # found but below 0.999, every time.
+    key_file = Path(keys.source) / pv.WATERMARK_KEY_FILE
+    key_file.write_text(bytes(range(32)).hex() + "\n")
+    keys = pv.load_keys(keys.source)
+    scheme = SpreadTransformWatermark(keys.watermark_key)
     folder = tmp_path / "outputs"
     folder.mkdir()
     written(folder, keys, scheme, ledger, name="good.png")
-    Image.open(folder / "good.png").convert("RGB").save(folder / "stripped.jpg", quality=25)
+    Image.open(folder / "good.png").convert("RGB").save(folder / "stripped.jpg", quality=35)
     picture(7).save(folder / "unmarked.png")
     policy = tmp_path / "policy.toml"
     policy.write_text('[policy]\nname = "t"\nversion = 1\n\n[audits.provenance]\nsearch = false\n')
