@@ -28,38 +28,17 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 
-def call_with_timeout(fn: Callable[[], Any], timeout: float) -> tuple[Any, BaseException | None, bool]:
-    """Run ``fn`` in a daemon thread; return ``(result, exception, timed_out)``.
-
-    A hung audit cannot be killed from Python, but it no longer holds up the run: its
-    thread is abandoned (daemon, so it never blocks exit) and the image is blocked.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported as an error finding
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True, name="artengine-audit")
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        return None, None, True
-    return box.get("result"), box.get("error"), False
-
-
 class _Worker:
-    """One long-lived daemon thread that runs calls with a timeout, like
-    :func:`call_with_timeout` but without a new thread per call.
+    """One long-lived daemon thread that runs calls with a timeout; ``call`` returns
+    ``(result, exception, timed_out)``.
 
-    Used for feature extractors, which run once per chunk of images: a fresh thread per
-    call costs torch a new intra-op thread team and its warm-up each time (measured: about
-    10 % of the CLIP feature's time with a small model). Not for concurrent use: each
-    calling thread has its own. A call that times out abandons the thread, as
-    :func:`call_with_timeout` does, and the next call starts a fresh one. The thread ends
-    when its owner is garbage-collected.
+    A hung audit cannot be killed from Python, but it no longer holds up the run: on a
+    timeout the thread is abandoned (daemon, so it never blocks exit), the image is
+    blocked, and the next call starts a fresh thread. Long-lived because a fresh thread
+    per call costs: torch builds a new intra-op thread team and warms it up (about 10 % of
+    the CLIP feature's time with a small model), and per-image audits would start one
+    thread per image and audit. Not for concurrent use: each calling thread has its own
+    (:meth:`AuditRunner._call`). The thread ends when its owner is garbage-collected.
     """
 
     def __init__(self, name: str) -> None:
@@ -113,7 +92,7 @@ class AuditRunner:
     def __init__(self, policy: "Policy", plugins: "Plugins", context: AuditContext) -> None:
         self.policy = policy
         self.context = context
-        self._workers = threading.local()  # long-lived feature threads, per calling thread
+        self._workers = threading.local()  # long-lived worker threads, per calling thread
         audit_classes = plugins.components("audits")
         self.audits: dict[str, Audit] = {}
         for name, rule in policy.audits.items():
@@ -137,6 +116,16 @@ class AuditRunner:
                 self.extractors[feature] = _construct(extractor_classes[feature], settings, context,
                                                       kind="feature extractor")
 
+    def _call(self, role: str, fn: Callable[[], Any], timeout: float) -> tuple[Any, BaseException | None, bool]:
+        """``fn()`` on this calling thread's worker for ``role`` (one per feature, one for
+        audits): callers that audit concurrently (the generation pipeline's finishers)
+        keep running in parallel."""
+        workers = self._workers.__dict__.setdefault("by_role", {})
+        worker = workers.get(role)
+        if worker is None:
+            worker = workers[role] = _Worker(f"artengine-{role}")
+        return worker.call(fn, timeout)
+
     @property
     def batch_audits(self) -> list[Audit]:
         return [a for a in self.audits.values()
@@ -148,13 +137,7 @@ class AuditRunner:
         failed: dict[str, str] = {}
         for name, extractor in self.extractors.items():
             timeout = 60.0 + 10.0 * len(items)
-            # One worker per feature and calling thread: callers that compute features
-            # concurrently (the generation pipeline's finishers) keep running in parallel.
-            workers = self._workers.__dict__.setdefault("by_feature", {})
-            worker = workers.get(name)
-            if worker is None:
-                worker = workers[name] = _Worker(f"artengine-feature-{name}")
-            values, exc, timed_out = worker.call(lambda e=extractor: e.compute(items), timeout)
+            values, exc, timed_out = self._call(f"feature-{name}", lambda e=extractor: e.compute(items), timeout)
             if timed_out:
                 failed[name] = f"feature {name!r} timed out after {timeout:.0f} s"
             elif exc is not None:
@@ -184,7 +167,7 @@ class AuditRunner:
         return out
 
     def _check_one(self, audit: Audit, item: AuditItem, timeout: float) -> Finding:
-        result, exc, timed_out = call_with_timeout(lambda: audit.check_image(item), timeout)
+        result, exc, timed_out = self._call("audit", lambda: audit.check_image(item), timeout)
         if timed_out:
             return Finding(audit=audit.name, outcome="error", item=item.key,
                            message=f"timed out after {timeout:g} s")
@@ -211,7 +194,7 @@ class AuditRunner:
                                    message=f"feature {missing[0]!r} is missing for some images"))
                 continue
             mine = [f for f in findings if f.audit == audit.name]
-            result, exc, timed_out = call_with_timeout(lambda a=audit: a.check_batch(items, mine), timeout)
+            result, exc, timed_out = self._call("audit", lambda a=audit: a.check_batch(items, mine), timeout)
             if timed_out:
                 out.append(Finding(audit=audit.name, outcome="error", message=f"timed out after {timeout:g} s"))
             elif exc is not None:

@@ -114,7 +114,7 @@ def measure(label: str, runner, images, bare_model, bare_preprocess, rounds: int
                                             ready.contiguous(memory_format=torch.channels_last))
 
     def in_thread(fn):
-        # The auditor runs features and audits in worker threads (call_with_timeout). Torch's
+        # The auditor runs features and audits in long-lived worker threads. Torch's
         # intra-op threading behaves very differently in the main thread and in other
         # threads on a busy machine (measured here: the same encode 6 vs 290 img/s), so the
         # baselines run in a worker thread too: like for like.
