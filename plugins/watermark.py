@@ -232,9 +232,15 @@ def embed_pixels(rgb: np.ndarray, payload: bytes, key: bytes) -> np.ndarray:
     # Rounding to integers adds about 1/12 of squared error; the rest is the mark's.
     up *= np.float32(np.sqrt((mse - 1 / 12) / np.mean(np.square(up, dtype=np.float64))))
     base = rgb.astype(np.float32)
+    rounded = np.empty_like(base)
     for _ in range(4):
-        out = np.clip(np.rint(base + up[..., None]), 0, 255).astype(np.uint8)
-        err = np.mean(np.square(out.astype(np.float32) - base, dtype=np.float64))
+        # The same float32 operations as clip(rint(base + up)), in place (half the time).
+        np.add(base, up[..., None], out=rounded)
+        np.rint(rounded, out=rounded)
+        np.clip(rounded, 0, 255, out=rounded)
+        out = rounded.astype(np.uint8)
+        np.subtract(rounded, base, out=rounded)
+        err = np.mean(np.square(rounded, dtype=np.float64))
         if err <= _mse(PSNR_FLOOR_DB):
             return out
         up *= np.float32(0.97)
