@@ -582,16 +582,20 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
               help="Training steps of the label classifier that judges label accuracy.")
 @click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
 @click.option("--clip-pretrained", help="open_clip pretrained tag for --clip-model.")
+@click.option("--checkpoint", type=click.IntRange(0), metavar="STEP",
+              help="Judge the kept checkpoint of this step instead of the newest one "
+                   "(results go to RUN/evaluation-step-<STEP>.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 def evaluate(run: Path, count: int, features: str, seed: int, classifier_steps: int, clip_model: str | None,
-             clip_pretrained: str | None, as_json: bool) -> None:
+             clip_pretrained: str | None, checkpoint: int | None, as_json: bool) -> None:
     """Measure a training run: Fréchet distance beside its real-vs-real floor, KID, and label
     accuracy of conditional and style models. Writes RUN/evaluation.json."""
     from .evaluation import EvaluationOptions, evaluate_run
 
     plugins = load_plugins()
     results = evaluate_run(EvaluationOptions(run=run, count=count, features=features, seed=seed,
-                                             classifier_steps=classifier_steps, clip_model=clip_model, clip_pretrained=clip_pretrained), plugins)
+                                             classifier_steps=classifier_steps, clip_model=clip_model,
+                                             clip_pretrained=clip_pretrained, checkpoint=checkpoint), plugins)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

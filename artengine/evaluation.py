@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audit import AuditContext, AuditItem
-from .checkpoints import load_weights, save_weights, tensor_digest
+from .checkpoints import checkpoint_path, list_checkpoints, load_weights, save_weights, tensor_digest
 from .errors import InputError, ModelLoadError
 from .io import LoadedImage, atomic_write_json
 from .models import GeneratorModel, fixed_threads, load_model
@@ -239,6 +239,9 @@ class EvaluationOptions:
     clip_model: str | None = None
     clip_pretrained: str | None = None
     write: bool = True
+    #: A kept checkpoint's step to judge instead of the newest one; its results go to
+    #: ``evaluation-step-<step>.json`` so ``evaluation.json`` stays the newest checkpoint's.
+    checkpoint: int | None = None
 
 
 def _real_halves(pixels: torch.Tensor, labels: torch.Tensor, count: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -285,7 +288,7 @@ def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> 
     plugins = plugins or get_plugins()
     run_dir = Path(options.run)
     config = read_run_config(run_dir)
-    model = load_model(run_dir, plugins=plugins)
+    model = load_model(_checkpoint_file(run_dir, options.checkpoint), plugins=plugins)
     spec = config["data"]
     data = load_training_data(spec["spec"], image_size=config["image_size"], seed=spec["seed"], plugins=plugins,
                               length=config.get("options", {}).get("data_length"),
@@ -348,6 +351,25 @@ def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> 
             styles = torch.stack([model.style_from_image(img) for img in real_b])
         from_refs = model.generate(model.latents(options.seed + 1, indices), styles=styles)
         results["reference_label_accuracy"] = float((classify(classifier, from_refs) == labels_b).mean())
+    if options.checkpoint is not None:
+        results["checkpoint"] = options.checkpoint
     if options.write:
-        atomic_write_json(run_dir / EVALUATION, results)
+        atomic_write_json(evaluation_path(run_dir, options.checkpoint), results)
     return results
+
+
+def evaluation_path(run_dir: Path, checkpoint: int | None = None) -> Path:
+    """Where ``evaluate`` stores its results: ``evaluation.json`` for the newest checkpoint,
+    ``evaluation-step-<step>.json`` for one chosen with ``--checkpoint``."""
+    return run_dir / (EVALUATION if checkpoint is None else f"evaluation-step-{checkpoint:09d}.json")
+
+
+def _checkpoint_file(run_dir: Path, step: int | None) -> Path:
+    """The run itself (its newest good checkpoint), or the checkpoint of ``step``."""
+    if step is None:
+        return run_dir
+    path = checkpoint_path(run_dir, step)
+    if not path.is_file():
+        kept = ", ".join(str(s) for s, _ in list_checkpoints(run_dir)) or "none"
+        raise InputError(f"{run_dir}: --checkpoint {step}: no checkpoint of that step (kept: {kept})")
+    return path

@@ -13,6 +13,7 @@
       samples/step-000001000.png   fixed-noise sample grids
       loss_curve.svg       losses against steps, redrawn at every checkpoint
       evaluation.json      written by ``artengine evaluate``
+      evaluation-step-000001000.json   ``artengine evaluate --checkpoint 1000``
 
 Every file is written atomically except ``metrics.jsonl``, which is appended one whole line
 per ``write`` and cut back to the resumed checkpoint's step on resume, so the curve never

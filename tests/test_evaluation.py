@@ -88,3 +88,23 @@ def test_evaluate_unknown_features_is_one_line(tmp_path):
                        settings=TINY["dcgan"], progress=False))
     result = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "inception", "--count", "10"])
     assert result.exit_code == 2 and "inception" in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_judges_a_kept_checkpoint_without_touching_the_newest_ones_results(tmp_path):
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="dcgan", data="shapes", steps=4, batch_size=8, data_length=40,
+                       settings=TINY["dcgan"], progress=False, checkpoint_every=2))
+    args = ["evaluate", str(out), "--features", "classifier", "--count", "10", "--classifier-steps", "2", "--json"]
+    older = CliRunner().invoke(cli, [*args, "--checkpoint", "2"])
+    assert older.exit_code == 0, older.output
+    doc = json.loads(older.output)
+    assert doc["step"] == 2 and doc["checkpoint"] == 2
+    assert json.loads((out / "evaluation-step-000000002.json").read_text()) == doc
+    assert not (out / "evaluation.json").exists()
+    newest = json.loads(CliRunner().invoke(cli, args).output)
+    assert newest["step"] == 4 and "checkpoint" not in newest
+    assert newest["weights_sha256"] != doc["weights_sha256"]
+    missing = CliRunner().invoke(cli, [*args, "--checkpoint", "3"])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+    assert missing.output.strip().splitlines() == [
+        f"Error: {out}: --checkpoint 3: no checkpoint of that step (kept: 2, 4)"]
