@@ -531,6 +531,26 @@ def _init_source(spec: dict[str, Any]) -> None:
     _SOURCE = PixelSource(spec)
 
 
+def _warm_up() -> None:
+    """A first pass in a new generator process: torch's one-off costs (kernel and layout
+    choices, buffers) are paid while the parent is still starting up, not in the first
+    chunk. Outputs depend on nothing but their own index, so this changes no image."""
+    assert _SOURCE is not None
+    _SOURCE.pixels([0])
+
+
+def start_generator_process(spec: Mapping[str, Any]) -> ProcessPoolExecutor:
+    """The generator's process for a ``--workers 1`` job, started (and warmed up) now, so
+    that its start-up (Python, torch, the model: about 3 s) overlaps the parent's own
+    (policy, audits, CLIP). :class:`_InProcess` takes it over."""
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_source, initargs=(dict(spec),))
+    pool.submit(_warm_up)  # starts the process; the job's first chunk queues behind it
+    return pool
+
+
 def _timed_pixels(indices: list[int]) -> tuple[np.ndarray, float]:
     assert _SOURCE is not None
     start = time.perf_counter()
@@ -564,21 +584,24 @@ class _InProcess:
     FINISHER_NICE = 5  # finisher threads yield to the generator when the cores are short
     PROCESS_FROM_IMAGES = 64  # jobs of at least this many images get a generator process
 
-    def __init__(self, producer: Producer, spec: Mapping[str, Any], finishers: int | None = None) -> None:
+    def __init__(self, producer: Producer, spec: Mapping[str, Any], finishers: int | None = None,
+                 generator_pool: ProcessPoolExecutor | None = None) -> None:
         cores = os.cpu_count() or 1
         self.producer = producer
         self.spec = dict(spec)
         self.finishers = finishers or int(os.environ.get("ARTENGINE_FINISHERS", "0")) or min(4, max(2, cores // 2))
         self.seconds = {"generator": 0.0, "finishing": 0.0}
+        self.generator_pool = generator_pool  # from start_generator_process, or made in run()
 
-    def _use_process(self, images: int) -> bool:
+    @classmethod
+    def uses_process(cls, images: int) -> bool:
+        """Whether a job of ``images`` runs its generator in a process of its own."""
         forced = os.environ.get("ARTENGINE_GENERATOR_PROCESS", "").strip()
         if forced in ("0", "1"):
             return forced == "1"
-        return images >= self.PROCESS_FROM_IMAGES and (os.cpu_count() or 1) >= 2
+        return images >= cls.PROCESS_FROM_IMAGES and (os.cpu_count() or 1) >= 2
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
-        import multiprocessing
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
@@ -588,11 +611,9 @@ class _InProcess:
         stop = threading.Event()
         finish_pool = ThreadPoolExecutor(max_workers=self.finishers, thread_name_prefix="artengine-finisher",
                                          initializer=_lower_thread_priority, initargs=(self.FINISHER_NICE,))
-        generator_pool = None
-        if self._use_process(sum(len(c) for c in chunks)):
-            generator_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_init_source,
-                                                 initargs=(self.spec,))
+        if self.generator_pool is None and self.uses_process(sum(len(c) for c in chunks)):
+            self.generator_pool = start_generator_process(self.spec)
+        generator_pool = self.generator_pool
 
         def local_pixels(indices: list[int]) -> tuple[np.ndarray, float]:
             begin = time.perf_counter()
@@ -660,13 +681,14 @@ class _InProcess:
             stop.set()
             feeder.join()
             finish_pool.shutdown(wait=True, cancel_futures=True)
-            if generator_pool is not None:
-                generator_pool.shutdown(wait=True, cancel_futures=True)
+            self.close()
             torch.set_num_threads(threads_before)
             blas.restore_original_limits()
 
     def close(self) -> None:
-        pass
+        if self.generator_pool is not None:
+            self.generator_pool.shutdown(wait=True, cancel_futures=True)
+            self.generator_pool = None
 
 
 class _LocalProcesses:
@@ -892,23 +914,31 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
     if removed:
         log.info("removed %d stray or unjournaled file(s) from an interrupted run", removed)
 
-    policy = load_policy(spec["policy"]["path"], audits=plugins.components("audits"),
-                         features=plugins.components("feature_extractors"))
-    policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
-    producer = Producer(spec, plugins) if options.workers <= 1 and options.executor == "local" else None
-    batch_audits = producer.runner.batch_audits if producer else _batch_audit_names(policy, plugins)
-    staged = bool(batch_audits)
-
     todo = [i for i in range(spec["count"]) if i not in state.done]
+    in_process = options.workers <= 1 and options.executor == "local"
+    generator_pool = None
+    if in_process and state.finished is None and todo and _InProcess.uses_process(len(todo)):
+        generator_pool = start_generator_process(spec)
+    try:
+        policy = load_policy(spec["policy"]["path"], audits=plugins.components("audits"),
+                             features=plugins.components("feature_extractors"))
+        policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
+        producer = Producer(spec, plugins) if in_process else None
+        batch_audits = producer.runner.batch_audits if producer else _batch_audit_names(policy, plugins)
+        writer = Writer(out, spec, plugins, policy, staged=bool(batch_audits))
+    except BaseException:
+        if generator_pool is not None:
+            generator_pool.shutdown(wait=False, cancel_futures=True)
+        raise
+
     resumed = spec["count"] - len(todo)
     records: dict[int, dict[str, Any]] = dict(state.done)
     batch_features: dict[int, dict[str, Any]] = {}
     chunks = [todo[s:s + options.chunk] for s in range(0, len(todo), options.chunk)]
-    writer = Writer(out, spec, plugins, policy, staged)
     seconds = {"writing": 0.0}
     if state.finished is None and todo:
         if producer is not None:
-            executor: Any = _InProcess(producer, spec)
+            executor: Any = _InProcess(producer, spec, generator_pool=generator_pool)
         elif options.executor == "ray":
             executor = _Ray(spec, options.workers, options.ray_address)
         else:
