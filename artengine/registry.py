@@ -58,7 +58,9 @@ from .hashing import (
     hamming,
     hamming_within,
     hash_hex,
+    luma_thumbnail,
     reference_hashes,
+    thumbnail_correlation,
 )
 from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
 
@@ -160,6 +162,7 @@ class Match:
     colour_distance: float = 0.0  # between the colour signatures (hashing.colour_distance)
     equalised_distance: int = 0  # between the equalised pHashes (hashing.EQUALISED)
     image_distance_sum: int | None = None  # band matches: pHash + dHash of the nearest whole-image pair
+    correlation: float | None = None  # whole-image pairs: of the luminance thumbnails (hashing.thumbnail_correlation)
 
     @property
     def distance(self) -> int:
@@ -176,6 +179,7 @@ class Match:
                 "colour_distance": round(float(self.colour_distance), 4),
                 "equalised_distance": self.equalised_distance,
                 "image_distance_sum": self.image_distance_sum,
+                "correlation": None if self.correlation is None else round(float(self.correlation), 4),
                 "mirrored": self.query_variant == "mirror",
                 "reference_variant": self.reference_variant, "reference_quality": r.quality}
 
@@ -216,6 +220,7 @@ class ReferenceRegistry:
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}
+        self._lumas: dict[int, np.ndarray] = {}
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -564,7 +569,12 @@ class ReferenceRegistry:
         ``"close_phash_dhash"``, a whole-image pair whose pHashes are within
         ``close_phash`` also counts with a dHash distance up to ``close_phash_dhash``,
         whatever the other bounds say (clipped highlights or shadows, from a brightness or
-        contrast change, move many dHash bits and few pHash bits).
+        contrast change, move many dHash bits and few pHash bits). With ``"correlation"``
+        (at most 1; above 1: off), a whole-image pair within the pHash bound that the other
+        bounds refuse counts when its luminance thumbnails correlate that well
+        (:func:`~artengine.hashing.thumbnail_correlation`, the image's against the
+        reference's stored thumbnail), the colour bound still applying; every whole-image
+        match within the pHash bound carries its ``correlation``.
 
         Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
         same band of a reference, and only when ``thresholds`` holds ``"band_sum"`` (the
@@ -582,6 +592,9 @@ class ReferenceRegistry:
         contrast = float(thresholds.get("colour_contrast", 1.0))
         close_phash = thresholds.get("close_phash", -1)
         close_phash_dhash = thresholds.get("close_phash_dhash", -1)
+        min_correlation = thresholds.get("correlation")
+        if hashes.luma is None or (min_correlation is not None and min_correlation > 1):
+            min_correlation = None
         band_sum = thresholds.get("band_sum")
         band_image_sum = thresholds.get("band_image_sum")
         use_bands = (band_sum is not None and band_image_sum is not None
@@ -595,6 +608,7 @@ class ReferenceRegistry:
                                         int(max(thresholds[first], close_phash)))
         best: dict[int, Match] = {}
         colour_apart: dict[int, float] = {}
+        correlations: dict[tuple[int, bool], float] = {}
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -604,11 +618,13 @@ class ReferenceRegistry:
             for algorithm in rest:
                 distances[algorithm] = int(np.bitwise_count(index.columns[algorithm][row] ^ hashes[algorithm][q]))
             close = band is None and d <= close_phash and distances["dhash"] <= close_phash_dhash
-            if not close:
-                if any(distances[a] > thresholds[a] for a in ALGORITHMS):
-                    continue
-                if max_sum is not None and sum(distances.values()) > max_sum:
-                    continue
+            within = close or (all(distances[a] <= thresholds[a] for a in ALGORITHMS)
+                               and (max_sum is None or sum(distances.values()) <= max_sum))
+            # A whole-image pair within the pHash bound may still be a copy whose other
+            # hashes a brightness or contrast change moved: the thumbnails decide.
+            verify = band is None and min_correlation is not None and d <= thresholds[first]
+            if not within and not verify:
+                continue
             if band is not None and sum(distances.values()) > band_sum:
                 continue
             ref_id = int(index.ref_ids[row])
@@ -617,6 +633,14 @@ class ReferenceRegistry:
                 apart = colour_apart[ref_id] = float(colour_distance(colour, index.colours[row], contrast))
             if max_colour is not None and apart > max_colour:
                 continue
+            correlation = None
+            if verify:
+                mirrored = hashes.variants[q] == "mirror"
+                correlation = correlations.get((ref_id, mirrored))
+                if correlation is None:
+                    correlation = correlations[ref_id, mirrored] = self._correlation(ref_id, hashes.luma, mirrored)
+                if not within and correlation < min_correlation:
+                    continue
             image_sum = None
             if band is not None:
                 image_sum = self._image_distance_sum(index, ref_id, hashes, whole_queries)
@@ -627,10 +651,21 @@ class ReferenceRegistry:
                 found = Match(str(self.path), self.reference(ref_id), distances,
                               hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
                               int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
-                              image_sum)
+                              image_sum, correlation)
                 if accept is None or accept(found):
                     best[ref_id] = found
         return sorted(best.values(), key=lambda m: _rank(m.distances))
+
+    def _correlation(self, ref_id: int, luma: np.ndarray, mirrored: bool) -> float:
+        """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
+        thumbnail (mirrored back for a mirror match) with a reference's, taken from its
+        stored thumbnail (decoded once per registry)."""
+        with self._lock:
+            ref_luma = self._lumas.get(ref_id)
+            if ref_luma is None:
+                ref = self.reference(ref_id)
+                ref_luma = self._lumas[ref_id] = luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id))
+        return float(thumbnail_correlation(luma[:, ::-1] if mirrored else luma, ref_luma))
 
     @staticmethod
     def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:

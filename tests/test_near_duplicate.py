@@ -355,7 +355,8 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
                 "flat_max_equalised_distance": plugin.DEFAULT_FLAT_MAX_EQUALISED,
                 "flat_close_equalised_distance": plugin.DEFAULT_FLAT_CLOSE_EQUALISED,
                 "max_band_distance_sum": plugin.DEFAULT_MAX_BAND_SUM,
-                "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM}
+                "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM,
+                "min_thumbnail_correlation": plugin.DEFAULT_MIN_CORRELATION}
     policies = Path(__file__).resolve().parent.parent / "policies"
     for name in ("default.toml", "publication.toml"):
         section = tomllib.loads((policies / name).read_text())["audits"]["near_duplicate"]
