@@ -15,7 +15,10 @@ Two components:
   bound, allowing for a contrast change of up to ``colour_contrast``; or, for an
   image of enough detail, whose top or bottom band matches the same band of a reference
   within ``max_band_distance_sum`` while the whole images are within
-  ``band_max_image_distance_sum`` (a copy with a caption across it). The finding names the reference (sha256, source path, licence, source text), the distances
+  ``band_max_image_distance_sum`` (a copy with a caption across it); or whose pHash is
+  within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
+  correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
+  (a brightness or contrast change of a smooth picture, which moves its hash bits). The finding names the reference (sha256, source path, licence, source text), the distances
   and whether the copy was mirrored, and carries the reference's thumbnail for the report.
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
@@ -238,7 +241,9 @@ class NearDuplicateAudit(Audit):
                 audit=self.name, outcome="fail", item=item.key,
                 message=(f"{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, licence: "
                          f"{ref.licence or 'not recorded'}; pHash distance {best.distances['phash']}, "
-                         f"dHash {best.distances['dhash']}, colour {best.colour_distance:.3f})"),
+                         f"dHash {best.distances['dhash']}, colour {best.colour_distance:.3f}"
+                         + (f", thumbnail correlation {best.correlation:.3f}" if best.correlation is not None else "")
+                         + ")"),
                 details=details, attachments={"reference": ref.thumbnail_uri()})
         if outcome == "unknown":
             seen = f"; closest candidate {matches[0].reference.source_path}" if matches else ""
