@@ -222,9 +222,11 @@ def luma_thumbnail(image: Image.Image) -> np.ndarray:
     return np.asarray(gray.convert("F").resize((LUMA_SIDE, LUMA_SIDE), Image.Resampling.BOX), dtype=np.float32)
 
 
-def _detail(luma: np.ndarray) -> np.ndarray:
-    """A luminance thumbnail without its best-fitting plane (brightness, gradient), scaled
-    to unit length; zeros for a thumbnail that is a plane (no detail to compare)."""
+def thumbnail_detail(luma: np.ndarray) -> np.ndarray:
+    """A :func:`luma_thumbnail` without its best-fitting plane (brightness, gradient),
+    flattened and scaled to unit length (zeros for a thumbnail that is a plane: no detail
+    to compare); broadcasts over leading axes. The dot product of two is their
+    :func:`thumbnail_correlation`: search keeps these, one per reference."""
     v = np.asarray(luma, dtype=np.float64).reshape(*np.shape(luma)[:-2], -1)
     v = v - (v @ _PLANE.T) @ _PLANE
     norm = np.linalg.norm(v, axis=-1, keepdims=True)
@@ -243,7 +245,7 @@ def thumbnail_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     skies) from correlating on that gradient alone. A thumbnail that is a plane has no
     detail left and correlates 0 with anything.
     """
-    return (_detail(a) * _detail(b)).sum(axis=-1).astype(np.float32)
+    return (thumbnail_detail(a) * thumbnail_detail(b)).sum(axis=-1).astype(np.float32)
 
 
 def hash_quality(gray: Image.Image) -> int:

@@ -60,7 +60,7 @@ from .hashing import (
     hash_hex,
     luma_thumbnail,
     reference_hashes,
-    thumbnail_correlation,
+    thumbnail_detail,
 )
 from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
 
@@ -220,7 +220,7 @@ class ReferenceRegistry:
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}
-        self._lumas: dict[int, np.ndarray] = {}
+        self._details: dict[int, np.ndarray] = {}
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -609,6 +609,7 @@ class ReferenceRegistry:
         best: dict[int, Match] = {}
         colour_apart: dict[int, float] = {}
         correlations: dict[tuple[int, bool], float] = {}
+        query_detail: dict[bool, np.ndarray] = {}  # the image's thumbnail detail, as is and mirrored back
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -628,19 +629,23 @@ class ReferenceRegistry:
             if band is not None and sum(distances.values()) > band_sum:
                 continue
             ref_id = int(index.ref_ids[row])
+            correlation = None
+            if verify:  # before the colour: a dot product, where the colour comparison is not
+                mirrored = hashes.variants[q] == "mirror"
+                correlation = correlations.get((ref_id, mirrored))
+                if correlation is None:
+                    detail = query_detail.get(mirrored)
+                    if detail is None:
+                        detail = query_detail[mirrored] = thumbnail_detail(
+                            hashes.luma[:, ::-1] if mirrored else hashes.luma)
+                    correlation = correlations[ref_id, mirrored] = float(detail @ self._detail(ref_id))
+                if not within and correlation < min_correlation:
+                    continue
             apart = colour_apart.get(ref_id)
             if apart is None:  # one colour signature per reference: compared once per search
                 apart = colour_apart[ref_id] = float(colour_distance(colour, index.colours[row], contrast))
             if max_colour is not None and apart > max_colour:
                 continue
-            correlation = None
-            if verify:
-                mirrored = hashes.variants[q] == "mirror"
-                correlation = correlations.get((ref_id, mirrored))
-                if correlation is None:
-                    correlation = correlations[ref_id, mirrored] = self._correlation(ref_id, hashes.luma, mirrored)
-                if not within and correlation < min_correlation:
-                    continue
             image_sum = None
             if band is not None:
                 image_sum = self._image_distance_sum(index, ref_id, hashes, whole_queries)
@@ -656,16 +661,21 @@ class ReferenceRegistry:
                     best[ref_id] = found
         return sorted(best.values(), key=lambda m: _rank(m.distances))
 
-    def _correlation(self, ref_id: int, luma: np.ndarray, mirrored: bool) -> float:
-        """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
-        thumbnail (mirrored back for a mirror match) with a reference's, taken from its
-        stored thumbnail (decoded once per registry)."""
+    def _detail(self, ref_id: int) -> np.ndarray:
+        """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail
+        (decoded once per open registry)."""
         with self._lock:
-            ref_luma = self._lumas.get(ref_id)
-            if ref_luma is None:
+            detail = self._details.get(ref_id)
+            if detail is None:
                 ref = self.reference(ref_id)
-                ref_luma = self._lumas[ref_id] = luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id))
-        return float(thumbnail_correlation(luma[:, ::-1] if mirrored else luma, ref_luma))
+                detail = self._details[ref_id] = thumbnail_detail(
+                    luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
+            return detail
+
+    def correlation(self, ref_id: int, luma: np.ndarray, mirrored: bool = False) -> float:
+        """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
+        thumbnail (mirrored back for a mirror match) with a reference's stored thumbnail."""
+        return float(thumbnail_detail(luma[:, ::-1] if mirrored else luma) @ self._detail(ref_id))
 
     @staticmethod
     def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:

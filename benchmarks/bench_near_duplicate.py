@@ -315,7 +315,7 @@ def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit
     c = {k: colour_distance(query_colour, index.colours[whole_rows][row], k) for k in contrasts}
     ref_ids = index.ref_ids[whole_rows][row]
     mirrored = np.array([v == "mirror" for v in hashes.variants])[whole_q][qv]
-    corr = np.array([registry._correlation(int(r), hashes.luma, bool(m)) for r, m in zip(ref_ids, mirrored)],
+    corr = np.array([registry.correlation(int(r), hashes.luma, bool(m)) for r, m in zip(ref_ids, mirrored)],
                     dtype=np.float32)
     return ref_ids, p[qv, row], d[qv, row], c, e[qv, row], corr
 
