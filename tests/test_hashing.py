@@ -122,6 +122,7 @@ def test_quality_separates_flat_from_detailed(pictures):
 
 
 def test_hamming_within_equals_brute_force_across_chunks():
+    rng = np.random.default_rng(3)
     table = rng.integers(0, 2**63, size=5000, dtype=np.uint64) * 2
     queries = [table[17] ^ np.uint64(0b111), table[4999], rng.integers(0, 2**63, dtype=np.uint64)]
     qi, rows, dist = hamming_within(table, queries, 12, chunk=256)
