@@ -201,10 +201,11 @@ def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.n
     # interval is at an end or where two of its pieces cross (s a_i - b_i = +-(s a_j - b_j),
     # i = j included), so those scales, kept within the interval, are the candidates.
     lo, hi = 1.0 / contrast, float(contrast)
+    pairs = a.shape[-1] ** 2  # not -1: an empty stack (no reference) must reshape too
     with np.errstate(divide="ignore", invalid="ignore"):
         crossings = np.concatenate([
-            ((b[..., :, None] - b[..., None, :]) / (a[..., :, None] - a[..., None, :])).reshape(*a.shape[:-1], -1),
-            ((b[..., :, None] + b[..., None, :]) / (a[..., :, None] + a[..., None, :])).reshape(*a.shape[:-1], -1),
+            ((b[..., :, None] - b[..., None, :]) / (a[..., :, None] - a[..., None, :])).reshape(*a.shape[:-1], pairs),
+            ((b[..., :, None] + b[..., None, :]) / (a[..., :, None] + a[..., None, :])).reshape(*a.shape[:-1], pairs),
         ], axis=-1)
     crossings = np.clip(np.where(np.isfinite(crossings), crossings, lo), lo, hi)
     ends = np.broadcast_to(np.array([lo, hi]), (*a.shape[:-1], 2))

@@ -157,6 +157,8 @@ def test_colour_comparison_allows_for_a_contrast_change_but_not_another_hue():
     # No allowance is the plain distance, and an allowance never makes two colours farther.
     assert colour_distance(flatter, original, 1.0) == colour_distance(flatter, original)
     assert colour_distance(swapped, original, 1.2) <= colour_distance(swapped, original)
+    # Against no reference at all (an empty stack): no distance, not an error.
+    assert colour_distance(original, np.zeros((0, 3), np.float32), 1.2).shape == (0,)
 
 
 def test_thumbnail_correlation_ignores_brightness_contrast_and_gradients():
