@@ -90,6 +90,21 @@ COLOUR_SIDE = 32
 #: colour shift moves the signature by at most 0.14 (99 % within 0.09), against 0.41
 #: with no offset.
 COLOUR_DARK_OFFSET = 32.0
+#: Side of the luminance thumbnail compared by :func:`thumbnail_correlation` (box filter,
+#: in floating point: no 8-bit rounding). Measured on the corpora of
+#: benchmarks/bench_near_duplicate.py (docs/near-duplicates.md): at 16, with the plane
+#: removed, smooth photographs that are not copies correlate less than at 8 or 12.
+LUMA_SIDE = 16
+
+
+def _plane_basis(side: int) -> np.ndarray:
+    """An orthonormal basis ``(3, side * side)`` of the planes ``a + b x + c y``."""
+    y, x = np.mgrid[:side, :side].astype(np.float64)
+    basis, _ = np.linalg.qr(np.stack([np.ones(side * side), x.ravel(), y.ravel()], axis=1))
+    return basis.T
+
+
+_PLANE = _plane_basis(LUMA_SIDE)
 
 
 def reference_variant_names() -> tuple[str, ...]:
@@ -187,16 +202,52 @@ def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.n
     # interval is at an end or where two of its pieces cross (s a_i - b_i = +-(s a_j - b_j),
     # i = j included), so those scales, kept within the interval, are the candidates.
     lo, hi = 1.0 / contrast, float(contrast)
+    pairs = a.shape[-1] ** 2  # not -1: an empty stack (no reference) must reshape too
     with np.errstate(divide="ignore", invalid="ignore"):
         crossings = np.concatenate([
-            ((b[..., :, None] - b[..., None, :]) / (a[..., :, None] - a[..., None, :])).reshape(*a.shape[:-1], -1),
-            ((b[..., :, None] + b[..., None, :]) / (a[..., :, None] + a[..., None, :])).reshape(*a.shape[:-1], -1),
+            ((b[..., :, None] - b[..., None, :]) / (a[..., :, None] - a[..., None, :])).reshape(*a.shape[:-1], pairs),
+            ((b[..., :, None] + b[..., None, :]) / (a[..., :, None] + a[..., None, :])).reshape(*a.shape[:-1], pairs),
         ], axis=-1)
     crossings = np.clip(np.where(np.isfinite(crossings), crossings, lo), lo, hi)
     ends = np.broadcast_to(np.array([lo, hi]), (*a.shape[:-1], 2))
     scales = np.concatenate([ends, crossings], axis=-1)[..., None]  # (..., candidates, 1)
     apart = np.abs(scales * a[..., None, :] - b[..., None, :]).max(axis=-1)
     return apart.min(axis=-1).astype(np.float32)
+
+
+def luma_thumbnail(image: Image.Image) -> np.ndarray:
+    """The image's luminance shrunk to ``LUMA_SIDE x LUMA_SIDE`` (box filter, floating
+    point), as a ``float32`` array. Any mode; colour images are converted to ``"L"``
+    first (imagehash's conversion), so the hashing intermediate and a stored RGB thumbnail
+    give the same values up to the thumbnail's JPEG error."""
+    gray = image if image.mode == "L" else image.convert("L")
+    return np.asarray(gray.convert("F").resize((LUMA_SIDE, LUMA_SIDE), Image.Resampling.BOX), dtype=np.float32)
+
+
+def thumbnail_detail(luma: np.ndarray) -> np.ndarray:
+    """A :func:`luma_thumbnail` without its best-fitting plane (brightness, gradient),
+    flattened and scaled to unit length (zeros for a thumbnail that is a plane: no detail
+    to compare); broadcasts over leading axes. The dot product of two is their
+    :func:`thumbnail_correlation`: search keeps these, one per reference."""
+    v = np.asarray(luma, dtype=np.float64).reshape(*np.shape(luma)[:-2], -1)
+    v = v - (v @ _PLANE.T) @ _PLANE
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.where(norm > 1e-3, v / np.maximum(norm, 1e-12), 0.0)
+
+
+def thumbnail_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How alike two :func:`luma_thumbnail` arrays are, whatever brightness and contrast
+    separate them: the correlation (-1 to 1) of what is left of each after removing its
+    best-fitting plane ``a + b x + c y`` (broadcasting over leading axes).
+
+    A brightness or contrast change maps grey levels affinely, which the plane (the mean)
+    and the normalisation absorb, so a copy correlates near 1 even when its hash bits,
+    which hang on small differences in a smooth picture, have moved. Removing the plane,
+    not only the mean, keeps two different smooth pictures that share a gradient (two
+    skies) from correlating on that gradient alone. A thumbnail that is a plane has no
+    detail left and correlates 0 with anything.
+    """
+    return (thumbnail_detail(a) * thumbnail_detail(b)).sum(axis=-1).astype(np.float32)
 
 
 def hash_quality(gray: Image.Image) -> int:
@@ -226,8 +277,8 @@ class ImageHashes:
     ``variants`` names each row (``"full"``, ``"mirror"``, ``"crop0.90@0,0.5"``,
     ``"band-top"``...), ``values`` is a ``(len(variants), len(COLUMNS))`` ``uint64`` array
     (:data:`ALGORITHMS`, then :data:`EQUALISED`), ``quality``
-    the PDQ-style quality (0-100) of the image and ``colour`` its
-    :func:`colour_signature`.
+    the PDQ-style quality (0-100) of the image, ``colour`` its
+    :func:`colour_signature` and ``luma`` its :func:`luma_thumbnail` (None when not taken).
     """
 
     variants: tuple[str, ...]
@@ -235,6 +286,7 @@ class ImageHashes:
     quality: int
     colour: np.ndarray
     scheme: str = HASH_SCHEME
+    luma: np.ndarray | None = None
 
     def __getitem__(self, algorithm: str) -> np.ndarray:
         """The ``uint64`` hashes of one column (an algorithm or :data:`EQUALISED`), one per
@@ -291,7 +343,7 @@ def _band_rows(gray: Image.Image) -> list[list[np.uint64]]:
 
 def query_hashes(image: Image.Image) -> ImageHashes:
     """Hashes of an image to check (``QUERY_VARIANTS``): the image, its mirror image and
-    its top and bottom bands.
+    its top and bottom bands, with its quality, colour signature and luminance thumbnail.
 
     Matching the mirror against the registry catches horizontally flipped copies without
     storing flipped references; the bands catch copies with a caption across them.
@@ -300,7 +352,7 @@ def query_hashes(image: Image.Image) -> ImageHashes:
     inputs = _hash_inputs(gray)
     rows = [_row_from_inputs(*inputs), _mirror_row(*inputs), *_band_rows(gray)]
     return ImageHashes(QUERY_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray),
-                       colour_signature(image))
+                       colour_signature(image), luma=luma_thumbnail(gray))
 
 
 def reference_hashes(image: Image.Image) -> ImageHashes:
@@ -321,7 +373,7 @@ def reference_hashes(image: Image.Image) -> ImageHashes:
                 rows.append(_hash_row(gray.crop((left, top, left + cw, top + ch))))
     rows += _band_rows(gray)
     return ImageHashes(REFERENCE_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray),
-                       colour_signature(image))
+                       colour_signature(image), luma=luma_thumbnail(gray))
 
 
 def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:

@@ -58,7 +58,9 @@ from .hashing import (
     hamming,
     hamming_within,
     hash_hex,
+    luma_thumbnail,
     reference_hashes,
+    thumbnail_detail,
 )
 from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
 
@@ -160,6 +162,7 @@ class Match:
     colour_distance: float = 0.0  # between the colour signatures (hashing.colour_distance)
     equalised_distance: int = 0  # between the equalised pHashes (hashing.EQUALISED)
     image_distance_sum: int | None = None  # band matches: pHash + dHash of the nearest whole-image pair
+    correlation: float | None = None  # whole-image pairs: of the luminance thumbnails (hashing.thumbnail_correlation)
 
     @property
     def distance(self) -> int:
@@ -176,6 +179,7 @@ class Match:
                 "colour_distance": round(float(self.colour_distance), 4),
                 "equalised_distance": self.equalised_distance,
                 "image_distance_sum": self.image_distance_sum,
+                "correlation": None if self.correlation is None else round(float(self.correlation), 4),
                 "mirrored": self.query_variant == "mirror",
                 "reference_variant": self.reference_variant, "reference_quality": r.quality}
 
@@ -216,6 +220,7 @@ class ReferenceRegistry:
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}
+        self._details: dict[int, np.ndarray] = {}
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -564,7 +569,12 @@ class ReferenceRegistry:
         ``"close_phash_dhash"``, a whole-image pair whose pHashes are within
         ``close_phash`` also counts with a dHash distance up to ``close_phash_dhash``,
         whatever the other bounds say (clipped highlights or shadows, from a brightness or
-        contrast change, move many dHash bits and few pHash bits).
+        contrast change, move many dHash bits and few pHash bits). With ``"correlation"``
+        (at most 1; above 1: off), a whole-image pair within the pHash bound that the other
+        bounds refuse counts when its luminance thumbnails correlate that well
+        (:func:`~artengine.hashing.thumbnail_correlation`, the image's against the
+        reference's stored thumbnail), the colour bound still applying; every whole-image
+        match within the pHash bound carries its ``correlation``.
 
         Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
         same band of a reference, and only when ``thresholds`` holds ``"band_sum"`` (the
@@ -582,6 +592,9 @@ class ReferenceRegistry:
         contrast = float(thresholds.get("colour_contrast", 1.0))
         close_phash = thresholds.get("close_phash", -1)
         close_phash_dhash = thresholds.get("close_phash_dhash", -1)
+        min_correlation = thresholds.get("correlation")
+        if hashes.luma is None or (min_correlation is not None and min_correlation > 1):
+            min_correlation = None
         band_sum = thresholds.get("band_sum")
         band_image_sum = thresholds.get("band_image_sum")
         use_bands = (band_sum is not None and band_image_sum is not None
@@ -595,6 +608,8 @@ class ReferenceRegistry:
                                         int(max(thresholds[first], close_phash)))
         best: dict[int, Match] = {}
         colour_apart: dict[int, float] = {}
+        correlations: dict[tuple[int, bool], float] = {}
+        query_detail: dict[bool, np.ndarray] = {}  # the image's thumbnail detail, as is and mirrored back
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -604,14 +619,28 @@ class ReferenceRegistry:
             for algorithm in rest:
                 distances[algorithm] = int(np.bitwise_count(index.columns[algorithm][row] ^ hashes[algorithm][q]))
             close = band is None and d <= close_phash and distances["dhash"] <= close_phash_dhash
-            if not close:
-                if any(distances[a] > thresholds[a] for a in ALGORITHMS):
-                    continue
-                if max_sum is not None and sum(distances.values()) > max_sum:
-                    continue
+            within = close or (all(distances[a] <= thresholds[a] for a in ALGORITHMS)
+                               and (max_sum is None or sum(distances.values()) <= max_sum))
+            # A whole-image pair within the pHash bound may still be a copy whose other
+            # hashes a brightness or contrast change moved: the thumbnails decide.
+            verify = band is None and min_correlation is not None and d <= thresholds[first]
+            if not within and not verify:
+                continue
             if band is not None and sum(distances.values()) > band_sum:
                 continue
             ref_id = int(index.ref_ids[row])
+            correlation = None
+            if verify:  # before the colour: a dot product, where the colour comparison is not
+                mirrored = hashes.variants[q] == "mirror"
+                correlation = correlations.get((ref_id, mirrored))
+                if correlation is None:
+                    detail = query_detail.get(mirrored)
+                    if detail is None:
+                        detail = query_detail[mirrored] = thumbnail_detail(
+                            hashes.luma[:, ::-1] if mirrored else hashes.luma)
+                    correlation = correlations[ref_id, mirrored] = float(detail @ self._detail(ref_id))
+                if not within and correlation < min_correlation:
+                    continue
             apart = colour_apart.get(ref_id)
             if apart is None:  # one colour signature per reference: compared once per search
                 apart = colour_apart[ref_id] = float(colour_distance(colour, index.colours[row], contrast))
@@ -627,10 +656,26 @@ class ReferenceRegistry:
                 found = Match(str(self.path), self.reference(ref_id), distances,
                               hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
                               int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
-                              image_sum)
+                              image_sum, correlation)
                 if accept is None or accept(found):
                     best[ref_id] = found
         return sorted(best.values(), key=lambda m: _rank(m.distances))
+
+    def _detail(self, ref_id: int) -> np.ndarray:
+        """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail
+        (decoded once per open registry)."""
+        with self._lock:
+            detail = self._details.get(ref_id)
+            if detail is None:
+                ref = self.reference(ref_id)
+                detail = self._details[ref_id] = thumbnail_detail(
+                    luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
+            return detail
+
+    def correlation(self, ref_id: int, luma: np.ndarray, mirrored: bool = False) -> float:
+        """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
+        thumbnail (mirrored back for a mirror match) with a reference's stored thumbnail."""
+        return float(thumbnail_detail(luma[:, ::-1] if mirrored else luma) @ self._detail(ref_id))
 
     @staticmethod
     def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:

@@ -263,6 +263,7 @@ def main() -> None:
                     f"{thresholds['colour_contrast']:g}; images or references of quality < "
                     f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']} and equalised pHash <= "
                     f"{thresholds['flat_equalised']}, or equalised pHash <= {thresholds['flat_close_equalised']}; "
+                    f"or pHash <= {thresholds['phash']} with thumbnail correlation >= {thresholds['correlation']:g}; "
                     f"bands: sum <= {thresholds['band_sum']}, whole image sum <= {thresholds['band_image_sum']})",
                     rows)
         summary = [{
@@ -296,11 +297,13 @@ def _upper95(k: int, n: int) -> float:
     return 1.0 if k >= n else float(beta.ppf(0.95, k + 1, n - k))
 
 
-def _candidates(index, hashes, contrasts, limit: int = 24, close_limit: int = 8):
-    """(ref_id, pHash, dHash, {contrast: colour distance}, equalised pHash distance) of
-    every stored whole-image variant within ``limit`` on both hashes, or within
-    ``close_limit`` on pHash whatever dHash says, for either whole-image query variant
-    (band matches are taken from the audit's own search)."""
+def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit: int = 8):
+    """(ref_id, pHash, dHash, {contrast: colour distance}, equalised pHash distance,
+    thumbnail correlation) of every stored whole-image variant within ``limit`` on both
+    hashes, or within ``close_limit`` on pHash whatever dHash says, for either whole-image
+    query variant (band matches are taken from the audit's own search). The correlation is
+    the audit's own (the image's luminance thumbnail, mirrored back for the mirror
+    variant, against the reference's stored thumbnail)."""
     whole_rows = ~np.isin(index.variants, [i for i, v in enumerate(index.variant_names) if v in BAND_VARIANTS])
     whole_q = np.array([v not in BAND_VARIANTS for v in hashes.variants])
     P, D, E = (index.columns[a][whole_rows] for a in ("phash", "dhash", EQUALISED))
@@ -310,7 +313,11 @@ def _candidates(index, hashes, contrasts, limit: int = 24, close_limit: int = 8)
     qv, row = np.nonzero(((p <= limit) & (d <= limit)) | (p <= close_limit))
     query_colour = np.asarray(hashes.colour, dtype=np.float32)
     c = {k: colour_distance(query_colour, index.colours[whole_rows][row], k) for k in contrasts}
-    return index.ref_ids[whole_rows][row], p[qv, row], d[qv, row], c, e[qv, row]
+    ref_ids = index.ref_ids[whole_rows][row]
+    mirrored = np.array([v == "mirror" for v in hashes.variants])[whole_q][qv]
+    corr = np.array([registry.correlation(int(r), hashes.luma, bool(m)) for r, m in zip(ref_ids, mirrored)],
+                    dtype=np.float32)
+    return ref_ids, p[qv, row], d[qv, row], c, e[qv, row], corr
 
 
 def _band_names_a_copy(m) -> bool:
@@ -329,29 +336,32 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     pHash + dHash <= S, or pHash <= CP with dHash <= CD; colour <= C allowing for a
     contrast change of K; a pair where the image or the reference is below the
     low-detail quality is named only within pHash + dHash <= F with equalised pHashes
-    within E, or with equalised pHashes within EC. Band matches are added at the audit's
-    band bounds, with each point's colour bound."""
+    within E, or with equalised pHashes within EC; or, whatever the detail, pHash <= P
+    with thumbnail correlation >= Z (2: off; pairs with dHash beyond 24 are not seen
+    here). Band matches are added at the audit's band bounds, with each point's colour
+    bound."""
     index = registry.index()
     queries = [(name, group, true_id, h) for name, group, true_id, h in sweep_queries]
     queries += [("distractor", "distractor", -1, h) for _, h in distractor_hashes]
     contrasts = (1.0, 1.2, 1.35)
-    qid, ref, p, d, c, e = [], [], [], [], [], []
+    qid, ref, p, d, c, e, z = [], [], [], [], [], [], []
     quality = np.array([h.quality for _, _, _, h in queries])
     true = np.array([t for _, _, t, _ in queries])
     # Band matches at the audit's band bounds, found with the colour check off; the
     # colour signature is one per reference, so each point's colour bound is applied after.
     band_hits = []  # per query: (reference ids, {contrast: colour distances})
     band_only = {k: v for k, v in default_thresholds().items() if not k.startswith("flat_")}
-    band_only.update(band_min_quality=DEFAULT_LOW_DETAIL_QUALITY, colour=1.0, colour_contrast=1.0)
+    band_only.update(band_min_quality=DEFAULT_LOW_DETAIL_QUALITY, colour=1.0, colour_contrast=1.0, correlation=2.0)
     for i, (_, _, _, h) in enumerate(queries):
-        r, pp, dd, cc, ee = _candidates(index, h, contrasts)
+        r, pp, dd, cc, ee, zz = _candidates(registry, index, h, contrasts)
         qid.append(np.full(r.size, i)), ref.append(r), p.append(pp), d.append(dd), c.append(cc), e.append(ee)
+        z.append(zz)
         bands = [m for m in registry.search(h, band_only, _band_names_a_copy) if m.query_variant in BAND_VARIANTS]
         ids = np.array([m.reference.id for m in bands], dtype=np.int64)
         ref_colours = np.array([m.reference.colour for m in bands], dtype=np.float32).reshape(-1, 3)
         band_hits.append((ids, {k: colour_distance(np.asarray(h.colour, dtype=np.float32), ref_colours, k)
                                 for k in contrasts}))
-    qid, ref, p, d, e = (np.concatenate(a) for a in (qid, ref, p, d, e))
+    qid, ref, p, d, e, z = (np.concatenate(a) for a in (qid, ref, p, d, e, z))
     c = {k: np.concatenate([cc[k] for cc in c]) for k in contrasts}
     s = p + d
     is_true = ref == true[qid]
@@ -363,7 +373,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     kinds = np.array([""] * len(sweep_queries) + [k for k, _ in distractor_hashes])
     colours = (0.08, 0.10)
     grid = itertools.product((14, 16), (12,), (22, 24), (-1, 2, 4, 6), (20, 24, 32), colours,
-                             contrasts, (14, 16), (16, 64), (-1, 8))
+                             contrasts, (14, 16), (16, 64), (-1, 8), (2.0, 0.96, 0.94))
     band_by = {(C, K): (np.array([bool(((ids == true[i]) & (cd[K] <= C)).any()) for i, (ids, cd) in enumerate(band_hits)]),
                         np.array([bool((cd[K] <= C).any()) for _, cd in band_hits]))
                for C in colours for K in contrasts}
@@ -371,9 +381,9 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     ref_quality = {int(r): registry.reference(int(r)).quality for r in np.unique(ref)}
     weak = (quality[qid] < DEFAULT_LOW_DETAIL_QUALITY) | (np.array([ref_quality[int(r)] for r in ref])
                                                           < DEFAULT_LOW_DETAIL_QUALITY)
-    for P, D, S, CP, CD, C, K, F, E, EC in grid:
+    for P, D, S, CP, CD, C, K, F, E, EC, Z in grid:
         bounds = ((p <= P) & (d <= D) & (s <= S)) | ((p <= CP) & (d <= CD))
-        ok = bounds & (c[K] <= C) & (~weak | ((s <= F) & (e <= E)) | (e <= EC))
+        ok = (c[K] <= C) & ((bounds & (~weak | ((s <= F) & (e <= E)) | (e <= EC))) | ((p <= P) & (z >= Z)))
         band_named, band_failed = band_by[C, K]
         named = band_named.copy()
         named[qid[ok & is_true]] = True
@@ -381,7 +391,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
         failed[qid[ok]] = True
         row = {"phash": P, "dhash": D, "sum": S, "close_phash": CP, "close_phash_dhash": CD, "colour": C,
                "colour_contrast": K, "flat_sum": F, "flat_equalised": E,
-               "flat_close_equalised": EC,
+               "flat_close_equalised": EC, "correlation": Z,
                "fp_photos": int(failed[is_distractor & (kinds == "photo")].sum()),
                "fp_shapes": int(failed[is_distractor & (kinds == "shapes")].sum())}
         worst: dict[str, float] = {}
@@ -400,7 +410,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
                 f"the {int((is_distractor & (kinds == 'photo')).sum())} photograph distractors, then "
                 "worst-transform recall named per class relative to its target, up to the target, then "
                 "false positives on shapes distractors; low-detail quality "
-                f"{DEFAULT_LOW_DETAIL_QUALITY}; close_phash and flat_close_equalised -1: off)", rows[:40])
+                f"{DEFAULT_LOW_DETAIL_QUALITY}; close_phash and flat_close_equalised -1, correlation 2: off)", rows[:40])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ Two components:
   bound, allowing for a contrast change of up to ``colour_contrast``; or, for an
   image of enough detail, whose top or bottom band matches the same band of a reference
   within ``max_band_distance_sum`` while the whole images are within
-  ``band_max_image_distance_sum`` (a copy with a caption across it). The finding names the reference (sha256, source path, licence, source text), the distances
+  ``band_max_image_distance_sum`` (a copy with a caption across it); or whose pHash is
+  within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
+  correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
+  (a brightness or contrast change of a smooth picture, which moves its hash bits). The finding names the reference (sha256, source path, licence, source text), the distances
   and whether the copy was mirrored, and carries the reference's thumbnail for the report.
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
@@ -71,6 +74,7 @@ DEFAULT_FLAT_CLOSE_EQUALISED = 8
 DEFAULT_LOW_DETAIL_QUALITY = 50
 DEFAULT_MAX_BAND_SUM = 16
 DEFAULT_BAND_MAX_IMAGE_SUM = 34
+DEFAULT_MIN_CORRELATION = 0.96
 #: :func:`classify`'s thresholds at these defaults (what the audit uses with no policy
 #: settings).
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -79,7 +83,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "close_phash_dhash": DEFAULT_CLOSE_PHASH_MAX_DHASH,
     "flat_sum": DEFAULT_FLAT_MAX_SUM, "flat_equalised": DEFAULT_FLAT_MAX_EQUALISED,
     "flat_close_equalised": DEFAULT_FLAT_CLOSE_EQUALISED, "band_sum": DEFAULT_MAX_BAND_SUM,
-    "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM,
+    "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM, "correlation": DEFAULT_MIN_CORRELATION,
 }
 
 
@@ -147,6 +151,12 @@ class NearDuplicateAudit(Audit):
         "band_max_image_distance_sum": Setting(int, DEFAULT_BAND_MAX_IMAGE_SUM,
                                                "largest pHash + dHash distance between the whole images "
                                                "for a band match to count"),
+        "min_thumbnail_correlation": Setting(float, DEFAULT_MIN_CORRELATION,
+                                             "a pair within max_phash_distance (and the colour bound) that "
+                                             "the other bounds refuse is a copy when the images' 16x16 "
+                                             "luminance thumbnails, each without its best-fitting plane, "
+                                             "correlate at least this well (brightness and contrast changes "
+                                             "of smooth pictures; 0-1, 2 turns it off)"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
@@ -164,6 +174,9 @@ class NearDuplicateAudit(Audit):
         if not -1 <= self.settings["close_phash_distance"] <= 64:
             raise ArtengineError(f"{where}: audits.near_duplicate.close_phash_distance: "
                                  f"must be between -1 (off) and 64, got {self.settings['close_phash_distance']}")
+        if not 0 <= self.settings["min_thumbnail_correlation"] <= 2:
+            raise ArtengineError(f"{where}: audits.near_duplicate.min_thumbnail_correlation: "
+                                 f"must be between 0 and 1 (2: off), got {self.settings['min_thumbnail_correlation']}")
         if not 1 <= self.settings["colour_contrast"] <= 4:
             raise ArtengineError(f"{where}: audits.near_duplicate.colour_contrast: "
                                  f"must be between 1 (none) and 4, got {self.settings['colour_contrast']}")
@@ -178,7 +191,8 @@ class NearDuplicateAudit(Audit):
                            "flat_equalised": self.settings["flat_max_equalised_distance"],
                            "flat_close_equalised": self.settings["flat_close_equalised_distance"],
                            "band_sum": self.settings["max_band_distance_sum"],
-                           "band_image_sum": self.settings["band_max_image_distance_sum"]}
+                           "band_image_sum": self.settings["band_max_image_distance_sum"],
+                           "correlation": self.settings["min_thumbnail_correlation"]}
         self.paths = self._registry_paths()
         self.registries: list[Any] = []
         self.problem: str | None = None
@@ -227,7 +241,9 @@ class NearDuplicateAudit(Audit):
                 audit=self.name, outcome="fail", item=item.key,
                 message=(f"{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, licence: "
                          f"{ref.licence or 'not recorded'}; pHash distance {best.distances['phash']}, "
-                         f"dHash {best.distances['dhash']}, colour {best.colour_distance:.3f})"),
+                         f"dHash {best.distances['dhash']}, colour {best.colour_distance:.3f}"
+                         + (f", thumbnail correlation {best.correlation:.3f}" if best.correlation is not None else "")
+                         + ")"),
                 details=details, attachments={"reference": ref.thumbnail_uri()})
         if outcome == "unknown":
             seen = f"; closest candidate {matches[0].reference.source_path}" if matches else ""
@@ -254,13 +270,14 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     matches)``.
 
     ``thresholds`` holds ``phash``, ``dhash``, ``sum`` and ``colour``, optionally
-    ``band_sum`` and ``band_image_sum`` (see :meth:`ReferenceRegistry.search`; bands count
+    ``correlation``, ``band_sum`` and ``band_image_sum`` (see :meth:`ReferenceRegistry.search`; bands count
     only from ``low_detail_quality`` up), and ``flat_sum``, ``flat_equalised`` and
     ``flat_close_equalised``. A hash of quality below ``low_detail_quality`` is weaker
     evidence (smooth pictures resemble each other): a match (whole image or band) where the
     image or the reference is that flat names a copy only within ``flat_sum`` (pHash + dHash) with
     equalised pHashes within ``flat_equalised`` too, or with equalised pHashes within
-    ``flat_close_equalised``. Below
+    ``flat_close_equalised``, or (whole-image pairs within the pHash bound) with luminance
+    thumbnails correlating within ``correlation``. Below
     ``min_quality`` the hash cannot rule a copy out either: without such a match the image
     is ``unknown``, never ``pass``.
     """
@@ -273,7 +290,8 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
             return True  # a band match too: the image's bands count only from low_detail_quality up
         return ((sum(m.distances.values()) <= thresholds.get("flat_sum", -1)
                  and m.equalised_distance <= thresholds.get("flat_equalised", 64))
-                or m.equalised_distance <= thresholds.get("flat_close_equalised", -1))
+                or m.equalised_distance <= thresholds.get("flat_close_equalised", -1)
+                or (m.correlation is not None and m.correlation >= thresholds.get("correlation", 2)))
 
     # Every variant pair of a reference is judged, not only its closest one: a crop whose
     # plain hashes are closest may fail the low-detail test while the full image passes.

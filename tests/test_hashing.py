@@ -157,3 +157,34 @@ def test_colour_comparison_allows_for_a_contrast_change_but_not_another_hue():
     # No allowance is the plain distance, and an allowance never makes two colours farther.
     assert colour_distance(flatter, original, 1.0) == colour_distance(flatter, original)
     assert colour_distance(swapped, original, 1.2) <= colour_distance(swapped, original)
+    # Against no reference at all (an empty stack): no distance, not an error.
+    assert colour_distance(original, np.zeros((0, 3), np.float32), 1.2).shape == (0,)
+
+
+def test_thumbnail_correlation_ignores_brightness_contrast_and_gradients():
+    """The luminance thumbnails of a copy correlate near 1 whatever brightness and contrast
+    it was given; a shared gradient alone does not make two pictures correlate, and a
+    picture that is a gradient only has nothing to correlate."""
+    from artengine.hashing import LUMA_SIDE, luma_thumbnail, thumbnail_correlation
+
+    y, x = np.mgrid[:256, :256] / 255.0
+
+    def smooth(seed: int) -> np.ndarray:  # a faint soft pattern on a strong gradient
+        field = Image.fromarray(np.random.default_rng(seed).normal(128, 60, (8, 8)).clip(0, 255).astype(np.uint8))
+        soft = np.asarray(field.resize((256, 256), Image.Resampling.BICUBIC), dtype=np.float64) - 128
+        return 60 + 120 * (0.7 * x + 0.3 * y) + 0.08 * soft
+
+    picture = Image.fromarray(smooth(1).round().astype(np.uint8))
+    thumb = luma_thumbnail(picture)
+    assert thumb.shape == (LUMA_SIDE, LUMA_SIDE) and thumb.dtype == np.float32
+    for b, c in ((0.7, 0.7), (1.3, 0.7), (0.7, 1.3)):
+        copy = ImageEnhance.Contrast(ImageEnhance.Brightness(picture).enhance(b)).enhance(c)
+        assert thumbnail_correlation(luma_thumbnail(copy), thumb) > 0.97, (b, c)
+    other = Image.fromarray(smooth(2).round().astype(np.uint8))  # the same gradient, another pattern
+    assert thumbnail_correlation(luma_thumbnail(other), thumb) < 0.8
+    ramp = Image.fromarray((60 + 120 * (0.7 * x + 0.3 * y)).round().astype(np.uint8))
+    assert abs(float(thumbnail_correlation(luma_thumbnail(ramp), thumb))) < 0.3
+    assert thumbnail_correlation(luma_thumbnail(Image.new("L", (64, 64), 90)), thumb) == 0
+    # Broadcasting: one thumbnail against a stack.
+    stack = np.stack([thumb, luma_thumbnail(other)])
+    assert thumbnail_correlation(thumb, stack).shape == (2,)

@@ -308,8 +308,12 @@ def test_a_brightened_copy_whose_highlights_clip_is_named_on_its_phash(tmp_path)
     assert match["distances"]["phash"] <= 2 and match["distances"]["dhash"] > 12, match
     for left, top in others:
         assert _finding(doc, f"other_{left}_{top}.png")[1]["outcome"] == "pass"
-    # The pHash-only rule is what names it: turned off, the copy passes.
+    # The pHash-only rule and the thumbnail correlation each name it; both turned off, the
+    # copy passes.
     _, off = _audit(out, _policy(tmp_path, "close_phash_distance = -1"), db)
+    assert _finding(off, "brighter.png")[1]["outcome"] == "fail"
+    assert _finding(off, "brighter.png")[1]["details"]["match"]["correlation"] >= 0.96
+    _, off = _audit(out, _policy(tmp_path, "close_phash_distance = -1\nmin_thumbnail_correlation = 2"), db)
     assert _finding(off, "brighter.png")[1]["outcome"] == "pass"
 
 
@@ -355,8 +359,51 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
                 "flat_max_equalised_distance": plugin.DEFAULT_FLAT_MAX_EQUALISED,
                 "flat_close_equalised_distance": plugin.DEFAULT_FLAT_CLOSE_EQUALISED,
                 "max_band_distance_sum": plugin.DEFAULT_MAX_BAND_SUM,
-                "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM}
+                "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM,
+                "min_thumbnail_correlation": plugin.DEFAULT_MIN_CORRELATION}
     policies = Path(__file__).resolve().parent.parent / "policies"
     for name in ("default.toml", "publication.toml"):
         section = tomllib.loads((policies / name).read_text())["audits"]["near_duplicate"]
         assert {k: section.get(k) for k in expected} == expected, name
+
+
+def test_a_smooth_reference_under_a_strong_brightness_and_contrast_change_is_named(tmp_path):
+    """A smooth, low-detail picture (a patch of the moon's surface) darkened and flattened
+    by 30 % each: its hash bits hang on faint differences, so pHash and dHash move beyond
+    what names a low-detail copy, and the image would be 'unknown'. Its 16x16 luminance
+    thumbnail, without its best-fitting plane, still correlates with the reference's
+    (stored) thumbnail, which names it. Other smooth patches of the same picture are not
+    named."""
+    from skimage import data as skimage_data  # the test extra installs scikit-image
+
+    moon = Image.fromarray(skimage_data.moon()).convert("RGB")  # 512 x 512
+
+    def patch(left: int, top: int) -> Image.Image:
+        return moon.crop((left, top, left + 64, top + 64)).resize((256, 256), Image.Resampling.LANCZOS)
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    patch(384, 256).save(refs / "moon.png")
+    db = tmp_path / "refs.db"
+    with ReferenceRegistry(db, create=True) as reg:
+        summary = reg.add([refs / "moon.png"], licence="All rights reserved")
+    assert summary.low_quality  # below the quality cut-off
+    out = tmp_path / "outputs"
+    out.mkdir()
+    ImageEnhance.Contrast(ImageEnhance.Brightness(patch(384, 256)).enhance(0.7)).enhance(0.7).save(out / "copy.png")
+    others = ((0, 0), (128, 128), (256, 384), (448, 448), (320, 256))
+    for left, top in others:
+        patch(left, top).save(out / f"other_{left}_{top}.png")
+
+    _, doc = _audit(out, _policy(tmp_path), db)
+    _, finding = _finding(doc, "copy.png")
+    assert finding["outcome"] == "fail", finding["message"]
+    match = finding["details"]["match"]
+    assert match["source"] == str((refs / "moon.png").resolve())
+    assert match["correlation"] >= 0.96 and match["distances"]["dhash"] > 12, match
+    for left, top in others:
+        _, other = _finding(doc, f"other_{left}_{top}.png")
+        assert other["outcome"] != "fail", other["message"]
+    # The thumbnail correlation is what names it: turned off, the copy is only 'unknown'.
+    _, off = _audit(out, _policy(tmp_path, "min_thumbnail_correlation = 2"), db)
+    assert _finding(off, "copy.png")[1]["outcome"] == "unknown"
