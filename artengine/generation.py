@@ -577,7 +577,9 @@ class _InProcess:
     order. For a long job the generator runs in a child process of its own, so it never
     waits for the finishers' share of the GIL (torch releases the GIL inside operators but
     needs it between them); for a short one, where starting a process would cost more than
-    it saves, in a thread. ``ARTENGINE_GENERATOR_PROCESS`` = 1 or 0 forces either.
+    it saves, in a thread. ``ARTENGINE_GENERATOR_PROCESS`` = 1 or 0 forces either. The
+    caller decides (:meth:`uses_process`) and hands over the process, started early with
+    :func:`start_generator_process`.
     """
 
     LOOKAHEAD = 2  # chunks the generator may run ahead of the finishers
@@ -591,7 +593,7 @@ class _InProcess:
         self.spec = dict(spec)
         self.finishers = finishers or int(os.environ.get("ARTENGINE_FINISHERS", "0")) or min(4, max(2, cores // 2))
         self.seconds = {"generator": 0.0, "finishing": 0.0}
-        self.generator_pool = generator_pool  # from start_generator_process, or made in run()
+        self.generator_pool = generator_pool  # from start_generator_process; None: a thread
 
     @classmethod
     def uses_process(cls, images: int) -> bool:
@@ -611,8 +613,6 @@ class _InProcess:
         stop = threading.Event()
         finish_pool = ThreadPoolExecutor(max_workers=self.finishers, thread_name_prefix="artengine-finisher",
                                          initializer=_lower_thread_priority, initargs=(self.FINISHER_NICE,))
-        if self.generator_pool is None and self.uses_process(sum(len(c) for c in chunks)):
-            self.generator_pool = start_generator_process(self.spec)
         generator_pool = self.generator_pool
 
         def local_pixels(indices: list[int]) -> tuple[np.ndarray, float]:
