@@ -206,6 +206,12 @@ def _thumbnail(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _query_detail(luma: np.ndarray, mirrored: bool) -> np.ndarray:
+    """:func:`~artengine.hashing.thumbnail_detail` of an image's luminance thumbnail, as
+    it faces the reference: mirrored back for a match of the image's mirror variant."""
+    return thumbnail_detail(luma[:, ::-1] if mirrored else luma)
+
+
 class ReferenceRegistry:
     """A reference registry file: add images, describe it, and search it.
 
@@ -636,8 +642,7 @@ class ReferenceRegistry:
                 if correlation is None:
                     detail = query_detail.get(mirrored)
                     if detail is None:
-                        detail = query_detail[mirrored] = thumbnail_detail(
-                            hashes.luma[:, ::-1] if mirrored else hashes.luma)
+                        detail = query_detail[mirrored] = _query_detail(hashes.luma, mirrored)
                     correlation = correlations[ref_id, mirrored] = float(detail @ self._detail(ref_id))
                 if not within and correlation < min_correlation:
                     continue
@@ -675,7 +680,7 @@ class ReferenceRegistry:
     def correlation(self, ref_id: int, luma: np.ndarray, mirrored: bool = False) -> float:
         """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
         thumbnail (mirrored back for a mirror match) with a reference's stored thumbnail."""
-        return float(thumbnail_detail(luma[:, ::-1] if mirrored else luma) @ self._detail(ref_id))
+        return float(_query_detail(luma, mirrored) @ self._detail(ref_id))
 
     @staticmethod
     def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:
