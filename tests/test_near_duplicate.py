@@ -109,6 +109,24 @@ def _finding(doc, key):
     return entry, next(f for f in entry["findings"] if f["audit"] == "near_duplicate")
 
 
+def _one_reference(tmp_path, reference: Image.Image, outputs: dict[str, Image.Image]):
+    """``reference`` as the only image of a new registry (saved as refs/reference.png) and
+    ``outputs`` (name -> image) saved in outputs/. Returns the reference's path, the
+    registry, the outputs folder and the registry's add summary."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    source = refs / "reference.png"
+    reference.save(source)
+    db = tmp_path / "refs.db"
+    with ReferenceRegistry(db, create=True) as reg:
+        summary = reg.add([source], licence="All rights reserved")
+    out = tmp_path / "outputs"
+    out.mkdir()
+    for name, image in outputs.items():
+        image.save(out / name)
+    return source, db, out, summary
+
+
 def test_exact_and_transformed_copies_fail_naming_the_reference_and_others_pass(tmp_path, registry):
     db, refs = registry
     out = tmp_path / "outputs"
@@ -288,23 +306,15 @@ def test_a_brightened_copy_whose_highlights_clip_is_named_on_its_phash(tmp_path)
         return photo.crop((left, top, left + 153, top + 153)).resize((320, 320), Image.Resampling.LANCZOS)
 
     others = ((180, 0), (359, 0), (0, 180), (180, 180), (359, 359))
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    part(0, 0).save(refs / "corner.png")
-    db = tmp_path / "refs.db"
-    with ReferenceRegistry(db, create=True) as reg:
-        reg.add([refs / "corner.png"], licence="All rights reserved")
-    out = tmp_path / "outputs"
-    out.mkdir()
-    ImageEnhance.Contrast(ImageEnhance.Brightness(part(0, 0)).enhance(1.5)).enhance(1.3).save(out / "brighter.png")
-    for left, top in others:
-        part(left, top).save(out / f"other_{left}_{top}.png")
+    brighter = ImageEnhance.Contrast(ImageEnhance.Brightness(part(0, 0)).enhance(1.5)).enhance(1.3)
+    source, db, out, _ = _one_reference(tmp_path, part(0, 0), {
+        "brighter.png": brighter, **{f"other_{left}_{top}.png": part(left, top) for left, top in others}})
 
     _, doc = _audit(out, _policy(tmp_path), db)
     _, finding = _finding(doc, "brighter.png")
     assert finding["outcome"] == "fail", finding["message"]
     match = finding["details"]["match"]
-    assert match["source"] == str((refs / "corner.png").resolve())
+    assert match["source"] == str(source.resolve())
     assert match["distances"]["phash"] <= 2 and match["distances"]["dhash"] > 12, match
     for left, top in others:
         assert _finding(doc, f"other_{left}_{top}.png")[1]["outcome"] == "pass"
@@ -381,25 +391,17 @@ def test_a_smooth_reference_under_a_strong_brightness_and_contrast_change_is_nam
     def patch(left: int, top: int) -> Image.Image:
         return moon.crop((left, top, left + 64, top + 64)).resize((256, 256), Image.Resampling.LANCZOS)
 
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    patch(384, 256).save(refs / "moon.png")
-    db = tmp_path / "refs.db"
-    with ReferenceRegistry(db, create=True) as reg:
-        summary = reg.add([refs / "moon.png"], licence="All rights reserved")
-    assert summary.low_quality  # below the quality cut-off
-    out = tmp_path / "outputs"
-    out.mkdir()
-    ImageEnhance.Contrast(ImageEnhance.Brightness(patch(384, 256)).enhance(0.7)).enhance(0.7).save(out / "copy.png")
     others = ((0, 0), (128, 128), (256, 384), (448, 448), (320, 256))
-    for left, top in others:
-        patch(left, top).save(out / f"other_{left}_{top}.png")
+    copy = ImageEnhance.Contrast(ImageEnhance.Brightness(patch(384, 256)).enhance(0.7)).enhance(0.7)
+    source, db, out, summary = _one_reference(tmp_path, patch(384, 256), {
+        "copy.png": copy, **{f"other_{left}_{top}.png": patch(left, top) for left, top in others}})
+    assert summary.low_quality  # below the quality cut-off
 
     _, doc = _audit(out, _policy(tmp_path), db)
     _, finding = _finding(doc, "copy.png")
     assert finding["outcome"] == "fail", finding["message"]
     match = finding["details"]["match"]
-    assert match["source"] == str((refs / "moon.png").resolve())
+    assert match["source"] == str(source.resolve())
     assert match["correlation"] >= 0.96 and match["distances"]["dhash"] > 12, match
     for left, top in others:
         _, other = _finding(doc, f"other_{left}_{top}.png")
