@@ -33,8 +33,8 @@ class Finding:
 
     def as_dict(self) -> dict[str, Any]:
         # dataclasses.asdict would do, but it deep-copies every leaf through copy.deepcopy:
-        # with a near-duplicate finding's details that was 2.4 ms per image in a generation
-        # job. Details are JSON data, so copying the containers is enough.
+        # 116 us against 13 us for a near-duplicate finding, once per image and audit in a
+        # generation job. Details are JSON data, so copying the containers is enough.
         return {"audit": self.audit, "outcome": self.outcome, "message": self.message, "item": self.item,
                 "details": _copy_json(self.details), "attachments": dict(self.attachments)}
 
