@@ -78,6 +78,46 @@ def test_query_hashes_hold_the_mirror_image(pictures):
         assert q["dhash"][0] == hash_value(imagehash.dhash(gray))
 
 
+def _hard_32px_pictures() -> list[np.ndarray]:
+    """32x32 greyscale inputs where pHash bits hang on rounding: flat, one grey level off
+    here and there, faint noise, faint gradients, a few specks; and plain noise and blocks."""
+    rng = np.random.default_rng(11)
+    y, x = np.mgrid[:32, :32]
+    out = []
+    for k in range(480):
+        kind = k % 6
+        if kind == 0:
+            a = np.full((32, 32), rng.integers(0, 256))
+        elif kind == 1:
+            a = rng.integers(1, 255) + rng.integers(-1, 2, (32, 32))
+        elif kind == 2:
+            a = 128 + rng.normal(0, rng.uniform(0.1, 3), (32, 32))
+        elif kind == 3:
+            a = rng.uniform(0, 8) * x / 32 + rng.uniform(0, 8) * y / 32 + rng.integers(0, 240)
+        elif kind == 4:
+            a = rng.integers(0, 256) * (rng.random((32, 32)) < 0.02)
+        else:
+            a = rng.integers(0, 256, (32, 32)) if k % 12 == 5 else np.kron(rng.integers(0, 256, (4, 4)), np.ones((8, 8)))
+        out.append(np.clip(a, 0, 255).astype(np.uint8))
+    return out
+
+
+def test_stacked_phash_and_equalisation_are_bitwise_imagehash_and_pillow():
+    from artengine.hashing import _equalise, _phash_stack
+
+    pictures = _hard_32px_pictures()
+    for start in range(0, len(pictures), 8):  # stacks of 8, as a query hashes them
+        stack = np.stack(pictures[start:start + 8])
+        equalised = np.stack([_equalise(a) for a in stack])
+        plain, after = _phash_stack(stack), _phash_stack(equalised)
+        for j, pixels in enumerate(stack):
+            image = Image.fromarray(pixels)
+            pillow = ImageOps.equalize(image)
+            assert np.array_equal(equalised[j], np.asarray(pillow))
+            assert plain[j] == hash_value(imagehash.phash(image))
+            assert after[j] == hash_value(imagehash.phash(pillow))
+
+
 def test_equalised_phash_is_imagehash_on_the_equalised_greyscale(pictures):
     im = pictures[3]
     q = query_hashes(im)
