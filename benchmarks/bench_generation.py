@@ -1,6 +1,6 @@
 """Generation pipeline throughput against its stages measured alone (issue 7).
 
-Run: python benchmarks/bench_generation.py [--count 128] [--run RUN] [--workers-2]
+Run: python benchmarks/bench_generation.py [--count 256] [--rounds 5] [--run RUN] [--workers-2]
 
 It trains a tiny class-conditional model when --run is not given (the benchmark is about
 the pipeline, not image quality), makes keys in a temporary folder, registers a few
@@ -18,15 +18,19 @@ shown as the warm-up job's time). Then, in one process, one thread for torch:
   writer), its throughput taken from the first written chunk to the last image (steady
   state; start-up and the end-of-batch audits/report are printed separately).
 
-Figures: pipeline images/s over the slowest stage's images/s (target >= 0.8), and the
-generator's in-pipeline speed (bare seconds / seconds spent in the generator inside the
-pipeline as the job reports it, target >= 0.95).
+Both are measured in each of ``--rounds`` rounds, back to back, so a round's ratios compare
+figures taken within seconds of each other (this machine's speed swings by 30 % over
+minutes). Figures: pipeline images/s over the slowest stage's images/s (target >= 0.8),
+and the generator's in-pipeline speed (bare seconds / seconds spent in the generator inside
+the pipeline as the job reports it, target >= 0.95); each the median of the rounds' own
+ratios, with their range.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +47,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=0, help="images per chunk (default: the job default)")
     parser.add_argument("--run", type=Path)
     parser.add_argument("--workers-2", action="store_true", help="also run the pipeline with --workers 2")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of stages-alone + pipeline, interleaved")
     args = parser.parse_args()
 
     import torch
@@ -91,101 +96,126 @@ def main() -> None:
     producer = generation.Producer(spec, plugins)
     indices = list(range(n))
     chunks = [indices[s:s + chunk] for s in range(0, n, chunk)]
+    size = spec["size"]
+    producer.pixels(chunks[0])  # warm
 
     def timed(fn) -> float:
         begin = time.perf_counter()
         fn()
         return time.perf_counter() - begin
 
-    # Stage: bare generator inference.
-    producer.pixels(chunks[0])  # warm
-    t_gen = timed(lambda: [producer.pixels(c) for c in chunks])
-    raw = [px for c in chunks for px in producer.pixels(c)]
+    def stages_alone(k: int) -> dict[str, float]:
+        """Seconds for n images of each stage alone, one after the other, on the same images."""
+        raw = [px for c in chunks for px in producer.pixels(c)]
+        t_gen = timed(lambda: [producer.pixels(c) for c in chunks])  # bare generator inference
 
-    # Stage: upsample + watermark.
-    size = spec["size"]
+        def mark_all() -> list:  # upsample + watermark
+            out = []
+            for i, px in zip(indices, raw):
+                img = Image.fromarray(px).resize((size, size), Image.Resampling.LANCZOS)
+                out.append(producer.scheme.embed(img, derive_payload(producer.secret, i,
+                                                                     size=producer.scheme.payload_bytes)).convert("RGB"))
+            return out
+        marked: list = []
+        t_mark = timed(lambda: marked.extend(mark_all()))
 
-    def mark_all() -> list:
-        out = []
-        for i, px in zip(indices, raw):
-            img = Image.fromarray(px).resize((size, size), Image.Resampling.LANCZOS)
-            out.append(producer.scheme.embed(img, derive_payload(producer.secret, i,
-                                                                 size=producer.scheme.payload_bytes)).convert("RGB"))
-        return out
-    marked: list = []
-    t_mark = timed(lambda: marked.extend(mark_all()))
+        def audit_all() -> None:  # the per-image audits
+            for s in range(0, len(marked), chunk):
+                items = [AuditItem(key=f"{s + j}", image=LoadedImage(path="", rgb=m, alpha=None, format="PNG",
+                                                                      mode="RGB", text={}))
+                         for j, m in enumerate(marked[s:s + chunk])]
+                producer.runner.check_images(items)
+        t_audit = timed(audit_all)
 
-    # Stage: per-image audits.
-    def audit_all() -> None:
-        for s in range(0, len(marked), chunk):
-            items = [AuditItem(key=f"{s + j}", image=LoadedImage(path="", rgb=m, alpha=None, format="PNG",
-                                                                  mode="RGB", text={}))
-                     for j, m in enumerate(marked[s:s + chunk])]
-            producer.runner.check_images(items)
-    t_audit = timed(audit_all)
+        # Manifest + signature + PNG encode + check of the encoded bytes: the whole
+        # finishing step minus the three stages above, on the same chunks.
+        produced: list = []
+        t_finish = timed(lambda: produced.extend(p for c in chunks for p in producer.finish(c, raw[c[0]:c[-1] + 1])))
+        t_encode = max(t_finish - t_mark - t_audit, 1e-9)
 
-    # Stage: manifest + signature + PNG encode + check of the encoded bytes. Measured as the
-    # whole finishing step minus the three stages above, on the same chunks.
-    t_finish = timed(lambda: [producer.finish(c, producer_raw) for c, producer_raw in
-                              zip(chunks, [raw[c[0]:c[-1] + 1] for c in chunks])])
-    produced = [p for c in chunks for p in producer.finish(c, raw[c[0]:c[-1] + 1])]
-    t_encode = max(t_finish - t_mark - t_audit, 1e-9)
+        # The writer (group commit per chunk).
+        writes = tmp / f"writes-{k}"
+        for folder in generation.FOLDERS:
+            (writes / folder).mkdir(parents=True)
+        writer = generation.Writer(writes, {**spec, "ledger": str(tmp / f"ledger-writes-{k}.sqlite")}, plugins,
+                                   producer.policy, staged=True)
+        t_write = timed(lambda: [writer.commit(produced[s:s + chunk]) for s in range(0, n, chunk)])
+        writer.close()
+        return {"generator (bare)": t_gen, "upsample + watermark": t_mark, "audits": t_audit,
+                "manifest + PNG encode + check": t_encode, "write (group commit)": t_write}
 
-    # Stage: the writer (group commit per chunk).
-    (tmp / "writes").mkdir()
-    for folder in generation.FOLDERS:
-        (tmp / "writes" / folder).mkdir()
-    writer = generation.Writer(tmp / "writes", {**spec, "ledger": str(tmp / "ledger-writes.sqlite")}, plugins,
-                               producer.policy, staged=True)
-    t_write = timed(lambda: [writer.commit(produced[s:s + chunk]) for s in range(0, n, chunk)])
-    writer.close()
-
-    # The whole pipeline, one worker (the generator in a process of its own, then in a thread).
     def pipeline(out: str, workers: int, generator_process: str = "") -> tuple[float, float, float, float, dict]:
+        """The whole job; images/s from the first chunk written to the last image."""
         os.environ["ARTENGINE_GENERATOR_PROCESS"] = generator_process
         stamps: list[float] = []
         begin = time.perf_counter()
         result = generation.generate(options(out, n, workers), plugins,
                                      on_image=lambda r: stamps.append(time.perf_counter()))
         end = time.perf_counter()
-        stream = (n - chunk) / (stamps[-1] - stamps[chunk - 1])  # from the first chunk written to the last image
+        stream = (n - chunk) / (stamps[-1] - stamps[chunk - 1])
         return stream, stamps[0] - begin, end - stamps[-1], end - begin, result.stage_seconds
 
-    stream1, startup1, finish1, total1, seconds1 = pipeline("job1", 1, "1")
-    stream_t, _, _, _, seconds_t = pipeline("job1t", 1, "0")
-    rows_extra = [{"stage": "full pipeline, 1 worker, generator in a thread (steady state)", "images/s": stream_t}]
+    cores = os.cpu_count() or 1
+    rounds = []
+    for k in range(args.rounds):  # stages alone and the pipeline back to back, round after round
+        stages = stages_alone(k)
+        stream1, startup1, finish1, total1, seconds1 = pipeline(f"job-{k}", 1, "1")
+        stream_t, _, _, _, seconds_t = pipeline(f"job-thread-{k}", 1, "0")
+        slowest = max(stages, key=stages.get)
+        slowest_rate = n / stages[slowest]
+        # What the cores can do at best: every stage's time, summed, spread over every core
+        # (the pipeline can beat neither that nor its slowest stage).
+        bound = min(slowest_rate, cores * n / sum(stages.values()))
+        rounds.append({"stages": stages, "slowest": slowest, "bound": bound, "pipeline": stream1,
+                       "pipeline_thread": stream_t, "startup": startup1, "finish": finish1, "total": total1,
+                       "vs_slowest": stream1 / slowest_rate, "vs_bound": stream1 / bound,
+                       "generator": stages["generator (bare)"] / max(seconds1["generator"], 1e-9),
+                       "generator_thread": stages["generator (bare)"] / max(seconds_t["generator"], 1e-9),
+                       "thread_vs_slowest": stream_t / slowest_rate})
+        print(f"round {k + 1}/{args.rounds}: pipeline {stream1:.1f} img/s, slowest stage ({slowest}) "
+              f"{slowest_rate:.1f}, bound {bound:.1f}; generator inside / bare {rounds[-1]['generator']:.2f}",
+              flush=True)
+    extra = []
     if args.workers_2:
-        stream2, *_ = pipeline("job2", 2)
-        rows_extra.append({"stage": "full pipeline, --workers 2 (steady state)", "images/s": stream2})
+        stream2, *_ = pipeline("job-workers-2", 2)
+        extra.append({"stage": "full pipeline, --workers 2 (steady state)", "images/s": stream2})
 
-    stages = {"generator (bare)": t_gen, "upsample + watermark": t_mark, "audits": t_audit,
-              "manifest + PNG encode + check": t_encode, "write (group commit)": t_write}
-    slowest = max(stages, key=stages.get)
-    rows = [{"stage": k, "images/s": n / v} for k, v in stages.items()]
-    rows.append({"stage": "full pipeline, 1 worker, generator in a process (steady state)", "images/s": stream1})
-    rows.extend(rows_extra)
-    print_table(f"generation stages, {n} images at {size} px, chunks of {chunk} (torch threads: 1)", rows)
-    print_table("generation job phases, 1 worker (seconds)", [
-        {"phase": "start-up to first image", "s": startup1},
-        {"phase": "batch audits + report after the last image", "s": finish1},
-        {"phase": "whole job", "s": total1},
+    def median(key: str) -> float:
+        return float(statistics.median(r[key] for r in rounds))
+
+    def spread(key: str) -> str:
+        values = sorted(r[key] for r in rounds)
+        return f"{values[0]:.2f}-{values[-1]:.2f}"
+
+    names = list(rounds[0]["stages"])
+    rows = [{"stage": name, "images/s": float(statistics.median(n / r["stages"][name] for r in rounds))}
+            for name in names]
+    rows.append({"stage": "full pipeline, 1 worker, generator in a process (steady state)",
+                 "images/s": median("pipeline")})
+    rows.append({"stage": "full pipeline, 1 worker, generator in a thread (steady state)",
+                 "images/s": median("pipeline_thread")})
+    rows.extend(extra)
+    print_table(f"generation stages, {n} images at {size} px, chunks of {chunk} (torch threads: 1; "
+                f"median of {len(rounds)} rounds)", rows)
+    print_table("generation job phases, 1 worker (seconds, median of rounds)", [
+        {"phase": "start-up to first image", "s": median("startup")},
+        {"phase": "batch audits + report after the last image", "s": median("finish")},
+        {"phase": "whole job", "s": median("total")},
         {"phase": "warm-up job, 8 images (bias reference measured and cached)", "s": t_first_job},
     ])
-    # What the cores can do at best: every stage's CPU time, summed, spread over every core
-    # (the pipeline cannot beat that, nor its slowest stage).
-    cores = os.cpu_count() or 1
-    bound = min(n / stages[slowest], cores * n / sum(stages.values()))
-    print_table("generation ratios", [
-        {"figure": f"pipeline / slowest stage ({slowest})", "ratio": stream1 / (n / stages[slowest]),
-         "target": ">= 0.8"},
-        {"figure": f"pipeline / what {cores} cores allow (min of slowest stage, cores / sum of stage times;"
-                   f" {bound:.1f} img/s)", "ratio": stream1 / bound, "target": "-"},
-        {"figure": "generator in pipeline / bare", "ratio": t_gen / max(seconds1["generator"], 1e-9),
-         "target": ">= 0.95"},
-        {"figure": "same, generator in a thread", "ratio": t_gen / max(seconds_t["generator"], 1e-9),
+    slowest_names = sorted({r["slowest"] for r in rounds})
+    print_table(f"generation ratios (each round's own ratio: median and range over {len(rounds)} rounds)", [
+        {"figure": f"pipeline / slowest stage ({', '.join(slowest_names)})", "ratio": median("vs_slowest"),
+         "rounds": spread("vs_slowest"), "target": ">= 0.8"},
+        {"figure": f"pipeline / what {cores} cores allow (min of slowest stage, cores / sum of stage times; "
+                   f"{median('bound'):.1f} img/s)", "ratio": median("vs_bound"), "rounds": spread("vs_bound"),
          "target": "-"},
-        {"figure": "pipeline with the generator in a thread / slowest stage",
-         "ratio": stream_t / (n / stages[slowest]), "target": "-"},
+        {"figure": "generator in pipeline / bare", "ratio": median("generator"), "rounds": spread("generator"),
+         "target": ">= 0.95"},
+        {"figure": "same, generator in a thread", "ratio": median("generator_thread"),
+         "rounds": spread("generator_thread"), "target": "-"},
+        {"figure": "pipeline with the generator in a thread / slowest stage", "ratio": median("thread_vs_slowest"),
+         "rounds": spread("thread_vs_slowest"), "target": "-"},
     ])
     shutil.rmtree(tmp, ignore_errors=True)
 
