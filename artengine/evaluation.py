@@ -120,8 +120,9 @@ class LabelClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC (numpy) or NCHW (torch) to float NCHW in [-1, 1]."""
+def classifier_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC (numpy) or NCHW (torch) to float NCHW in [-1, 1]: what the label
+    classifier (:func:`train_label_classifier`) takes."""
     if isinstance(pixels, np.ndarray):
         pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     return pixels.float().div(127.5).sub(1.0)
@@ -154,7 +155,7 @@ def train_label_classifier(pixels: torch.Tensor, labels: torch.Tensor, num_class
             order, position = torch.randperm(len(pixels), generator=generator), 0
         idx = order[position:position + batch_size]
         position += batch_size
-        x = _to_input(pixels[idx])
+        x = classifier_input(pixels[idx])
         if torch.rand(1, generator=generator).item() < 0.5:
             x = x.flip(3)
         shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
@@ -170,7 +171,7 @@ def train_label_classifier(pixels: torch.Tensor, labels: torch.Tensor, num_class
 @torch.no_grad()
 def classify(model: LabelClassifier, pixels: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Predicted label indices."""
-    out = [model(_to_input(pixels[i:i + batch_size])).argmax(1) for i in range(0, len(pixels), batch_size)]
+    out = [model(classifier_input(pixels[i:i + batch_size])).argmax(1) for i in range(0, len(pixels), batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -190,7 +191,7 @@ def feature_encoder(name: str, *, plugins: Plugins, classifier: LabelClassifier 
 
         @torch.no_grad()
         def encode_classifier(pixels: np.ndarray) -> np.ndarray:
-            return np.concatenate([classifier.embed(_to_input(pixels[i:i + 256])).numpy()
+            return np.concatenate([classifier.embed(classifier_input(pixels[i:i + 256])).numpy()
                                    for i in range(0, len(pixels), 256)])
 
         return encode_classifier, "classifier: label classifier trained on the run's real images (penultimate layer)"

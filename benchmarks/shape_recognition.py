@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artengine.evaluation import _to_input, train_label_classifier
+from artengine.evaluation import classifier_input, train_label_classifier
 from artengine.models import load_model
 from artengine.plugins import get_plugins
 from artengine.training import load_training_data
@@ -30,7 +30,7 @@ def main() -> None:
 
     @torch.no_grad()
     def report(name: str, pixels) -> None:
-        probabilities = torch.softmax(judge(_to_input(pixels)), 1)
+        probabilities = torch.softmax(judge(classifier_input(pixels)), 1)
         confidence, named = probabilities.max(1)
         shares = np.bincount(named.numpy(), minlength=len(data.classes)) / len(named)
         print(f"{name}: confidence >= 0.9 {float((confidence >= 0.9).float().mean()):.3f}, "
