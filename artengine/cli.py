@@ -517,10 +517,14 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Any other setting of the architecture (e.g. ngf=32); repeatable.")
 @click.option("--data-length", type=click.IntRange(1), help="Procedural datasets: number of training images.")
 @click.option("--label-attribute", help="Procedural datasets: attribute used as class/style label (shapes: shape, colour, background).")
-@click.option("--sample-every", type=click.IntRange(1), default=500, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--keep-checkpoints", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--sample-every", type=click.IntRange(1),
+              help="Steps between sample grids (default 500; on --resume, the run's own).")
+@click.option("--checkpoint-every", type=click.IntRange(1),
+              help="Steps between checkpoints (default 1000; on --resume, the run's own).")
+@click.option("--keep-checkpoints", type=click.IntRange(1),
+              help="Newest checkpoints kept (default 3; on --resume, the run's own).")
+@click.option("--log-every", type=click.IntRange(1),
+              help="Steps between metrics lines (default 50; on --resume, the run's own).")
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this much training time (with a checkpoint).")
 @click.option("--threads", type=click.IntRange(1),
@@ -530,8 +534,9 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
           batch_size: int | None, resume: bool, device: str, seed: int | None, preset: str | None,
           lr_g: float | None, lr_d: float | None, loss: str | None, augment: str | None,
           r1_gamma: float | None, ema_kimg: float | None, settings: tuple[str, ...], data_length: int | None,
-          label_attribute: str | None, sample_every: int, checkpoint_every: int, keep_checkpoints: int,
-          log_every: int, max_seconds: float | None, threads: int | None, as_json: bool) -> None:
+          label_attribute: str | None, sample_every: int | None, checkpoint_every: int | None,
+          keep_checkpoints: int | None, log_every: int | None, max_seconds: float | None, threads: int | None,
+          as_json: bool) -> None:
     """Train a GAN (or resume one) into a run folder.
 
     Checkpoints (safetensors), samples, metrics.jsonl and loss_curve.svg land in --out.

@@ -79,8 +79,7 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
     options = demo_train_options(run, train_seconds)
     if (run / "config.json").exists():
         options = TrainOptions(out=run, steps=options.steps, resume=True, max_seconds=train_seconds,
-                               progress=True, checkpoint_every=options.checkpoint_every,
-                               sample_every=options.sample_every)
+                               progress=True)  # the run keeps its own checkpoint and sample schedule
     result = train(options, plugins)
     echo(f"      trained {getattr(result, 'step', '?')} steps")
 

@@ -80,6 +80,10 @@ log = logging.getLogger("artengine.training")
 
 #: Options a resumed run must keep (they define the run); steps, device and logging may change.
 _DEFINING = ("arch", "data", "image_size", "batch_size", "seed", "preset", "data_length", "label_attribute")
+#: How often a run logs, samples and checkpoints, and how many checkpoints it keeps. Stored
+#: in the run's config.json: a resumed run keeps its own schedule unless told otherwise (a
+#: run started with ``--keep-checkpoints 20`` must not lose 17 of them on ``--resume``).
+SCHEDULE_DEFAULTS = {"sample_every": 500, "checkpoint_every": 1000, "keep_checkpoints": 3, "log_every": 50}
 
 
 @dataclass
@@ -101,10 +105,11 @@ class TrainOptions:
     settings: dict[str, Any] = field(default_factory=dict)
     data_length: int | None = None  # procedural datasets: how many samples
     label_attribute: str | None = None  # procedural datasets: which attribute is the label
-    sample_every: int = 500
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 50
+    #: The schedule (see :data:`SCHEDULE_DEFAULTS`); ``None``: the run's own on resume, else the default.
+    sample_every: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int | None = None
+    log_every: int | None = None
     max_seconds: float | None = None  # stop (with a checkpoint) after this much training time
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     progress: bool = True
@@ -211,6 +216,18 @@ def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str]
         "engine": _engine_versions(plugins),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _resolve_schedule(options: TrainOptions, stored: Mapping[str, Any]) -> dict[str, int]:
+    """Defaults <- the run's stored schedule (on resume) <- the options given, checked."""
+    schedule = {**SCHEDULE_DEFAULTS, **{k: v for k, v in stored.items() if k in SCHEDULE_DEFAULTS}}
+    for key in SCHEDULE_DEFAULTS:
+        given = getattr(options, key)
+        if given is not None:
+            schedule[key] = given
+        if not isinstance(schedule[key], int) or isinstance(schedule[key], bool) or schedule[key] < 1:
+            raise InputError(f"--{key.replace('_', '-')} {schedule[key]!r}: must be a whole number >= 1")
+    return schedule
 
 
 def _check_resume_options(options: TrainOptions, stored: Mapping[str, Any]) -> None:
@@ -545,6 +562,9 @@ class Trainer:
                 label_attribute=options.label_attribute, progress=self._show_progress)
             self.run_config = new_run_config(options, self.arch, self.data.classes, self.data.record, self.plugins)
         self.config: dict[str, Any] = self.run_config["config"]
+        self.schedule = _resolve_schedule(options, self.run_config.get("schedule", {}) if self.resuming else {})
+        self._schedule_changed = self.run_config.get("schedule") != self.schedule
+        self.run_config["schedule"] = self.schedule
         self.seed = int(self.run_config["seed"])
         self.conditioning = self.arch.conditioning
         self.global_batch = int(self.config["batch_size"])
@@ -617,6 +637,8 @@ class Trainer:
             atomic_write_json(self.run_dir / RUN_CONFIG, self.run_config)
         else:
             truncate_metrics(self.run_dir, self.step)
+            if self._schedule_changed:  # a new schedule given on resume, or a run older than the field
+                atomic_write_json(self.run_dir / RUN_CONFIG, self.run_config)
 
     # ------------------------------------------------------------------ one step
 
@@ -765,7 +787,7 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.step)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_weights(path, tensors, record)
-        prune_checkpoints(self.run_dir, int(self.options.keep_checkpoints))
+        prune_checkpoints(self.run_dir, self.schedule["keep_checkpoints"])
         write_loss_curve(self.run_dir)
         self.checkpoint = path
         self.plugins.hook.artengine_checkpoint_saved(run_dir=str(self.run_dir), step=self.step, path=str(path),
@@ -824,7 +846,7 @@ class Trainer:
                     at_end = self.step >= total
                     over_time = options.max_seconds is not None and time.perf_counter() - started >= options.max_seconds
                     halt = self.dist.any(stop.requested or over_time) if (self.dist.enabled or stop.requested or over_time) else False
-                    if self.step % options.log_every == 0 or at_end or halt:
+                    if self.step % self.schedule["log_every"] == 0 or at_end or halt:
                         now = time.perf_counter()
                         steps_done = self.step - window_step
                         last = {"step": self.step, "images_seen": self.images_seen,
@@ -837,9 +859,9 @@ class Trainer:
                         bar.set_postfix(loss_d=f"{last.get('loss_d', 0):.3f}", loss_g=f"{last.get('loss_g', 0):.3f}")
                         sums, counted = {}, 0
                         window_start, window_step = now, self.step
-                    if self.step % options.sample_every == 0 or at_end or halt:
+                    if self.step % self.schedule["sample_every"] == 0 or at_end or halt:
                         self.save_samples()
-                    if self.step % options.checkpoint_every == 0 or at_end or halt:
+                    if self.step % self.schedule["checkpoint_every"] == 0 or at_end or halt:
                         self.save_checkpoint(last)
                     if halt:
                         interrupted = stop.requested

@@ -195,6 +195,36 @@ def test_cgan_quality_preset_trains_with_the_auxiliary_classifier(tmp_path):
     assert config["aux_weight"] == 1.0 and config["augment"] == "translation" and config["lr_d"] == 2e-3
 
 
+def test_stylegan_quality_preset_trains_half_width_with_the_auxiliary_classifier(tmp_path):
+    out = tmp_path / "style-quality"
+    result = train(TrainOptions(out=out, arch="stylegan", data="shapes", preset="quality", image_size=32,
+                                data_length=32, steps=2, progress=False))
+    assert result.step == 2 and {"aux_d", "aux_g"} <= result.metrics.keys()
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["aux_weight"] == 1.0 and config["augment"] == "translation"
+    assert (config["g_ch_max"], config["d_ch_max"], config["lr_g"], config["lr_d"]) == (64, 64, 2e-3, 2e-3)
+
+
+def test_resume_keeps_the_runs_own_checkpoint_schedule(tmp_path):
+    """A run started with its own schedule keeps it on --resume: no checkpoint is pruned
+    down to the default three, none is skipped for the default 1000-step interval."""
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="dcgan", data="shapes", steps=4, batch_size=8, data_length=48,
+                       settings=TINY["dcgan"], checkpoint_every=2, keep_checkpoints=5, sample_every=2, log_every=1,
+                       progress=False))
+    train(TrainOptions(out=out, steps=10, resume=True, progress=False))
+    assert [step for step, _ in list_checkpoints(out)] == [2, 4, 6, 8, 10]
+    stored = json.loads((out / "config.json").read_text())["schedule"]
+    assert stored == {"sample_every": 2, "checkpoint_every": 2, "keep_checkpoints": 5, "log_every": 1}
+    # A schedule given on resume wins, and is stored for the next resume.
+    train(TrainOptions(out=out, steps=12, resume=True, keep_checkpoints=2, progress=False))
+    assert [step for step, _ in list_checkpoints(out)] == [10, 12]
+    assert json.loads((out / "config.json").read_text())["schedule"]["keep_checkpoints"] == 2
+    with pytest.raises(InputError, match="--keep-checkpoints 0"):
+        train(TrainOptions(out=out, steps=14, resume=True, keep_checkpoints=0, progress=False))
+    assert [step for step, _ in list_checkpoints(out)] == [10, 12]
+
+
 def test_run_made_before_aux_weight_existed_resumes(tmp_path):
     out = tmp_path / "old"
     train(tiny_options(out, "cgan", 3))
