@@ -326,7 +326,7 @@ STYLEGAN = Architecture(
         # with the auxiliary classifier loss and translation only (cutout hides half a
         # shape). On 32 px shapes the discriminator's class head passes 90 % on real images
         # after about 7,500 steps; label accuracy reached 94.4 % at 8,000 steps and then
-        # swung (72-82 % at 9,000-10,000): see docs/training.md, "Quality targets".
+        # swung between 67 and 90 % up to 14,000: see docs/training.md, "Quality targets".
         "quality": {"g_ch_base": 512, "g_ch_max": 64, "d_ch_base": 512, "d_ch_max": 64, "batch_size": 32,
                     "augment": "translation", "aux_weight": 1.0},
     },
