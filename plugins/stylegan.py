@@ -322,7 +322,7 @@ STYLEGAN = Architecture(
     },
     presets={
         "demo": {"g_ch_base": 1024, "g_ch_max": 128, "d_ch_base": 1024, "d_ch_max": 128, "batch_size": 32},
-        # Half-width networks (64 channels at most: a step costs about a third of the demo's)
+        # Half-width networks (64 channels at most: a step costs about a quarter of the demo's)
         # with the auxiliary classifier loss and translation only (cutout hides half a
         # shape). On 32 px shapes the discriminator's class head passes 90 % on real images
         # after about 7,500 steps; label accuracy reached 94.4 % at 8,000 steps and then
