@@ -23,7 +23,9 @@ figures taken within seconds of each other (this machine's speed swings by 30 % 
 minutes). Figures: pipeline images/s over the slowest stage's images/s (target >= 0.8),
 and the generator's in-pipeline speed (bare seconds / seconds spent in the generator inside
 the pipeline as the job reports it, target >= 0.95); each the median of the rounds' own
-ratios, with their range.
+ratios, with their range. For context, what 2 cores allow at best: cores / (sum of the
+stages' times per image), from wall times and from CPU times (the write mostly waits on
+fsync, which takes no core), and how that bound compares with the slowest stage.
 """
 from __future__ import annotations
 
