@@ -355,7 +355,9 @@ class Producer:
     """Makes finished images for a job: everything up to the PNG bytes. One per worker."""
 
     def __init__(self, spec: Mapping[str, Any], plugins: Plugins | None = None,
-                 source: PixelSource | None = None) -> None:
+                 source: PixelSource | None = None, policy: Any = None) -> None:
+        """``policy``: the job's policy, overrides applied, when the caller has loaded it
+        already; otherwise it is loaded from the spec (as in worker processes)."""
         from .auditor import AuditRunner
         from .policy import load_policy, parse_override
         from .provenance import job_secret, load_keys
@@ -367,9 +369,11 @@ class Producer:
         self.signing_key = keys.require_signing()
         self.scheme = self.plugins.components("watermarks")[spec["watermark"]["scheme"]](keys.require_watermark())
         self.secret = job_secret(keys.require_watermark(), spec["job_id"])
-        policy = load_policy(spec["policy"]["path"], audits=self.plugins.components("audits"),
-                             features=self.plugins.components("feature_extractors"))
-        self.policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
+        if policy is None:
+            policy = load_policy(spec["policy"]["path"], audits=self.plugins.components("audits"),
+                                 features=self.plugins.components("feature_extractors"))
+            policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
+        self.policy = policy
         self.context = job_context(spec, self.policy.path, self.plugins)
         self.runner = AuditRunner(self.policy, self.plugins, self.context)
         for name in PIPELINE_AUDITS:
@@ -923,7 +927,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
         policy = load_policy(spec["policy"]["path"], audits=plugins.components("audits"),
                              features=plugins.components("feature_extractors"))
         policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
-        producer = Producer(spec, plugins) if in_process else None
+        producer = Producer(spec, plugins, policy=policy) if in_process else None  # not loaded twice
         batch_audits = producer.runner.batch_audits if producer else _batch_audit_names(policy, plugins)
         writer = Writer(out, spec, plugins, policy, staged=bool(batch_audits))
     except BaseException:
