@@ -101,20 +101,17 @@ def main() -> None:
     size = spec["size"]
     producer.pixels(chunks[0])  # warm
 
-    cpu: dict[str, float] = {}  # CPU seconds of the last timed call (every thread of this process)
-
-    def timed(fn) -> float:
+    def timed(fn) -> tuple[float, float]:
+        """Seconds and CPU seconds (every thread of this process) of ``fn()``."""
         begin, begin_cpu = time.perf_counter(), time.process_time()
         fn()
-        cpu["last"] = time.process_time() - begin_cpu
-        return time.perf_counter() - begin
+        return time.perf_counter() - begin, time.process_time() - begin_cpu
 
     def stages_alone(k: int) -> tuple[dict[str, float], dict[str, float]]:
         """Seconds, and CPU seconds, for n images of each stage alone, one after the other,
         on the same images."""
         raw = [px for c in chunks for px in producer.pixels(c)]
-        t_gen = timed(lambda: [producer.pixels(c) for c in chunks])  # bare generator inference
-        c_gen = cpu["last"]
+        t_gen, c_gen = timed(lambda: [producer.pixels(c) for c in chunks])  # bare generator inference
 
         def mark_all() -> list:  # upsample + watermark
             out = []
@@ -124,8 +121,7 @@ def main() -> None:
                                                                      size=producer.scheme.payload_bytes)).convert("RGB"))
             return out
         marked: list = []
-        t_mark = timed(lambda: marked.extend(mark_all()))
-        c_mark = cpu["last"]
+        t_mark, c_mark = timed(lambda: marked.extend(mark_all()))
 
         def audit_all() -> None:  # the per-image audits
             for s in range(0, len(marked), chunk):
@@ -133,15 +129,15 @@ def main() -> None:
                                                                       mode="RGB", text={}))
                          for j, m in enumerate(marked[s:s + chunk])]
                 producer.runner.check_images(items)
-        t_audit = timed(audit_all)
-        c_audit = cpu["last"]
+        t_audit, c_audit = timed(audit_all)
 
         # Manifest + signature + PNG encode + check of the encoded bytes: the whole
         # finishing step minus the three stages above, on the same chunks.
         produced: list = []
-        t_finish = timed(lambda: produced.extend(p for c in chunks for p in producer.finish(c, raw[c[0]:c[-1] + 1])))
+        t_finish, c_finish = timed(lambda: produced.extend(
+            p for c in chunks for p in producer.finish(c, raw[c[0]:c[-1] + 1])))
         t_encode = max(t_finish - t_mark - t_audit, 1e-9)
-        c_encode = max(cpu["last"] - c_mark - c_audit, 1e-9)
+        c_encode = max(c_finish - c_mark - c_audit, 1e-9)
 
         # The writer (group commit per chunk).
         writes = tmp / f"writes-{k}"
@@ -149,8 +145,7 @@ def main() -> None:
             (writes / folder).mkdir(parents=True)
         writer = generation.Writer(writes, {**spec, "ledger": str(tmp / f"ledger-writes-{k}.sqlite")}, plugins,
                                    producer.policy, staged=True)
-        t_write = timed(lambda: [writer.commit(produced[s:s + chunk]) for s in range(0, n, chunk)])
-        c_write = cpu["last"]
+        t_write, c_write = timed(lambda: [writer.commit(produced[s:s + chunk]) for s in range(0, n, chunk)])
         writer.close()
         names = ("generator (bare)", "upsample + watermark", "audits", "manifest + PNG encode + check",
                  "write (group commit)")
