@@ -41,6 +41,20 @@ def test_builtin_plugins_load_through_entry_points():
     assert plugins.refused == []
 
 
+def test_loading_the_builtin_plugins_does_not_import_torch():
+    """`artengine verify`, `plugins` and the other commands that need no network load every
+    plugin; the architectures import their networks (and torch) only to build one."""
+    code = ("import sys; from artengine.plugins import get_plugins; p = get_plugins(); "
+            "assert {'dcgan', 'cgan', 'stylegan'} <= set(p.components('architectures')); "
+            "print('torch' in sys.modules)")
+    before = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.strip() == "False"
+    arch = Plugins.discover().component("architectures", "cgan")
+    generator = arch.build_generator({"z_dim": 8, "image_size": 32, "g_ch": 4, "num_classes": 2})
+    assert sum(p.numel() for p in generator.parameters()) > 0
+
+
 def test_third_party_distribution_is_discovered_with_its_components(plugin_dists):
     plugin_dists.make("studio-audit", "studio_audit", GOOD, version="2.3.0")
     plugins = Plugins.discover()
