@@ -1,6 +1,7 @@
 """Generation pipeline throughput against its stages measured alone (issue 7).
 
 Run: python benchmarks/bench_generation.py [--count 256] [--rounds 5] [--run RUN] [--workers-2]
+     [--size PX] [--clip-model ViT-B-32 --clip-pretrained FILE|random]
 
 It trains a tiny class-conditional model when --run is not given (the benchmark is about
 the pipeline, not image quality), makes keys in a temporary folder, registers a few
@@ -25,11 +26,20 @@ and the generator's in-pipeline speed (bare seconds / seconds spent in the gener
 the pipeline as the job reports it, target >= 0.95); each the median of the rounds' own
 ratios, with their range. For context, what 2 cores allow at best: cores / (sum of the
 stages' times per image), from wall times and from CPU times (the write mostly waits on
-fsync, which takes no core), and how that bound compares with the slowest stage.
+fsync, which takes no core), and how that bound compares with the slowest stage; and, in
+the pipeline's steady state, its CPU time per image (this process and the generator
+process) against the stages' CPU times summed, and the share of the cores it keeps busy.
+A pipeline that keeps the cores busy but spends more CPU per image than its stages alone
+loses to running side by side, not to waiting.
+
+``--clip-model``/``--clip-pretrained`` put another CLIP under the bias audit, as a studio
+online would (``ViT-B-32``); ``--clip-pretrained random`` writes freshly initialised weights
+to a temporary file, which cost what trained ones do (no weights can be downloaded here).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -43,6 +53,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
 
+def random_clip_weights(name: str | None, folder: Path) -> Path:
+    """Freshly initialised weights of the open_clip architecture ``name`` as a safetensors
+    file: a model the audits load through ``--clip-pretrained FILE`` like trained weights,
+    at the same cost per image (the features mean nothing; only time is measured)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    if not name:
+        raise SystemExit("--clip-pretrained random needs --clip-model")
+    import logging
+
+    logging.disable(logging.WARNING)  # open_clip warns that the weights are random: they are meant to be
+    try:
+        model = open_clip.create_model(name, pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
+    path = folder / f"{name}-random.safetensors"
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), every thread; NaN when
+    the process has gone (its time can no longer be read, so the figure is not made up)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=256)
@@ -50,6 +91,12 @@ def main() -> None:
     parser.add_argument("--run", type=Path)
     parser.add_argument("--workers-2", action="store_true", help="also run the pipeline with --workers 2")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of stages-alone + pipeline, interleaved")
+    parser.add_argument("--size", type=int, help="output side in pixels (default: the job default)")
+    parser.add_argument("--clip-model", help="open_clip architecture for the audits' CLIP features "
+                                             "(default: the shipped tiny CLIP)")
+    parser.add_argument("--clip-pretrained", help="its weights: a .safetensors file, or 'random' for freshly "
+                                                  "initialised weights written to a temporary file (the same "
+                                                  "compute as trained ones: for timing only, as no hub is reachable)")
     args = parser.parse_args()
 
     import torch
@@ -69,6 +116,9 @@ def main() -> None:
     os.environ["ARTENGINE_LEDGER"] = str(tmp / "ledger.sqlite")
     os.environ["SOURCE_DATE_EPOCH"] = "1790000000"
     init_keys(tmp / "keys")
+    clip_pretrained = args.clip_pretrained
+    if clip_pretrained == "random":
+        clip_pretrained = str(random_clip_weights(args.clip_model, tmp))
     run = args.run
     if run is None:
         run = tmp / "run"
@@ -87,7 +137,8 @@ def main() -> None:
     def options(out: str, count: int, workers: int = 1) -> generation.GenerateOptions:
         return generation.GenerateOptions(model=str(run), count=count, out=tmp / out, policy="publication",
                                           registries=[str(tmp / "refs.db")], progress=False, chunk=chunk,
-                                          workers=workers)
+                                          workers=workers, size=args.size, clip_model=args.clip_model,
+                                          clip_pretrained=clip_pretrained)
 
     start = time.perf_counter()
     generation.generate(options("warm", 8), plugins)
@@ -156,19 +207,30 @@ def main() -> None:
         """The whole job; images/s from the first chunk written to the last image."""
         os.environ["ARTENGINE_GENERATOR_PROCESS"] = generator_process
         stamps: list[float] = []
+        cpu: list[float] = []  # CPU seconds of this process and its children, at each image
+
+        def on_image(_record: object) -> None:
+            stamps.append(time.perf_counter())
+            if len(stamps) in (chunk, n):  # the steady state's ends: read the CPU clocks
+                cpu.append(time.process_time() + sum(process_cpu_seconds(p.pid)
+                                                     for p in multiprocessing.active_children()))
+
         begin = time.perf_counter()
-        result = generation.generate(options(out, n, workers), plugins,
-                                     on_image=lambda r: stamps.append(time.perf_counter()))
+        result = generation.generate(options(out, n, workers), plugins, on_image=on_image)
         end = time.perf_counter()
         stream = (n - chunk) / (stamps[-1] - stamps[chunk - 1])
-        return stream, stamps[0] - begin, end - stamps[-1], end - begin, result.stage_seconds
+        cpu_per_image = (cpu[-1] - cpu[0]) / (n - chunk)
+        return stream, stamps[0] - begin, end - stamps[-1], end - begin, result.stage_seconds, cpu_per_image
 
     cores = os.cpu_count() or 1
     rounds = []
     for k in range(args.rounds):  # stages alone and the pipeline back to back, round after round
         stages, cpu_seconds = stages_alone(k)
-        stream1, startup1, finish1, total1, seconds1 = pipeline(f"job-{k}", 1, "1")
-        stream_t, _, _, _, seconds_t = pipeline(f"job-thread-{k}", 1, "0")
+        stream1, startup1, finish1, total1, seconds1, cpu1 = pipeline(f"job-{k}", 1, "1")
+        stream_t, _, _, _, seconds_t, _ = pipeline(f"job-thread-{k}", 1, "0")
+        stream_w2 = cpu_w2 = startup_w2 = total_w2 = seconds_w2 = None
+        if args.workers_2:
+            stream_w2, startup_w2, _, total_w2, seconds_w2, cpu_w2 = pipeline(f"job-workers-2-{k}", 2)
         slowest = max(stages, key=stages.get)
         slowest_rate = n / stages[slowest]
         # What the cores can do at best: every stage's time, summed, spread over every core
@@ -184,15 +246,25 @@ def main() -> None:
                        "vs_slowest": stream1 / slowest_rate, "vs_bound": stream1 / bound,
                        "generator": stages["generator (bare)"] / max(seconds1["generator"], 1e-9),
                        "generator_thread": stages["generator (bare)"] / max(seconds_t["generator"], 1e-9),
-                       "thread_vs_slowest": stream_t / slowest_rate})
+                       "thread_vs_slowest": stream_t / slowest_rate,
+                       # CPU the pipeline spends per image against the stages' own CPU
+                       # summed (what running side by side on the cores adds), and the
+                       # share of the cores it keeps busy.
+                       "cpu_inflation": cpu1 / (sum(cpu_seconds.values()) / n),
+                       "cores_busy": cpu1 * stream1 / cores,
+                       "workers_2": stream_w2,
+                       "workers_2_vs_slowest": stream_w2 / slowest_rate if stream_w2 else None,
+                       "workers_2_cores_busy": cpu_w2 * stream_w2 / cores if stream_w2 else None,
+                       "workers_2_startup": startup_w2, "workers_2_total": total_w2,
+                       "workers_2_generator": (stages["generator (bare)"] / max(seconds_w2["generator"], 1e-9)
+                                               if seconds_w2 else None)})
         print(f"round {k + 1}/{args.rounds}: pipeline {stream1:.1f} img/s, slowest stage ({slowest}) "
               f"{slowest_rate:.1f}, bound {bound:.1f}; generator inside / bare {rounds[-1]['generator']:.2f}",
               flush=True)
     extra = []
     if args.workers_2:
-        stream2, *_ = pipeline("job-workers-2", 2)
-        extra.append({"stage": "full pipeline, --workers 2 (steady state)", "images/s": stream2,
-                      "CPU ms per image": "-"})
+        extra.append({"stage": "full pipeline, --workers 2 (steady state)",
+                      "images/s": float(statistics.median(r["workers_2"] for r in rounds)), "CPU ms per image": "-"})
 
     def median(key: str) -> float:
         return float(statistics.median(r[key] for r in rounds))
@@ -216,6 +288,8 @@ def main() -> None:
         {"phase": "start-up to first image", "s": median("startup")},
         {"phase": "batch audits + report after the last image", "s": median("finish")},
         {"phase": "whole job", "s": median("total")},
+        *([{"phase": "--workers 2: start-up to first image", "s": median("workers_2_startup")},
+           {"phase": "--workers 2: whole job", "s": median("workers_2_total")}] if args.workers_2 else []),
         {"phase": "warm-up job, 8 images (bias reference measured and cached)", "s": t_first_job},
     ])
     slowest_names = sorted({r["slowest"] for r in rounds})
@@ -230,6 +304,18 @@ def main() -> None:
          "rounds": spread("vs_bound_cpu"), "target": "-"},
         {"figure": "that CPU bound / slowest stage (the best pipeline / slowest the cores permit)",
          "ratio": median("bound_cpu_vs_slowest"), "rounds": spread("bound_cpu_vs_slowest"), "target": "-"},
+        {"figure": "pipeline CPU per image (steady state) / sum of the stages' CPU alone",
+         "ratio": median("cpu_inflation"), "rounds": spread("cpu_inflation"), "target": "-"},
+        {"figure": "share of the cores the pipeline keeps busy (steady state)", "ratio": median("cores_busy"),
+         "rounds": spread("cores_busy"), "target": "-"},
+        *([{"figure": "pipeline with --workers 2 / slowest stage", "ratio": median("workers_2_vs_slowest"),
+            "rounds": spread("workers_2_vs_slowest"), "target": "-"},
+           {"figure": "share of the cores --workers 2 keeps busy (steady state)",
+            "ratio": median("workers_2_cores_busy"), "rounds": spread("workers_2_cores_busy"), "target": "-"},
+           {"figure": "--workers 2: generators' time / bare (bare seconds / the seconds the two processes spent "
+                      "generating)", "ratio": median("workers_2_generator"), "rounds": spread("workers_2_generator"),
+            "target": "-"}]
+          if args.workers_2 else []),
         {"figure": "generator in pipeline / bare", "ratio": median("generator"), "rounds": spread("generator"),
          "target": ">= 0.95"},
         {"figure": "same, generator in a thread", "ratio": median("generator_thread"),

@@ -88,6 +88,10 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     assert len(one) == 7
     assert job(tmp_path / "b", chunk=2, workers=1) == one
     assert job(tmp_path / "c", chunk=3, workers=2) == one
+    # The job reports where the worker processes' time went, as the one-worker pipeline does.
+    result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=4, out=tmp_path / "e",
+                                                            seed=3, chunk=2, workers=2, progress=False))
+    assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
     monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "1")  # what a long one-worker job does
     assert job(tmp_path / "d", chunk=2, workers=1) == one
 
