@@ -760,6 +760,7 @@ class _Ray:
             self.started = True
         actor = ray.remote(num_cpus=1)(_RayProducer)
         self.actors = [actor.remote(spec) for _ in range(max(workers, 1))]
+        self.seconds = {"generator": 0.0, "finishing": 0.0}  # summed over the actors
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
         ray = self.ray
@@ -774,9 +775,12 @@ class _Ray:
             for ref in ready:
                 free.append(running.pop(ref))
                 try:
-                    yield ray.get(ref)
+                    produced, seconds = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     raise ArtengineError(f"a Ray worker failed: {' '.join(str(exc).split())[:400]}") from None
+                for stage, value in seconds.items():
+                    self.seconds[stage] += value
+                yield produced
 
     def close(self) -> None:
         for actor in self.actors:
@@ -789,7 +793,7 @@ class _RayProducer:
     def __init__(self, spec: dict[str, Any]) -> None:
         _init_worker(spec)
 
-    def produce(self, indices: list[int]) -> list[Produced]:
+    def produce(self, indices: list[int]) -> tuple[list[Produced], dict[str, float]]:
         return _work(indices)
 
 

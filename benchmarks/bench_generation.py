@@ -57,13 +57,13 @@ def random_clip_weights(name: str | None, folder: Path) -> Path:
     """Freshly initialised weights of the open_clip architecture ``name`` as a safetensors
     file: a model the audits load through ``--clip-pretrained FILE`` like trained weights,
     at the same cost per image (the features mean nothing; only time is measured)."""
+    import logging
+
     import open_clip
     from safetensors.torch import save_file
 
     if not name:
         raise SystemExit("--clip-pretrained random needs --clip-model")
-    import logging
-
     logging.disable(logging.WARNING)  # open_clip warns that the weights are random: they are meant to be
     try:
         model = open_clip.create_model(name, pretrained=None)

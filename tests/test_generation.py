@@ -247,9 +247,10 @@ def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
     local = tmp_path / "local"
     generation.generate(generation.GenerateOptions(model=str(tiny_run), count=6, out=local, progress=False))
     on_ray = tmp_path / "ray"
-    generation.generate(generation.GenerateOptions(model=str(tiny_run), count=6, out=on_ray, workers=2,
-                                                   executor="ray", progress=False))
+    result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=6, out=on_ray, workers=2,
+                                                            executor="ray", progress=False))
     assert images(on_ray) == images(local)
+    assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
 
 
 @pytest.mark.parametrize("max_share, expected_folder, expected_code", [(1.0, "approved", 0), (-1.0, "quarantine", 1)])

@@ -47,9 +47,9 @@ def test_loading_the_builtin_plugins_does_not_import_torch():
     code = ("import sys; from artengine.plugins import get_plugins; p = get_plugins(); "
             "assert {'dcgan', 'cgan', 'stylegan'} <= set(p.components('architectures')); "
             "print('torch' in sys.modules)")
-    before = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert before.returncode == 0, before.stderr
-    assert before.stdout.strip() == "False"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "False"
     arch = Plugins.discover().component("architectures", "cgan")
     generator = arch.build_generator({"z_dim": 8, "image_size": 32, "g_ch": 4, "num_classes": 2})
     assert sum(p.numel() for p in generator.parameters()) > 0
