@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .architecture import TRAINER_DEFAULTS, Architecture, ClassHeadDiscriminator, minibatch_std
+from .architecture import TRAINER_DEFAULTS, Architecture, ClassHeadDiscriminator, deferred_builder, minibatch_std
 from .audit import Audit, AuditContext, AuditItem, FeatureExtractor, Setting, validate_settings
 from .bias import (
     AttributeSpec,
@@ -108,6 +108,7 @@ __all__ = [
     "AuditContext",
     "AuditItem",
     "ClassHeadDiscriminator",
+    "deferred_builder",
     "ClipModel",
     "Dataset",
     "FeatureExtractor",

@@ -36,6 +36,8 @@ statistics in eval mode, no cross-sample layers), because generation promises th
 """
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -132,6 +134,26 @@ class Architecture:
                 f"architecture {self.name!r}: conditioning must be one of {CONDITIONINGS}, "
                 f"got {self.conditioning!r}"
             )
+
+
+def deferred_builder(target: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A ``build_generator`` or ``build_discriminator`` that imports ``"module:function"``
+    when it is first called, then calls it with the config. Every installed plugin is
+    imported whenever the engine starts (for ``artengine verify`` and ``artengine plugins``
+    too): an architecture registered with deferred builders imports its networks, and the
+    framework they need (torch), only when a network is built."""
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise ValueError(f"deferred builder {target!r}: expected 'package.module:function'")
+    return functools.partial(_build_deferred, module, name)
+
+
+def _build_deferred(module: str, name: str, config: Mapping[str, Any]) -> Any:
+    try:
+        build = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:  # ValueError: the callers' "cannot build" line
+        raise ValueError(f"deferred builder '{module}:{name}': cannot import it ({type(exc).__name__}: {exc})") from None
+    return build(config)
 
 
 def cpu_layout(value: Any, device: Any) -> Any:

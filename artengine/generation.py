@@ -395,10 +395,6 @@ class Producer:
         """Generator output for ``indices`` at the model's size, uint8 NHWC."""
         return self.source.pixels(indices)
 
-    def produce(self, indices: Sequence[int]) -> list[Produced]:
-        """Finished images for ``indices`` (in order)."""
-        return self.finish(indices, self.pixels(indices))
-
     def finish(self, indices: Sequence[int], raw: np.ndarray) -> list[Produced]:
         """Everything after the generator: upsample, mark, audit, sign, encode, and check
         the encoded bytes (manifest, pixels and mark must read back)."""

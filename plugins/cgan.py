@@ -11,30 +11,9 @@ map before the discriminator's last block (StyleGAN's remedy for mode dropping) 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from artengine import Architecture, hookimpl
+from artengine import Architecture, deferred_builder, hookimpl
 
 ARTENGINE_HOOK_API = "1.0"
-
-
-# The networks live in cgan_networks, imported when a network is built: listing plugins,
-# verifying or auditing images does not import torch.
-
-
-def build_generator(config: Mapping[str, Any]) -> Any:
-    """The generator for a run config (see :func:`cgan_networks.build_generator`)."""
-    from .cgan_networks import build_generator as build
-
-    return build(config)
-
-
-def build_discriminator(config: Mapping[str, Any]) -> Any:
-    """The discriminator for a run config (see :func:`cgan_networks.build_discriminator`)."""
-    from .cgan_networks import build_discriminator as build
-
-    return build(config)
 
 
 CGAN = Architecture(
@@ -42,8 +21,10 @@ CGAN = Architecture(
     conditioning="label",
     description="conditional GAN: residual generator with class-conditional batch norm, "
     "projection discriminator with spectral norm; hinge loss",
-    build_generator=build_generator,
-    build_discriminator=build_discriminator,
+    # The networks live in cgan_networks, imported when one is built: loading this plugin
+    # (artengine plugins, verify) does not import torch.
+    build_generator=deferred_builder("artengine_plugins.cgan_networks:build_generator"),
+    build_discriminator=deferred_builder("artengine_plugins.cgan_networks:build_discriminator"),
     defaults={
         "g_ch": 32,
         "d_ch": 32,

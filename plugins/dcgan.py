@@ -9,30 +9,9 @@ because batch norm in the discriminator is what the paper relies on.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from artengine import Architecture, hookimpl
+from artengine import Architecture, deferred_builder, hookimpl
 
 ARTENGINE_HOOK_API = "1.0"
-
-
-# The networks live in dcgan_networks, imported when a network is built: listing plugins,
-# verifying or auditing images does not import torch.
-
-
-def build_generator(config: Mapping[str, Any]) -> Any:
-    """The generator for a run config (see :func:`dcgan_networks.build_generator`)."""
-    from .dcgan_networks import build_generator as build
-
-    return build(config)
-
-
-def build_discriminator(config: Mapping[str, Any]) -> Any:
-    """The discriminator for a run config (see :func:`dcgan_networks.build_discriminator`)."""
-    from .dcgan_networks import build_discriminator as build
-
-    return build(config)
 
 
 DCGAN = Architecture(
@@ -40,8 +19,10 @@ DCGAN = Architecture(
     conditioning="none",
     description="DCGAN: unconditional; transposed-conv generator and conv discriminator "
     "with batch norm; non-saturating loss",
-    build_generator=build_generator,
-    build_discriminator=build_discriminator,
+    # The networks live in dcgan_networks, imported when one is built: loading this plugin
+    # (artengine plugins, verify) does not import torch.
+    build_generator=deferred_builder("artengine_plugins.dcgan_networks:build_generator"),
+    build_discriminator=deferred_builder("artengine_plugins.dcgan_networks:build_discriminator"),
     defaults={
         "ngf": 64,
         "ndf": 64,

@@ -21,30 +21,9 @@ standard deviation layer before the 4x4 convolution is an option (``mbstd_group`
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from artengine import Architecture, hookimpl
+from artengine import Architecture, deferred_builder, hookimpl
 
 ARTENGINE_HOOK_API = "1.0"
-
-
-# The networks live in stylegan_networks, imported when a network is built: listing plugins,
-# verifying or auditing images does not import torch.
-
-
-def build_generator(config: Mapping[str, Any]) -> Any:
-    """The generator for a run config (see :func:`stylegan_networks.build_generator`)."""
-    from .stylegan_networks import build_generator as build
-
-    return build(config)
-
-
-def build_discriminator(config: Mapping[str, Any]) -> Any:
-    """The discriminator for a run config (see :func:`stylegan_networks.build_discriminator`)."""
-    from .stylegan_networks import build_discriminator as build
-
-    return build(config)
 
 
 STYLEGAN = Architecture(
@@ -52,8 +31,10 @@ STYLEGAN = Architecture(
     conditioning="style",
     description="style-conditioned GAN (StyleGAN2-style): mapping network, modulated "
     "convolutions with demodulation; style from a label or a reference image; R1",
-    build_generator=build_generator,
-    build_discriminator=build_discriminator,
+    # The networks live in stylegan_networks, imported when one is built: loading this plugin
+    # (artengine plugins, verify) does not import torch.
+    build_generator=deferred_builder("artengine_plugins.stylegan_networks:build_generator"),
+    build_discriminator=deferred_builder("artengine_plugins.stylegan_networks:build_discriminator"),
     defaults={
         "z_dim": 64,
         "w_dim": 128,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -53,6 +54,32 @@ def test_loading_the_builtin_plugins_does_not_import_torch():
     arch = Plugins.discover().component("architectures", "cgan")
     generator = arch.build_generator({"z_dim": 8, "image_size": 32, "g_ch": 4, "num_classes": 2})
     assert sum(p.numel() for p in generator.parameters()) > 0
+
+
+def test_a_deferred_builder_that_cannot_be_imported_is_named(tmp_path):
+    """A plugin's deferred builder naming a missing module or function fails where networks
+    are built, as a one-line input error naming the builder, not a traceback."""
+    from artengine import deferred_builder
+    from artengine.errors import InputError
+    from artengine.training import TrainOptions, train
+
+    with pytest.raises(ValueError, match="expected 'package.module:function'"):
+        deferred_builder("artengine_plugins.cgan_networks")
+    with pytest.raises(ValueError, match="'artengine_plugins.cgan_networks:no_such_builder': cannot import it"):
+        deferred_builder("artengine_plugins.cgan_networks:no_such_builder")({})
+    plugins = Plugins.discover()
+    broken = replace(plugins.component("architectures", "dcgan"), name="broken",
+                     build_generator=deferred_builder("no_such_package.networks:build_generator"))
+
+    class Broken:
+        @hookimpl
+        def artengine_architectures(self):
+            return [broken]
+
+    plugins.register(Broken(), name="broken")
+    with pytest.raises(InputError, match="no_such_package.networks:build_generator': cannot import it"):
+        train(TrainOptions(out=tmp_path / "run", arch="broken", data="shapes", steps=1, data_length=8,
+                           progress=False), plugins)
 
 
 def test_third_party_distribution_is_discovered_with_its_components(plugin_dists):
