@@ -23,8 +23,9 @@ Running the same command again skips them, removes stray temporaries and files t
 written but not journaled, and continues. A folder holding a different job is refused.
 
 Producers (the expensive part) run in the parent as overlapping stages (``--workers 1``,
-see :class:`_InProcess`), in local processes (``--workers N``) or on Ray actors
-(``--executor ray``); the parent is the only writer.
+see :class:`_InProcess`: for a long job with a generator process and a forked finishing
+process beside it), in local processes (``--workers N``) or on Ray actors (``--executor
+ray``); the parent is the only writer.
 """
 from __future__ import annotations
 
@@ -355,16 +356,19 @@ class Producer:
     """Makes finished images for a job: everything up to the PNG bytes. One per worker."""
 
     def __init__(self, spec: Mapping[str, Any], plugins: Plugins | None = None,
-                 source: PixelSource | None = None, policy: Any = None) -> None:
+                 source: PixelSource | None = None, policy: Any = None, generates: bool = True) -> None:
         """``policy``: the job's policy, overrides applied, when the caller has loaded it
-        already; otherwise it is loaded from the spec (as in worker processes)."""
+        already; otherwise it is loaded from the spec (as in worker processes).
+        ``generates=False``: a producer that only finishes does not load the model."""
         from .auditor import AuditRunner
         from .policy import load_policy, parse_override
         from .provenance import job_secret, load_keys
 
         self.spec = dict(spec)
         self.plugins = plugins or get_plugins()
-        self.source = source or PixelSource(spec, self.plugins)
+        self._source = source
+        if generates and source is None:
+            self._source = PixelSource(spec, self.plugins)  # the model is checked now, before any work
         keys = load_keys(spec["watermark"]["keys"])
         self.signing_key = keys.require_signing()
         self.scheme = self.plugins.components("watermarks")[spec["watermark"]["scheme"]](keys.require_watermark())
@@ -390,6 +394,12 @@ class Producer:
                 "label": label if conditioning == "label" else None,
                 "style": label if conditioning == "style" else (
                     Path(spec["style_ref"]["path"]).name if spec.get("style_ref") else None)}
+
+    @property
+    def source(self) -> PixelSource:
+        if self._source is None:
+            self._source = PixelSource(self.spec, self.plugins)
+        return self._source
 
     def pixels(self, indices: Sequence[int]) -> np.ndarray:
         """Generator output for ``indices`` at the model's size, uint8 NHWC."""
@@ -556,6 +566,61 @@ def start_generator_process(spec: Mapping[str, Any]) -> ProcessPoolExecutor:
     return pool
 
 
+#: The finishing process's producer (see :class:`_InProcess`); None where it could not
+#: be built (the job's process then finishes every chunk, as without it).
+_FINISHER: Producer | None = None
+
+
+def _init_finisher(spec: dict[str, Any], plugins: Plugins, policy: Any, nice: int) -> None:
+    """In the forked finishing process: a producer of its own (its registries opened anew),
+    from the job's plugins and policy, warmed up."""
+    global _FINISHER
+    _exit_with_parent()
+    _one_thread_each()
+    try:
+        os.nice(nice)  # it fills what the job's own processes leave of the cores
+    except OSError:
+        pass
+    try:
+        producer = Producer(spec, plugins, policy=policy, generates=False)
+        size = int(spec["size"])
+        # One-off costs (CLIP's first pass, registry indexes) are paid now, not in a chunk.
+        producer.finish([0], np.zeros((1, size, size, 3), np.uint8))
+    except Exception as exc:
+        log.info("finishing process cannot finish images (%s); not used", exc)
+        return
+    _FINISHER = producer
+
+
+def _finisher_ready() -> bool:
+    return _FINISHER is not None
+
+
+def _finish_chunk(indices: list[int], raw: np.ndarray) -> tuple[list[Produced], float]:
+    assert _FINISHER is not None
+    begin = time.perf_counter()
+    produced = _FINISHER.finish(indices, raw)
+    return produced, time.perf_counter() - begin
+
+
+def start_finishing_process(spec: Mapping[str, Any], plugins: Plugins,
+                            policy: Any) -> tuple[ProcessPoolExecutor, Future] | None:
+    """A process that finishes chunks beside the job's finisher threads (a ``--workers 1``
+    job with a generator process), forked from the job's process once its producer is
+    built: it has the same plugins, policy and imports already (a spawned process would
+    spend seconds importing torch and CLIP again), and runs at a lower priority. Returns
+    the pool and a future that says whether it is ready; None where processes cannot be
+    forked (not Linux)."""
+    import multiprocessing
+
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_finisher,
+                               initargs=(dict(spec), plugins, policy, _InProcess.FINISHER_NICE))
+    return pool, pool.submit(_finisher_ready)
+
+
 def _timed_pixels(indices: list[int]) -> tuple[np.ndarray, float]:
     assert _SOURCE is not None
     start = time.perf_counter()
@@ -585,20 +650,38 @@ class _InProcess:
     it saves, in a thread. ``ARTENGINE_GENERATOR_PROCESS`` = 1 or 0 forces either. The
     caller decides (:meth:`uses_process`) and hands over the process, started early with
     :func:`start_generator_process`.
+
+    The finisher threads share one interpreter lock, so the parts of finishing that hold it
+    (the audits' Python, manifests, small numpy steps) cannot keep the cores busy. A job
+    with a generator process therefore also gets a finishing process
+    (:func:`start_finishing_process`): a chunk goes to it when every finisher thread here
+    is busy, once it is ready, up to ``PROCESS_CHUNKS`` at a time. Which process finished a
+    chunk changes none of its bytes. ``ARTENGINE_FINISHING_PROCESS=0`` keeps all finishing here; ``always`` sends it
+    every chunk, once it is ready (for tests).
     """
 
     LOOKAHEAD = 2  # chunks the generator may run ahead of the finishers
     FINISHER_NICE = 5  # finisher threads yield to the generator when the cores are short
     PROCESS_FROM_IMAGES = 64  # jobs of at least this many images get a generator process
+    PROCESS_CHUNKS = 2  # chunks the finishing process holds at most (1: 0.20 of the finishing, 2: 0.31)
 
     def __init__(self, producer: Producer, spec: Mapping[str, Any], finishers: int | None = None,
-                 generator_pool: ProcessPoolExecutor | None = None) -> None:
+                 generator_pool: ProcessPoolExecutor | None = None,
+                 finishing: tuple[ProcessPoolExecutor, Future] | None = None) -> None:
         cores = os.cpu_count() or 1
         self.producer = producer
         self.spec = dict(spec)
         self.finishers = finishers or int(os.environ.get("ARTENGINE_FINISHERS", "0")) or min(4, max(2, cores // 2))
-        self.seconds = {"generator": 0.0, "finishing": 0.0}
+        #: "finishing" sums the threads' and the finishing process's seconds; the second
+        #: key is the process's part.
+        self.seconds = {"generator": 0.0, "finishing": 0.0, "finishing in a process": 0.0}
         self.generator_pool = generator_pool  # from start_generator_process; None: a thread
+        self.finishing = finishing  # from start_finishing_process; None: threads only
+
+    @staticmethod
+    def finishing_process() -> str:
+        """``ARTENGINE_FINISHING_PROCESS``: "0" (none), "always" (tests) or "" (as needed)."""
+        return os.environ.get("ARTENGINE_FINISHING_PROCESS", "").strip()
 
     @classmethod
     def uses_process(cls, images: int) -> bool:
@@ -648,6 +731,23 @@ class _InProcess:
                     continue
             return False
 
+        here: list[Future] = []  # chunks handed to the finisher threads, not yet finished
+        there: list[Future] = []  # chunks handed to the finishing process, not yet finished
+        always = self.finishing_process() == "always"
+
+        def to_process() -> bool:
+            """Whether the next chunk goes to the finishing process."""
+            if self.finishing is None:
+                return False
+            ready = self.finishing[1]
+            if always:
+                return bool(_unwrap(ready))
+            if not ready.done() or not _unwrap(ready):
+                return False
+            here[:] = [f for f in here if not f.done()]
+            there[:] = [f for f in there if not f.done()]
+            return len(here) >= self.finishers and len(there) < self.PROCESS_CHUNKS
+
         def feed() -> None:
             try:
                 todo = deque(chunks)
@@ -659,7 +759,15 @@ class _InProcess:
                     indices, future = running.popleft()
                     raw, seconds = _unwrap(future)
                     self.seconds["generator"] += seconds
-                    if stop.is_set() or not put(("ok", finish_pool.submit(finish, indices, raw))):
+                    if to_process():
+                        item = self.finishing[0].submit(_finish_chunk, indices, raw)
+                        there.append(item)
+                        handing = ("process", item)
+                    else:
+                        item = finish_pool.submit(finish, indices, raw)
+                        here.append(item)
+                        handing = ("ok", item)
+                    if stop.is_set() or not put(handing):
                         return
                 put(("done", None))
             except BaseException as exc:  # handed on to the writer, which raises it
@@ -681,6 +789,12 @@ class _InProcess:
                     return
                 if kind == "error":
                     raise value
+                if kind == "process":
+                    produced, seconds = _unwrap(value)
+                    self.seconds["finishing"] += seconds
+                    self.seconds["finishing in a process"] += seconds
+                    yield produced
+                    continue
                 yield value.result()
         finally:
             stop.set()
@@ -694,6 +808,9 @@ class _InProcess:
         if self.generator_pool is not None:
             self.generator_pool.shutdown(wait=True, cancel_futures=True)
             self.generator_pool = None
+        if self.finishing is not None:
+            self.finishing[0].shutdown(wait=True, cancel_futures=True)
+            self.finishing = None
 
 
 class _LocalProcesses:
@@ -929,7 +1046,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
 
     todo = [i for i in range(spec["count"]) if i not in state.done]
     in_process = options.workers <= 1 and options.executor == "local"
-    generator_pool = None
+    generator_pool = finishing = None
     if in_process and state.finished is None and todo and _InProcess.uses_process(len(todo)):
         generator_pool = start_generator_process(spec)
     try:
@@ -937,11 +1054,14 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
                              features=plugins.components("feature_extractors"))
         policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
         producer = Producer(spec, plugins, policy=policy) if in_process else None  # not loaded twice
+        if generator_pool is not None and _InProcess.finishing_process() != "0":
+            finishing = start_finishing_process(spec, plugins, policy)
         batch_audits = producer.runner.batch_audits if producer else _batch_audit_names(policy, plugins)
         writer = Writer(out, spec, plugins, policy, staged=bool(batch_audits))
     except BaseException:
-        if generator_pool is not None:
-            generator_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (generator_pool, finishing[0] if finishing else None):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         raise
 
     resumed = spec["count"] - len(todo)
@@ -951,7 +1071,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
     seconds = {"writing": 0.0}
     if state.finished is None and todo:
         if producer is not None:
-            executor: Any = _InProcess(producer, spec, generator_pool=generator_pool)
+            executor: Any = _InProcess(producer, spec, generator_pool=generator_pool, finishing=finishing)
         elif options.executor == "ray":
             executor = _Ray(spec, options.workers, options.ray_address)
         else:

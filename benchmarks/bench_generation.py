@@ -203,9 +203,11 @@ def main() -> None:
         return (dict(zip(names, (t_gen, t_mark, t_audit, t_encode, t_write))),
                 dict(zip(names, (c_gen, c_mark, c_audit, c_encode, c_write))))
 
-    def pipeline(out: str, workers: int, generator_process: str = "") -> tuple[float, float, float, float, dict]:
+    def pipeline(out: str, workers: int, generator_process: str = "",
+                 side: str = "") -> tuple[float, float, float, float, dict, float]:
         """The whole job; images/s from the first chunk written to the last image."""
         os.environ["ARTENGINE_GENERATOR_PROCESS"] = generator_process
+        os.environ["ARTENGINE_FINISHING_PROCESS"] = side
         stamps: list[float] = []
         cpu: list[float] = []  # CPU seconds of this process and its children, at each image
 
@@ -228,6 +230,8 @@ def main() -> None:
         stages, cpu_seconds = stages_alone(k)
         stream1, startup1, finish1, total1, seconds1, cpu1 = pipeline(f"job-{k}", 1, "1")
         stream_t, _, _, _, seconds_t, _ = pipeline(f"job-thread-{k}", 1, "0")
+        # No finishing process: the finisher threads finish every chunk.
+        stream_ns, _, _, _, seconds_ns, cpu_ns = pipeline(f"job-no-side-{k}", 1, "1", side="0")
         stream_w2 = cpu_w2 = startup_w2 = total_w2 = seconds_w2 = None
         if args.workers_2:
             stream_w2, startup_w2, _, total_w2, seconds_w2, cpu_w2 = pipeline(f"job-workers-2-{k}", 2)
@@ -247,6 +251,10 @@ def main() -> None:
                        "generator": stages["generator (bare)"] / max(seconds1["generator"], 1e-9),
                        "generator_thread": stages["generator (bare)"] / max(seconds_t["generator"], 1e-9),
                        "thread_vs_slowest": stream_t / slowest_rate,
+                       "side_share": seconds1["finishing in a process"] / seconds1["finishing"],
+                       "no_side_vs_slowest": stream_ns / slowest_rate,
+                       "no_side_cores_busy": cpu_ns * stream_ns / cores,
+                       "no_side_generator": stages["generator (bare)"] / max(seconds_ns["generator"], 1e-9),
                        # CPU the pipeline spends per image against the stages' own CPU
                        # summed (what running side by side on the cores adds), and the
                        # share of the cores it keeps busy.
@@ -279,6 +287,9 @@ def main() -> None:
             for name in names]
     rows.append({"stage": "full pipeline, 1 worker, generator in a process (steady state)",
                  "images/s": median("pipeline"), "CPU ms per image": "-"})
+    rows.append({"stage": "same, every chunk finished in the job's process (steady state)",
+                 "images/s": float(statistics.median(r["no_side_vs_slowest"] * n / r["stages"][r["slowest"]]
+                                                     for r in rounds)), "CPU ms per image": "-"})
     rows.append({"stage": "full pipeline, 1 worker, generator in a thread (steady state)",
                  "images/s": median("pipeline_thread"), "CPU ms per image": "-"})
     rows.extend(extra)
@@ -308,6 +319,14 @@ def main() -> None:
          "ratio": median("cpu_inflation"), "rounds": spread("cpu_inflation"), "target": "-"},
         {"figure": "share of the cores the pipeline keeps busy (steady state)", "ratio": median("cores_busy"),
          "rounds": spread("cores_busy"), "target": "-"},
+        {"figure": "share of the finishing time spent in the finishing process", "ratio": median("side_share"),
+         "rounds": spread("side_share"), "target": "-"},
+        {"figure": "every chunk finished in the job's process: pipeline / slowest stage",
+         "ratio": median("no_side_vs_slowest"), "rounds": spread("no_side_vs_slowest"), "target": "-"},
+        {"figure": "every chunk finished in the job's process: share of the cores kept busy",
+         "ratio": median("no_side_cores_busy"), "rounds": spread("no_side_cores_busy"), "target": "-"},
+        {"figure": "every chunk finished in the job's process: generator in pipeline / bare",
+         "ratio": median("no_side_generator"), "rounds": spread("no_side_generator"), "target": "-"},
         *([{"figure": "pipeline with --workers 2 / slowest stage", "ratio": median("workers_2_vs_slowest"),
             "rounds": spread("workers_2_vs_slowest"), "target": "-"},
            {"figure": "share of the cores --workers 2 keeps busy (steady state)",

@@ -94,6 +94,13 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
     monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "1")  # what a long one-worker job does
     assert job(tmp_path / "d", chunk=2, workers=1) == one
+    # A finishing process takes chunks when the job's finisher threads are busy:
+    # here it finishes every chunk, and the bytes are still the same.
+    monkeypatch.setenv("ARTENGINE_FINISHING_PROCESS", "always")
+    assert job(tmp_path / "f", chunk=2, workers=1) == one
+    result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=4, out=tmp_path / "g",
+                                                            seed=3, chunk=2, workers=1, progress=False))
+    assert result.stage_seconds["finishing in a process"] == result.stage_seconds["finishing"] > 0
 
 
 def test_a_near_copy_of_a_registered_image_is_quarantined_and_blocks(tiny_run, env, tmp_path):
@@ -124,6 +131,8 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
                                                                       generator_process):
     tag = f"{os.getpid()}-{kill_after}"
     env = {**env, "ARTENGINE_GENERATOR_PROCESS": generator_process, "ARTENGINE_TEST_TAG": tag}
+    if generator_process == "1":  # and a finishing process that finishes every chunk
+        env["ARTENGINE_FINISHING_PROCESS"] = "always"
     args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5"]
     reference = tmp_path / "reference"
     code, out = run_cli(*args, "--out", str(reference))
@@ -152,7 +161,7 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
     assert done_before <= 14
     assert not list(job.rglob("*.artengine-tmp"))
     if generator_process == "1" and sys.platform.startswith("linux"):
-        deadline = time.monotonic() + 30  # the killed job's generator process does not outlive it
+        deadline = time.monotonic() + 30  # the killed job's generator and finishing processes do not outlive it
         while time.monotonic() < deadline and _processes_tagged(tag):
             time.sleep(0.2)
         assert not _processes_tagged(tag)
