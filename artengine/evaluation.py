@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audit import AuditContext, AuditItem
-from .checkpoints import checkpoint_path, list_checkpoints, load_weights, save_weights, tensor_digest
+from .checkpoints import checkpoint_path, list_checkpoints, load_weights, save_weights
 from .errors import InputError, ModelLoadError
 from .io import LoadedImage, atomic_write_json
-from .models import GeneratorModel, fixed_threads, load_model
+from .models import fixed_threads, load_model
 from .plugins import Plugins, get_plugins
 from .runs import EVALUATION, read_run_config
 from .training import load_training_data

@@ -50,11 +50,11 @@ from PIL import Image
 from . import __version__
 from .audit import AuditContext, AuditItem
 from .errors import ArtengineError, InputError
-from .gate import ENGINE, Verdict, judge, worst
+from .gate import ENGINE, judge
 from .hookspecs import HOOK_API_VERSION
 from .io import LoadedImage, atomic_write_bytes, encode_image, fsync_dir, open_image, remove_stray_temps, \
     sha256_file
-from .journal import Journal, iter_records, start_job
+from .journal import Journal, start_job
 from .plugins import Plugins, get_plugins
 from .records import Finding
 
@@ -656,8 +656,8 @@ class _InProcess:
     with a generator process therefore also gets a finishing process
     (:func:`start_finishing_process`): a chunk goes to it when every finisher thread here
     is busy, once it is ready, up to ``PROCESS_CHUNKS`` at a time. Which process finished a
-    chunk changes none of its bytes. ``ARTENGINE_FINISHING_PROCESS=0`` keeps all finishing here; ``always`` sends it
-    every chunk, once it is ready (for tests).
+    chunk changes none of its bytes. ``ARTENGINE_FINISHING_PROCESS=0`` keeps all finishing
+    here; ``always`` sends it every chunk, once it is ready (for tests).
     """
 
     LOOKAHEAD = 2  # chunks the generator may run ahead of the finishers

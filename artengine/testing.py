@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import site
 import subprocess
-import sys
 import venv
 from collections.abc import Iterable, Sequence
 from pathlib import Path

@@ -5,7 +5,6 @@ import io
 import os
 import struct
 import zlib
-from pathlib import Path
 
 import imagehash
 import numpy as np

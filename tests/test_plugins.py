@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from artengine import Audit, Finding, Plugins, hookimpl
+from artengine import Audit, Plugins, hookimpl
 from artengine.cli import cli
 
 GOOD = """

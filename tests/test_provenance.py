@@ -3,7 +3,6 @@ post-write check, verification (verified / watermark-only / tampered / unknown),
 commands, and the provenance audit (RELIABILITY rows 15-19)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
