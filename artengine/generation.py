@@ -526,6 +526,26 @@ def _init_worker(spec: dict[str, Any]) -> None:
     _WORKER = Producer(spec)
 
 
+def _init_forked_worker(spec: dict[str, Any], plugins: Plugins, policy: Any, source: PixelSource) -> None:
+    """A ``--workers N`` process forked from the job's process: its own producer (its
+    registries opened anew) from the job's plugins, policy and loaded model."""
+    global _WORKER
+    _exit_with_parent()
+    _one_thread_each()
+    _WORKER = Producer(spec, plugins, source=source, policy=policy)
+
+
+def forks_workers() -> bool:
+    """Whether worker processes are forked from the job's process (Linux; once the job has
+    built a producer, they start with every import and the model in place) rather than
+    spawned (each imports torch and CLIP and loads the model: seconds).
+    ``ARTENGINE_WORKER_START=spawn`` forces spawning."""
+    import multiprocessing
+
+    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+            and os.environ.get("ARTENGINE_WORKER_START", "").strip() != "spawn")
+
+
 def _work(indices: list[int]) -> tuple[list[Produced], dict[str, float]]:
     """A chunk's finished images, and the seconds its generator and finishing took."""
     assert _WORKER is not None
@@ -609,11 +629,11 @@ def start_finishing_process(spec: Mapping[str, Any], plugins: Plugins,
     job with a generator process), forked from the job's process once its producer is
     built: it has the same plugins, policy and imports already (a spawned process would
     spend seconds importing torch and CLIP again), and runs at a lower priority. Returns
-    the pool and a future that says whether it is ready; None where processes cannot be
-    forked (not Linux)."""
+    the pool and a future that says whether it is ready; None where workers are not forked
+    (:func:`forks_workers`)."""
     import multiprocessing
 
-    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+    if not forks_workers():
         return None
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
                                initializer=_init_finisher,
@@ -814,13 +834,20 @@ class _InProcess:
 
 
 class _LocalProcesses:
-    """``--workers N``: N processes, each with its own producer."""
+    """``--workers N``: N processes, each with its own producer. Given the job's own
+    ``producer`` they are forked from this process (see :func:`forks_workers`), else
+    spawned."""
 
-    def __init__(self, spec: dict[str, Any], workers: int) -> None:
+    def __init__(self, spec: dict[str, Any], workers: int, producer: Producer | None = None) -> None:
         import multiprocessing
 
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(spec,))
+        if producer is not None:
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_forked_worker,
+                initargs=(spec, producer.plugins, producer.policy, producer.source))
+        else:
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(spec,))
         self.workers = workers
         self.seconds = {"generator": 0.0, "finishing": 0.0}  # summed over the processes
 
@@ -1053,7 +1080,10 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
         policy = load_policy(spec["policy"]["path"], audits=plugins.components("audits"),
                              features=plugins.components("feature_extractors"))
         policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
-        producer = Producer(spec, plugins, policy=policy) if in_process else None  # not loaded twice
+        # The job's producer: the one-worker pipeline's, or what local workers are forked from.
+        forked = options.workers > 1 and options.executor == "local" and bool(todo) and state.finished is None \
+            and forks_workers()
+        producer = Producer(spec, plugins, policy=policy) if in_process or forked else None
         if generator_pool is not None and _InProcess.finishing_process() != "0":
             finishing = start_finishing_process(spec, plugins, policy)
         batch_audits = producer.runner.batch_audits if producer else _batch_audit_names(policy, plugins)
@@ -1070,12 +1100,13 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
     chunks = [todo[s:s + options.chunk] for s in range(0, len(todo), options.chunk)]
     seconds = {"writing": 0.0}
     if state.finished is None and todo:
-        if producer is not None:
+        if in_process:
+            assert producer is not None
             executor: Any = _InProcess(producer, spec, generator_pool=generator_pool, finishing=finishing)
         elif options.executor == "ray":
             executor = _Ray(spec, options.workers, options.ray_address)
         else:
-            executor = _LocalProcesses(spec, options.workers)
+            executor = _LocalProcesses(spec, options.workers, producer=producer)
         counts = {"approved": 0, "quarantined": 0}
         for r in records.values():
             counts["quarantined" if r["folder"] == "quarantine" else "approved"] += 1

@@ -87,7 +87,10 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     one = job(tmp_path / "a", chunk=7, workers=1)
     assert len(one) == 7
     assert job(tmp_path / "b", chunk=2, workers=1) == one
-    assert job(tmp_path / "c", chunk=3, workers=2) == one
+    assert job(tmp_path / "c", chunk=3, workers=2) == one  # workers forked from the job's process (Linux)
+    monkeypatch.setenv("ARTENGINE_WORKER_START", "spawn")  # as where processes cannot be forked
+    assert job(tmp_path / "h", chunk=3, workers=2) == one
+    monkeypatch.delenv("ARTENGINE_WORKER_START")
     # The job reports where the worker processes' time went, as the one-worker pipeline does.
     result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=4, out=tmp_path / "e",
                                                             seed=3, chunk=2, workers=2, progress=False))
@@ -126,14 +129,15 @@ def _journal_lines(job: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-@pytest.mark.parametrize("kill_after, generator_process", [(0, "0"), (3, "1"), (9, "0")])
+@pytest.mark.parametrize("kill_after, generator_process, workers", [(0, "0", 1), (3, "1", 1), (9, "0", 1),
+                                                                   (0, "0", 2)])
 def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, env, tmp_path, kill_after,
-                                                                      generator_process):
+                                                                      generator_process, workers):
     tag = f"{os.getpid()}-{kill_after}"
     env = {**env, "ARTENGINE_GENERATOR_PROCESS": generator_process, "ARTENGINE_TEST_TAG": tag}
     if generator_process == "1":  # and a finishing process that finishes every chunk
         env["ARTENGINE_FINISHING_PROCESS"] = "always"
-    args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5"]
+    args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5", "--workers", str(workers)]
     reference = tmp_path / "reference"
     code, out = run_cli(*args, "--out", str(reference))
     assert code == 0, out
@@ -143,7 +147,10 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if kill_after == 0 and (job / "job.json").exists():
+        if workers > 1:
+            if len(_processes_tagged(tag)) > workers:  # the job and its worker processes are up
+                break
+        elif kill_after == 0 and (job / "job.json").exists():
             break
         if kill_after and _journal_lines(job) >= kill_after:
             break
@@ -160,8 +167,8 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
     assert sorted(indices) == list(range(14))  # each image journaled exactly once
     assert done_before <= 14
     assert not list(job.rglob("*.artengine-tmp"))
-    if generator_process == "1" and sys.platform.startswith("linux"):
-        deadline = time.monotonic() + 30  # the killed job's generator and finishing processes do not outlive it
+    if (generator_process == "1" or workers > 1) and sys.platform.startswith("linux"):
+        deadline = time.monotonic() + 30  # the killed job's generator, finishing or worker processes do not outlive it
         while time.monotonic() < deadline and _processes_tagged(tag):
             time.sleep(0.2)
         assert not _processes_tagged(tag)
