@@ -536,9 +536,10 @@ def _init_forked_worker(spec: dict[str, Any], plugins: Plugins, policy: Any, sou
 
 
 def forks_workers() -> bool:
-    """Whether worker processes are forked from the job's process (Linux; once the job has
-    built a producer, they start with every import and the model in place) rather than
-    spawned (each imports torch and CLIP and loads the model: seconds).
+    """Whether worker processes (the generator's, the finishing one, ``--workers N``) are
+    forked from the job's process (Linux; once the job has built a producer, they start
+    with every import and the model in place) rather than spawned (each imports torch and
+    CLIP and loads the model: seconds).
     ``ARTENGINE_WORKER_START=spawn`` forces spawning."""
     import multiprocessing
 
@@ -566,6 +567,13 @@ def _init_source(spec: dict[str, Any]) -> None:
     _SOURCE = PixelSource(spec)
 
 
+def _init_forked_source(source: PixelSource) -> None:
+    global _SOURCE
+    _exit_with_parent()
+    _one_thread_each()
+    _SOURCE = source
+
+
 def _warm_up() -> None:
     """A first pass in a new generator process: torch's one-off costs (kernel and layout
     choices, buffers) are paid while the parent is still starting up, not in the first
@@ -574,14 +582,20 @@ def _warm_up() -> None:
     _SOURCE.pixels([0])
 
 
-def start_generator_process(spec: Mapping[str, Any]) -> ProcessPoolExecutor:
-    """The generator's process for a ``--workers 1`` job, started (and warmed up) now, so
-    that its start-up (Python, torch, the model: about 3 s) overlaps the parent's own
-    (policy, audits, CLIP). :class:`_InProcess` takes it over."""
+def start_generator_process(spec: Mapping[str, Any], source: PixelSource | None = None) -> ProcessPoolExecutor:
+    """The generator's process for a ``--workers 1`` job, started (and warmed up) now.
+    With the job's ``source`` (model loaded) it is forked from the job's process and ready
+    at once; without, it is spawned, as early as possible, so that its start-up (Python,
+    torch, the model: about 3 s) overlaps the parent's own (policy, audits, CLIP).
+    :class:`_InProcess` takes it over."""
     import multiprocessing
 
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_source, initargs=(dict(spec),))
+    if source is not None:
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_init_forked_source, initargs=(source,))
+    else:
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_source, initargs=(dict(spec),))
     pool.submit(_warm_up)  # starts the process; the job's first chunk queues behind it
     return pool
 
@@ -668,8 +682,9 @@ class _InProcess:
     waits for the finishers' share of the GIL (torch releases the GIL inside operators but
     needs it between them); for a short one, where starting a process would cost more than
     it saves, in a thread. ``ARTENGINE_GENERATOR_PROCESS`` = 1 or 0 forces either. The
-    caller decides (:meth:`uses_process`) and hands over the process, started early with
-    :func:`start_generator_process`.
+    caller decides (:meth:`uses_process`) and hands over the process
+    (:func:`start_generator_process`: forked once the job has built its producer, or,
+    where processes are not forked, spawned before anything else).
 
     The finisher threads share one interpreter lock, so the parts of finishing that hold it
     (the audits' Python, manifests, small numpy steps) cannot keep the cores busy. A job
@@ -1074,8 +1089,9 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
     todo = [i for i in range(spec["count"]) if i not in state.done]
     in_process = options.workers <= 1 and options.executor == "local"
     generator_pool = finishing = None
-    if in_process and state.finished is None and todo and _InProcess.uses_process(len(todo)):
-        generator_pool = start_generator_process(spec)
+    generator_process = in_process and state.finished is None and bool(todo) and _InProcess.uses_process(len(todo))
+    if generator_process and not forks_workers():
+        generator_pool = start_generator_process(spec)  # spawned now: its start-up overlaps the job's
     try:
         policy = load_policy(spec["policy"]["path"], audits=plugins.components("audits"),
                              features=plugins.components("feature_extractors"))
@@ -1084,6 +1100,8 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
         forked = options.workers > 1 and options.executor == "local" and bool(todo) and state.finished is None \
             and forks_workers()
         producer = Producer(spec, plugins, policy=policy) if in_process or forked else None
+        if generator_process and producer is not None and generator_pool is None:
+            generator_pool = start_generator_process(spec, producer.source)  # forked, the model loaded
         if generator_pool is not None and _InProcess.finishing_process() != "0":
             finishing = start_finishing_process(spec, plugins, policy)
         batch_audits = producer.runner.batch_audits if producer else _batch_audit_names(policy, plugins)

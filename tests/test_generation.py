@@ -97,6 +97,9 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
     monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "1")  # what a long one-worker job does
     assert job(tmp_path / "d", chunk=2, workers=1) == one
+    monkeypatch.setenv("ARTENGINE_WORKER_START", "spawn")  # its generator process spawned, not forked
+    assert job(tmp_path / "i", chunk=2, workers=1) == one
+    monkeypatch.delenv("ARTENGINE_WORKER_START")
     # A finishing process takes chunks when the job's finisher threads are busy:
     # here it finishes every chunk, and the bytes are still the same.
     monkeypatch.setenv("ARTENGINE_FINISHING_PROCESS", "always")
