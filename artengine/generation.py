@@ -366,9 +366,8 @@ class Producer:
 
         self.spec = dict(spec)
         self.plugins = plugins or get_plugins()
-        self._source = source
-        if generates and source is None:
-            self._source = PixelSource(spec, self.plugins)  # the model is checked now, before any work
+        # The model is loaded (and checked) now, before any work; None: this producer only finishes.
+        self.source = source or (PixelSource(spec, self.plugins) if generates else None)
         keys = load_keys(spec["watermark"]["keys"])
         self.signing_key = keys.require_signing()
         self.scheme = self.plugins.components("watermarks")[spec["watermark"]["scheme"]](keys.require_watermark())
@@ -395,14 +394,9 @@ class Producer:
                 "style": label if conditioning == "style" else (
                     Path(spec["style_ref"]["path"]).name if spec.get("style_ref") else None)}
 
-    @property
-    def source(self) -> PixelSource:
-        if self._source is None:
-            self._source = PixelSource(self.spec, self.plugins)
-        return self._source
-
     def pixels(self, indices: Sequence[int]) -> np.ndarray:
         """Generator output for ``indices`` at the model's size, uint8 NHWC."""
+        assert self.source is not None, "a producer built with generates=False does not generate"
         return self.source.pixels(indices)
 
     def finish(self, indices: Sequence[int], raw: np.ndarray) -> list[Produced]:
@@ -1088,8 +1082,9 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
 
     todo = [i for i in range(spec["count"]) if i not in state.done]
     in_process = options.workers <= 1 and options.executor == "local"
+    runs = state.finished is None and bool(todo)  # False: nothing left to produce, only the report
     generator_pool = finishing = None
-    generator_process = in_process and state.finished is None and bool(todo) and _InProcess.uses_process(len(todo))
+    generator_process = in_process and runs and _InProcess.uses_process(len(todo))
     if generator_process and not forks_workers():
         generator_pool = start_generator_process(spec)  # spawned now: its start-up overlaps the job's
     try:
@@ -1097,8 +1092,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
                              features=plugins.components("feature_extractors"))
         policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
         # The job's producer: the one-worker pipeline's, or what local workers are forked from.
-        forked = options.workers > 1 and options.executor == "local" and bool(todo) and state.finished is None \
-            and forks_workers()
+        forked = options.workers > 1 and options.executor == "local" and runs and forks_workers()
         producer = Producer(spec, plugins, policy=policy) if in_process or forked else None
         if generator_process and producer is not None and generator_pool is None:
             generator_pool = start_generator_process(spec, producer.source)  # forked, the model loaded
@@ -1117,7 +1111,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
     batch_features: dict[int, dict[str, Any]] = {}
     chunks = [todo[s:s + options.chunk] for s in range(0, len(todo), options.chunk)]
     seconds = {"writing": 0.0}
-    if state.finished is None and todo:
+    if runs:
         if in_process:
             assert producer is not None
             executor: Any = _InProcess(producer, spec, generator_pool=generator_pool, finishing=finishing)

@@ -136,7 +136,7 @@ def _journal_lines(job: Path) -> int:
                                                                    (0, "0", 2)])
 def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, env, tmp_path, kill_after,
                                                                       generator_process, workers):
-    tag = f"{os.getpid()}-{kill_after}"
+    tag = f"{os.getpid()}-{kill_after}-{workers}"
     env = {**env, "ARTENGINE_GENERATOR_PROCESS": generator_process, "ARTENGINE_TEST_TAG": tag}
     if generator_process == "1":  # and a finishing process that finishes every chunk
         env["ARTENGINE_FINISHING_PROCESS"] = "always"
