@@ -35,6 +35,8 @@ log = logging.getLogger("artengine.checkpoints")
 
 CHECKPOINT_FORMAT = "artengine-checkpoint/1"
 GENERATOR_FORMAT = "artengine-generator/1"
+#: G, EMA G and D without optimizer state: a starting point for ``train --init`` (artengine.starting).
+INIT_FORMAT = "artengine-init/1"
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.safetensors$")
 _RECORD_KEY = "artengine"

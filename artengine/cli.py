@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import ArtengineError
+from .errors import ArtengineError, InputError
 from .hookspecs import HOOK_API_VERSION
 from .plugins import COMPONENT_HOOKS, Plugins, get_plugins
 
@@ -504,6 +504,10 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--image-size", type=click.Choice(["32", "64"]), help="Image size (default 32).")
 @click.option("--batch-size", type=click.IntRange(1), help="Global batch size (default: the architecture's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest good checkpoint.")
+@click.option("--init", "init", metavar="SOURCE",
+              help="Start a new run from trained networks: a run folder, a checkpoint, a file from "
+                   "`export --for-training`, or a shipped starting point (shapes-cgan32). Its architecture, "
+                   "settings, image size and data are the defaults.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, help="Seed of weights, noise and data order (default 0).")
 @click.option("--preset", help="Named recipe of the architecture, e.g. 'demo' (short CPU budgets).")
@@ -531,7 +535,7 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
               help="torch threads per process (default: torch's choice; 1 is faster on a busy machine).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_size: str | None,
-          batch_size: int | None, resume: bool, device: str, seed: int | None, preset: str | None,
+          batch_size: int | None, resume: bool, init: str | None, device: str, seed: int | None, preset: str | None,
           lr_g: float | None, lr_d: float | None, loss: str | None, augment: str | None,
           r1_gamma: float | None, ema_kimg: float | None, settings: tuple[str, ...], data_length: int | None,
           label_attribute: str | None, sample_every: int | None, checkpoint_every: int | None,
@@ -556,7 +560,7 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
         batch_size=batch_size, seed=seed, resume=resume, device=device, preset=preset, settings=overrides,
         data_length=data_length, label_attribute=label_attribute, sample_every=sample_every,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-        max_seconds=max_seconds, threads=threads, progress=not as_json,
+        max_seconds=max_seconds, threads=threads, progress=not as_json, init=init,
     )
     plugins = load_plugins()
     try:
@@ -692,17 +696,20 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
 @click.option("--train-seconds", type=click.FloatRange(min=5), default=90.0, show_default=True,
               help="Training budget.")
 @click.option("--count", type=click.IntRange(8), default=48, show_default=True, help="Images to generate.")
-def demo(out: Path, train_seconds: float, count: int) -> None:
+@click.option("--from-scratch", is_flag=True,
+              help="Train new networks instead of fine-tuning the shipped shapes-cgan32 starting point.")
+def demo(out: Path, train_seconds: float, count: int, from_scratch: bool) -> None:
     """The main job end to end on built-in data, with nothing downloaded.
 
-    Trains a small GAN on shapes, registers its training images as copyrighted references,
-    generates a skewed batch through the publication policy, then audits a submission with
-    planted copies of training images, and writes the report. Takes a few minutes on CPU.
+    Fine-tunes the shipped shapes GAN (--from-scratch: trains new networks), registers its
+    training images as copyrighted references, generates a skewed batch through the
+    publication policy, then audits a submission with planted copies of training images,
+    and writes the report. Takes a few minutes on CPU.
     """
     from .demo import run_demo
 
     load_plugins()
-    run_demo(out, train_seconds=train_seconds, count=count, echo=click.echo)
+    run_demo(out, train_seconds=train_seconds, count=count, from_scratch=from_scratch, echo=click.echo)
 
 
 @cli.command("export")
@@ -710,8 +717,17 @@ def demo(out: Path, train_seconds: float, count: int) -> None:
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--allow-pickle", is_flag=True,
               help="Accept a pickle checkpoint as SOURCE (runs code from the file; only for trusted files).")
-def export(source: Path, out: Path, allow_pickle: bool) -> None:
+@click.option("--for-training", is_flag=True,
+              help="Write G, EMA G and D (no optimizer state): a starting point for `train --init`.")
+def export(source: Path, out: Path, allow_pickle: bool, for_training: bool) -> None:
     """Write the EMA generator of SOURCE (run folder or checkpoint) as standalone safetensors."""
+    if for_training:
+        from .starting import export_starting_point
+
+        if allow_pickle:
+            raise InputError("--for-training reads safetensors runs and checkpoints only; drop --allow-pickle")
+        click.echo(f"wrote {export_starting_point(source, out)}")
+        return
     from .models import export_generator
 
     plugins = load_plugins()

@@ -1,10 +1,13 @@
 """``artengine demo``: the main job end to end on built-in data, with nothing downloaded.
 
-1. Train a small class-conditional GAN on the procedural shapes (label: colour).
+1. Train a small class-conditional GAN on the procedural shapes (label: the shape): by
+   default fine-tune the shipped ``shapes-cgan32`` starting point (``train --init``), so that
+   the short budget ends with recognisable shapes; ``from_scratch`` trains new networks.
 2. Register the training images as copyrighted references (perceptual-hash registry).
-3. Generate a batch with a deliberately skewed colour mix through the publication
+3. Generate a batch with a deliberately skewed shape mix through the publication
    policy: every image watermarked, signed, audited and gated into approved/ or
-   quarantine/, and the batch's colour distribution compared with the training data's.
+   quarantine/, and the batch's shape and colour distributions compared with the
+   training data's.
 4. Audit a "submission" folder, as a studio does before publishing anything, whoever made
    it: the whole generated batch handed in as one folder, plus a few lightly edited copies
    of training images (a JPEG re-save, a resize, a crop) that someone slipped in. The gate
@@ -26,8 +29,11 @@ from PIL import Image
 
 from .errors import InputError
 
-#: The skewed conditioning mix: red is drawn 5 times as often as each other colour.
-SKEWED_MIX = ("red:5", "orange", "yellow", "green", "blue", "purple")
+#: The shipped starting point the demo fine-tunes (artengine.starting).
+DEMO_START = "shapes-cgan32"
+
+#: The skewed conditioning mix: circles are drawn 5 times as often as each other shape.
+SKEWED_MIX = ("circle:5", "square", "triangle", "star")
 
 
 @dataclass
@@ -45,7 +51,7 @@ class DemoResult:
 
 
 def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies: int = 3,
-             echo: Callable[[str], None] = print) -> DemoResult:
+             from_scratch: bool = False, echo: Callable[[str], None] = print) -> DemoResult:
     """Run the demo into ``out`` (see the module docstring)."""
     from .auditor import AuditRunner, audit_folder
     from .audit import AuditContext
@@ -75,9 +81,16 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
 
     # 1. Train.
     run = out / "run"
-    echo(f"[1/4] training a class-conditional GAN on shapes for up to {train_seconds:.0f} s -> {run}")
-    options = demo_train_options(run, train_seconds)
+    how = "from new networks" if from_scratch else f"from the shipped starting point {DEMO_START}"
+    echo(f"[1/4] training a class-conditional GAN on shapes {how} for up to {train_seconds:.0f} s -> {run}")
+    options = demo_train_options(run, train_seconds, from_scratch=from_scratch)
     if (run / "config.json").exists():
+        stored = read_run_config(run)
+        made = (stored.get("init", {}).get("source"), stored["data"]["label_attribute"])
+        if made != (options.init, options.label_attribute):
+            how = f"from {made[0]}" if made[0] else "from scratch"
+            raise InputError(f"--out {out}: holds a demo run trained {how} with {made[1]} labels, not as "
+                             "asked now; choose another --out folder")
         options = TrainOptions(out=run, steps=options.steps, resume=True, max_seconds=train_seconds,
                                progress=True)  # the run keeps its own checkpoint and sample schedule
     result = train(options, plugins)
@@ -102,7 +115,7 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
 
     # 3. Generate through the publication policy.
     job = out / "batch"
-    echo(f"[3/4] generating {count} images with a skewed colour mix ({', '.join(SKEWED_MIX)}) "
+    echo(f"[3/4] generating {count} images with a skewed shape mix ({', '.join(SKEWED_MIX)}) "
          f"through the publication policy -> {job}")
     generated = generate(GenerateOptions(model=str(run), count=count, out=job, seed=1, labels=SKEWED_MIX,
                                          policy="publication", registries=[str(registry)],
@@ -147,13 +160,16 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
                       audit_blocked=blocked, audit_report=html, seconds=time.monotonic() - started)
 
 
-def demo_train_options(run: Path, seconds: float) -> Any:
-    """The demo's training recipe: the cgan ``demo`` preset on shapes, colour as the label."""
+def demo_train_options(run: Path, seconds: float, *, from_scratch: bool = False) -> Any:
+    """The demo's training recipe on shapes, the shape as the label: 300 steps of the cgan
+    ``demo`` preset, from the shipped starting point (whose networks it shares) or from
+    new networks."""
     from .training import TrainOptions
 
-    return TrainOptions(out=run, arch="cgan", data="shapes", preset="demo", label_attribute="colour",
+    start = {} if from_scratch else {"init": DEMO_START}
+    return TrainOptions(out=run, arch="cgan", data="shapes", preset="demo", label_attribute="shape",
                         steps=300, max_seconds=seconds, data_length=2000, image_size=32,
-                        checkpoint_every=200, sample_every=200, log_every=25, progress=True)
+                        checkpoint_every=200, sample_every=200, log_every=25, progress=True, **start)
 
 
 def plant_copies(training_images: Path, folder: Path, count: int) -> list[str]:

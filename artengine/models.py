@@ -33,6 +33,7 @@ from .architecture import cpu_layout
 from .checkpoints import (
     CHECKPOINT_FORMAT,
     GENERATOR_FORMAT,
+    INIT_FORMAT,
     check_torch_version,
     PickleRefused,
     load_latest_checkpoint,
@@ -298,7 +299,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, allow_pi
             if not allow_pickle:
                 raise
             return _load_pickled(source, device, plugins, threads)
-        if record.get("format") not in (CHECKPOINT_FORMAT, GENERATOR_FORMAT):
+        if record.get("format") not in (CHECKPOINT_FORMAT, GENERATOR_FORMAT, INIT_FORMAT):
             raise ModelLoadError(source, f"unknown weights format {record.get('format')!r}")
         run_config = record["run"]
         file = source

@@ -27,6 +27,7 @@ alone writes files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -75,6 +76,7 @@ from .runs import (
     truncate_metrics,
     write_loss_curve,
 )
+from .starting import StartingPoint, load_starting_point
 
 log = logging.getLogger("artengine.training")
 
@@ -113,6 +115,10 @@ class TrainOptions:
     max_seconds: float | None = None  # stop (with a checkpoint) after this much training time
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     progress: bool = True
+    #: A new run's starting point (artengine.starting): a run folder, a checkpoint or
+    #: starting-point file, or a shipped name. Its architecture, settings and image size
+    #: become the new run's defaults; ``data`` defaults to its data.
+    init: str | None = None
 
 
 @dataclass
@@ -135,9 +141,13 @@ class TrainingInterrupted(ArtengineError):
 # ----------------------------------------------------------------------------- run config
 
 
-def resolve_settings(arch: Architecture, preset: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Trainer defaults <- architecture defaults <- preset <- user overrides, checked."""
+def resolve_settings(arch: Architecture, preset: str | None, overrides: Mapping[str, Any],
+                     base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Trainer defaults <- architecture defaults <- ``base`` (a starting point's settings)
+    <- preset <- user overrides, checked."""
     merged: dict[str, Any] = {**TRAINER_DEFAULTS, **arch.defaults}
+    if base is not None:
+        merged.update({key: value for key, value in base.items() if key in merged})
     if preset is not None:
         if preset not in arch.presets:
             known = ", ".join(sorted(arch.presets)) or "none"
@@ -182,10 +192,11 @@ def _engine_versions(plugins: Plugins) -> dict[str, Any]:
 
 
 def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str], data_record: Mapping[str, Any],
-                   plugins: Plugins) -> dict[str, Any]:
-    """The ``config.json`` of a new run."""
-    settings = resolve_settings(arch, options.preset, options.settings)
-    image_size = options.image_size or 32
+                   plugins: Plugins, start: StartingPoint | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a new run (from scratch, or from a starting point)."""
+    settings = resolve_settings(arch, options.preset, options.settings,
+                                base=start.run_config["config"] if start is not None else None)
+    image_size = options.image_size or (int(start.run_config["image_size"]) if start is not None else 32)
     if image_size not in arch.image_sizes:
         raise InputError(f"--image-size {image_size}: {arch.name} supports "
                          + ", ".join(str(s) for s in arch.image_sizes))
@@ -197,6 +208,8 @@ def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str]
     config = {**settings, "arch": arch.name, "image_size": image_size,
               "num_classes": len(classes) if arch.conditioning != "none" else 0}
     owner = plugins.owner("architectures", arch.name)
+    if start is not None:
+        _check_starting_point(start, arch, image_size, classes)
     return {
         "format": RUN_FORMAT,
         "name": options.out.name,
@@ -215,7 +228,21 @@ def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str]
         "options": {"data_length": options.data_length, "label_attribute": options.label_attribute},
         "engine": _engine_versions(plugins),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"init": start.record()} if start is not None else {}),
     }
+
+
+def _check_starting_point(start: StartingPoint, arch: Architecture, image_size: int, classes: list[str]) -> None:
+    """A new run must build the networks its starting point trained, for the same labels."""
+    base = start.run_config
+    where = f"--init {start.source}"
+    if base.get("architecture") != arch.name:
+        raise InputError(f"{where}: is a {base.get('architecture')} model, not {arch.name}; drop --arch")
+    if int(base["image_size"]) != image_size:
+        raise InputError(f"{where}: makes {base['image_size']} px images, not {image_size}; drop --image-size")
+    if arch.conditioning != "none" and list(base.get("labels", [])) != list(classes):
+        raise InputError(f"{where}: was trained on the labels {', '.join(base.get('labels', []))}; the data has "
+                         f"{', '.join(classes)} (the same labels in the same order are needed)")
 
 
 def _resolve_schedule(options: TrainOptions, stored: Mapping[str, Any]) -> dict[str, int]:
@@ -247,6 +274,12 @@ def _check_resume_options(options: TrainOptions, stored: Mapping[str, Any]) -> N
         if given is not None and given != have[key]:
             raise InputError(f"{options.out}: run was trained with --{key.replace('_', '-')} {have[key]}, "
                              f"not {given}; drop the option or use a new --out folder")
+    stored_init = stored.get("init", {}).get("source")
+    if options.init is not None and options.init != stored_init:
+        raise InputError(f"{options.out}: run was started from --init {stored_init}, not {options.init}; "
+                         "drop the option or use a new --out folder" if stored_init else
+                         f"{options.out}: run was not started from a starting point; drop --init or use a "
+                         "new --out folder")
     for key, value in options.settings.items():
         stored_value = stored["config"].get(key)
         if key not in stored["config"] or _coerce(key, value, stored_value) != stored_value:
@@ -537,6 +570,7 @@ class Trainer:
         self.dist = Distributed.from_env(device_kind)
         self.device = pick_device(options.device, self.dist)
         self.resuming = is_run_dir(self.run_dir)
+        self.start: StartingPoint | None = None
         if self.resuming and not options.resume:
             raise InputError(f"--out {self.run_dir}: already holds a training run; pass --resume to "
                              "continue it, or choose a new folder")
@@ -552,15 +586,20 @@ class Trainer:
                 label_attribute=stored["options"].get("label_attribute"), progress=self._show_progress)
             self.run_config = stored
         else:
+            self.start = load_starting_point(options.init) if options.init is not None else None
+            if self.start is not None:
+                options = self.options = _defaults_from_start(options, self.start)
             if options.arch is None or options.data is None:
                 raise InputError("--arch and --data are required for a new run")
             self.arch = self.plugins.component("architectures", options.arch)
-            resolve_settings(self.arch, options.preset, options.settings)  # fail before loading data
+            resolve_settings(self.arch, options.preset, options.settings,  # fail before loading data
+                             base=self.start.run_config["config"] if self.start is not None else None)
             self.data = load_training_data(
                 options.data, image_size=options.image_size or 32, seed=options.seed or 0,
                 plugins=self.plugins, length=options.data_length,
                 label_attribute=options.label_attribute, progress=self._show_progress)
-            self.run_config = new_run_config(options, self.arch, self.data.classes, self.data.record, self.plugins)
+            self.run_config = new_run_config(options, self.arch, self.data.classes, self.data.record, self.plugins,
+                                             self.start)
         self.config: dict[str, Any] = self.run_config["config"]
         self.schedule = _resolve_schedule(options, self.run_config.get("schedule", {}) if self.resuming else {})
         self._schedule_changed = self.run_config.get("schedule") != self.schedule
@@ -608,6 +647,13 @@ class Trainer:
             found = load_latest_checkpoint(self.run_dir)
             if found is not None:
                 self._restore(*found)
+        elif self.start is not None:
+            for prefix, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+                misfit = _first_misfit(prefix, module, self.start.tensors)
+                if misfit:
+                    raise InputError(f"--init {self.start.source}: {misfit}: the settings given change the "
+                                     "networks (drop those --set/--preset values)")
+                unpack_module(prefix, module, self.start.tensors, self.start.path)
 
     def _restore(self, path: Path, tensors: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> None:
         if record.get("architecture") != self.arch.name:
@@ -823,6 +869,8 @@ class Trainer:
         options = self.options
         total = int(options.steps)
         self._write_run_files()
+        if self.start is not None:
+            self.save_checkpoint({})  # resuming before the first scheduled checkpoint starts from here
         self.dist.barrier()
         metrics_log = MetricsLog(self.run_dir) if self.dist.is_main else None
         last: dict[str, Any] = {}
@@ -877,6 +925,35 @@ class Trainer:
             raise TrainingInterrupted(f"training stopped at step {self.step}; checkpoint {self.checkpoint}; "
                                       "continue with --resume")
         return result
+
+
+def _first_misfit(prefix: str, module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The first tensor of ``module`` that a starting point's ``prefix.*`` tensors lack, hold
+    in another shape, or hold in excess; None when they fit."""
+    have = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    want = module.state_dict()
+    for name, tensor in want.items():
+        if name not in have:
+            return f"{prefix} tensor {name} is not in the starting point"
+        if tuple(have[name].shape) != tuple(tensor.shape):
+            return (f"{prefix} tensor {name} is {tuple(have[name].shape)} in the starting point, "
+                    f"{tuple(tensor.shape)} now")
+    extra = sorted(set(have) - set(want))
+    return f"{prefix} tensor {extra[0]} of the starting point has no place now" if extra else None
+
+
+def _defaults_from_start(options: TrainOptions, start: StartingPoint) -> TrainOptions:
+    """Options not given for a new run from a starting point: its architecture, and its
+    data (with its length and label attribute) unless other data is named."""
+    base = start.run_config
+    changes: dict[str, Any] = {"arch": options.arch or base["architecture"],
+                               "image_size": options.image_size or int(base["image_size"])}
+    if options.data is None:
+        stored = base.get("options", {})
+        changes.update(data=base["data"]["spec"],
+                       data_length=options.data_length if options.data_length is not None else stored.get("data_length"),
+                       label_attribute=options.label_attribute or stored.get("label_attribute"))
+    return dataclasses.replace(options, **changes)
 
 
 def _plain(value: Any) -> Any:

@@ -82,6 +82,25 @@ def test_the_label_judge_tells_real_shapes_apart_and_then_reports_label_accuracy
     assert set(doc["label_accuracy_per_label"]) == {"circle", "square", "triangle", "star"}
 
 
+@pytest.mark.slow
+def test_the_demo_training_ends_with_the_shapes_it_is_asked_for(tmp_path):
+    """``artengine demo`` trains 300 steps of the cgan demo preset from the shipped starting
+    point; the evaluation's judge must then name the asked shape for >= 95 % of samples."""
+    import dataclasses
+
+    from artengine.demo import demo_train_options
+
+    out = tmp_path / "run"
+    result = train(dataclasses.replace(demo_train_options(out, 900), progress=False))  # 300 steps, however slow
+    assert result.step == 300
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "classifier", "--count", "400",
+                                         "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    doc = json.loads(evaluated.output)
+    assert doc["classifier"]["held_out_accuracy"] >= 0.95
+    assert doc["label_accuracy"] >= 0.95, doc["label_accuracy_per_label"]
+
+
 def test_evaluate_unknown_features_is_one_line(tmp_path):
     out = tmp_path / "run"
     train(TrainOptions(out=out, arch="dcgan", data="shapes", steps=1, batch_size=8, data_length=40,

@@ -393,12 +393,132 @@ def test_cli_train_then_resume_further(tmp_path):
     assert result.exit_code == 2 and "--arch dcgan" in result.output
 
 
-def test_cgan_demo_preset_is_the_call_artengine_demo_makes(tmp_path):
-    """The call documented for ``artengine demo`` runs as given and records the preset."""
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_the_demo_training_call_runs_as_artengine_demo_makes_it(tmp_path, from_scratch):
+    """``artengine demo`` fine-tunes the shipped starting point with the cgan ``demo``
+    preset (or trains new networks with it); the call runs and the run records how."""
+    import dataclasses
+
+    from artengine.demo import DEMO_START, demo_train_options
+
     out = tmp_path / "demo"
-    result = train(TrainOptions(out=out, arch="cgan", data="shapes", preset="demo", image_size=32,
-                                data_length=32, steps=2, max_seconds=90, progress=False))
+    options = demo_train_options(out, 90, from_scratch=from_scratch)
+    result = train(dataclasses.replace(options, steps=2, data_length=32, progress=False))
     assert result.step == 2 and result.checkpoint is not None
     config = json.loads((out / "config.json").read_text())
-    assert config["preset"] == "demo" and config["image_size"] == 32
+    assert config["preset"] == "demo" and config["image_size"] == 32 and config["data"]["label_attribute"] == "shape"
     assert config["config"]["batch_size"] == 32 and config["config"]["g_ch"] == 16
+    assert config.get("init", {}).get("source") == (None if from_scratch else DEMO_START)
+
+
+def test_demo_refuses_a_folder_whose_run_was_trained_otherwise(tmp_path):
+    """Re-running the demo continues its run; a run made another way (an older demo's colour
+    labels, or --from-scratch) is one clear line, and the folder is left as it was."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.txt").write_text("artengine demo folder\n")
+    train(tiny_options(out / "run", "cgan", 1, label_attribute="colour"))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: --out {out}: holds a demo run trained from scratch with colour labels, not as asked now; "
+        "choose another --out folder")
+    assert {p.relative_to(out) for p in out.rglob("*")} >= set(before)
+
+
+# --------------------------------------------------------------------------- starting points (--init)
+
+
+def _colour_run(out: Path, steps: int = 3) -> Path:
+    options = tiny_options(out, "cgan", steps, label_attribute="colour")
+    options.settings["aux_weight"] = 0.5
+    train(options)
+    return out
+
+
+def test_new_run_from_a_starting_point_begins_with_its_networks(tmp_path):
+    base = _colour_run(tmp_path / "base")
+    result = train(TrainOptions(out=tmp_path / "tuned", init=str(base), steps=0, progress=False))
+    assert result.step == 0
+    _, base_tensors, _ = load_latest_checkpoint(base)
+    path, tensors, record = load_latest_checkpoint(tmp_path / "tuned")
+    assert path.name == "step-000000000.safetensors" and record["images_seen"] == 0
+    networks = [k for k in base_tensors if k.split(".")[0] in ("G", "G_ema", "D")]
+    assert networks and all(torch.equal(base_tensors[k], tensors[k]) for k in networks)
+    assert not any(k.startswith(("opt_G.", "opt_D.")) for k in tensors)  # optimizers start afresh
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    from artengine import sha256_file
+    assert config["init"]["source"] == str(base) and config["init"]["step"] == 3
+    assert config["init"]["sha256"] == sha256_file(base / "checkpoints" / "step-000000003.safetensors")
+    # Architecture, settings and data come from the starting point.
+    assert config["architecture"] == "cgan" and config["config"]["g_ch"] == 8
+    assert config["config"]["aux_weight"] == 0.5 and config["config"]["batch_size"] == 8
+    assert config["data"]["label_attribute"] == "colour" and config["data"]["length"] == 48
+    assert config["class_names"] == json.loads((base / "config.json").read_text())["class_names"]
+
+
+def test_run_from_a_starting_point_resumes_from_it_before_its_first_checkpoint(tmp_path):
+    """Killed before its first scheduled checkpoint, a run from --init must resume from the
+    starting point (its step-0 checkpoint), not from random networks."""
+    base = _colour_run(tmp_path / "base")
+    train(TrainOptions(out=tmp_path / "whole", init=str(base), steps=4, checkpoint_every=10, progress=False))
+    train(TrainOptions(out=tmp_path / "split", init=str(base), steps=0, checkpoint_every=10, progress=False))
+    train(TrainOptions(out=tmp_path / "split", resume=True, init=str(base), steps=4, progress=False))
+    assert_same_state(tmp_path / "whole", tmp_path / "split")
+    with pytest.raises(InputError, match="was started from --init"):
+        train(TrainOptions(out=tmp_path / "split", resume=True, init="shapes-cgan32", steps=5, progress=False))
+
+
+def test_exported_starting_point_trains_and_generates(tmp_path):
+    base = _colour_run(tmp_path / "base")
+    start = tmp_path / "start.safetensors"
+    result = CliRunner().invoke(cli, ["export", str(base), str(start), "--for-training"])
+    assert result.exit_code == 0, result.output
+    tensors, record = load_weights(start)
+    assert {k.split(".")[0] for k in tensors} == {"G", "G_ema", "D"} and record["step"] == 3
+    from artengine.models import load_model
+    assert load_model(start).info.class_names == load_model(base).info.class_names
+    assert train(TrainOptions(out=tmp_path / "tuned", init=str(start), steps=1, progress=False)).step == 1
+    # A generator-only export cannot be a starting point.
+    generator_only = tmp_path / "g.safetensors"
+    assert CliRunner().invoke(cli, ["export", str(base), str(generator_only)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", "--init", str(generator_only), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--for-training" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--init", "no-such-start"], "shipped: shapes-cgan32"),
+    (["--arch", "dcgan"], "is a cgan model, not dcgan"),
+    (["--image-size", "64"], "makes 32 px images, not 64"),
+    (["--set", "g_ch=16"], "G tensor"),
+    (["--set", "aux_weight=0"], "D tensor classes."),
+    (["--data", "shapes", "--label-attribute", "shape", "--data-length", "48"],
+     "the data has circle, square, triangle, star"),
+])
+def test_starting_point_that_does_not_fit_is_one_clear_line(tmp_path, args, expected):
+    base = _colour_run(tmp_path / "base")
+    given = args if args[0] == "--init" else ["--init", str(base), *args]
+    out = tmp_path / "tuned"
+    result = CliRunner().invoke(cli, ["train", "--out", str(out), "--steps", "1", *given])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()  # refused before anything was written
+
+
+def test_shipped_starting_point_fits_the_cgan_and_the_shape_labels():
+    from artengine.plugins import get_plugins
+    from artengine.starting import load_starting_point, shipped_starting_points
+    from artengine.training import build_networks, load_training_data
+
+    assert "shapes-cgan32" in shipped_starting_points()
+    start = load_starting_point("shapes-cgan32")  # verifies every tensor's digest
+    config = start.run_config
+    assert config["architecture"] == "cgan" and config["image_size"] == 32
+    data = load_training_data("shapes", image_size=32, seed=0, plugins=get_plugins(), length=16,
+                              label_attribute="shape", progress=False)
+    assert config["labels"] == data.classes == ["circle", "square", "triangle", "star"]
+    G, D = build_networks(get_plugins().component("architectures", "cgan"), config["config"])
+    for prefix, module in (("G", G), ("D", D)):
+        state = {k[len(prefix) + 1:]: v for k, v in start.tensors.items() if k.startswith(prefix + ".")}
+        module.load_state_dict(state, strict=True)
