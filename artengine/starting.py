@@ -62,7 +62,8 @@ class StartingPoint:
     def record(self) -> dict[str, Any]:
         """What a run started from this point stores under ``init`` in its config.json."""
         return {"source": self.source, "path": str(self.path), "sha256": self.sha256, "step": self.step,
-                "run": self.run_config.get("name"), "architecture": self.run_config.get("architecture")}
+                "run": self.run_config.get("name"), "architecture": self.run_config.get("architecture"),
+                "data": self.run_config.get("data"), "init": self.run_config.get("init")}
 
 
 def shipped_starting_points() -> dict[str, Path]:

@@ -450,6 +450,7 @@ def test_new_run_from_a_starting_point_begins_with_its_networks(tmp_path):
     config = json.loads((tmp_path / "tuned" / "config.json").read_text())
     from artengine import sha256_file
     assert config["init"]["source"] == str(base) and config["init"]["step"] == 3
+    assert config["init"]["data"] == json.loads((base / "config.json").read_text())["data"]  # its lineage
     assert config["init"]["sha256"] == sha256_file(base / "checkpoints" / "step-000000003.safetensors")
     # Architecture, settings and data come from the starting point.
     assert config["architecture"] == "cgan" and config["config"]["g_ch"] == 8
