@@ -180,11 +180,18 @@ class BiasAudit(Audit):
                 section = GROUP_KEYS[key]
                 entry[section] = {}
                 for group, mask in members[key].items():
-                    ref = by_label.get(spec.name, {}).get(group, overall[spec.name]) if key == "label" else overall[spec.name]
+                    own = by_label.get(spec.name, {}).get(group) if key == "label" else None
+                    ref = overall[spec.name] if own is None else own
                     comparison = compare_distribution(labels[mask], spec.values, ref, rng=rng, bootstrap=s["bootstrap"])
-                    comparison["reference_group"] = group if ref is not overall[spec.name] else None
+                    comparison["reference_group"] = group if own is not None else None
                     entry[section][group] = comparison
-                    if comparison["known"] >= s["min_group_images"]:
+                    if own is None and key == "label" and group in spec.values:
+                        # Images asked to be a value of this attribute (label "circle", attribute
+                        # shape) are meant to differ from the whole reference; without training
+                        # images of that label there is nothing to compare them with.
+                        comparison["untested"] = (f"label {group!r} asks for this {spec.name}; the reference has "
+                                                  "no images labelled so")
+                    elif comparison["known"] >= s["min_group_images"]:
                         tests.append((spec.name, section, group, comparison))
             results[spec.name] = entry
         adjusted = holm([t[3]["p_value"] for t in tests])

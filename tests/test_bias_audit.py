@@ -380,3 +380,24 @@ def test_bad_reference_distribution_file_is_one_line_exit_2(pool, workdir, tmp_p
     assert result.exit_code == 2
     assert f"{bad}: attributes.colour.red" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_label_that_asks_for_a_value_is_not_tested_against_the_whole_reference(pool, workdir):
+    """Images generated with the label ``circle`` are meant to be circles: without training
+    images labelled ``circle`` to compare with, that group is reported, not flagged; the
+    skewed mix of labels is still found in the batch as a whole."""
+    rng = np.random.default_rng(6)
+    circles = rng.choice(np.flatnonzero(pool["shape"] == "circle"), 60, replace=False)
+    others = np.concatenate([rng.choice(np.flatnonzero(pool["shape"] == s), 12, replace=False)
+                             for s in ("square", "triangle", "star")])
+    flat = _write_folder(workdir / "flat-reference", pool["samples"][:300])  # no labels: one folder
+    runner = make_runner(write_policy(workdir), reference_data=str(flat))
+    findings = runner.check_batch(batch(pool, np.concatenate([circles, others]),
+                                        meta=lambda i: {"label": str(pool["shape"][i])}), [])
+    shape = findings_by_attribute(findings)["shape"]
+    circle = shape.details["by_label"]["circle"]
+    assert "untested" in circle and "p_adjusted" not in circle and not circle.get("flagged")
+    assert [(f["group"], f["name"]) for f in shape.details["flagged"]] == [("overall", None)]
+    assert shape.outcome == "fail" and "among label" not in shape.message
+    # Another attribute is still compared per label (the colours of the circles).
+    assert "untested" not in findings_by_attribute(findings)["colour"].details["by_label"]["circle"]
