@@ -215,9 +215,27 @@ def pack_module(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
 
+def first_misfit(prefix: str, module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The first tensor of ``module`` that the ``prefix.*`` tensors lack, hold in another
+    shape, or hold in excess, in words; None when they fit."""
+    have = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    want = module.state_dict()
+    for name, tensor in want.items():
+        if name not in have:
+            return f"{prefix} tensor {name} is not in the file"
+        if tuple(have[name].shape) != tuple(tensor.shape):
+            return f"{prefix} tensor {name} is {tuple(have[name].shape)} in the file, {tuple(tensor.shape)} now"
+    extra = sorted(set(have) - set(want))
+    return f"{prefix} tensor {extra[0]} of the file has no place now" if extra else None
+
+
 def unpack_module(prefix: str, module: torch.nn.Module, tensors: Mapping[str, torch.Tensor],
                   source: str | Path) -> None:
-    """Load ``prefix.*`` tensors into ``module``; a missing or extra key is a load error."""
+    """Load ``prefix.*`` tensors into ``module``; a missing, extra or misshapen tensor is a
+    load error naming the first one."""
+    misfit = first_misfit(prefix, module, tensors)
+    if misfit:
+        raise ModelLoadError(source, f"{prefix} weights do not fit the architecture: {misfit}")
     state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     try:
         module.load_state_dict(state, strict=True)

@@ -61,7 +61,7 @@ from .checkpoints import (
     unpack_optimizer,
 )
 from .data import open_dataset
-from .errors import ArtengineError, InputError
+from .errors import ArtengineError, InputError, ModelLoadError
 from .hookspecs import HOOK_API_VERSION
 from .io import atomic_save_image, atomic_write_json, iter_image_files, sha256_file
 from .plugins import Plugins, get_plugins
@@ -196,7 +196,7 @@ def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str]
     """The ``config.json`` of a new run (from scratch, or from a starting point)."""
     settings = resolve_settings(arch, options.preset, options.settings,
                                 base=start.run_config["config"] if start is not None else None)
-    image_size = options.image_size or (int(start.run_config["image_size"]) if start is not None else 32)
+    image_size = options.image_size or 32  # a starting point's, when one is given (_defaults_from_start)
     if image_size not in arch.image_sizes:
         raise InputError(f"--image-size {image_size}: {arch.name} supports "
                          + ", ".join(str(s) for s in arch.image_sizes))
@@ -209,7 +209,7 @@ def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str]
               "num_classes": len(classes) if arch.conditioning != "none" else 0}
     owner = plugins.owner("architectures", arch.name)
     if start is not None:
-        _check_starting_point(start, arch, image_size, classes)
+        _check_starting_labels(start, arch, classes)
     return {
         "format": RUN_FORMAT,
         "name": options.out.name,
@@ -232,17 +232,12 @@ def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str]
     }
 
 
-def _check_starting_point(start: StartingPoint, arch: Architecture, image_size: int, classes: list[str]) -> None:
-    """A new run must build the networks its starting point trained, for the same labels."""
+def _check_starting_labels(start: StartingPoint, arch: Architecture, classes: list[str]) -> None:
+    """A new run from a starting point must have its labels, in its order."""
     base = start.run_config
-    where = f"--init {start.source}"
-    if base.get("architecture") != arch.name:
-        raise InputError(f"{where}: is a {base.get('architecture')} model, not {arch.name}; drop --arch")
-    if int(base["image_size"]) != image_size:
-        raise InputError(f"{where}: makes {base['image_size']} px images, not {image_size}; drop --image-size")
     if arch.conditioning != "none" and list(base.get("labels", [])) != list(classes):
-        raise InputError(f"{where}: was trained on the labels {', '.join(base.get('labels', []))}; the data has "
-                         f"{', '.join(classes)} (the same labels in the same order are needed)")
+        raise InputError(f"--init {start.source}: was trained on the labels {', '.join(base.get('labels', []))}; "
+                         f"the data has {', '.join(classes)} (the same labels in the same order are needed)")
 
 
 def _resolve_schedule(options: TrainOptions, stored: Mapping[str, Any]) -> dict[str, int]:
@@ -649,11 +644,11 @@ class Trainer:
                 self._restore(*found)
         elif self.start is not None:
             for prefix, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
-                misfit = _first_misfit(prefix, module, self.start.tensors)
-                if misfit:
-                    raise InputError(f"--init {self.start.source}: {misfit}: the settings given change the "
-                                     "networks (drop those --set/--preset values)")
-                unpack_module(prefix, module, self.start.tensors, self.start.path)
+                try:
+                    unpack_module(prefix, module, self.start.tensors, self.start.path)
+                except ModelLoadError as exc:
+                    raise InputError(f"--init {self.start.source}: {exc.reason}; the settings given change the "
+                                     "networks (drop those --set/--preset values)") from None
 
     def _restore(self, path: Path, tensors: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> None:
         if record.get("architecture") != self.arch.name:
@@ -927,27 +922,18 @@ class Trainer:
         return result
 
 
-def _first_misfit(prefix: str, module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> str | None:
-    """The first tensor of ``module`` that a starting point's ``prefix.*`` tensors lack, hold
-    in another shape, or hold in excess; None when they fit."""
-    have = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    want = module.state_dict()
-    for name, tensor in want.items():
-        if name not in have:
-            return f"{prefix} tensor {name} is not in the starting point"
-        if tuple(have[name].shape) != tuple(tensor.shape):
-            return (f"{prefix} tensor {name} is {tuple(have[name].shape)} in the starting point, "
-                    f"{tuple(tensor.shape)} now")
-    extra = sorted(set(have) - set(want))
-    return f"{prefix} tensor {extra[0]} of the starting point has no place now" if extra else None
-
-
 def _defaults_from_start(options: TrainOptions, start: StartingPoint) -> TrainOptions:
-    """Options not given for a new run from a starting point: its architecture, and its
-    data (with its length and label attribute) unless other data is named."""
+    """Options not given for a new run from a starting point: its architecture and image
+    size (given ones must be the same), and its data (with its length and label attribute)
+    unless other data is named. Checked before any data is loaded."""
     base = start.run_config
-    changes: dict[str, Any] = {"arch": options.arch or base["architecture"],
-                               "image_size": options.image_size or int(base["image_size"])}
+    where = f"--init {start.source}"
+    if options.arch is not None and options.arch != base.get("architecture"):
+        raise InputError(f"{where}: is a {base.get('architecture')} model, not {options.arch}; drop --arch")
+    if options.image_size is not None and options.image_size != int(base["image_size"]):
+        raise InputError(f"{where}: makes {base['image_size']} px images, not {options.image_size}; "
+                         "drop --image-size")
+    changes: dict[str, Any] = {"arch": base["architecture"], "image_size": int(base["image_size"])}
     if options.data is None:
         stored = base.get("options", {})
         changes.update(data=base["data"]["spec"],
