@@ -26,6 +26,7 @@ from .records import Finding
 if TYPE_CHECKING:
     from .plugins import Plugins
     from .policy import Policy
+    from .report import ImageEntry
 
 
 class _Worker:
@@ -230,7 +231,7 @@ def _construct(cls: type, settings: Mapping[str, Any], context: AuditContext, *,
 class AuditOutcome:
     """Verdicts for a batch of images, ready for the report."""
 
-    images: list["ImageEntry"]
+    images: list[ImageEntry]
     batch: Verdict
     thumbnails: dict[str, str] = field(default_factory=dict)
 

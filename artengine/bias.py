@@ -32,6 +32,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -391,7 +392,6 @@ class MeasuredReference:
 def data_identity(spec: str, datasets: Mapping[str, Any]) -> dict[str, Any]:
     """What identifies training data for the cache: a dataset name, or a folder and a
     digest of its file list (names, sizes, modification times)."""
-    from pathlib import Path
 
     from .io import iter_image_files
 
@@ -405,11 +405,10 @@ def data_identity(spec: str, datasets: Mapping[str, Any]) -> dict[str, Any]:
     return {"folder": str(root), "files_sha256": digest.hexdigest()}
 
 
-def reference_store_path(run_dir: str | None) -> "Path":
+def reference_store_path(run_dir: str | None) -> Path:
     """Where measured references live: the run (or style) folder when known, otherwise
     the user's cache folder (``$ARTENGINE_CACHE`` or ``~/.cache/artengine``)."""
     import os
-    from pathlib import Path
 
     if run_dir:
         return Path(run_dir) / REFERENCE_FILE
@@ -418,7 +417,7 @@ def reference_store_path(run_dir: str | None) -> "Path":
     return Path(base) / REFERENCE_FILE
 
 
-def _read_store(path: "Path") -> dict[str, Any]:
+def _read_store(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
@@ -439,7 +438,7 @@ def measure_reference(
     datasets: Mapping[str, Any],
     images: int = 2000,
     seed: int = 0,
-    store: "Path | None" = None,
+    store: Path | None = None,
 ) -> MeasuredReference:
     """Classify up to ``images`` training images of ``data`` (a dataset name or folder)
     with the same CLIP classifier as the audit and return the attribute distributions,
@@ -508,7 +507,7 @@ def measure_reference(
     return result
 
 
-def _from_entry(key: str, entry: Mapping[str, Any], store: "Path") -> MeasuredReference:
+def _from_entry(key: str, entry: Mapping[str, Any], store: Path) -> MeasuredReference:
     attrs = entry["attributes"]
     return MeasuredReference(
         key=key,
@@ -543,11 +542,10 @@ def reference_distribution_document(measured: MeasuredReference, clip: Any) -> d
     }
 
 
-def load_reference_distribution(path: "str | Path") -> dict[str, dict[str, float]]:
+def load_reference_distribution(path: str | Path) -> dict[str, dict[str, float]]:
     """Read a reference-distribution file (see :func:`reference_distribution_document`;
     a bare ``{attribute: {value: share}}`` object is accepted too). Returns attribute ->
     value -> share. Problems are one :class:`~artengine.errors.InputError` naming the file."""
-    from pathlib import Path
 
     from .errors import InputError
 

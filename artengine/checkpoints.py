@@ -30,6 +30,7 @@ from safetensors.torch import save as _save_safetensors
 
 from .errors import ArtengineError, ModelLoadError
 from .io import atomic_write_bytes
+from .runs import is_run_dir
 
 log = logging.getLogger("artengine.checkpoints")
 
@@ -195,6 +196,17 @@ def load_latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, torch.T
         raise ModelLoadError(Path(run_dir) / CHECKPOINT_DIR,
                              "no usable checkpoint: " + "; ".join(problems))
     return None
+
+
+def run_weights(run_dir: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The networks of a run folder: its newest good checkpoint (file, tensors, record).
+    A folder that is not a run, or a run with no checkpoint yet, is a ModelLoadError."""
+    if not is_run_dir(run_dir):
+        raise ModelLoadError(run_dir, "folder is not a training run (no config.json)")
+    found = load_latest_checkpoint(run_dir)
+    if found is None:
+        raise ModelLoadError(run_dir, "run has no checkpoint yet")
+    return found
 
 
 def load_pickle(path: str | Path) -> Any:

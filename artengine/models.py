@@ -36,16 +36,16 @@ from .checkpoints import (
     INIT_FORMAT,
     check_torch_version,
     PickleRefused,
-    load_latest_checkpoint,
     load_pickle,
     load_weights,
+    run_weights,
     save_weights,
     unpack_module,
 )
 from .errors import InputError, ModelLoadError
 from .io import LoadedImage, sha256_file
 from .plugins import Plugins, get_plugins
-from .runs import is_run_dir, read_run_config
+from .runs import read_run_config
 
 log = logging.getLogger("artengine.models")
 
@@ -282,13 +282,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, allow_pi
     plugins = plugins or get_plugins()
     source = Path(path)
     if source.is_dir():
-        if not is_run_dir(source):
-            raise ModelLoadError(source, "folder is not a training run (no config.json)")
+        file, tensors, record = run_weights(source)
         run_config = read_run_config(source)
-        found = load_latest_checkpoint(source)
-        if found is None:
-            raise ModelLoadError(source, "run has no checkpoint yet")
-        file, tensors, record = found
         kind = "run"
     elif not source.is_file():
         raise ModelLoadError(source, "no such file or folder")

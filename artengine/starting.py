@@ -34,13 +34,12 @@ from .checkpoints import (
     CHECKPOINT_FORMAT,
     GENERATOR_FORMAT,
     INIT_FORMAT,
-    load_latest_checkpoint,
     load_weights,
+    run_weights,
     save_weights,
 )
 from .errors import InputError, ModelLoadError
 from .io import sha256_file
-from .runs import is_run_dir
 
 #: Where shipped starting points live: ``NAME.safetensors`` in the INIT_FORMAT.
 SHIPPED_DIR = Path(__file__).with_name("starting_points")
@@ -89,12 +88,7 @@ def load_starting_point(source: str | Path) -> StartingPoint:
     """Read a starting point (see the module docstring). Pickles are refused, as everywhere."""
     path = resolve_starting_point(source)
     if path.is_dir():
-        if not is_run_dir(path):
-            raise ModelLoadError(path, "folder is not a training run (no config.json)")
-        found = load_latest_checkpoint(path)
-        if found is None:
-            raise ModelLoadError(path, "run has no checkpoint yet")
-        path, tensors, record = found
+        path, tensors, record = run_weights(path)
     else:
         tensors, record = load_weights(path)
         kind = record.get("format")
