@@ -594,17 +594,25 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
 @click.option("--checkpoint", type=click.IntRange(0), metavar="STEP",
               help="Judge the kept checkpoint of this step instead of the newest one "
                    "(results go to RUN/evaluation-step-<STEP>.json).")
+@click.option("--all-checkpoints", is_flag=True,
+              help="Judge every kept checkpoint and name the best (results in RUN/evaluation-checkpoints.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 def evaluate(run: Path, count: int, features: str, seed: int, classifier_steps: int, clip_model: str | None,
-             clip_pretrained: str | None, checkpoint: int | None, as_json: bool) -> None:
+             clip_pretrained: str | None, checkpoint: int | None, all_checkpoints: bool, as_json: bool) -> None:
     """Measure a training run: Fréchet distance beside its real-vs-real floor, KID, and label
     accuracy of conditional and style models. Writes RUN/evaluation.json."""
     from .evaluation import EvaluationOptions, evaluate_run
 
+    if all_checkpoints and checkpoint is not None:
+        raise InputError("--all-checkpoints and --checkpoint: give one of them")
     plugins = load_plugins()
-    results = evaluate_run(EvaluationOptions(run=run, count=count, features=features, seed=seed,
-                                             classifier_steps=classifier_steps, clip_model=clip_model,
-                                             clip_pretrained=clip_pretrained, checkpoint=checkpoint), plugins)
+    options = EvaluationOptions(run=run, count=count, features=features, seed=seed,
+                                classifier_steps=classifier_steps, clip_model=clip_model,
+                                clip_pretrained=clip_pretrained, checkpoint=checkpoint)
+    if all_checkpoints:
+        _evaluate_all(options, plugins, as_json)
+        return
+    results = evaluate_run(options, plugins)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -620,6 +628,29 @@ def evaluate(run: Path, count: int, features: str, seed: int, classifier_steps: 
         click.echo(f"  label accuracy of generated images: {results['label_accuracy']:.1%}")
     if results.get("reference_label_accuracy") is not None:
         click.echo(f"  label accuracy with styles from reference images: {results['reference_label_accuracy']:.1%}")
+
+
+def _evaluate_all(options, plugins, as_json: bool) -> None:
+    """``evaluate --all-checkpoints``: one line per kept checkpoint as it is judged, then the best."""
+    from .evaluation import evaluate_checkpoints
+
+    def line(row: dict, reused: bool) -> None:
+        if as_json:
+            return
+        accuracy = row.get("label_accuracy")
+        label = "" if accuracy is None else f"   label accuracy {accuracy:6.1%}"
+        per = row.get("label_accuracy_per_label") or {}
+        detail = f" ({' / '.join(f'{name} {v:.0%}' for name, v in per.items())})" if per else ""
+        click.echo(f"  step {row['step']:>7}   FD ratio {row['fd_ratio']:8.2f}{label}{detail}"
+                   f"{'   (stored)' if reused else ''}")
+
+    if not as_json:
+        click.echo(f"{options.run}: every kept checkpoint, features {options.features}, {options.count} images")
+    summary = evaluate_checkpoints(options, plugins, on_result=line)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"best ({summary['rule']}): step {summary['best']['step']}: {summary['best']['checkpoint']}")
 
 
 # ----------------------------------------------------------------------------- generate

@@ -23,6 +23,7 @@ the name of any registered :class:`artengine.FeatureExtractor`.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from torch import nn
 from .audit import AuditContext, AuditItem
 from .checkpoints import checkpoint_path, list_checkpoints, load_weights, save_weights
 from .errors import InputError, ModelLoadError
-from .io import LoadedImage, atomic_write_json
+from .io import LoadedImage, atomic_write_json, sha256_file
 from .models import fixed_threads, load_model
 from .plugins import Plugins, get_plugins
 from .runs import EVALUATION, read_run_config
@@ -283,6 +284,100 @@ def _classifier_for(run_dir: Path, data, num_classes: int, steps: int) -> tuple[
     return model, quality
 
 
+@dataclass
+class _RealSide:
+    """What a run's evaluation measures every checkpoint against: the real halves, their
+    features, the floors and the judge. Built once per ``evaluate`` call."""
+
+    classes: list[str]
+    classifier: LabelClassifier | None
+    classifier_quality: dict[str, Any] | None
+    real_a: np.ndarray
+    real_b: np.ndarray
+    labels_b: np.ndarray
+    encode: Callable[[np.ndarray], np.ndarray]
+    described: str
+    feats_a: np.ndarray
+    fd_floor: float
+    kid_floor: tuple[float, float]
+
+    @property
+    def judge_ok(self) -> bool:
+        return (self.classifier_quality is not None
+                and self.classifier_quality["held_out_accuracy"] >= JUDGE_MIN_ACCURACY)
+
+
+def _real_side(options: EvaluationOptions, run_dir: Path, config: dict[str, Any], plugins: Plugins) -> _RealSide:
+    spec = config["data"]
+    data = load_training_data(spec["spec"], image_size=config["image_size"], seed=spec["seed"], plugins=plugins,
+                              length=config.get("options", {}).get("data_length"),
+                              label_attribute=config.get("options", {}).get("label_attribute"), progress=False)
+    classifier, classifier_quality = (None, None)
+    if data.classes:
+        classifier, classifier_quality = _classifier_for(run_dir, data, len(data.classes), options.classifier_steps)
+    real_a, _, real_b, labels_b = _real_halves(data.pixels, data.labels, options.count, seed=options.seed)
+    encode, described = feature_encoder(options.features, plugins=plugins, classifier=classifier,
+                                        clip_model=options.clip_model, clip_pretrained=options.clip_pretrained)
+    feats_a, feats_b = encode(real_a), encode(real_b)
+    return _RealSide(classes=list(data.classes), classifier=classifier, classifier_quality=classifier_quality,
+                     real_a=real_a, real_b=real_b, labels_b=labels_b, encode=encode, described=described,
+                     feats_a=feats_a, fd_floor=frechet_distance(feats_b, feats_a),
+                     kid_floor=kernel_inception_distance(feats_b, feats_a, seed=options.seed))
+
+
+def _measure(model, real: _RealSide, options: EvaluationOptions, run_dir: Path) -> dict[str, Any]:
+    """The metrics of one generator against the real side."""
+    conditional = model.info.conditioning != "none"
+    classes = real.classes
+    count = len(real.real_a)
+    indices = range(count)
+    latents = model.latents(options.seed, indices)
+    requested = np.array([i % len(classes) for i in indices]) if conditional else None
+    generated = model.generate(latents, labels=requested.tolist()) if conditional else model.generate(latents)
+    feats_gen = real.encode(generated)
+    fd = frechet_distance(feats_gen, real.feats_a)
+    kid, kid_std = kernel_inception_distance(feats_gen, real.feats_a, seed=options.seed)
+    results: dict[str, Any] = {
+        "run": str(run_dir),
+        "architecture": model.info.architecture,
+        "step": model.info.step,
+        "weights_sha256": model.info.weights_sha256,
+        "features": real.described,
+        "count": count,
+        "fd": fd,
+        "fd_floor": real.fd_floor,
+        "fd_ratio": fd / real.fd_floor if real.fd_floor > 0 else math.inf,
+        "kid": kid,
+        "kid_std": kid_std,
+        "kid_floor": real.kid_floor[0],
+        "kid_floor_std": real.kid_floor[1],
+        "seed": options.seed,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    quality = real.classifier_quality
+    if real.classifier is not None:
+        results["classifier"] = quality
+    if conditional and real.classifier is not None and not real.judge_ok:
+        reason = (f"the label classifier reaches {quality['held_out_accuracy']:.1%} on "
+                  f"{quality['held_out']} held-out real images, below the "
+                  f"{JUDGE_MIN_ACCURACY:.0%} needed to judge generated images")
+        results["label_accuracy"] = None
+        results["label_accuracy_unavailable"] = reason
+        if model.info.conditioning == "style":
+            results["reference_label_accuracy"] = None
+    if conditional and real.judge_ok:
+        predicted = classify(real.classifier, generated)
+        results["label_accuracy"] = float((predicted == requested).mean())
+        results["label_accuracy_per_label"] = {
+            name: float((predicted[requested == i] == i).mean()) for i, name in enumerate(classes)}
+    if model.info.conditioning == "style" and real.judge_ok:
+        with fixed_threads(model.threads):
+            styles = torch.stack([model.style_from_image(img) for img in real.real_b])
+        from_refs = model.generate(model.latents(options.seed + 1, indices), styles=styles)
+        results["reference_label_accuracy"] = float((classify(real.classifier, from_refs) == real.labels_b).mean())
+    return results
+
+
 def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> dict[str, Any]:
     """Measure a run's EMA generator against the run's own training data; write
     ``evaluation.json`` into the run (unless ``write`` is False) and return the results."""
@@ -290,73 +385,90 @@ def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> 
     run_dir = Path(options.run)
     config = read_run_config(run_dir)
     model = load_model(_checkpoint_file(run_dir, options.checkpoint), plugins=plugins)
-    spec = config["data"]
-    data = load_training_data(spec["spec"], image_size=config["image_size"], seed=spec["seed"], plugins=plugins,
-                              length=config.get("options", {}).get("data_length"),
-                              label_attribute=config.get("options", {}).get("label_attribute"), progress=False)
-    conditional = model.info.conditioning != "none"
-    classes = data.classes
-    classifier, classifier_quality = (None, None)
-    if classes:
-        classifier, classifier_quality = _classifier_for(run_dir, data, len(classes), options.classifier_steps)
-    real_a, labels_a, real_b, labels_b = _real_halves(data.pixels, data.labels, options.count, seed=options.seed)
-    count = len(real_a)
-
-    indices = range(count)
-    latents = model.latents(options.seed, indices)
-    requested = np.array([i % len(classes) for i in indices]) if conditional else None
-    generated = model.generate(latents, labels=requested.tolist()) if conditional else model.generate(latents)
-
-    encode, described = feature_encoder(options.features, plugins=plugins, classifier=classifier,
-                                        clip_model=options.clip_model, clip_pretrained=options.clip_pretrained)
-    feats_gen, feats_a, feats_b = encode(generated), encode(real_a), encode(real_b)
-    fd = frechet_distance(feats_gen, feats_a)
-    floor = frechet_distance(feats_b, feats_a)
-    kid, kid_std = kernel_inception_distance(feats_gen, feats_a, seed=options.seed)
-    kid_floor, kid_floor_std = kernel_inception_distance(feats_b, feats_a, seed=options.seed)
-    results: dict[str, Any] = {
-        "run": str(run_dir),
-        "architecture": model.info.architecture,
-        "step": model.info.step,
-        "weights_sha256": model.info.weights_sha256,
-        "features": described,
-        "count": count,
-        "fd": fd,
-        "fd_floor": floor,
-        "fd_ratio": fd / floor if floor > 0 else math.inf,
-        "kid": kid,
-        "kid_std": kid_std,
-        "kid_floor": kid_floor,
-        "kid_floor_std": kid_floor_std,
-        "seed": options.seed,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if classifier is not None:
-        results["classifier"] = classifier_quality
-    judge_ok = classifier_quality is not None and classifier_quality["held_out_accuracy"] >= JUDGE_MIN_ACCURACY
-    if conditional and classifier is not None and not judge_ok:
-        reason = (f"the label classifier reaches {classifier_quality['held_out_accuracy']:.1%} on "
-                  f"{classifier_quality['held_out']} held-out real images, below the "
-                  f"{JUDGE_MIN_ACCURACY:.0%} needed to judge generated images")
-        results["label_accuracy"] = None
-        results["label_accuracy_unavailable"] = reason
-        if model.info.conditioning == "style":
-            results["reference_label_accuracy"] = None
-    if conditional and judge_ok:
-        predicted = classify(classifier, generated)
-        results["label_accuracy"] = float((predicted == requested).mean())
-        results["label_accuracy_per_label"] = {
-            name: float((predicted[requested == i] == i).mean()) for i, name in enumerate(classes)}
-    if model.info.conditioning == "style" and judge_ok:
-        with fixed_threads(model.threads):
-            styles = torch.stack([model.style_from_image(img) for img in real_b])
-        from_refs = model.generate(model.latents(options.seed + 1, indices), styles=styles)
-        results["reference_label_accuracy"] = float((classify(classifier, from_refs) == labels_b).mean())
+    results = _measure(model, _real_side(options, run_dir, config, plugins), options, run_dir)
     if options.checkpoint is not None:
         results["checkpoint"] = options.checkpoint
     if options.write:
         atomic_write_json(evaluation_path(run_dir, options.checkpoint), results)
     return results
+
+
+def best_checkpoint(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row to keep among per-checkpoint results: the highest label accuracy where the
+    judge gave one, a lower FD ratio breaking ties; the lowest FD ratio for models without
+    labels (or when no row has a label accuracy)."""
+    if not rows:
+        return None
+    labelled = [r for r in rows if r.get("label_accuracy") is not None]
+    if labelled:
+        return max(labelled, key=lambda r: (r["label_accuracy"], -r["fd_ratio"], r["step"]))
+    return min(rows, key=lambda r: (r["fd_ratio"], -r["step"]))
+
+
+def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = None,
+                         on_result: Callable[[dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
+    """Measure every kept checkpoint of a run with one real side (data, judge, real
+    features and floors are computed once). Each checkpoint's results go to
+    ``evaluation-step-<step>.json``; one already there with the same weights, count, seed,
+    features and judge is reused. The summary, with the best checkpoint
+    (:func:`best_checkpoint`), goes to ``evaluation-checkpoints.json``. ``on_result(row,
+    reused)`` is called as each checkpoint is done."""
+    plugins = plugins or get_plugins()
+    run_dir = Path(options.run)
+    config = read_run_config(run_dir)
+    kept = list_checkpoints(run_dir)
+    if not kept:
+        raise InputError(f"{run_dir}: the run has no kept checkpoint to evaluate")
+    real = _real_side(options, run_dir, config, plugins)
+    rows = []
+    for step, path in kept:
+        target = evaluation_path(run_dir, step)
+        previous = _reusable(target, path, real, options)
+        if previous is not None:
+            rows.append(previous)
+            if on_result:
+                on_result(previous, True)
+            continue
+        results = _measure(load_model(path, plugins=plugins), real, options, run_dir)
+        results["checkpoint"] = step
+        if options.write:
+            atomic_write_json(target, results)
+        rows.append(results)
+        if on_result:
+            on_result(results, False)
+    best = best_checkpoint(rows)
+    summary = {
+        "run": str(run_dir),
+        "features": real.described,
+        "count": len(real.real_a),
+        "seed": options.seed,
+        "rule": "highest label accuracy, then lowest FD ratio" if best and best.get("label_accuracy") is not None
+        else "lowest FD ratio",
+        "best": {"step": best["step"], "checkpoint": str(checkpoint_path(run_dir, best["step"]))},
+        "checkpoints": [{k: r.get(k) for k in _SUMMARY_KEYS if k in r} for r in rows],
+    }
+    if options.write:
+        atomic_write_json(run_dir / EVALUATION_CHECKPOINTS, summary)
+    return summary
+
+
+EVALUATION_CHECKPOINTS = "evaluation-checkpoints.json"
+_SUMMARY_KEYS = ("step", "weights_sha256", "fd", "fd_ratio", "kid", "label_accuracy", "label_accuracy_per_label",
+                 "reference_label_accuracy", "label_accuracy_unavailable")
+
+
+def _reusable(target: Path, checkpoint: Path, real: _RealSide, options: EvaluationOptions) -> dict[str, Any] | None:
+    """Results stored for a checkpoint by an earlier call that measured it the same way."""
+    if not target.is_file():
+        return None
+    try:
+        doc = json.loads(target.read_text())
+    except (OSError, ValueError):
+        return None
+    same = (doc.get("weights_sha256") == sha256_file(checkpoint) and doc.get("count") == len(real.real_a)
+            and doc.get("seed") == options.seed and doc.get("features") == real.described
+            and doc.get("classifier") == real.classifier_quality)
+    return doc if same else None
 
 
 def evaluation_path(run_dir: Path, checkpoint: int | None = None) -> Path:

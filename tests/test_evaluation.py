@@ -127,3 +127,50 @@ def test_evaluate_judges_a_kept_checkpoint_without_touching_the_newest_ones_resu
     assert missing.exit_code == 2 and "Traceback" not in missing.output
     assert missing.output.strip().splitlines() == [
         f"Error: {out}: --checkpoint 3: no checkpoint of that step (kept: 2, 4)"]
+
+
+def test_best_checkpoint_prefers_label_accuracy_then_fd_and_falls_back_to_fd():
+    from artengine.evaluation import best_checkpoint
+
+    rows = [{"step": 500, "label_accuracy": 0.90, "fd_ratio": 40.0},
+            {"step": 1000, "label_accuracy": 0.96, "fd_ratio": 80.0},
+            {"step": 1500, "label_accuracy": 0.96, "fd_ratio": 60.0},
+            {"step": 2000, "label_accuracy": None, "fd_ratio": 10.0}]
+    assert best_checkpoint(rows)["step"] == 1500
+    unlabelled = [{"step": 500, "fd_ratio": 9.0}, {"step": 1000, "fd_ratio": 7.5}, {"step": 1500, "fd_ratio": 8.0}]
+    assert best_checkpoint(unlabelled)["step"] == 1000
+    assert best_checkpoint([]) is None
+
+
+def test_evaluate_all_checkpoints_judges_each_kept_one_once_and_names_the_best(tmp_path):
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="dcgan", data="shapes", steps=6, batch_size=8, data_length=40,
+                       settings=TINY["dcgan"], progress=False, checkpoint_every=2))
+    args = ["evaluate", str(out), "--features", "classifier", "--count", "10", "--classifier-steps", "2",
+            "--all-checkpoints"]
+    first = CliRunner().invoke(cli, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output)
+    assert summary == json.loads((out / "evaluation-checkpoints.json").read_text())
+    assert [row["step"] for row in summary["checkpoints"]] == [2, 4, 6]
+    stored = {step: json.loads((out / f"evaluation-step-{step:09d}.json").read_text()) for step in (2, 4, 6)}
+    for row in summary["checkpoints"]:
+        assert row["fd_ratio"] == stored[row["step"]]["fd_ratio"]
+        assert row["weights_sha256"] == stored[row["step"]]["weights_sha256"]
+    best = min(summary["checkpoints"], key=lambda row: row["fd_ratio"])
+    assert summary["rule"] == "lowest FD ratio" and summary["best"]["step"] == best["step"]
+    assert summary["best"]["checkpoint"].endswith(f"step-{best['step']:09d}.safetensors")
+    assert not (out / "evaluation.json").exists()  # the newest checkpoint's own results are left alone
+
+    # A second call reuses what is stored, and measures again what was measured another way.
+    stamps = {step: (out / f"evaluation-step-{step:09d}.json").read_text() for step in (2, 4, 6)}
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("(stored)") == 3 and f"best (lowest FD ratio): step {best['step']}" in again.output
+    assert {step: (out / f"evaluation-step-{step:09d}.json").read_text() for step in (2, 4, 6)} == stamps
+    other = CliRunner().invoke(cli, [*args[:5], "12", *args[6:]])
+    assert other.exit_code == 0 and "(stored)" not in other.output
+
+    both = CliRunner().invoke(cli, [*args, "--checkpoint", "2"])
+    assert both.exit_code == 2 and both.output.strip().splitlines() == [
+        "Error: --all-checkpoints and --checkpoint: give one of them"]
