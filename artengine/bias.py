@@ -392,7 +392,6 @@ class MeasuredReference:
 def data_identity(spec: str, datasets: Mapping[str, Any]) -> dict[str, Any]:
     """What identifies training data for the cache: a dataset name, or a folder and a
     digest of its file list (names, sizes, modification times)."""
-
     from .io import iter_image_files
 
     if spec in datasets:
@@ -546,7 +545,6 @@ def load_reference_distribution(path: str | Path) -> dict[str, dict[str, float]]
     """Read a reference-distribution file (see :func:`reference_distribution_document`;
     a bare ``{attribute: {value: share}}`` object is accepted too). Returns attribute ->
     value -> share. Problems are one :class:`~artengine.errors.InputError` naming the file."""
-
     from .errors import InputError
 
     try:

@@ -632,13 +632,15 @@ def evaluate(run: Path, count: int, features: str, seed: int, classifier_steps: 
 
 def _evaluate_all(options, plugins, as_json: bool) -> None:
     """``evaluate --all-checkpoints``: one line per kept checkpoint as it is judged, then the best."""
-    from .evaluation import evaluate_checkpoints
+    from .evaluation import JUDGE_MIN_ACCURACY, evaluate_checkpoints
 
     def line(row: dict, reused: bool) -> None:
         if as_json:
             return
         accuracy = row.get("label_accuracy")
         label = "" if accuracy is None else f"   label accuracy {accuracy:6.1%}"
+        if "label_accuracy_unavailable" in row:
+            label = f"   label accuracy unavailable (judge below {JUDGE_MIN_ACCURACY:.0%} on real images)"
         per = row.get("label_accuracy_per_label") or {}
         detail = f" ({' / '.join(f'{name} {v:.0%}' for name, v in per.items())})" if per else ""
         click.echo(f"  step {row['step']:>7}   FD ratio {row['fd_ratio']:8.2f}{label}{detail}"

@@ -422,6 +422,8 @@ def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = N
     real = _real_side(options, run_dir, config, plugins)
     rows = []
     for step, path in kept:
+        if not path.is_file():  # pruned by the run's trainer since the listing
+            continue
         target = evaluation_path(run_dir, step)
         previous = _reusable(target, path, real, options)
         if previous is not None:

@@ -174,3 +174,16 @@ def test_evaluate_all_checkpoints_judges_each_kept_one_once_and_names_the_best(t
     both = CliRunner().invoke(cli, [*args, "--checkpoint", "2"])
     assert both.exit_code == 2 and both.output.strip().splitlines() == [
         "Error: --all-checkpoints and --checkpoint: give one of them"]
+
+
+def test_evaluate_all_checkpoints_falls_back_to_fd_when_the_judge_cannot_tell_labels(tmp_path):
+    out = tmp_path / "run"
+    train(TrainOptions(out=out, arch="cgan", data="shapes", steps=4, batch_size=8, data_length=40,
+                       settings=TINY["cgan"], progress=False, checkpoint_every=2))
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--features", "classifier", "--count", "10",
+                                      "--classifier-steps", "2", "--all-checkpoints"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("label accuracy unavailable (judge below 95% on real images)") == 2
+    summary = json.loads((out / "evaluation-checkpoints.json").read_text())
+    assert summary["rule"] == "lowest FD ratio"
+    assert summary["best"]["step"] == min(summary["checkpoints"], key=lambda row: row["fd_ratio"])["step"]
