@@ -62,9 +62,9 @@ STYLEGAN = Architecture(
         # with the auxiliary classifier loss and translation only (cutout hides half a
         # shape), and the discriminator at 3x the generator's learning rate: with the
         # equalised learning rate its weights are N(0, 1), and at 2e-3 its class head took
-        # 7,500 steps to pass 90 % on real 32 px shapes, at 6e-3 it takes 2,000. Label accuracy
-        # then reached 96.9 % at 2,500 steps and 99.6 % at 3,000; it swings later, so pick the
-        # best kept checkpoint (docs/training.md, "Quality targets").
+        # 7,500 steps to pass 90 % on real 32 px shapes, at 6e-3 2,000-2,500. Label accuracy
+        # then reached 99.6 % at 3,000 steps (seed 0) and 96.0 % at 4,000 (seed 1); it swings
+        # later, so pick the best kept checkpoint (docs/training.md, "Quality targets").
         "quality": {"g_ch_base": 512, "g_ch_max": 64, "d_ch_base": 512, "d_ch_max": 64, "batch_size": 32,
                     "augment": "translation", "aux_weight": 1.0, "lr_d": 6e-3},
     },
