@@ -235,6 +235,8 @@ def first_misfit(prefix: str, module: torch.nn.Module, tensors: Mapping[str, tor
     for name, tensor in want.items():
         if name not in have:
             return f"{prefix} tensor {name} is not in the file"
+        if not isinstance(have[name], torch.Tensor):
+            return f"{prefix} tensor {name} is a {type(have[name]).__name__} in the file, not a tensor"
         if tuple(have[name].shape) != tuple(tensor.shape):
             return f"{prefix} tensor {name} is {tuple(have[name].shape)} in the file, {tuple(tensor.shape)} now"
     extra = sorted(set(have) - set(want))

@@ -309,15 +309,12 @@ def _load_pickled(source: Path, device: Any, plugins: Plugins, threads: int) -> 
     """A pickle the user opted into: a dict with ``run`` (the run config) and ``G_ema`` (a
     state dict), as older tooling saved them."""
     obj = load_pickle(source)
-    if not isinstance(obj, Mapping) or "run" not in obj or "G_ema" not in obj:
+    if not isinstance(obj, Mapping) or "run" not in obj or not isinstance(obj.get("G_ema"), Mapping):
         raise ModelLoadError(source, "pickle does not hold an artengine generator (expected a dict "
                                      "with 'run' and 'G_ema')")
     run_config = obj["run"]
     generator = _generator_for(run_config, plugins, source)
-    try:
-        generator.load_state_dict(obj["G_ema"], strict=True)
-    except RuntimeError as exc:
-        raise ModelLoadError(source, "G_ema weights do not fit the architecture: " + " ".join(str(exc).split())[:400]) from None
+    unpack_module("G_ema", generator, {f"G_ema.{k}": v for k, v in obj["G_ema"].items()}, source)
     return GeneratorModel(generator, run_config, weights_sha256=sha256_file(source), device=device,
                           path=str(source), source="pickle", step=obj.get("step"), pickle_opt_in=True,
                           threads=threads)

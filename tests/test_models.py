@@ -176,6 +176,23 @@ def test_foreign_pickle_exits_2_by_default_and_loads_only_with_the_logged_opt_in
     assert load_model(tmp_path / "out.safetensors").info.source == "export"
 
 
+def test_an_opted_in_pickle_that_does_not_fit_names_the_first_misfit(runs, tmp_path):
+    model = load_model(runs["dcgan"])
+    state = dict(model.generator.state_dict())
+    name, tensor = next(iter(state.items()))
+    cases = {
+        "misshapen.pt": ({**state, name: tensor[:1]},
+                         f"G_ema tensor {name} is {tuple(tensor[:1].shape)} in the file, {tuple(tensor.shape)} now"),
+        "not-a-tensor.pt": ({**state, name: [1.0]}, f"G_ema tensor {name} is a list in the file, not a tensor"),
+        "not-a-dict.pt": (list(state.values()), "expected a dict with 'run' and 'G_ema'"),
+    }
+    for file, (weights, reason) in cases.items():
+        torch.save({"run": model.run_config, "G_ema": weights}, tmp_path / file)
+        with pytest.raises(ModelLoadError) as info:
+            load_model(tmp_path / file, allow_pickle=True)
+        assert file in str(info.value) and reason in str(info.value)
+
+
 def test_torch_older_than_2_6_is_refused_with_the_reason():
     with pytest.raises(ArtengineError, match="CVE-2025-32434"):
         check_torch_version("2.5.1+cpu")
