@@ -439,12 +439,15 @@ def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = N
         if on_result:
             on_result(results, False)
     best = best_checkpoint(rows)
+    if best is None:
+        raise InputError(f"{run_dir}: every kept checkpoint was pruned by the training run while being "
+                         "evaluated; run the command again")
     summary = {
         "run": str(run_dir),
         "features": real.described,
         "count": len(real.real_a),
         "seed": options.seed,
-        "rule": "highest label accuracy, then lowest FD ratio" if best and best.get("label_accuracy") is not None
+        "rule": "highest label accuracy, then lowest FD ratio" if best.get("label_accuracy") is not None
         else "lowest FD ratio",
         "best": {"step": best["step"], "checkpoint": str(checkpoint_path(run_dir, best["step"]))},
         "checkpoints": [{k: r.get(k) for k in _SUMMARY_KEYS if k in r} for r in rows],
