@@ -520,7 +520,8 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other setting of the architecture (e.g. ngf=32); repeatable.")
 @click.option("--data-length", type=click.IntRange(1), help="Procedural datasets: number of training images.")
-@click.option("--label-attribute", help="Procedural datasets: attribute used as class/style label (shapes: shape, colour, background).")
+@click.option("--label-attribute", help="Procedural datasets: attribute used as class/style label "
+              "(shapes: shape, colour, background, or several joined with +, e.g. shape+colour).")
 @click.option("--sample-every", type=click.IntRange(1),
               help="Steps between sample grids (default 500; on --resume, the run's own).")
 @click.option("--checkpoint-every", type=click.IntRange(1),

@@ -39,6 +39,30 @@ def test_shapes_samples_carry_caption_attributes_and_label():
     assert list(by_colour.classes) == list(by_colour.attributes["colour"])
 
 
+def test_shapes_joint_label_names_every_combination_and_matches_each_sample():
+    joint = _open("shapes", image_size=32, seed=3, length=200, label_attribute="shape+colour")
+    assert len(joint.classes) == 24 and joint.classes[:2] == ["circle/red", "circle/green"]
+    assert joint.classes[-1] == "star/orange"
+    for i in range(200):
+        s = joint[i]
+        assert joint.classes[s.label] == f"{s.attributes['shape']}/{s.attributes['colour']}"
+    every = _open("shapes", image_size=32, length=10, label_attribute="colour+background+shape")
+    assert len(every.classes) == 96 and every.classes[0] == "red/plain/circle"
+    # the same images whatever the label: only the label changes
+    plain = _open("shapes", image_size=32, seed=3, length=200)
+    assert np.array_equal(np.asarray(plain[7].image), np.asarray(joint[7].image))
+
+
+@pytest.mark.parametrize("attribute,message", [
+    ("shape+hue", "label attribute 'hue' is not one of shape, colour, background"),
+    ("shape+shape", "names an attribute twice"),
+    ("", "label attribute '' is not one of"),
+])
+def test_shapes_bad_label_attribute_is_named(attribute, message):
+    with pytest.raises(InputError, match=message):
+        _open("shapes", image_size=32, label_attribute=attribute)
+
+
 def test_shapes_attributes_are_roughly_uniform_and_weights_skew_them():
     uniform = _open("shapes", image_size=32, seed=1, length=1200)
     counts = Counter(uniform[i].attributes["colour"] for i in range(1200))

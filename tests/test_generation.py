@@ -260,6 +260,24 @@ def test_label_mix_follows_the_weights(tiny_run):
     assert drawn == [generation.label_for(i, 0, labels) for i in range(2000)]  # a function of (seed, i)
 
 
+def test_a_model_trained_on_joint_labels_generates_the_named_combination(env, tmp_path):
+    # Label "shape+colour": the user picks both at generation time, with the weights syntax.
+    run = tmp_path / "joint"
+    code, out = run_cli("train", "--arch", "cgan", "--data", "shapes", "--label-attribute", "shape+colour",
+                        "--data-length", "48", "--steps", "1", "--batch-size", "8", "--set", "g_ch=8",
+                        "--set", "d_ch=8", "--out", str(run))
+    assert code == 0, out
+    assert json.loads((run / "config.json").read_text())["labels"][:2] == ["circle/red", "circle/green"]
+    code, out = run_cli("generate", "--model", str(run), "--count", "4", "--out", str(tmp_path / "job"),
+                        "--label", "star/blue:3", "--label", "circle/red", "--json")
+    assert code in (0, 1), out
+    labels = {r["meta"]["label"] for r in iter_records(tmp_path / "job") if r["type"] == "image"}
+    assert labels <= {"star/blue", "circle/red"} and labels
+    code, out = run_cli("generate", "--model", str(run), "--count", "1", "--out", str(tmp_path / "bad"),
+                        "--label", "star")
+    assert code == 2 and "has no label 'star'" in out and "circle/red" in out
+
+
 @pytest.mark.slow
 def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
     pytest.importorskip("ray")
