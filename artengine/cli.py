@@ -631,6 +631,16 @@ def evaluate(run: Path, count: int, features: str, seed: int, classifier_steps: 
         click.echo(f"  label accuracy with styles from reference images: {results['reference_label_accuracy']:.1%}")
 
 
+def _per_label_text(per: dict[str, float]) -> str:
+    """Each label's accuracy, or with many labels (joint ones: 24 or 96) the three lowest."""
+    if not per:
+        return ""
+    if len(per) <= 6:
+        return " (" + " / ".join(f"{name} {v:.0%}" for name, v in per.items()) + ")"
+    lowest = sorted(per.items(), key=lambda kv: kv[1])[:3]
+    return " (lowest: " + " / ".join(f"{name} {v:.0%}" for name, v in lowest) + ")"
+
+
 def _evaluate_all(options, plugins, as_json: bool) -> None:
     """``evaluate --all-checkpoints``: one line per kept checkpoint as it is judged, then the best."""
     from .evaluation import JUDGE_MIN_ACCURACY, evaluate_checkpoints
@@ -642,8 +652,7 @@ def _evaluate_all(options, plugins, as_json: bool) -> None:
         label = "" if accuracy is None else f"   label accuracy {accuracy:6.1%}"
         if "label_accuracy_unavailable" in row:
             label = f"   label accuracy unavailable (judge below {JUDGE_MIN_ACCURACY:.0%} on real images)"
-        per = row.get("label_accuracy_per_label") or {}
-        detail = f" ({' / '.join(f'{name} {v:.0%}' for name, v in per.items())})" if per else ""
+        detail = _per_label_text(row.get("label_accuracy_per_label") or {})
         click.echo(f"  step {row['step']:>7}   FD ratio {row['fd_ratio']:8.2f}{label}{detail}"
                    f"{'   (stored)' if reused else ''}")
 

@@ -187,3 +187,15 @@ def test_evaluate_all_checkpoints_falls_back_to_fd_when_the_judge_cannot_tell_la
     summary = json.loads((out / "evaluation-checkpoints.json").read_text())
     assert summary["rule"] == "lowest FD ratio"
     assert summary["best"]["step"] == min(summary["checkpoints"], key=lambda row: row["fd_ratio"])["step"]
+
+
+def test_checkpoint_lines_list_few_labels_in_full_and_many_by_the_lowest():
+    from artengine.cli import _per_label_text
+
+    four = {"circle": 1.0, "square": 0.98, "triangle": 0.62, "star": 1.0}
+    assert _per_label_text(four) == " (circle 100% / square 98% / triangle 62% / star 100%)"
+    joint = {f"{s}/{c}": 1.0 for s in ("circle", "square", "triangle", "star")
+             for c in ("red", "green", "blue", "yellow", "purple", "orange")}
+    joint.update({"triangle/red": 0.62, "triangle/orange": 0.85, "square/purple": 0.93})
+    assert _per_label_text(joint) == " (lowest: triangle/red 62% / triangle/orange 85% / square/purple 93%)"
+    assert _per_label_text({}) == ""
