@@ -42,6 +42,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .data import joint_log_probs
+
 Conditioning = Literal["none", "label", "style"]
 CONDITIONINGS: tuple[str, ...] = ("none", "label", "style")
 
@@ -88,7 +90,9 @@ class ClassHeadDiscriminator:
     """``forward`` and ``forward_with_classes`` for a discriminator (an ``nn.Module`` listing
     this class first among its bases) that defines ``_features(images) -> h``,
     ``_logits(h, labels) -> (N,)`` and ``classes``: a class head applied to ``h``, or
-    ``None`` when the run's ``aux_weight`` is 0 (see the module doc)."""
+    ``None`` when the run's ``aux_weight`` is 0 (see the module doc). A discriminator with
+    ``class_factors`` (joint labels, see :func:`artengine.data.label_factors`) has a head
+    that scores each part's values; its class scores are then joint log-probabilities."""
 
     classes: Any
 
@@ -100,7 +104,11 @@ class ClassHeadDiscriminator:
         if self.classes is None:
             raise ValueError(f"{type(self).__name__} was built without a class head (aux_weight 0)")
         h = self._features(images)  # type: ignore[attr-defined]
-        return self._logits(h, labels), self.classes(h)  # type: ignore[attr-defined]
+        scores = self.classes(h)
+        factors = getattr(self, "class_factors", None)
+        if factors:  # a head per part of joint labels: log-probabilities of every joint label
+            scores = joint_log_probs(scores, factors)
+        return self._logits(h, labels), scores  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -627,8 +627,24 @@ def evaluate(run: Path, count: int, features: str, seed: int, classifier_steps: 
         click.echo(f"  label accuracy: unavailable ({results['label_accuracy_unavailable']})")
     elif "label_accuracy" in results:
         click.echo(f"  label accuracy of generated images: {results['label_accuracy']:.1%}")
+    if results.get("label_accuracy_per_part"):
+        click.echo(f"  label accuracy per part:{_per_part_text(results)}")
     if results.get("reference_label_accuracy") is not None:
         click.echo(f"  label accuracy with styles from reference images: {results['reference_label_accuracy']:.1%}")
+
+
+def _per_part_text(row: dict) -> str:
+    """Joint labels: each part's accuracy, or why the judge cannot give it."""
+    judge = (row.get("classifier") or {}).get("held_out_accuracy_per_part", {})
+    texts = []
+    for name, accuracy in row["label_accuracy_per_part"].items():
+        if accuracy is not None:
+            texts.append(f"{name} {accuracy:.1%}")
+        elif name in judge:
+            texts.append(f"{name} unavailable (judge {judge[name]:.1%} on real images)")
+        else:
+            texts.append(f"{name} unavailable")
+    return " " + " / ".join(texts)
 
 
 def _per_label_text(per: dict[str, float]) -> str:
@@ -653,6 +669,8 @@ def _evaluate_all(options, plugins, as_json: bool) -> None:
         if "label_accuracy_unavailable" in row:
             label = f"   label accuracy unavailable (judge below {JUDGE_MIN_ACCURACY:.0%} on real images)"
         detail = _per_label_text(row.get("label_accuracy_per_label") or {})
+        if row.get("label_accuracy_per_part"):
+            detail += f";{_per_part_text(row)}"
         click.echo(f"  step {row['step']:>7}   FD ratio {row['fd_ratio']:8.2f}{label}{detail}"
                    f"{'   (stored)' if reused else ''}")
 

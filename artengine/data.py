@@ -7,6 +7,8 @@ name, ``--data PATH`` opens a folder through the dataset that handles paths (the
 """
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,34 @@ class Dataset:
 
 
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 256)
+
+
+def label_factors(classes: Sequence[str]) -> list[list[str]] | None:
+    """The parts of joint labels (``circle/red``, ``circle/green``, ...): the values of each
+    part, when the class names are every combination of them in row-major order (as a
+    dataset labelled by several attributes lists them); ``None`` for plain labels."""
+    split = [str(c).split("/") for c in classes]
+    width = len(split[0]) if split else 0
+    if width < 2 or any(len(parts) != width for parts in split):
+        return None
+    values = [list(dict.fromkeys(parts[k] for parts in split)) for k in range(width)]
+    if ["/".join(combo) for combo in itertools.product(*values)] != list(classes):
+        return None
+    return values
+
+
+def joint_log_probs(part_logits: Any, factors: Sequence[int]) -> Any:
+    """Scores of each part's values side by side (``(N, sum(factors))``, a torch tensor) to
+    log-probabilities of every joint label (``(N, prod(factors))``, row-major, as
+    :func:`label_factors` orders them): the sum of the parts' log-softmaxes. The
+    cross-entropy of these is the sum of the parts' own, so each part learns from every
+    image instead of one joint class in prod(factors) learning from its few."""
+    import torch.nn.functional as F
+
+    joint = part_logits.new_zeros(len(part_logits), 1)
+    for part in part_logits.split(list(factors), dim=1):
+        joint = (joint[:, :, None] + F.log_softmax(part, dim=1)[:, None, :]).flatten(1)
+    return joint
 
 
 def open_dataset(

@@ -37,6 +37,8 @@ CGAN = Architecture(
         "r1_gamma": 0.0,
         "augment": "translation,cutout",
         "mbstd_group": 0,
+        # Joint labels (--label-attribute shape+colour): the class head scores each part.
+        "aux_per_part": True,
     },
     presets={
         # A minute or two on 2 CPU cores at 32 px: narrow networks, small batches, no spectral

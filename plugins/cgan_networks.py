@@ -120,8 +120,9 @@ class ProjectionDiscriminator(ClassHeadDiscriminator, nn.Module):
     """image, class -> logit: residual down-blocks, sum pooling, linear + projection."""
 
     def __init__(self, image_size: int, ch: int, num_classes: int, class_head: bool = False,
-                 mbstd_group: int = 0) -> None:
+                 mbstd_group: int = 0, class_factors: list[int] | None = None) -> None:
         super().__init__()
+        self.class_factors = list(class_factors) if class_factors else None
         levels = _levels(image_size)
         widths = [ch * min(8, 2 ** i) for i in range(levels)] + [ch * min(8, 2 ** (levels - 1))]
         blocks = [DiscriminatorBlock(3, widths[0], down=True, first=True)]
@@ -134,8 +135,10 @@ class ProjectionDiscriminator(ClassHeadDiscriminator, nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.linear = spectral_norm(nn.Linear(widths[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, widths[-1]))
-        # The auxiliary classifier's head (AC-GAN), on the same pooled features.
-        self.classes = spectral_norm(nn.Linear(widths[-1], num_classes)) if class_head else None
+        # The auxiliary classifier's head (AC-GAN), on the same pooled features; for joint
+        # labels it scores each part's values (ClassHeadDiscriminator combines them).
+        head_width = sum(self.class_factors) if self.class_factors else num_classes
+        self.classes = spectral_norm(nn.Linear(widths[-1], head_width)) if class_head else None
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         h = self.blocks[:-1](images)
@@ -157,7 +160,9 @@ def build_generator(config: Mapping[str, Any]) -> CGANGenerator:
 
 def build_discriminator(config: Mapping[str, Any]) -> ProjectionDiscriminator:
     """The discriminator for a run config (``image_size``, ``d_ch``, ``num_classes``; a class
-    head when ``aux_weight > 0``; minibatch standard deviation when ``mbstd_group > 0``)."""
+    head when ``aux_weight > 0``, per part of joint labels (``label_factors``) unless
+    ``aux_per_part`` is off; minibatch standard deviation when ``mbstd_group > 0``)."""
+    factors = config.get("label_factors") if config.get("aux_per_part", True) else None
     return ProjectionDiscriminator(int(config["image_size"]), int(config["d_ch"]), int(config["num_classes"]),
                                    class_head=float(config.get("aux_weight", 0.0)) > 0,
-                                   mbstd_group=int(config.get("mbstd_group", 0)))
+                                   mbstd_group=int(config.get("mbstd_group", 0)), class_factors=factors)

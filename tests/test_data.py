@@ -119,3 +119,18 @@ def test_image_folder_with_nothing_readable_is_an_error(tmp_path):
     (tmp_path / "a.png").write_bytes(b"junk")
     with pytest.raises(InputError, match="no readable images"):
         _open(str(tmp_path), image_size=32)
+
+
+def test_joint_labels_split_into_parts_and_parts_combine_into_joint_scores():
+    import torch
+
+    from artengine.data import joint_log_probs, label_factors
+
+    joint = _open("shapes", image_size=32, length=4, label_attribute="shape+colour")
+    assert label_factors(joint.classes) == [list(joint.attributes["shape"]), list(joint.attributes["colour"])]
+    assert label_factors(["circle", "square"]) is None and label_factors(["a/b", "c/d"]) is None
+    scores = torch.randn(5, 4 + 6)
+    out = joint_log_probs(scores, [4, 6])
+    assert out.shape == (5, 24) and torch.allclose(out.exp().sum(1), torch.ones(5))
+    best = scores[:, :4].argmax(1) * 6 + scores[:, 4:].argmax(1)  # the row-major index of both parts' best
+    assert torch.equal(out.argmax(1), best)

@@ -267,7 +267,8 @@ def test_a_model_trained_on_joint_labels_generates_the_named_combination(env, tm
                         "--data-length", "48", "--steps", "1", "--batch-size", "8", "--set", "g_ch=8",
                         "--set", "d_ch=8", "--out", str(run))
     assert code == 0, out
-    assert json.loads((run / "config.json").read_text())["labels"][:2] == ["circle/red", "circle/green"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["labels"][:2] == ["circle/red", "circle/green"] and config["config"]["label_factors"] == [4, 6]
     code, out = run_cli("generate", "--model", str(run), "--count", "4", "--out", str(tmp_path / "job"),
                         "--label", "star/blue:3", "--label", "circle/red", "--json")
     assert code in (0, 1), out
