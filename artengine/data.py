@@ -8,7 +8,6 @@ name, ``--data PATH`` opens a folder through the dataset that handles paths (the
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +72,12 @@ def label_factors(classes: Sequence[str]) -> list[list[str]] | None:
     if ["/".join(combo) for combo in itertools.product(*values)] != list(classes):
         return None
     return values
+
+
+def factor_sizes(classes: Sequence[str]) -> list[int] | None:
+    """The number of values of each part of joint labels; ``None`` for plain labels."""
+    parts = label_factors(classes)
+    return [len(values) for values in parts] if parts else None
 
 
 def joint_log_probs(part_logits: Any, factors: Sequence[int]) -> Any:

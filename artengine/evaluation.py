@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audit import AuditContext, AuditItem
-from .data import joint_log_probs, label_factors
 from .checkpoints import checkpoint_path, list_checkpoints, load_weights, save_weights
+from .data import factor_sizes, joint_log_probs, label_factors
 from .errors import InputError, ModelLoadError
 from .io import LoadedImage, atomic_write_json, sha256_file
 from .models import fixed_threads, load_model
@@ -286,8 +286,7 @@ def _real_halves(pixels: torch.Tensor, labels: torch.Tensor, count: int, seed: i
 def _classifier_for(run_dir: Path, data, num_classes: int, steps: int) -> tuple[LabelClassifier, dict[str, Any]]:
     """Train the label classifier once per run (on the run's real data) and keep it."""
     path = run_dir / CLASSIFIER_FILE
-    parts = label_factors(data.classes)
-    factors = [len(values) for values in parts] if parts else None
+    factors = factor_sizes(data.classes)
     key = {"data": data.record["spec"], "seed": data.record["seed"], "length": data.record["length"],
            "classes": data.classes, "steps": steps, "image_size": int(data.pixels.shape[-1])}
     if factors:
@@ -324,6 +323,7 @@ class _RealSide:
     features, the floors and the judge. Built once per ``evaluate`` call."""
 
     classes: list[str]
+    parts: list[str]  # names of the parts of joint labels, in the labels' order; [] for plain labels
     classifier: LabelClassifier | None
     classifier_quality: dict[str, Any] | None
     real_a: np.ndarray
@@ -353,7 +353,8 @@ def _real_side(options: EvaluationOptions, run_dir: Path, config: dict[str, Any]
     encode, described = feature_encoder(options.features, plugins=plugins, classifier=classifier,
                                         clip_model=options.clip_model, clip_pretrained=options.clip_pretrained)
     feats_a, feats_b = encode(real_a), encode(real_b)
-    return _RealSide(classes=list(data.classes), classifier=classifier, classifier_quality=classifier_quality,
+    return _RealSide(classes=list(data.classes), parts=part_names(data.classes, data.record.get("label_attribute")),
+                     classifier=classifier, classifier_quality=classifier_quality,
                      real_a=real_a, real_b=real_b, labels_b=labels_b, encode=encode, described=described,
                      feats_a=feats_a, fd_floor=frechet_distance(feats_b, feats_a),
                      kid_floor=kernel_inception_distance(feats_b, feats_a, seed=options.seed))
@@ -399,20 +400,20 @@ def _measure(model, real: _RealSide, options: EvaluationOptions, run_dir: Path) 
         results["label_accuracy_unavailable"] = reason
         if model.info.conditioning == "style":
             results["reference_label_accuracy"] = None
+    by_part = (quality or {}).get("held_out_accuracy_per_part")
+    judged = conditional and real.classifier is not None and (real.judge_ok or bool(by_part))
+    predicted = classify(real.classifier, generated) if judged else None
     if conditional and real.judge_ok:
-        predicted = classify(real.classifier, generated)
         results["label_accuracy"] = float((predicted == requested).mean())
         results["label_accuracy_per_label"] = {
             name: float((predicted[requested == i] == i).mean()) for i, name in enumerate(classes)}
-    by_part = (quality or {}).get("held_out_accuracy_per_part")
-    if conditional and real.classifier is not None and by_part:
+    if judged and by_part:
         # Each part the judge tells apart on real images is judged on its own, so a model
         # whose judge misses one part (a subtle background) is still measured on the rest.
-        predicted = classify(real.classifier, generated)
-        factors = [len(values) for values in label_factors(classes)]
+        # Parts go by name: a stored judge's record comes back with its keys sorted.
+        accuracies = dict(zip(real.parts, part_accuracy(predicted, requested, factor_sizes(classes))))
         results["label_accuracy_per_part"] = {
-            name: (accuracy if by_part[name] >= JUDGE_MIN_ACCURACY else None)
-            for name, accuracy in zip(by_part, part_accuracy(predicted, requested, factors))}
+            name: (accuracies[name] if by_part[name] >= JUDGE_MIN_ACCURACY else None) for name in real.parts}
     if model.info.conditioning == "style" and real.judge_ok:
         with fixed_threads(model.threads):
             styles = torch.stack([model.style_from_image(img) for img in real.real_b])

@@ -60,7 +60,7 @@ from .checkpoints import (
     unpack_module,
     unpack_optimizer,
 )
-from .data import label_factors, open_dataset
+from .data import factor_sizes, open_dataset
 from .errors import ArtengineError, InputError, ModelLoadError
 from .hookspecs import HOOK_API_VERSION
 from .io import atomic_save_image, atomic_write_json, iter_image_files, sha256_file
@@ -207,9 +207,9 @@ def new_run_config(options: TrainOptions, arch: Architecture, classes: list[str]
                          "classes (use class subfolders, or a labelled dataset)")
     config = {**settings, "arch": arch.name, "image_size": image_size,
               "num_classes": len(classes) if arch.conditioning != "none" else 0}
-    parts = label_factors(classes) if arch.conditioning != "none" else None
-    if parts:  # joint labels (shape+colour): an architecture may treat each part on its own
-        config["label_factors"] = [len(values) for values in parts]
+    factors = factor_sizes(classes) if arch.conditioning != "none" else None
+    if factors:  # joint labels (shape+colour): an architecture may treat each part on its own
+        config["label_factors"] = factors
     owner = plugins.owner("architectures", arch.name)
     if start is not None:
         _check_starting_labels(start, arch, classes)

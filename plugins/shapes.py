@@ -6,8 +6,8 @@ rotation, on a neutral background drawn in one of four styles. Every sample has 
 and its attributes, so the set trains the GANs, the offline CLIP and the bias audit's
 reference distribution without any download. The label is one attribute (``shape``) or
 several joined with ``+`` (``shape+colour``: 24 classes named ``circle/red`` and so on), so a
-conditional model can be told every attribute a studio wants to choose at generation time. Drawn at 4x and box-filtered down, so edges
-are antialiased at 32 and 64 pixels alike.
+conditional model can be told every attribute a studio wants to choose at generation time.
+Drawn at 4x and box-filtered down, so edges are antialiased at 32 and 64 pixels alike.
 """
 from __future__ import annotations
 

@@ -199,3 +199,24 @@ def test_checkpoint_lines_list_few_labels_in_full_and_many_by_the_lowest():
     joint.update({"triangle/red": 0.62, "triangle/orange": 0.85, "square/purple": 0.93})
     assert _per_label_text(joint) == " (lowest: triangle/red 62% / triangle/orange 85% / square/purple 93%)"
     assert _per_label_text({}) == ""
+
+
+def test_joint_labels_are_judged_per_part_and_a_stored_judge_names_the_same_parts(tmp_path):
+    # shape+colour: the judge tells colours apart on real images at once, shapes not yet (few
+    # steps), so colour is judged and shape withheld; the second evaluation loads the stored
+    # judge (its record comes back with sorted keys) and must pair each part with its own figure.
+    from artengine.evaluation import EvaluationOptions, evaluate_run
+
+    run = tmp_path / "joint"
+    train(TrainOptions(out=run, arch="cgan", data="shapes", steps=1, batch_size=8, data_length=240,
+                       label_attribute="shape+colour", settings={"g_ch": 8, "d_ch": 8}, progress=False))
+    options = EvaluationOptions(run=run, count=100, classifier_steps=150, features="classifier")
+    first = evaluate_run(options)
+    judge = first["classifier"]["held_out_accuracy_per_part"]
+    assert list(judge) == ["shape", "colour"] and judge["colour"] >= 0.95 > judge["shape"]
+    assert first["label_accuracy"] is None  # the joint judge is below 95 %
+    assert list(first["label_accuracy_per_part"]) == ["shape", "colour"]
+    assert first["label_accuracy_per_part"]["shape"] is None
+    assert 0.0 <= first["label_accuracy_per_part"]["colour"] <= 1.0
+    again = evaluate_run(options)
+    assert again["label_accuracy_per_part"] == first["label_accuracy_per_part"]
