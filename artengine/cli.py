@@ -674,9 +674,12 @@ def _evaluate_all(options, plugins, as_json: bool) -> None:
         click.echo(f"  step {row['step']:>7}   FD ratio {row['fd_ratio']:8.2f}{label}{detail}"
                    f"{'   (stored)' if reused else ''}")
 
-    if not as_json:
-        click.echo(f"{options.run}: every kept checkpoint, features {options.features}, {options.count} images")
-    summary = evaluate_checkpoints(options, plugins, on_result=line)
+    def header(kept: int) -> None:  # after the run and options are checked: no header above an error
+        if not as_json:
+            click.echo(f"{options.run}: {kept} kept checkpoints, features {options.features}, "
+                       f"{options.count} images")
+
+    summary = evaluate_checkpoints(options, plugins, on_result=line, on_start=header)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

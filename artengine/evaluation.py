@@ -450,13 +450,15 @@ def best_checkpoint(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = None,
-                         on_result: Callable[[dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
+                         on_result: Callable[[dict[str, Any], bool], None] | None = None,
+                         on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Measure every kept checkpoint of a run with one real side (data, judge, real
     features and floors are computed once). Each checkpoint's results go to
     ``evaluation-step-<step>.json``; one already there with the same weights, count, seed,
     features and judge is reused. The summary, with the best checkpoint
     (:func:`best_checkpoint`), goes to ``evaluation-checkpoints.json``. ``on_result(row,
-    reused)`` is called as each checkpoint is done."""
+    reused)`` is called as each checkpoint is done; ``on_start(kept)`` once the run and the
+    options are checked and the real side is ready, before the first checkpoint."""
     plugins = plugins or get_plugins()
     run_dir = Path(options.run)
     config = read_run_config(run_dir)
@@ -464,6 +466,8 @@ def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = N
     if not kept:
         raise InputError(f"{run_dir}: the run has no kept checkpoint to evaluate")
     real = _real_side(options, run_dir, config, plugins)
+    if on_start:
+        on_start(len(kept))
     rows = []
     for step, path in kept:
         if not path.is_file():  # pruned by the run's trainer since the listing

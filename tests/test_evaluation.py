@@ -174,6 +174,11 @@ def test_evaluate_all_checkpoints_judges_each_kept_one_once_and_names_the_best(t
     both = CliRunner().invoke(cli, [*args, "--checkpoint", "2"])
     assert both.exit_code == 2 and both.output.strip().splitlines() == [
         "Error: --all-checkpoints and --checkpoint: give one of them"]
+    # An option found wrong while the real side is prepared: its one line, no header above it.
+    missing = tmp_path / "missing.safetensors"
+    bad_clip = CliRunner().invoke(cli, [*args[:3], "clip", "--clip-model", str(missing), *args[4:]])
+    assert bad_clip.exit_code == 2 and bad_clip.output.strip().splitlines() == [
+        f"Error: {missing}: no such CLIP checkpoint file"]
 
 
 def test_evaluate_all_checkpoints_falls_back_to_fd_when_the_judge_cannot_tell_labels(tmp_path):
