@@ -437,16 +437,50 @@ def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> 
     return results
 
 
+#: Label accuracy a checkpoint must reach to be chosen on image quality (FD) among others.
+LABEL_TARGET = 0.95
+
+
+def label_score(row: dict[str, Any]) -> float | None:
+    """A checkpoint's label figure: its label accuracy, or for joint labels whose full label
+    the judge cannot tell, the lowest accuracy among the parts it can (None: neither)."""
+    if row.get("label_accuracy") is not None:
+        return float(row["label_accuracy"])
+    parts = [v for v in (row.get("label_accuracy_per_part") or {}).values() if v is not None]
+    return float(min(parts)) if parts else None
+
+
 def best_checkpoint(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The row to keep among per-checkpoint results: the highest label accuracy where the
-    judge gave one, a lower FD ratio breaking ties; the lowest FD ratio for models without
-    labels (or when no row has a label accuracy)."""
+    """The row to keep among per-checkpoint results. Where the judge gives label figures
+    (:func:`label_score`): the lowest FD ratio among rows reaching :data:`LABEL_TARGET`, or,
+    if none does, the highest label figure (a lower FD ratio breaking ties). Models without
+    labels (or rows without a label figure): the lowest FD ratio."""
     if not rows:
         return None
-    labelled = [r for r in rows if r.get("label_accuracy") is not None]
-    if labelled:
-        return max(labelled, key=lambda r: (r["label_accuracy"], -r["fd_ratio"], r["step"]))
+    scored = [(r, label_score(r)) for r in rows]
+    scored = [(r, score) for r, score in scored if score is not None]
+    meeting = [r for r, score in scored if score >= LABEL_TARGET]
+    if meeting:
+        return min(meeting, key=lambda r: (r["fd_ratio"], -r["step"]))
+    if scored:
+        return max(scored, key=lambda rs: (rs[1], -rs[0]["fd_ratio"], rs[0]["step"]))[0]
     return min(rows, key=lambda r: (r["fd_ratio"], -r["step"]))
+
+
+def best_rule(best: dict[str, Any]) -> str:
+    """How :func:`best_checkpoint` chose ``best``, in words."""
+    score = label_score(best)
+    if score is None:
+        return "lowest FD ratio"
+    if best.get("label_accuracy") is not None:
+        reached, highest = "label accuracy", "label accuracy"
+    else:
+        parts = ", ".join(k for k, v in best["label_accuracy_per_part"].items() if v is not None)
+        reached = f"every judged part of the label ({parts})"
+        highest = f"accuracy of the weakest judged part of the label ({parts})"
+    if score >= LABEL_TARGET:
+        return f"lowest FD ratio with {reached} >= {LABEL_TARGET:.0%}"
+    return f"highest {highest}, then lowest FD ratio (no checkpoint reached {LABEL_TARGET:.0%})"
 
 
 def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = None,
@@ -495,8 +529,7 @@ def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = N
         "features": real.described,
         "count": len(real.real_a),
         "seed": options.seed,
-        "rule": "highest label accuracy, then lowest FD ratio" if best.get("label_accuracy") is not None
-        else "lowest FD ratio",
+        "rule": best_rule(best),
         "best": {"step": best["step"], "checkpoint": str(checkpoint_path(run_dir, best["step"]))},
         "checkpoints": [{k: r.get(k) for k in _SUMMARY_KEYS if k in r} for r in rows],
     }

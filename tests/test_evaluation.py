@@ -129,16 +129,33 @@ def test_evaluate_judges_a_kept_checkpoint_without_touching_the_newest_ones_resu
         f"Error: {out}: --checkpoint 3: no checkpoint of that step (kept: 2, 4)"]
 
 
-def test_best_checkpoint_prefers_label_accuracy_then_fd_and_falls_back_to_fd():
-    from artengine.evaluation import best_checkpoint
+def test_best_checkpoint_takes_the_lowest_fd_among_those_reaching_the_label_target():
+    from artengine.evaluation import best_checkpoint, best_rule
 
-    rows = [{"step": 500, "label_accuracy": 0.90, "fd_ratio": 40.0},
-            {"step": 1000, "label_accuracy": 0.96, "fd_ratio": 80.0},
-            {"step": 1500, "label_accuracy": 0.96, "fd_ratio": 60.0},
-            {"step": 2000, "label_accuracy": None, "fd_ratio": 10.0}]
-    assert best_checkpoint(rows)["step"] == 1500
+    rows = [{"step": 500, "label_accuracy": 0.90, "fd_ratio": 1.5},
+            {"step": 1000, "label_accuracy": 0.99, "fd_ratio": 80.0},
+            {"step": 1500, "label_accuracy": 0.96, "fd_ratio": 6.0},
+            {"step": 2000, "label_accuracy": None, "fd_ratio": 1.0}]
+    best = best_checkpoint(rows)
+    assert best["step"] == 1500 and best_rule(best) == "lowest FD ratio with label accuracy >= 95%"
+    short = [{"step": 500, "label_accuracy": 0.90, "fd_ratio": 4.0},
+             {"step": 1000, "label_accuracy": 0.93, "fd_ratio": 80.0},
+             {"step": 1500, "label_accuracy": 0.93, "fd_ratio": 60.0}]
+    best = best_checkpoint(short)
+    assert best["step"] == 1500
+    assert best_rule(best) == "highest label accuracy, then lowest FD ratio (no checkpoint reached 95%)"
+    # Joint labels the judge cannot tell in full: the weakest part it can judge counts.
+    joint = [{"step": 8000, "label_accuracy": None, "fd_ratio": 1.5,
+              "label_accuracy_per_part": {"shape": 0.87, "colour": 1.0, "background": None}},
+             {"step": 9000, "label_accuracy": None, "fd_ratio": 2.1,
+              "label_accuracy_per_part": {"shape": 0.97, "colour": 1.0, "background": None}},
+             {"step": 10000, "label_accuracy": None, "fd_ratio": 1.8,
+              "label_accuracy_per_part": {"shape": 0.98, "colour": 0.99, "background": None}}]
+    best = best_checkpoint(joint)
+    assert best["step"] == 10000
+    assert best_rule(best) == "lowest FD ratio with every judged part of the label (shape, colour) >= 95%"
     unlabelled = [{"step": 500, "fd_ratio": 9.0}, {"step": 1000, "fd_ratio": 7.5}, {"step": 1500, "fd_ratio": 8.0}]
-    assert best_checkpoint(unlabelled)["step"] == 1000
+    assert best_checkpoint(unlabelled)["step"] == 1000 and best_rule(best_checkpoint(unlabelled)) == "lowest FD ratio"
     assert best_checkpoint([]) is None
 
 
