@@ -235,6 +235,47 @@ def test_run_made_before_aux_weight_existed_resumes(tmp_path):
     assert train(resume_options(out, 4)).step == 4
 
 
+def _class_head_rows(run: Path) -> int:
+    _, tensors, _ = load_latest_checkpoint(run)
+    weight = tensors.get("D.classes.weight", tensors.get("D.classes.parametrizations.weight.original"))
+    return int(weight.shape[0])
+
+
+def test_joint_labels_get_a_class_head_per_part_and_older_runs_keep_their_flat_head(tmp_path):
+    """shape+colour (4 x 6 = 24 labels): the cgan's class head scores the 4 shapes and the 6
+    colours (10 outputs) and its class scores are log-probabilities of the 24 joint labels;
+    aux_per_part=false keeps one output per joint label, as runs trained before the per-part
+    head have, and such a run (its config has neither key) resumes with its own head."""
+    from artengine.checkpoints import unpack_module
+    from artengine.plugins import get_plugins
+    from artengine.training import build_networks
+
+    joint = {"label_attribute": "shape+colour"}
+    per_part, flat = tmp_path / "per-part", tmp_path / "flat"
+    options = tiny_options(per_part, "cgan", 2, **joint)
+    options.settings["aux_weight"] = 1.0
+    train(options)
+    config = json.loads((per_part / "config.json").read_text())["config"]
+    assert config["num_classes"] == 24 and config["label_factors"] == [4, 6] and config["aux_per_part"] is True
+    assert _class_head_rows(per_part) == 10
+    path, tensors, record = load_latest_checkpoint(per_part)
+    _, D = build_networks(get_plugins().component("architectures", "cgan"), record["run"]["config"])
+    unpack_module("D", D, tensors, path)
+    with torch.no_grad():
+        _, scores = D.eval().forward_with_classes(torch.zeros(3, 3, 32, 32), torch.tensor([0, 5, 23]))
+    assert scores.shape == (3, 24)
+    assert torch.allclose(scores.logsumexp(1), torch.zeros(3), atol=1e-5)  # a distribution over joint labels
+
+    options = tiny_options(flat, "cgan", 2, **joint)
+    options.settings.update({"aux_weight": 1.0, "aux_per_part": False})
+    train(options)
+    assert _class_head_rows(flat) == 24
+    stored = json.loads((flat / "config.json").read_text())
+    del stored["config"]["aux_per_part"], stored["config"]["label_factors"]
+    (flat / "config.json").write_text(json.dumps(stored))
+    assert train(resume_options(flat, 4)).step == 4 and _class_head_rows(flat) == 24
+
+
 def test_minibatch_std_appends_the_spread_of_each_group():
     from artengine import minibatch_std
 
