@@ -156,25 +156,34 @@ def test_bad_options_are_input_errors(tmp_path):
         train(TrainOptions(out=tmp_path / "c", arch="dcgan", data="shapes", preset="nope", progress=False))
 
 
+def trained_discriminator(run: Path) -> torch.nn.Module:
+    """The discriminator of a run's newest checkpoint, rebuilt from the run's config."""
+    from artengine.checkpoints import unpack_module
+    from artengine.plugins import get_plugins
+    from artengine.training import build_networks
+
+    path, tensors, record = load_latest_checkpoint(run)
+    _, D = build_networks(get_plugins().component("architectures", record["run"]["architecture"]),
+                          record["run"]["config"])
+    unpack_module("D", D, tensors, path)
+    return D.eval()
+
+
 def test_auxiliary_classifier_loss_teaches_the_discriminator_the_labels(tmp_path):
     """With aux_weight > 0 the discriminator gets a class head trained on the real labels:
     after a short run it tells the training images' labels apart (and its losses are logged)."""
-    from artengine.checkpoints import unpack_module
     from artengine.plugins import get_plugins
-    from artengine.training import build_networks, load_training_data
+    from artengine.training import load_training_data
 
     options = tiny_options(tmp_path / "aux", "cgan", 100, label_attribute="colour")
     options.settings.update({"aux_weight": 1.0, "lr_d": 2e-3, "augment": ""})
     train(options)
     assert {"aux_d", "aux_g", "aux_acc_real"} <= read_metrics(tmp_path / "aux")[-1].keys()
-    path, tensors, record = load_latest_checkpoint(tmp_path / "aux")
-    plugins = get_plugins()
-    _, D = build_networks(plugins.component("architectures", "cgan"), record["run"]["config"])
-    unpack_module("D", D, tensors, path)
-    data = load_training_data("shapes", image_size=32, seed=0, plugins=plugins, length=48,
+    D = trained_discriminator(tmp_path / "aux")
+    data = load_training_data("shapes", image_size=32, seed=0, plugins=get_plugins(), length=48,
                               label_attribute="colour", progress=False)
     with torch.no_grad():
-        _, scores = D.eval().forward_with_classes(data.pixels.float() / 127.5 - 1, data.labels)
+        _, scores = D.forward_with_classes(data.pixels.float() / 127.5 - 1, data.labels)
     accuracy = float((scores.argmax(1) == data.labels).float().mean())
     # Six colours: chance is 1/6. After 100 steps seeds 0-3 gave 0.58-0.98 (60 steps gave
     # 0.48-0.75, float rounding alone moving a run across 0.6).
@@ -246,10 +255,6 @@ def test_joint_labels_get_a_class_head_per_part_and_older_runs_keep_their_flat_h
     colours (10 outputs) and its class scores are log-probabilities of the 24 joint labels;
     aux_per_part=false keeps one output per joint label, as runs trained before the per-part
     head have, and such a run (its config has neither key) resumes with its own head."""
-    from artengine.checkpoints import unpack_module
-    from artengine.plugins import get_plugins
-    from artengine.training import build_networks
-
     joint = {"label_attribute": "shape+colour"}
     per_part, flat = tmp_path / "per-part", tmp_path / "flat"
     options = tiny_options(per_part, "cgan", 2, **joint)
@@ -258,11 +263,9 @@ def test_joint_labels_get_a_class_head_per_part_and_older_runs_keep_their_flat_h
     config = json.loads((per_part / "config.json").read_text())["config"]
     assert config["num_classes"] == 24 and config["label_factors"] == [4, 6] and config["aux_per_part"] is True
     assert _class_head_rows(per_part) == 10
-    path, tensors, record = load_latest_checkpoint(per_part)
-    _, D = build_networks(get_plugins().component("architectures", "cgan"), record["run"]["config"])
-    unpack_module("D", D, tensors, path)
     with torch.no_grad():
-        _, scores = D.eval().forward_with_classes(torch.zeros(3, 3, 32, 32), torch.tensor([0, 5, 23]))
+        _, scores = trained_discriminator(per_part).forward_with_classes(torch.zeros(3, 3, 32, 32),
+                                                                         torch.tensor([0, 5, 23]))
     assert scores.shape == (3, 24)
     assert torch.allclose(scores.logsumexp(1), torch.zeros(3), atol=1e-5)  # a distribution over joint labels
 
