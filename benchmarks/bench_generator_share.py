@@ -1,0 +1,141 @@
+"""What the other core's work costs the generator (issue 7), Linux, 2 cores or more.
+
+Run: python benchmarks/bench_generator_share.py [--run RUN] [--rounds 4] [--seconds 2]
+
+The generator (one torch thread, the job's own passes of 32 images) is pinned to core 0
+and timed alone, then beside each of these pinned to core 1, in a process of its own:
+the job's finishing (``Producer.finish`` on its chunks, 256 px, policy ``publication``,
+in a loop), a pure-Python loop, and a numpy copy of 64 MB (memory traffic). The
+conditions alternate within each round, so every ratio compares figures taken seconds
+apart (this machine's speed swings by 30 % over minutes); each figure is the mean of the
+rounds' own ratios, with their range.
+
+Inside the pipeline the generator runs at 0.7-0.9 of its bare speed; if the other core's
+work cost it no more than the few per cent measured here, the rest is the share of its own
+core it gives to finishers running beside it (docs/generation.md, "Why the generator runs
+below its bare speed").
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_table  # noqa: E402
+
+
+def _python_loop(stop) -> None:
+    n = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            n += 1
+
+
+def _memory_loop(stop) -> None:
+    import numpy as np
+
+    a = np.ones(64 << 20, np.uint8)
+    b = np.empty_like(a)
+    while not stop.is_set():
+        np.copyto(b, a)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds the generator is timed per condition")
+    args = parser.parse_args()
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        sys.exit("bench_generator_share.py needs Linux and 2 cores")
+
+    import torch
+    from PIL import Image
+    from threadpoolctl import threadpool_limits
+
+    from artengine import generation
+    from artengine.plugins import get_plugins
+    from artengine.provenance import init_keys
+    from artengine.registry import add_to_registry
+    from artengine.training import TrainOptions, train
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-share-"))
+    os.environ["ARTENGINE_KEYS"] = str(tmp / "keys")
+    os.environ["ARTENGINE_LEDGER"] = str(tmp / "ledger.sqlite")
+    os.environ["SOURCE_DATE_EPOCH"] = "1790000000"
+    init_keys(tmp / "keys")
+    run = args.run
+    if run is None:
+        run = tmp / "run"
+        train(TrainOptions(out=run, arch="cgan", data="shapes", steps=2, batch_size=16, data_length=64,
+                           label_attribute="colour", progress=False, checkpoint_every=2, sample_every=2))
+    refs = tmp / "refs"
+    refs.mkdir()
+    for i in range(16):
+        Image.new("RGB", (64, 64), (i * 15, 255 - i * 15, 80)).save(refs / f"r{i}.png")
+    add_to_registry(tmp / "refs.db", [refs], licence="bench", source="bench")
+
+    options = generation.GenerateOptions(model=str(run), count=256, out=tmp / "job", policy="publication",
+                                         registries=[str(tmp / "refs.db")], progress=False)
+    spec = generation.build_spec(options, get_plugins())
+    spec["job_id"] = generation.job_id(spec)
+    producer = generation.Producer(spec, get_plugins())
+    chunk = list(range(32))
+    raw = producer.pixels(chunk)
+    producer.finish(chunk, raw)  # one-off costs paid before any timing
+
+    def finishing_loop(stop) -> None:
+        while not stop.is_set():
+            producer.finish(chunk, raw)
+
+    def generator_rate() -> float:
+        done, begin = 0, time.perf_counter()
+        while time.perf_counter() - begin < args.seconds:
+            producer.pixels(list(range(done, done + 32)))
+            done += 32
+        return done / (time.perf_counter() - begin)
+
+    os.sched_setaffinity(0, {0})
+    generator_rate()  # warm
+    context = multiprocessing.get_context("fork")
+    beside = {"the job's finishing (Producer.finish, 256 px)": finishing_loop,
+              "a pure-Python loop": _python_loop, "a numpy copy of 64 MB": _memory_loop}
+    rates: dict[str, list[float]] = {"alone": [], **{name: [] for name in beside}}
+    for k in range(args.rounds):
+        for name in rates:
+            stop = context.Event()
+            other = None
+            if name != "alone":
+                other = context.Process(target=_pinned, args=(beside[name], stop))
+                other.start()
+                time.sleep(1.0)  # past its start-up
+            rates[name].append(generator_rate())
+            if other is not None:
+                stop.set()
+                other.join()
+        print(f"round {k + 1}/{args.rounds}: alone {rates['alone'][-1]:.0f} img/s", flush=True)
+    rows = []
+    for name, values in rates.items():
+        ratios = [v / a for v, a in zip(values, rates["alone"])]
+        rows.append({"generator on core 0, beside on core 1": name,
+                     "images/s": sum(values) / len(values),
+                     "share of alone": sum(ratios) / len(ratios),
+                     "rounds": f"{min(ratios):.2f}-{max(ratios):.2f}"})
+    print_table(f"generator pinned, alone and beside other work ({args.rounds} rounds of {args.seconds:g} s)", rows)
+
+
+def _pinned(target, stop) -> None:
+    os.sched_setaffinity(0, {1})
+    target(stop)
+
+
+if __name__ == "__main__":
+    main()
