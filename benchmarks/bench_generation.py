@@ -44,13 +44,12 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table  # noqa: E402
+from common import generation_setup, print_table  # noqa: E402
 
 
 def random_clip_weights(name: str | None, folder: Path) -> Path:
@@ -106,29 +105,13 @@ def main() -> None:
     from artengine.audit import AuditItem
     from artengine.io import LoadedImage
     from artengine.plugins import get_plugins
-    from artengine.provenance import derive_payload, init_keys
-    from artengine.registry import add_to_registry
-    from artengine.training import TrainOptions, train
+    from artengine.provenance import derive_payload
 
     torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gen-"))
-    os.environ["ARTENGINE_KEYS"] = str(tmp / "keys")
-    os.environ["ARTENGINE_LEDGER"] = str(tmp / "ledger.sqlite")
-    os.environ["SOURCE_DATE_EPOCH"] = "1790000000"
-    init_keys(tmp / "keys")
+    tmp, run, registry = generation_setup("bench-gen-", args.run)
     clip_pretrained = args.clip_pretrained
     if clip_pretrained == "random":
         clip_pretrained = str(random_clip_weights(args.clip_model, tmp))
-    run = args.run
-    if run is None:
-        run = tmp / "run"
-        train(TrainOptions(out=run, arch="cgan", data="shapes", steps=2, batch_size=16, data_length=64,
-                           label_attribute="colour", progress=False, checkpoint_every=2, sample_every=2))
-    refs = tmp / "refs"
-    refs.mkdir()
-    for i in range(16):
-        Image.new("RGB", (64, 64), (i * 15, 255 - i * 15, 80)).save(refs / f"r{i}.png")
-    add_to_registry(tmp / "refs.db", [refs], licence="bench", source="bench")
 
     plugins = get_plugins()
     n = args.count
@@ -136,7 +119,7 @@ def main() -> None:
 
     def options(out: str, count: int, workers: int = 1) -> generation.GenerateOptions:
         return generation.GenerateOptions(model=str(run), count=count, out=tmp / out, policy="publication",
-                                          registries=[str(tmp / "refs.db")], progress=False, chunk=chunk,
+                                          registries=[str(registry)], progress=False, chunk=chunk,
                                           workers=workers, size=args.size, clip_model=args.clip_model,
                                           clip_pretrained=clip_pretrained)
 

@@ -21,13 +21,12 @@ import argparse
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table  # noqa: E402
+from common import generation_setup, print_table  # noqa: E402
 
 
 def _python_loop(stop) -> None:
@@ -56,35 +55,16 @@ def main() -> None:
         sys.exit("bench_generator_share.py needs Linux and 2 cores")
 
     import torch
-    from PIL import Image
     from threadpoolctl import threadpool_limits
 
     from artengine import generation
     from artengine.plugins import get_plugins
-    from artengine.provenance import init_keys
-    from artengine.registry import add_to_registry
-    from artengine.training import TrainOptions, train
 
     torch.set_num_threads(1)
     threadpool_limits(limits=1, user_api="blas")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-share-"))
-    os.environ["ARTENGINE_KEYS"] = str(tmp / "keys")
-    os.environ["ARTENGINE_LEDGER"] = str(tmp / "ledger.sqlite")
-    os.environ["SOURCE_DATE_EPOCH"] = "1790000000"
-    init_keys(tmp / "keys")
-    run = args.run
-    if run is None:
-        run = tmp / "run"
-        train(TrainOptions(out=run, arch="cgan", data="shapes", steps=2, batch_size=16, data_length=64,
-                           label_attribute="colour", progress=False, checkpoint_every=2, sample_every=2))
-    refs = tmp / "refs"
-    refs.mkdir()
-    for i in range(16):
-        Image.new("RGB", (64, 64), (i * 15, 255 - i * 15, 80)).save(refs / f"r{i}.png")
-    add_to_registry(tmp / "refs.db", [refs], licence="bench", source="bench")
-
+    tmp, run, registry = generation_setup("bench-share-", args.run)
     options = generation.GenerateOptions(model=str(run), count=256, out=tmp / "job", policy="publication",
-                                         registries=[str(tmp / "refs.db")], progress=False)
+                                         registries=[str(registry)], progress=False)
     spec = generation.build_spec(options, get_plugins())
     spec["job_id"] = generation.job_id(spec)
     producer = generation.Producer(spec, get_plugins())

@@ -13,6 +13,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -61,3 +62,34 @@ def _fmt(value: Any) -> str:
             return f"{value:.0f}"
         return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3g}"
     return str(value)
+
+
+def generation_setup(prefix: str, run: Path | None) -> tuple[Path, Path, Path]:
+    """A temporary folder for a generation benchmark: keys, ledger and a fixed job time in
+    the environment; the model (``run``, or a tiny class-conditional one trained now: the
+    benchmarks are about the pipeline, not image quality); and a registry of a few
+    references, so the near-duplicate audit really searches. Returns (folder, run, registry)."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    from artengine.provenance import init_keys
+    from artengine.registry import add_to_registry
+    from artengine.training import TrainOptions, train
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["ARTENGINE_KEYS"] = str(tmp / "keys")
+    os.environ["ARTENGINE_LEDGER"] = str(tmp / "ledger.sqlite")
+    os.environ["SOURCE_DATE_EPOCH"] = "1790000000"
+    init_keys(tmp / "keys")
+    if run is None:
+        run = tmp / "run"
+        train(TrainOptions(out=run, arch="cgan", data="shapes", steps=2, batch_size=16, data_length=64,
+                           label_attribute="colour", progress=False, checkpoint_every=2, sample_every=2))
+    refs = tmp / "refs"
+    refs.mkdir()
+    for i in range(16):
+        Image.new("RGB", (64, 64), (i * 15, 255 - i * 15, 80)).save(refs / f"r{i}.png")
+    add_to_registry(tmp / "refs.db", [refs], licence="bench", source="bench")
+    return tmp, run, tmp / "refs.db"
