@@ -1,6 +1,6 @@
 """Generation pipeline throughput against its stages measured alone (issue 7).
 
-Run: python benchmarks/bench_generation.py [--count 256] [--rounds 5] [--run RUN] [--workers-2]
+Run: python benchmarks/bench_generation.py [--count 1024] [--margin 8] [--rounds 5] [--run RUN] [--workers-2]
      [--size PX] [--clip-model ViT-B-32 --clip-pretrained FILE|random]
 
 It trains a tiny class-conditional model when --run is not given (the benchmark is about
@@ -16,8 +16,14 @@ shown as the warm-up job's time). Then, in one process, one thread for torch:
   commit (atomic writes with fsync, read-back hash, sidecar, ledger, journal);
 - the whole pipeline (``artengine.generation.generate``, one worker: the generator in a
   process of its own as a long job runs it, then in a thread; finisher threads; the
-  writer), its throughput taken from the first written chunk to the last image (steady
-  state; start-up and the end-of-batch audits/report are printed separately).
+  writer), its throughput taken over the middle of the job (steady state): from the end of
+  chunk ``--margin`` to the end of chunk (chunks - ``--margin``). The ends are left out
+  because they are not a steady state: when the first chunk is written, up to 7 more are
+  already generated or being finished (the generator's look-ahead, the chunks handed to
+  the finishers), work done before the window opened; and the last chunks are finished
+  with no generator beside them. Counted from the first written chunk, a 256-image job
+  (8 chunks) read above what the cores can do at all. Start-up and the end-of-batch
+  audits/report are printed separately.
 
 Both are measured in each of ``--rounds`` rounds, back to back, so a round's ratios compare
 figures taken within seconds of each other (this machine's speed swings by 30 % over
@@ -85,7 +91,10 @@ def process_cpu_seconds(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=256)
+    parser.add_argument("--count", type=int, default=1024)
+    parser.add_argument("--margin", type=int, default=8,
+                        help="chunks left out of the steady state at each end of a job (default 8: more than "
+                             "the pipeline holds in flight)")
     parser.add_argument("--chunk", type=int, default=0, help="images per chunk (default: the job default)")
     parser.add_argument("--run", type=Path)
     parser.add_argument("--workers-2", action="store_true", help="also run the pipeline with --workers 2")
@@ -107,6 +116,14 @@ def main() -> None:
     from artengine.plugins import get_plugins
     from artengine.provenance import derive_payload
 
+    n = args.count
+    chunk = args.chunk or generation.GenerateOptions(model="", count=0, out=Path()).chunk
+    # The steady state: images first..last (1-based, both chunk ends), the margins left out.
+    first, last = args.margin * chunk, n - args.margin * chunk
+    if last - first < 4 * chunk:
+        raise SystemExit(f"--count {n}: too few images for a steady state with --margin {args.margin} "
+                         f"(chunks of {chunk}): use at least {(2 * args.margin + 4) * chunk}")
+
     torch.set_num_threads(1)
     tmp, run, registry = generation_setup("bench-gen-", args.run)
     clip_pretrained = args.clip_pretrained
@@ -114,8 +131,6 @@ def main() -> None:
         clip_pretrained = str(random_clip_weights(args.clip_model, tmp))
 
     plugins = get_plugins()
-    n = args.count
-    chunk = args.chunk or generation.GenerateOptions(model="", count=0, out=Path()).chunk
 
     def options(out: str, count: int, workers: int = 1) -> generation.GenerateOptions:
         return generation.GenerateOptions(model=str(run), count=count, out=tmp / out, policy="publication",
@@ -196,15 +211,15 @@ def main() -> None:
 
         def on_image(_record: object) -> None:
             stamps.append(time.perf_counter())
-            if len(stamps) in (chunk, n):  # the steady state's ends: read the CPU clocks
+            if len(stamps) in (first, last):  # the steady state's ends: read the CPU clocks
                 cpu.append(time.process_time() + sum(process_cpu_seconds(p.pid)
                                                      for p in multiprocessing.active_children()))
 
         begin = time.perf_counter()
         result = generation.generate(options(out, n, workers), plugins, on_image=on_image)
         end = time.perf_counter()
-        stream = (n - chunk) / (stamps[-1] - stamps[chunk - 1])
-        cpu_per_image = (cpu[-1] - cpu[0]) / (n - chunk)
+        stream = (last - first) / (stamps[last - 1] - stamps[first - 1])
+        cpu_per_image = (cpu[-1] - cpu[0]) / (last - first)
         return stream, stamps[0] - begin, end - stamps[-1], end - begin, result.stage_seconds, cpu_per_image
 
     cores = os.cpu_count() or 1
@@ -277,7 +292,7 @@ def main() -> None:
                  "images/s": median("pipeline_thread"), "CPU ms per image": "-"})
     rows.extend(extra)
     print_table(f"generation stages, {n} images at {size} px, chunks of {chunk} (torch threads: 1; "
-                f"median of {len(rounds)} rounds)", rows)
+                f"median of {len(rounds)} rounds; pipelines' steady state: images {first + 1}-{last})", rows)
     print_table("generation job phases, 1 worker (seconds, median of rounds)", [
         {"phase": "start-up to first image", "s": median("startup")},
         {"phase": "batch audits + report after the last image", "s": median("finish")},
