@@ -708,8 +708,9 @@ def _evaluate_all(options, plugins, as_json: bool) -> None:
 @click.option("--override", "overrides", multiple=True, metavar="AUDIT=REASON",
               help="Allow publication despite an error, unknown or disabled AUDIT; recorded in the report.")
 @click.option("--size", type=click.IntRange(1), help="Output side in pixels (default 256: the watermark's minimum).")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Producer processes (local) or actors (ray).")
+@click.option("--workers", type=click.IntRange(1),
+              help="Producer processes (local) or actors (ray). Default: one process per core for a job of 64 "
+                   "images or more on Linux (forked, the model loaded once), else 1.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", help="Address of an existing Ray cluster (default: start a local one).")
 @click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help=_KEYS_HELP)
@@ -719,7 +720,7 @@ def _evaluate_all(options, plugins, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ...], style_ref: Path | None,
              policy_spec: str, registries: tuple[Path, ...], reference_data: str | None, overrides: tuple[str, ...], size: int | None,
-             workers: int, executor: str, ray_address: str | None, keys_dir: Path | None, ledger: Path | None,
+             workers: int | None, executor: str, ray_address: str | None, keys_dir: Path | None, ledger: Path | None,
              clip_model: str | None, clip_pretrained: str | None, as_json: bool) -> None:
     """Generate, watermark, sign, audit and gate a batch of images.
 
@@ -732,7 +733,7 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
     plugins = load_plugins()
     options = GenerateOptions(
         model=model, count=count, out=out, seed=seed, labels=labels, style_ref=style_ref, policy=policy_spec,
-        registries=[str(r) for r in registries], reference_data=reference_data, overrides=overrides, size=size, workers=workers,
+        registries=[str(r) for r in registries], reference_data=reference_data, overrides=overrides, size=size, workers=workers or 0,
         executor=executor, ray_address=ray_address, keys_dir=str(keys_dir) if keys_dir else None,
         ledger=str(ledger) if ledger else None, clip_model=clip_model, clip_pretrained=clip_pretrained,
         progress=not as_json,
@@ -741,7 +742,7 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
     if as_json:
         click.echo(json.dumps({"out": str(result.out), "count": result.count, "approved": result.approved,
                                "quarantined": result.quarantined, "verdict": result.verdict,
-                               "exit_code": result.exit_code, "resumed": result.resumed,
+                               "exit_code": result.exit_code, "resumed": result.resumed, "workers": result.workers,
                                "report": str(result.report_json), "html": str(result.report_html)}, indent=2))
     else:
         if result.resumed:

@@ -24,8 +24,9 @@ written but not journaled, and continues. A folder holding a different job is re
 
 Producers (the expensive part) run in the parent as overlapping stages (``--workers 1``,
 see :class:`_InProcess`: for a long job with a generator process and a forked finishing
-process beside it), in local processes (``--workers N``) or on Ray actors (``--executor
-ray``); the parent is the only writer.
+process beside it), in local processes (``--workers N``; by default one per core for a
+job of 64 images or more where they are forked, see :func:`default_workers`) or on Ray
+actors (``--executor ray``); the parent is the only writer.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ class GenerateOptions:
     reference_data: str | None = None  # dataset name or folder the bias audit compares with
     overrides: Sequence[str] = ()
     size: int | None = None  # output side in pixels (default: 256, or the model's if larger)
-    workers: int = 1
+    workers: int = 0  # producer processes or actors; 0: as suits the job (:func:`default_workers`)
     executor: str = "local"  # local | ray
     ray_address: str | None = None
     keys_dir: str | None = None
@@ -121,6 +122,7 @@ class GenerateResult:
     report_json: Path
     report_html: Path
     resumed: int  # images already complete when this run started
+    workers: int = 1  # producer processes (or Ray actors) this run used; 1: the one-worker pipeline
     #: Seconds spent per stage in this run (``generator`` and ``finishing`` summed over
     #: the one-worker pipeline's threads or process, ``writing``, ``batch`` for the
     #: end-of-job audits and report); the stages overlap, so they add up to more than
@@ -527,6 +529,27 @@ def _init_forked_worker(spec: dict[str, Any], plugins: Plugins, policy: Any, sou
     _exit_with_parent()
     _one_thread_each()
     _WORKER = Producer(spec, plugins, source=source, policy=policy)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def default_workers(images: int, executor: str = "local", chunk: int = 32) -> int:
+    """``--workers`` when it is not given: one local producer process per usable core
+    (at most one per chunk) for a job of ``_InProcess.PROCESS_FROM_IMAGES`` images or
+    more, where worker processes are forked (:func:`forks_workers`): each starts with the
+    job's imports and model in place, and N processes that each generate and finish keep
+    the cores busier than one process's overlapping stages, whose finisher threads share
+    an interpreter lock (docs/generation.md, "Scale-out"). Otherwise 1: a short job, or
+    where workers are spawned (seconds each to import torch and CLIP), runs the one-worker
+    pipeline; Ray gets one actor unless asked for more."""
+    if executor != "local" or images < _InProcess.PROCESS_FROM_IMAGES or not forks_workers():
+        return 1
+    return max(1, min(usable_cores(), -(-images // max(chunk, 1))))
 
 
 def forks_workers() -> bool:
@@ -1081,7 +1104,8 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
         log.info("removed %d stray or unjournaled file(s) from an interrupted run", removed)
 
     todo = [i for i in range(spec["count"]) if i not in state.done]
-    in_process = options.workers <= 1 and options.executor == "local"
+    workers = options.workers or default_workers(len(todo), options.executor, options.chunk)
+    in_process = workers <= 1 and options.executor == "local"
     runs = state.finished is None and bool(todo)  # False: nothing left to produce, only the report
     generator_pool = finishing = None
     generator_process = in_process and runs and _InProcess.uses_process(len(todo))
@@ -1092,7 +1116,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
                              features=plugins.components("feature_extractors"))
         policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
         # The job's producer: the one-worker pipeline's, or what local workers are forked from.
-        forked = options.workers > 1 and options.executor == "local" and runs and forks_workers()
+        forked = workers > 1 and options.executor == "local" and runs and forks_workers()
         producer = Producer(spec, plugins, policy=policy) if in_process or forked else None
         if generator_process and producer is not None and generator_pool is None:
             generator_pool = start_generator_process(spec, producer.source)  # forked, the model loaded
@@ -1116,9 +1140,9 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
             assert producer is not None
             executor: Any = _InProcess(producer, spec, generator_pool=generator_pool, finishing=finishing)
         elif options.executor == "ray":
-            executor = _Ray(spec, options.workers, options.ray_address)
+            executor = _Ray(spec, workers, options.ray_address)
         else:
-            executor = _LocalProcesses(spec, options.workers, producer=producer)
+            executor = _LocalProcesses(spec, workers, producer=producer)
         counts = {"approved": 0, "quarantined": 0}
         for r in records.values():
             counts["quarantined" if r["folder"] == "quarantine" else "approved"] += 1
@@ -1146,6 +1170,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
         result = _finish(out, spec, options, plugins, policy, records, batch_features, writer, resumed)
         seconds["batch"] = time.perf_counter() - begin
         result.stage_seconds = seconds
+        result.workers = workers
         return result
     finally:
         writer.close()

@@ -109,6 +109,33 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     assert result.stage_seconds["finishing in a process"] == result.stage_seconds["finishing"] > 0
 
 
+def test_a_long_job_runs_one_producer_process_per_core_by_default(tiny_run, env, tmp_path, monkeypatch):
+    """Without --workers, a job of 64 images or more gets one forked producer process per
+    core (at most one per chunk); a shorter job, a Ray job, or one whose workers would be
+    spawned runs the one-worker pipeline. The bytes are those of --workers 1."""
+    forks = generation.forks_workers()
+    monkeypatch.setattr(generation, "usable_cores", lambda: 3)
+    assert generation.default_workers(63) == 1
+    assert generation.default_workers(64, chunk=32) == (2 if forks else 1)  # two chunks: two processes
+    assert generation.default_workers(1000, chunk=32) == (3 if forks else 1)
+    assert generation.default_workers(1000, executor="ray") == 1
+    monkeypatch.setenv("ARTENGINE_WORKER_START", "spawn")
+    assert generation.default_workers(1000) == 1
+    monkeypatch.delenv("ARTENGINE_WORKER_START")
+
+    runs = {}
+    for name, extra in (("default", []), ("one", ["--workers", "1"])):
+        code, out = run_cli("generate", "--model", str(tiny_run), "--count", "64", "--seed", "3",
+                            "--out", str(tmp_path / name), "--json", *extra)
+        assert code in (0, 1), out
+        runs[name] = (code, json.loads(out))
+    assert runs["default"][1]["workers"] == (2 if forks else 1) and runs["one"][1]["workers"] == 1
+    assert runs["default"][0] == runs["one"][0]
+    assert runs["default"][1]["approved"] == runs["one"][1]["approved"]
+    assert len(images(tmp_path / "default")) == 64
+    assert images(tmp_path / "default") == images(tmp_path / "one")
+
+
 def test_a_near_copy_of_a_registered_image_is_quarantined_and_blocks(tiny_run, env, tmp_path):
     code, out = run_cli("generate", "--model", str(tiny_run), "--count", "4", "--out", str(tmp_path / "first"))
     assert code == 0, out
