@@ -10,10 +10,15 @@ conditions alternate within each round, so every ratio compares figures taken se
 apart (this machine's speed swings by 30 % over minutes); each figure is the mean of the
 rounds' own ratios, with their range.
 
+Then the generator as a ``--workers N`` process runs it: each pass right after the
+finishing of a chunk on the same core (only the generator's own seconds count), with core 1
+idle and with the job's finishing on core 1.
+
 Inside the pipeline the generator runs at 0.7-0.9 of its bare speed; if the other core's
 work cost it no more than the few per cent measured here, the rest is the share of its own
-core it gives to finishers running beside it (docs/generation.md, "Why the generator runs
-below its bare speed").
+core it gives to finishers running beside it, or, in a ``--workers N`` process, what the
+finishing just before each pass leaves of its caches (docs/generation.md, "Why the
+generator runs below its bare speed").
 """
 from __future__ import annotations
 
@@ -83,21 +88,40 @@ def main() -> None:
             done += 32
         return done / (time.perf_counter() - begin)
 
+    def interleaved_rate() -> float:
+        """The generator's speed when each of its passes follows the finishing of a chunk on
+        the same core, as in a ``--workers N`` process: only its own seconds count."""
+        done, spent = 0, 0.0
+        while spent < args.seconds:
+            begin = time.perf_counter()
+            out = producer.pixels(list(range(done, done + 32)))
+            spent += time.perf_counter() - begin
+            producer.finish(chunk, out)
+            done += 32
+        return done / spent
+
     os.sched_setaffinity(0, {0})
     generator_rate()  # warm
     context = multiprocessing.get_context("fork")
     beside = {"the job's finishing (Producer.finish, 256 px)": finishing_loop,
               "a pure-Python loop": _python_loop, "a numpy copy of 64 MB": _memory_loop}
-    rates: dict[str, list[float]] = {"alone": [], **{name: [] for name in beside}}
+    # Each pass after a chunk's finishing on the same core (a --workers N process), with
+    # core 1 idle, then with the job's finishing on core 1 too (the other worker).
+    interleaved = {"nothing; each pass follows a chunk's finishing on core 0 (as a --workers N process)": None,
+                   "the job's finishing, and each pass follows a chunk's finishing on core 0 (as --workers 2)":
+                       finishing_loop}
+    rates: dict[str, list[float]] = {"alone": [], **{name: [] for name in beside},
+                                     **{name: [] for name in interleaved}}
     for k in range(args.rounds):
         for name in rates:
             stop = context.Event()
             other = None
-            if name != "alone":
-                other = context.Process(target=_pinned, args=(beside[name], stop))
+            target = beside.get(name) or interleaved.get(name)
+            if target is not None:
+                other = context.Process(target=_pinned, args=(target, stop))
                 other.start()
                 time.sleep(1.0)  # past its start-up
-            rates[name].append(generator_rate())
+            rates[name].append(interleaved_rate() if name in interleaved else generator_rate())
             if other is not None:
                 stop.set()
                 other.join()
