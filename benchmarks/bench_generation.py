@@ -246,31 +246,35 @@ def main() -> None:
         # The same with CPU time instead of wall time: the write mostly waits for the disk
         # (fsync), which occupies no core, so this bound is the one the cores really set.
         bound_cpu = min(slowest_rate, cores * n / sum(cpu_seconds.values()))
+        stages_cpu = sum(cpu_seconds.values()) / n  # the stages' CPU per image, summed
+
+        def generator_share(seconds: dict) -> float:
+            """Bare generator seconds / the seconds a job spent generating."""
+            return stages["generator (bare)"] / max(seconds["generator"], 1e-9)
         rounds.append({"stages": stages, "cpu": cpu_seconds, "slowest": slowest, "bound": bound,
                        "bound_cpu": bound_cpu, "vs_bound_cpu": stream1 / bound_cpu,
                        "bound_cpu_vs_slowest": bound_cpu / slowest_rate, "pipeline": stream1,
                        "pipeline_thread": stream_t, "startup": startup1, "finish": finish1, "total": total1,
                        "vs_slowest": stream1 / slowest_rate, "vs_bound": stream1 / bound,
-                       "generator": stages["generator (bare)"] / max(seconds1["generator"], 1e-9),
-                       "generator_thread": stages["generator (bare)"] / max(seconds_t["generator"], 1e-9),
+                       "generator": generator_share(seconds1),
+                       "generator_thread": generator_share(seconds_t),
                        "thread_vs_slowest": stream_t / slowest_rate,
                        "pipeline_no_side": stream_ns,
                        "side_share": seconds1["finishing in a process"] / seconds1["finishing"],
                        "no_side_vs_slowest": stream_ns / slowest_rate,
                        "no_side_cores_busy": cpu_ns * stream_ns / cores,
-                       "no_side_generator": stages["generator (bare)"] / max(seconds_ns["generator"], 1e-9),
+                       "no_side_generator": generator_share(seconds_ns),
                        # CPU the pipeline spends per image against the stages' own CPU
                        # summed (what running side by side on the cores adds), and the
                        # share of the cores it keeps busy.
-                       "cpu_inflation": cpu1 / (sum(cpu_seconds.values()) / n),
+                       "cpu_inflation": cpu1 / stages_cpu,
                        "cores_busy": cpu1 * stream1 / cores,
                        "default": stream_d, "default_vs_slowest": stream_d / slowest_rate,
                        "default_vs_bound_cpu": stream_d / bound_cpu,
                        "default_cores_busy": cpu_d * stream_d / cores,
-                       "default_cpu_inflation": cpu_d / (sum(cpu_seconds.values()) / n),
+                       "default_cpu_inflation": cpu_d / stages_cpu,
                        "default_startup": startup_d, "default_total": total_d,
-                       # bare seconds / the seconds the producer processes spent generating
-                       "default_generator": stages["generator (bare)"] / max(seconds_d["generator"], 1e-9)})
+                       "default_generator": generator_share(seconds_d)})
         print(f"round {k + 1}/{args.rounds}: default job ({default_workers} worker(s)) {stream_d:.1f} img/s, "
               f"1 worker {stream1:.1f}; slowest stage ({slowest}) {slowest_rate:.1f}, bound {bound:.1f}; "
               f"generator / bare {rounds[-1]['default_generator']:.2f} (1 worker {rounds[-1]['generator']:.2f})",
