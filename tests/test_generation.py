@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from artengine import generation
 from artengine.cli import cli
+from artengine.errors import InputError
 from artengine.journal import iter_records
 from artengine.training import TrainOptions, train
 
@@ -242,6 +243,45 @@ def test_full_disk_is_one_line_and_resume_completes_the_job(tiny_run, env, tmp_p
     code, out = run_cli("generate", "--model", str(tiny_run), "--count", "8", "--out", str(job))
     assert code == 0, out
     assert len(images(job)) == 8
+
+
+def test_a_job_begun_in_another_encoding_resumes_in_it(tiny_run, env, tmp_path, monkeypatch):
+    """A job folder begun in another PNG encoding (as by a version that deflated with zlib,
+    level 1, RLE) resumes in that encoding when none is asked for: the images are
+    byte-identical to an uninterrupted run of it. New jobs use ISA-L's deflate; asking a
+    folder for another encoding than its own is refused as a different job."""
+    def options(out: Path, **encoding) -> generation.GenerateOptions:
+        return generation.GenerateOptions(model=str(tiny_run), count=6, out=out, seed=2, chunk=2, workers=1,
+                                          progress=False, **encoding)
+
+    zlib_rle = {"compress_level": 1, "png_strategy": "rle"}
+    generation.generate(options(tmp_path / "whole", **zlib_rle))
+    real_write, calls = generation.atomic_write_bytes, {"n": 0}
+
+    def failing_write(path, data, **kwargs):  # the disk fills after 3 images (2 files each)
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(generation, "atomic_write_bytes", failing_write)
+    with pytest.raises(OSError):
+        generation.generate(options(tmp_path / "job", **zlib_rle))
+    monkeypatch.setattr(generation, "atomic_write_bytes", real_write)
+    assert 0 < _journal_lines(tmp_path / "job") < 6
+    generation.generate(options(tmp_path / "job"))  # no encoding asked for: the job's own
+    assert images(tmp_path / "job") == images(tmp_path / "whole")
+    assert json.loads((tmp_path / "job" / "job.json").read_text())["png_strategy"] == "rle"
+
+    generation.generate(options(tmp_path / "new"))
+    assert json.loads((tmp_path / "new" / "job.json").read_text())["png_strategy"] == "isal"
+    assert images(tmp_path / "new").keys() == images(tmp_path / "whole").keys()
+    assert images(tmp_path / "new") != images(tmp_path / "whole")  # other bytes, the same pixels
+    with pytest.raises(InputError, match="png_strategy: 'rle' there, 'isal' now"):
+        generation.generate(options(tmp_path / "job", png_strategy="isal"))
+    with pytest.raises(InputError, match="PNG encoding: .*'isal' takes png_filter 'up'"):
+        generation.generate(options(tmp_path / "bad", png_filter="adaptive", png_strategy="isal"))
+    assert not (tmp_path / "bad" / "job.json").exists()  # refused before the job began
 
 
 @pytest.mark.parametrize("args, expected", [
