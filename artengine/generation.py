@@ -285,15 +285,21 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
 
 
 def _encoding(options: GenerateOptions) -> dict[str, Any]:
-    """The job's PNG encoding (:data:`ENCODING`), checked: a bad one is one line, before any work."""
+    """The job's PNG encoding (:data:`ENCODING`), checked (:func:`_check_encoding`)."""
     level = COMPRESS_LEVEL if options.compress_level is None else int(options.compress_level)
     strategy = PNG_STRATEGY if options.png_strategy is None else str(options.png_strategy)
     png_filter = PNG_FILTER if options.png_filter is None else str(options.png_filter)
+    return _check_encoding({"compress_level": level, "png_strategy": strategy, "png_filter": png_filter})
+
+
+def _check_encoding(encoding: dict[str, Any], where: str = "PNG encoding") -> dict[str, Any]:
+    """``encoding`` unchanged if :func:`encode_image` takes it; else one line, before any work."""
     try:
-        encode_image(Image.new("RGB", (1, 1)), compress_level=level, strategy=strategy, png_filter=png_filter)
-    except ValueError as exc:
-        raise InputError(f"PNG encoding: {exc}") from None
-    return {"compress_level": level, "png_strategy": strategy, "png_filter": png_filter}
+        encode_image(Image.new("RGB", (1, 1)), compress_level=encoding["compress_level"],
+                     strategy=encoding["png_strategy"], png_filter=encoding["png_filter"])
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+    return encoding
 
 
 def _reference_data(given: str | None, source: Path) -> str | None:
@@ -1112,6 +1118,7 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
                     spec[key] = stored[key]
         except (OSError, ValueError, AttributeError):
             pass
+        _check_encoding(spec, where=f"{existing}: PNG encoding")
     spec["job_id"] = job_id(spec)
     state = start_job(out, spec, compare=(*DEFINING, "job_id"))
     spec = state.spec

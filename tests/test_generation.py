@@ -282,6 +282,13 @@ def test_a_job_begun_in_another_encoding_resumes_in_it(tiny_run, env, tmp_path, 
     with pytest.raises(InputError, match="PNG encoding: .*'isal' takes png_filter 'up'"):
         generation.generate(options(tmp_path / "bad", png_filter="adaptive", png_strategy="isal"))
     assert not (tmp_path / "bad" / "job.json").exists()  # refused before the job began
+    stored = tmp_path / "job" / "job.json"  # a job file whose encoding no version writes
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "png_strategy": "zstd"}))
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "6", "--seed", "2", "--out",
+                        str(tmp_path / "job"))
+    assert code == 2 and f"{stored}: PNG encoding: PNG strategy 'zstd'" in out
+    assert len(out.strip().splitlines()) == 1 and "Traceback" not in out
+    assert images(tmp_path / "job") == images(tmp_path / "whole")  # nothing written is lost
 
 
 @pytest.mark.parametrize("args, expected", [
