@@ -168,8 +168,8 @@ def main() -> None:
             out = []
             for i, px in zip(indices, raw):
                 img = Image.fromarray(px).resize((size, size), Image.Resampling.LANCZOS)
-                out.append(producer.scheme.embed(img, derive_payload(producer.secret, i,
-                                                                     size=producer.scheme.payload_bytes)).convert("RGB"))
+                payload = derive_payload(producer.secret, i, size=producer.scheme.payload_bytes)
+                out.append(producer.scheme.embed(img, payload).convert("RGB"))
             return out
         marked: list = []
         t_mark, c_mark = timed(lambda: marked.extend(mark_all()))
