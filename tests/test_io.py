@@ -292,16 +292,21 @@ def test_up_filtered_png_keeps_every_mode_exactly(mode):
     assert back.mode == mode and np.array_equal(np.asarray(back), np.asarray(image))
 
 
-def test_up_filtered_png_is_about_as_small_as_pillows_on_generated_like_images():
+def _generated_like_image() -> Image.Image:
+    """A smooth 256 px shape with a faint mark's texture (uniform noise of +-2)."""
     from PIL import ImageDraw
-
-    from artengine.io import encode_image
 
     small = Image.new("RGB", (64, 64), (40, 60, 90))
     ImageDraw.Draw(small).ellipse((12, 10, 50, 52), fill=(220, 80, 30))
     smooth = np.asarray(small.resize((256, 256), Image.Resampling.LANCZOS)).astype(np.int16)
     mark = np.random.default_rng(5).integers(-2, 3, smooth.shape)  # a faint mark's texture
-    image = Image.fromarray(np.clip(smooth + mark, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(smooth + mark, 0, 255).astype(np.uint8))
+
+
+def test_up_filtered_png_is_about_as_small_as_pillows_on_generated_like_images():
+    from artengine.io import encode_image
+
+    image = _generated_like_image()
     ours = encode_image(image, compress_level=1, strategy="rle", png_filter="up")
     pillow = encode_image(image, compress_level=1, strategy="rle")
     assert len(ours) <= 1.1 * len(pillow)
@@ -314,15 +319,9 @@ def test_isal_deflate_is_a_plain_zlib_stream_near_zlibs_level_1_in_size():
     images it was 3-7 % smaller (docs/generation.md). Level 0 would be 42 % larger here."""
     import zlib
 
-    from PIL import ImageDraw
-
     from artengine.io import encode_image
 
-    small = Image.new("RGB", (64, 64), (40, 60, 90))
-    ImageDraw.Draw(small).ellipse((12, 10, 50, 52), fill=(220, 80, 30))
-    smooth = np.asarray(small.resize((256, 256), Image.Resampling.LANCZOS)).astype(np.int16)
-    mark = np.random.default_rng(5).integers(-2, 3, smooth.shape)
-    image = Image.fromarray(np.clip(smooth + mark, 0, 255).astype(np.uint8))
+    image = _generated_like_image()
     isal = encode_image(image, compress_level=1, strategy="isal", png_filter="up")
     rle = encode_image(image, compress_level=1, strategy="rle", png_filter="up")
     assert isal != rle and len(isal) <= 1.2 * len(rle)
