@@ -49,6 +49,8 @@ def start_job(folder: Path, spec: Mapping[str, Any], *, compare: tuple[str, ...]
         existing = json.loads(job_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{job_path}: unreadable job file ({exc}); use a new --out folder") from None
+    if not isinstance(existing, dict):
+        raise InputError(f"{job_path}: unreadable job file (not a JSON object); use a new --out folder")
     for key in compare:
         if existing.get(key) != spec.get(key):
             raise InputError(

@@ -289,6 +289,10 @@ def test_a_job_begun_in_another_encoding_resumes_in_it(tiny_run, env, tmp_path, 
     assert code == 2 and f"{stored}: PNG encoding: PNG strategy 'zstd'" in out
     assert len(out.strip().splitlines()) == 1 and "Traceback" not in out
     assert images(tmp_path / "job") == images(tmp_path / "whole")  # nothing written is lost
+    stored.write_text("[1, 2]")  # not a job file at all
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "6", "--out", str(tmp_path / "job"))
+    assert code == 2 and f"{stored}: unreadable job file (not a JSON object)" in out and "Traceback" not in out
+    assert images(tmp_path / "job") == images(tmp_path / "whole")
 
 
 @pytest.mark.parametrize("args, expected", [
