@@ -758,11 +758,13 @@ class _InProcess:
 
     @classmethod
     def uses_process(cls, images: int) -> bool:
-        """Whether a job of ``images`` runs its generator in a process of its own."""
+        """Whether a job of ``images`` runs its generator in a process of its own: with
+        at least two cores this process may run on (a job held to one core, e.g. by
+        ``taskset``, would only have the process compete with its own finishing)."""
         forced = os.environ.get("ARTENGINE_GENERATOR_PROCESS", "").strip()
         if forced in ("0", "1"):
             return forced == "1"
-        return images >= cls.PROCESS_FROM_IMAGES and (os.cpu_count() or 1) >= 2
+        return images >= cls.PROCESS_FROM_IMAGES and usable_cores() >= 2
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
         from collections import deque

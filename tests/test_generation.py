@@ -137,6 +137,19 @@ def test_a_long_job_runs_one_producer_process_per_core_by_default(tiny_run, env,
     assert images(tmp_path / "default") == images(tmp_path / "one")
 
 
+def test_a_one_worker_job_gets_a_generator_process_only_with_two_usable_cores(monkeypatch):
+    """The cores counted are those the job may run on (its affinity), not the machine's:
+    a job held to one core keeps its generator in its own process."""
+    monkeypatch.delenv("ARTENGINE_GENERATOR_PROCESS", raising=False)
+    monkeypatch.setattr(generation.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(generation, "usable_cores", lambda: 1)
+    assert not generation._InProcess.uses_process(1000)
+    monkeypatch.setattr(generation, "usable_cores", lambda: 2)
+    assert generation._InProcess.uses_process(64) and not generation._InProcess.uses_process(63)
+    monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "0")
+    assert not generation._InProcess.uses_process(1000)
+
+
 def test_a_near_copy_of_a_registered_image_is_quarantined_and_blocks(tiny_run, env, tmp_path):
     code, out = run_cli("generate", "--model", str(tiny_run), "--count", "4", "--out", str(tmp_path / "first"))
     assert code == 0, out
