@@ -150,6 +150,35 @@ def test_a_one_worker_job_gets_a_generator_process_only_with_two_usable_cores(mo
     assert not generation._InProcess.uses_process(1000)
 
 
+def test_a_job_keeps_its_loaded_objects_out_of_collections_and_hands_them_back(tiny_run, env, tmp_path):
+    """While a job runs, what it loaded is frozen out of Python's collections; when it ends,
+    however it ends, a long-lived process gets every object back for collection. A freeze
+    made by the caller is the caller's: left as it is."""
+    import gc
+
+    def options(out: str) -> generation.GenerateOptions:
+        return generation.GenerateOptions(model=str(tiny_run), count=2, out=tmp_path / out, seed=3, progress=False)
+
+    during: list[int] = []
+    generation.generate(options("a"), on_image=lambda _record: during.append(gc.get_freeze_count()))
+    assert min(during) > 10_000 and gc.get_freeze_count() == 0
+
+    def stop(_record: object) -> None:
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        generation.generate(options("b"), on_image=stop)
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        during.clear()
+        generation.generate(options("c"), on_image=lambda _record: during.append(gc.get_freeze_count()))
+        assert during == [mine, mine] and gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()
+
+
 def test_a_near_copy_of_a_registered_image_is_quarantined_and_blocks(tiny_run, env, tmp_path):
     code, out = run_cli("generate", "--model", str(tiny_run), "--count", "4", "--out", str(tmp_path / "first"))
     assert code == 0, out
