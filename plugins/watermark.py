@@ -406,12 +406,16 @@ def _template_shifts(layout: _Layout, canvas: np.ndarray, top: int = 12) -> list
         ccx, csx = centred @ cx, centred @ sx
         measured.append(np.arctan2(-(sy @ ccx + cy @ csx), cy @ ccx - sy @ csx))
     grid = np.arange(-24, 24, 0.1)
-    # sum_k cos(measured_k - phase_k - 2 pi f_k . d), as separable complex exponentials
-    agreement = np.zeros((grid.size, grid.size), np.complex128)
+    # sum_k cos(measured_k - phase_k - 2 pi f_k . d), as separable complex exponentials:
+    # Re(a b) = Re a Re b - Im a Im b, so the whole grid is one real product of a
+    # (grid, 2K) and a (2K, grid) matrix rather than K complex outer products.
+    rows_k, cols_k = [], []
     for k, f in enumerate(layout.freqs):
-        rot = np.exp(1j * (measured[k] - layout.phases[k]))
-        agreement += rot * np.outer(np.exp(-2j * np.pi * f[0] * grid), np.exp(-2j * np.pi * f[1] * grid))
-    agreement = agreement.real
+        a = np.exp(1j * (measured[k] - layout.phases[k])) * np.exp(-2j * np.pi * f[0] * grid)
+        b = np.exp(-2j * np.pi * f[1] * grid)
+        rows_k += [a.real, -a.imag]
+        cols_k += [b.real, b.imag]
+    agreement = np.stack(rows_k, 1) @ np.stack(cols_k, 0)
     peaks = np.argwhere(agreement == ndi.maximum_filter(agreement, size=5))
     order = np.argsort(-agreement[peaks[:, 0], peaks[:, 1]])[:top]
     # The canvas shows original pixel u + offset; shifting by -offset (mod BLOCK) aligns blocks.
