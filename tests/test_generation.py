@@ -174,7 +174,10 @@ def test_a_job_keeps_its_loaded_objects_out_of_collections_and_hands_them_back(t
         mine = gc.get_freeze_count()
         during.clear()
         generation.generate(options("c"), on_image=lambda _record: during.append(gc.get_freeze_count()))
-        assert during == [mine, mine] and gc.get_freeze_count() == mine
+        # Frozen objects can still be freed, so the count may only fall: it never grows (the
+        # job froze nothing of its own) and never drops to 0 (the job thawed nothing).
+        assert len(during) == 2 and 0 < min(during) and max(during) <= mine
+        assert 0 < gc.get_freeze_count() <= mine
     finally:
         gc.unfreeze()
 
