@@ -742,7 +742,7 @@ class _InProcess:
     def __init__(self, producer: Producer, spec: Mapping[str, Any], finishers: int | None = None,
                  generator_pool: ProcessPoolExecutor | None = None,
                  finishing: tuple[ProcessPoolExecutor, Future] | None = None) -> None:
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         self.producer = producer
         self.spec = dict(spec)
         self.finishers = finishers or int(os.environ.get("ARTENGINE_FINISHERS", "0")) or min(4, max(2, cores // 2))

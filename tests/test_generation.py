@@ -139,7 +139,8 @@ def test_a_long_job_runs_one_producer_process_per_core_by_default(tiny_run, env,
 
 def test_a_one_worker_job_gets_a_generator_process_only_with_two_usable_cores(monkeypatch):
     """The cores counted are those the job may run on (its affinity), not the machine's:
-    a job held to one core keeps its generator in its own process."""
+    a job held to one core keeps its generator in its own process, and a job held to two
+    of eight runs as many finisher threads as on a 2-core machine."""
     monkeypatch.delenv("ARTENGINE_GENERATOR_PROCESS", raising=False)
     monkeypatch.setattr(generation.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(generation, "usable_cores", lambda: 1)
@@ -148,6 +149,11 @@ def test_a_one_worker_job_gets_a_generator_process_only_with_two_usable_cores(mo
     assert generation._InProcess.uses_process(64) and not generation._InProcess.uses_process(63)
     monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "0")
     assert not generation._InProcess.uses_process(1000)
+    # Its finisher threads are counted from the same cores: 2 on 2 usable cores of 8, 4 on 8.
+    monkeypatch.delenv("ARTENGINE_FINISHERS", raising=False)
+    assert generation._InProcess(producer=None, spec={}).finishers == 2
+    monkeypatch.setattr(generation, "usable_cores", lambda: 8)
+    assert generation._InProcess(producer=None, spec={}).finishers == 4
 
 
 def test_a_job_keeps_its_loaded_objects_out_of_collections_and_hands_them_back(tiny_run, env, tmp_path):
