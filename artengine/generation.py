@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -511,6 +512,69 @@ def job_context(spec: Mapping[str, Any], policy_path: str, plugins: Plugins) -> 
 # ----------------------------------------------------------------------------- executors
 
 _WORKER: Producer | None = None
+_PASSES: _Passes | None = None
+
+
+class _Passes:
+    """The generator passes under way in a job's forked worker processes, counted where
+    the job's process can see them, so that its writer can sit them out (:meth:`wait`):
+    on a machine whose cores the job keeps busy, a pass would otherwise share its core
+    with the writer's work on the chunk just handed back (docs/generation.md, "Scale-out").
+
+    Workers count under a lock; the one that ends the last pass under way writes a byte
+    to a pipe, on which the writer sleeps (the writer only reads the count). A wait is
+    bounded, so a worker that dies in a pass (its pool then breaks and the job stops)
+    cannot hold the writer."""
+
+    LONGEST_WAIT = 1.0  # seconds
+
+    def __init__(self, context: Any) -> None:
+        self.count = context.RawValue("i", 0)
+        self.lock = context.Lock()
+        self.woken, self.waker = os.pipe()  # read end: the job's process; write end: the workers
+        os.set_blocking(self.woken, False)
+        os.set_blocking(self.waker, False)
+
+    def __enter__(self) -> None:
+        with self.lock:
+            self.count.value += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.count.value -= 1
+            last = self.count.value == 0
+        if last:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake a waiting writer (it then looks again at what it waits for)."""
+        if self.waker < 0:  # closed
+            return
+        try:
+            os.write(self.waker, b"\0")
+        except (BlockingIOError, OSError):  # a full pipe has wake-ups enough; a closed one, no writer
+            pass
+
+    def wait(self, enough: Callable[[], bool] = lambda: False) -> None:
+        """Return once no pass is under way or ``enough()`` is true (checked again on every
+        :meth:`wake`), or after ``LONGEST_WAIT`` seconds."""
+        until = time.perf_counter() + self.LONGEST_WAIT
+        while self.count.value > 0 and not enough():
+            left = until - time.perf_counter()
+            if left <= 0:
+                return
+            select.select([self.woken], [], [], left)
+            try:
+                while os.read(self.woken, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        """In the job's process, once its workers have ended."""
+        for fd in (self.woken, self.waker):
+            os.close(fd)
+        self.woken = self.waker = -1
 
 
 def _exit_with_parent() -> None:
@@ -544,13 +608,16 @@ def _init_worker(spec: dict[str, Any]) -> None:
     _WORKER = Producer(spec)
 
 
-def _init_forked_worker(spec: dict[str, Any], plugins: Plugins, policy: Any, source: PixelSource) -> None:
+def _init_forked_worker(spec: dict[str, Any], plugins: Plugins, policy: Any, source: PixelSource,
+                        passes: _Passes | None = None) -> None:
     """A ``--workers N`` process forked from the job's process: its own producer (its
-    registries opened anew) from the job's plugins, policy and loaded model."""
-    global _WORKER
+    registries opened anew) from the job's plugins, policy and loaded model; ``passes``
+    counts its generator passes for the job's writer."""
+    global _WORKER, _PASSES
     _exit_with_parent()
     _one_thread_each()
     _WORKER = Producer(spec, plugins, source=source, policy=policy)
+    _PASSES = passes
 
 
 def usable_cores() -> int:
@@ -587,13 +654,19 @@ def forks_workers() -> bool:
 
 
 def _work(indices: list[int]) -> tuple[list[Produced], dict[str, float]]:
-    """A chunk's finished images, and the seconds its generator and finishing took."""
+    """A chunk's finished images, and the seconds its generator and finishing took (the
+    generator's also in CPU time: a pass that waits on a device computes little here)."""
     assert _WORKER is not None
-    begin = time.perf_counter()
-    raw = _WORKER.pixels(indices)
-    generated = time.perf_counter()
+    begin, cpu = time.perf_counter(), time.thread_time()
+    if _PASSES is None:
+        raw = _WORKER.pixels(indices)
+    else:
+        with _PASSES:
+            raw = _WORKER.pixels(indices)
+    generated, cpu = time.perf_counter(), time.thread_time() - cpu
     produced = _WORKER.finish(indices, raw)
-    return produced, {"generator": generated - begin, "finishing": time.perf_counter() - generated}
+    return produced, {"generator": generated - begin, "generator cpu": cpu,
+                      "finishing": time.perf_counter() - generated}
 
 
 _SOURCE: PixelSource | None = None
@@ -892,36 +965,80 @@ class _InProcess:
 class _LocalProcesses:
     """``--workers N``: N processes, each with its own producer. Given the job's own
     ``producer`` they are forked from this process (see :func:`forks_workers`), else
-    spawned."""
+    spawned.
+
+    Where forked workers take every core the job may use, they count their generator
+    passes (:class:`_Passes`), and the job's writer sits them out (:meth:`pause`) unless
+    it is behind: a pass then has a core to itself while the other cores run the other
+    workers' finishing, instead of sharing one with the writer."""
+
+    WRITER_WAITS = True  # False: the writer writes through generator passes (for comparisons)
 
     def __init__(self, spec: dict[str, Any], workers: int, producer: Producer | None = None) -> None:
         import multiprocessing
 
+        self.passes: _Passes | None = None
+        self.seconds = {"generator": 0.0, "generator cpu": 0.0, "finishing": 0.0}  # summed over the processes
         if producer is not None:
+            context = multiprocessing.get_context("fork")
+            if self.WRITER_WAITS and workers >= usable_cores():
+                self.passes = _Passes(context)
+                self.seconds["writer waiting"] = 0.0  # in the job's process
             self.pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_forked_worker,
-                initargs=(spec, producer.plugins, producer.policy, producer.source))
+                max_workers=workers, mp_context=context, initializer=_init_forked_worker,
+                initargs=(spec, producer.plugins, producer.policy, producer.source, self.passes))
         else:
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_init_worker, initargs=(spec,))
         self.workers = workers
-        self.seconds = {"generator": 0.0, "finishing": 0.0}  # summed over the processes
+        self._pending: set[Future] = set()  # submitted chunks
+        self._ready: list[Future] = []  # chunks finished, not yet handed to the writer
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
-        pending: set[Future] = set()
         todo = list(chunks)
-        while todo or pending:
-            while todo and len(pending) < 2 * self.workers:
-                pending.add(self.pool.submit(_work, todo.pop(0)))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                produced, seconds = _unwrap(future)
-                for stage, value in seconds.items():
-                    self.seconds[stage] += value
-                yield produced
+        while todo or self._pending or self._ready:
+            # Two chunks per worker submitted and not finished: finished ones the writer has
+            # not taken yet do not count, so that the workers do not run dry while it sits out
+            # a pass; at most three per worker held in all.
+            while todo and len(self._pending) - self._finished() < 2 * self.workers \
+                    and len(self._pending) + len(self._ready) < 3 * self.workers:
+                future = self.pool.submit(_work, todo.pop(0))
+                if self.passes is not None:
+                    future.add_done_callback(lambda _f, passes=self.passes: passes.wake())
+                self._pending.add(future)
+            if not self._ready:
+                done, self._pending = wait(self._pending, return_when=FIRST_COMPLETED)
+                self._ready = list(done)
+            produced, seconds = _unwrap(self._ready.pop(0))
+            for stage, value in seconds.items():
+                self.seconds[stage] += value
+            yield produced
+
+    def _finished(self) -> int:
+        return sum(future.done() for future in self._pending)
+
+    def _behind(self) -> bool:
+        """Whether a finished chunk per worker waits for the writer, besides the one it writes."""
+        return len(self._ready) + self._finished() >= self.workers
+
+    def pause(self) -> None:
+        """Before the writer writes an image: while a worker runs a generator pass, wait
+        for it to end, unless the writer is a round of chunks behind (then it goes on: it
+        never falls behind to make way for the generator), or the passes so far have
+        spent less than half their time computing here (a generator that waits on a
+        device leaves its core free for the writer). The workers do not run dry
+        meanwhile: each keeps two chunks submitted (see :meth:`run`)."""
+        if (self.passes is not None and not self._behind()
+                and self.seconds["generator cpu"] >= 0.5 * self.seconds["generator"]):
+            begin = time.perf_counter()
+            self.passes.wait(enough=self._behind)
+            self.seconds["writer waiting"] += time.perf_counter() - begin
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.passes is not None:
+            self.passes.close()
+            self.passes = None
 
 
 def _unwrap(future: Future) -> Any:
@@ -956,7 +1073,7 @@ class _Ray:
             self.started = True
         actor = ray.remote(num_cpus=1)(_RayProducer)
         self.actors = [actor.remote(spec) for _ in range(max(workers, 1))]
-        self.seconds = {"generator": 0.0, "finishing": 0.0}  # summed over the actors
+        self.seconds = {"generator": 0.0, "generator cpu": 0.0, "finishing": 0.0}  # summed over the actors
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
         ray = self.ray
@@ -1013,9 +1130,11 @@ class Writer:
         self.journal.close()
         self.ledger.close()
 
-    def commit(self, items: Sequence[Produced]) -> list[dict[str, Any]]:
+    def commit(self, items: Sequence[Produced], pause: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Write a chunk of finished images and journal them (a group commit: every file is
         fsynced, then each folder once, then the ledger and the journal once each).
+        ``pause()`` is called before each image and before the group commit (see
+        :meth:`_LocalProcesses.pause`).
 
         A failure part-way (a full disk) still journals the images completely written
         before it, then raises: nothing already written is lost.
@@ -1024,9 +1143,13 @@ class Writer:
         folders: set[Path] = set()
         try:
             for item in items:
+                if pause is not None:
+                    pause()
                 path, record = self._write(item)
                 folders.add(path.parent)
                 done.append((item, path, record))
+            if pause is not None and done:
+                pause()
         finally:
             for folder in folders:
                 fsync_dir(folder)
@@ -1216,7 +1339,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         try:
             for produced in executor.run(chunks):
                 begin = time.perf_counter()
-                committed = writer.commit(produced)
+                committed = writer.commit(produced, pause=getattr(executor, "pause", None))
                 seconds["writing"] += time.perf_counter() - begin
                 for item, record in zip(produced, committed):
                     records[item.index] = record
@@ -1230,6 +1353,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
             bar.close()
             executor.close()
             seconds.update(getattr(executor, "seconds", {}))
+            seconds["writing"] -= seconds.get("writer waiting", 0.0)  # that is counted on its own
     try:
         begin = time.perf_counter()
         result = _finish(out, spec, options, plugins, policy, records, batch_features, writer, resumed)

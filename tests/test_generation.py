@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,9 +94,13 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     assert job(tmp_path / "h", chunk=3, workers=2) == one
     monkeypatch.delenv("ARTENGINE_WORKER_START")
     # The job reports where the worker processes' time went, as the one-worker pipeline does.
+    monkeypatch.setattr(generation, "usable_cores", lambda: 2)  # its 2 workers take every core
     result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=4, out=tmp_path / "e",
                                                             seed=3, chunk=2, workers=2, progress=False))
     assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
+    assert 0 < result.stage_seconds["generator cpu"] <= result.stage_seconds["generator"] * 1.01
+    if generation.forks_workers():  # its writer sits out the workers' passes (when it needs to)
+        assert result.stage_seconds["writer waiting"] >= 0
     monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "1")  # what a long one-worker job does
     assert job(tmp_path / "d", chunk=2, workers=1) == one
     monkeypatch.setenv("ARTENGINE_WORKER_START", "spawn")  # its generator process spawned, not forked
@@ -154,6 +159,86 @@ def test_a_one_worker_job_gets_a_generator_process_only_with_two_usable_cores(mo
     assert generation._InProcess(producer=None, spec={}).finishers == 2
     monkeypatch.setattr(generation, "usable_cores", lambda: 8)
     assert generation._InProcess(producer=None, spec={}).finishers == 4
+
+
+def _hold_a_pass(passes, entered, seconds: float) -> None:
+    with passes:
+        entered.set()
+        time.sleep(seconds)
+
+
+@pytest.mark.skipif(not generation.forks_workers(), reason="the count is shared with forked workers")
+def test_the_writer_sits_out_generator_passes_but_never_falls_behind(monkeypatch):
+    """A worker's generator pass is seen by the job's process, whose writer waits for it
+    to end (woken as it ends, not after a fixed time); it does not wait with a finished
+    chunk per worker ready to write, nor for passes that compute little, and never
+    longer than LONGEST_WAIT."""
+    import multiprocessing
+    from concurrent.futures import Future
+
+    context = multiprocessing.get_context("fork")
+    monkeypatch.setattr(generation._Passes, "LONGEST_WAIT", 10.0)
+    passes = generation._Passes(context)
+    writer = generation._LocalProcesses.__new__(generation._LocalProcesses)  # its pause(), without a pool
+    writer.passes, writer.workers = passes, 2
+    writer.seconds = {"generator": 0.0, "generator cpu": 0.0, "writer waiting": 0.0}
+    writer._pending, writer._ready = set(), []
+
+    def held(seconds: float):
+        entered = context.Event()
+        worker = context.Process(target=_hold_a_pass, args=(passes, entered, seconds))
+        worker.start()
+        assert entered.wait(10)
+        return worker
+
+    try:
+        begin = time.perf_counter()
+        writer.pause()  # no pass under way: no wait
+        assert time.perf_counter() - begin < 0.2
+
+        worker = held(0.6)
+        begin = time.perf_counter()
+        writer.pause()
+        waited = time.perf_counter() - begin
+        worker.join()
+        assert 0.4 < waited < 5, waited  # until the pass ended, woken by it
+        assert passes.count.value == 0 and writer.seconds["writer waiting"] >= 0.4
+
+        # A finished chunk per worker waiting to be written: the writer goes on at once ...
+        worker = held(3.0)
+        finished_a: Future = Future()
+        finished_a.set_result(None)
+        finished_b: Future = Future()
+        finished_b.set_result(None)
+        writer._pending = {finished_a, finished_b}
+        begin = time.perf_counter()
+        writer.pause()
+        assert time.perf_counter() - begin < 0.2
+        # ... and it stops waiting when the last of them finishes (its completion wakes it).
+        running: Future = Future()
+        writer._pending = {finished_a, running}
+        threading.Timer(0.3, lambda: (running.set_result(None), passes.wake())).start()
+        begin = time.perf_counter()
+        writer.pause()
+        assert 0.2 < time.perf_counter() - begin < 2.5
+        # Passes that have mostly waited (on a device), not computed: the writer does not wait.
+        writer._pending = set()
+        writer.seconds.update({"generator": 1.0, "generator cpu": 0.3})
+        begin = time.perf_counter()
+        writer.pause()
+        assert time.perf_counter() - begin < 0.2
+        writer.seconds.update({"generator": 1.0, "generator cpu": 0.9})
+        # One finished chunk with two workers: it waits, and a wait is bounded (a worker
+        # that died in a pass cannot hold the writer).
+        writer._pending = {finished_a}
+        monkeypatch.setattr(generation._Passes, "LONGEST_WAIT", 0.3)
+        begin = time.perf_counter()
+        writer.pause()
+        assert 0.2 < time.perf_counter() - begin < 2.5
+        assert passes.count.value == 1  # the pass is still under way
+        worker.join()
+    finally:
+        passes.close()
 
 
 def test_a_job_keeps_its_loaded_objects_out_of_collections_and_hands_them_back(tiny_run, env, tmp_path):
