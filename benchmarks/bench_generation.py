@@ -297,7 +297,13 @@ def main() -> None:
                        "default_cores_busy": cpu_d * stream_d / cores,
                        "default_cpu_inflation": cpu_d / stages_cpu,
                        "default_startup": startup_d, "default_total": total_d,
-                       "default_generator": generator_share(seconds_d)})
+                       "default_generator": generator_share(seconds_d),
+                       # Its speed while it has a core (bare CPU seconds / CPU seconds inside;
+                       # the rest of the share above is time spent waiting for a core), and
+                       # the seconds the job's writer sat out its passes.
+                       "default_generator_cpu": cpu_seconds["generator (bare)"]
+                       / max(seconds_d.get("generator cpu", 0.0), 1e-9) if "generator cpu" in seconds_d else 0.0,
+                       "default_writer_waiting": seconds_d.get("writer waiting", 0.0)})
         print(f"round {k + 1}/{args.rounds}: default job ({default_workers} worker(s)) {stream_d:.1f} img/s, "
               f"1 worker {stream1:.1f}; slowest stage ({slowest}) {slowest_rate:.1f}, bound {bound:.1f}; "
               f"generator / bare {rounds[-1]['default_generator']:.2f} (1 worker {rounds[-1]['generator']:.2f})",
@@ -339,6 +345,10 @@ def main() -> None:
          "ratio": median("default_vs_slowest"), "rounds": spread("default_vs_slowest"), "target": ">= 0.8"},
         {"figure": f"{default}: generator / bare (bare seconds / the seconds spent generating inside)",
          "ratio": median("default_generator"), "rounds": spread("default_generator"), "target": ">= 0.95"},
+        {"figure": f"{default}: generator by CPU time / bare (its speed while it has a core)",
+         "ratio": median("default_generator_cpu"), "rounds": spread("default_generator_cpu"), "target": "-"},
+        {"figure": f"{default}: seconds the writer sat out generator passes, per job",
+         "ratio": median("default_writer_waiting"), "rounds": spread("default_writer_waiting"), "target": "-"},
         {"figure": f"{default}: pipeline / what {cores} cores allow by CPU time",
          "ratio": median("default_vs_bound_cpu"), "rounds": spread("default_vs_bound_cpu"), "target": "-"},
         {"figure": f"{default}: share of the cores kept busy (steady state)", "ratio": median("default_cores_busy"),
