@@ -1025,8 +1025,9 @@ class _LocalProcesses:
         """Before the writer writes an image: while a worker runs a generator pass, wait
         for it to end, unless the writer is a round of chunks behind (then it goes on: it
         never falls behind to make way for the generator), or the passes so far have
-        spent less than half their time computing here (a generator that waits on a
-        device leaves its core free for the writer). The workers do not run dry
+        spent less than half their time computing (a generator that waits on a device
+        leaves its core free for the writer; one that waits for a core, as beside other
+        busy programs, gains little by it). The workers do not run dry
         meanwhile: each keeps two chunks submitted (see :meth:`run`)."""
         if (self.passes is not None and not self._behind()
                 and self.seconds["generator cpu"] >= 0.5 * self.seconds["generator"]):
