@@ -552,7 +552,7 @@ class _Passes:
             return
         try:
             os.write(self.waker, b"\0")
-        except (BlockingIOError, OSError):  # a full pipe has wake-ups enough; a closed one, no writer
+        except OSError:  # a full pipe (BlockingIOError) has wake-ups enough; a closed one, no writer
             pass
 
     def wait(self, enough: Callable[[], bool] = lambda: False) -> None:

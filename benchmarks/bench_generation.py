@@ -301,8 +301,8 @@ def main() -> None:
                        # Its speed while it has a core (bare CPU seconds / CPU seconds inside;
                        # the rest of the share above is time spent waiting for a core), and
                        # the seconds the job's writer sat out its passes.
-                       "default_generator_cpu": cpu_seconds["generator (bare)"]
-                       / max(seconds_d.get("generator cpu", 0.0), 1e-9) if "generator cpu" in seconds_d else 0.0,
+                       "default_generator_cpu": cpu_seconds["generator (bare)"] / seconds_d["generator cpu"]
+                       if seconds_d.get("generator cpu") else 0.0,
                        "default_writer_waiting": seconds_d.get("writer waiting", 0.0)})
         print(f"round {k + 1}/{args.rounds}: default job ({default_workers} worker(s)) {stream_d:.1f} img/s, "
               f"1 worker {stream1:.1f}; slowest stage ({slowest}) {slowest_rate:.1f}, bound {bound:.1f}; "
