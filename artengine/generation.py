@@ -25,8 +25,9 @@ written but not journaled, and continues. A folder holding a different job is re
 Producers (the expensive part) run in the parent as overlapping stages (``--workers 1``,
 see :class:`_InProcess`: for a long job with a generator process and a forked finishing
 process beside it), in local processes (``--workers N``; by default one per core for a
-job of 64 images or more where they are forked, see :func:`default_workers`) or on Ray
-actors (``--executor ray``); the parent is the only writer.
+job of 64 images or more where they are forked, see :func:`default_workers`; the first
+chunks' passes get a head start, see :class:`_HeadStart`) or on Ray actors
+(``--executor ray``); the parent is the only writer.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import gc
 import hashlib
 import json
 import logging
+import mmap
 import os
 import queue
 import select
@@ -577,6 +579,98 @@ class _Passes:
         self.woken = self.waker = -1
 
 
+class _HeadStart:
+    """The generator passes of a job's first chunks, run in a process forked as soon as the
+    model is loaded, while the job's process goes on starting up: CLIP, the audits and the
+    registries take it about 2 s on one core from the command line, with the other cores
+    idle. :meth:`take` stops the head start and returns the pixels of the chunks it
+    finished; the workers then only finish those chunks. They are the pixels the workers
+    would have generated: the same model, the same chunks, one thread each (an image
+    depends on its index only)."""
+
+    #: Chunks the job's process waits for before it stops the head start (tests set it).
+    AT_LEAST = 0
+    #: Pixels held for the workers at most (the head start stops there).
+    MAX_BYTES = 32 << 20
+
+    @staticmethod
+    def wanted() -> bool:
+        """Where workers are forked: with a core to spare for it, unless
+        ``ARTENGINE_HEAD_START=0`` (for comparisons)."""
+        return usable_cores() > 1 and os.environ.get("ARTENGINE_HEAD_START", "").strip() != "0"
+
+    def __init__(self, source: PixelSource, chunks: Sequence[list[int]], context: Any) -> None:
+        side = int(source.spec["model"]["image_size"])
+        self.shape = (side, side, 3)
+        per_image = side * side * 3
+        room, held = max(1, self.MAX_BYTES // per_image), 0
+        self.chunks: list[list[int]] = []
+        for chunk in chunks:
+            if held + len(chunk) > room:
+                break
+            self.chunks.append(list(chunk))
+            held += len(chunk)
+        self.buffer: mmap.mmap | None = mmap.mmap(-1, max(1, held * per_image))  # shared with the fork
+        self.done = context.RawValue("i", 0)  # chunks finished, in order
+        self.times = context.RawArray("d", 2)  # their seconds: wall, CPU
+        self.seconds = {"generator": 0.0, "generator cpu": 0.0}
+        self.process = context.Process(target=_run_head_start, name="artengine-head-start", daemon=True,
+                                       args=(source, self.chunks, self.shape, self.buffer, self.done, self.times))
+        self.process.start()
+
+    def take(self) -> dict[int, np.ndarray]:
+        """Stop the head start. The pixels of the chunks it finished, by position."""
+        least = min(self.AT_LEAST, len(self.chunks))
+        while self.done.value < least and self.process.is_alive():
+            time.sleep(0.01)
+        self.close()
+        view = np.frombuffer(self.buffer, dtype=np.uint8)
+        out: dict[int, np.ndarray] = {}
+        offset = 0
+        for position in range(self.done.value):
+            count = len(self.chunks[position])
+            size = count * int(np.prod(self.shape))
+            out[position] = view[offset:offset + size].reshape(count, *self.shape).copy()
+            offset += size
+        self.seconds = {"generator": self.times[0], "generator cpu": self.times[1]}
+        del view
+        self.buffer.close()
+        self.buffer = None
+        return out
+
+    def close(self) -> None:
+        """End the head start where it is (a pass under way is not waited for); idempotent.
+        Chunks count as finished only once all their pixels are in place."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+
+
+def _run_head_start(source: PixelSource, chunks: Sequence[list[int]], shape: tuple[int, int, int],
+                    buffer: Any, done: Any, times: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # take() ends it so
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the job's process ends it
+    _exit_with_parent()
+    _one_thread_each()
+    view = np.frombuffer(buffer, dtype=np.uint8)
+    offset = 0
+    for position, chunk in enumerate(chunks):
+        begin, cpu = time.perf_counter(), time.thread_time()
+        try:
+            pixels = source.pixels(chunk)
+        except BaseException:  # noqa: BLE001 - the workers meet it again and report it
+            return
+        if pixels.shape != (len(chunk), *shape) or pixels.dtype != np.uint8:
+            return  # not what the workers expect: they generate these chunks themselves
+        times[0] += time.perf_counter() - begin
+        times[1] += time.thread_time() - cpu
+        view[offset:offset + pixels.size] = pixels.reshape(-1)
+        offset += pixels.size
+        done.value = position + 1
+
+
 def _exit_with_parent() -> None:
     """A worker process ends when the job's process is gone (``kill -9`` included), rather
     than wait forever for work that will not come."""
@@ -653,14 +747,15 @@ def forks_workers() -> bool:
             and os.environ.get("ARTENGINE_WORKER_START", "").strip() != "spawn")
 
 
-def _work(indices: list[int]) -> tuple[list[Produced], dict[str, float]]:
+def _work(indices: list[int], raw: np.ndarray | None = None) -> tuple[list[Produced], dict[str, float]]:
     """A chunk's finished images, and the seconds its generator and finishing took (the
-    generator's also in CPU time: a pass that waits on a device computes little here)."""
+    generator's also in CPU time: a pass that waits on a device computes little here).
+    ``raw``: the chunk's pixels, generated already (:class:`_HeadStart`)."""
     assert _WORKER is not None
     begin, cpu = time.perf_counter(), time.thread_time()
-    if _PASSES is None:
+    if raw is None and _PASSES is None:
         raw = _WORKER.pixels(indices)
-    else:
+    elif raw is None:
         with _PASSES:
             raw = _WORKER.pixels(indices)
     generated, cpu = time.perf_counter(), time.thread_time() - cpu
@@ -974,9 +1069,11 @@ class _LocalProcesses:
 
     WRITER_WAITS = True  # False: the writer writes through generator passes (for comparisons)
 
-    def __init__(self, spec: dict[str, Any], workers: int, producer: Producer | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], workers: int, producer: Producer | None = None,
+                 head_start: _HeadStart | None = None) -> None:
         import multiprocessing
 
+        self.head_start = head_start
         self.passes: _Passes | None = None
         self.seconds = {"generator": 0.0, "generator cpu": 0.0, "finishing": 0.0}  # summed over the processes
         if producer is not None:
@@ -996,13 +1093,21 @@ class _LocalProcesses:
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
         todo = list(chunks)
+        generated: dict[int, np.ndarray] = {}
+        if self.head_start is not None:
+            generated = self.head_start.take()
+            for stage, value in self.head_start.seconds.items():
+                self.seconds[stage] += value
+            self.seconds["head start"] = self.head_start.seconds["generator"]  # of "generator"
+        position = 0
         while todo or self._pending or self._ready:
             # Two chunks per worker submitted and not finished: finished ones the writer has
             # not taken yet do not count, so that the workers do not run dry while it sits out
             # a pass; at most three per worker held in all.
             while todo and len(self._pending) - self._finished() < 2 * self.workers \
                     and len(self._pending) + len(self._ready) < 3 * self.workers:
-                future = self.pool.submit(_work, todo.pop(0))
+                future = self.pool.submit(_work, todo.pop(0), generated.pop(position, None))
+                position += 1
                 if self.passes is not None:
                     future.add_done_callback(lambda _f, passes=self.passes: passes.wake())
                 self._pending.add(future)
@@ -1036,6 +1141,8 @@ class _LocalProcesses:
             self.seconds["writer waiting"] += time.perf_counter() - begin
 
     def close(self) -> None:
+        if self.head_start is not None:
+            self.head_start.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.passes is not None:
             self.passes.close()
@@ -1295,7 +1402,8 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     workers = options.workers or default_workers(len(todo), options.executor, options.chunk)
     in_process = workers <= 1 and options.executor == "local"
     runs = state.finished is None and bool(todo)  # False: nothing left to produce, only the report
-    generator_pool = finishing = None
+    chunks = [todo[s:s + options.chunk] for s in range(0, len(todo), options.chunk)]
+    generator_pool = finishing = head_start = None
     generator_process = in_process and runs and _InProcess.uses_process(len(todo))
     if generator_process and not forks_workers():
         generator_pool = start_generator_process(spec)  # spawned now: its start-up overlaps the job's
@@ -1305,7 +1413,13 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         policy = policy.with_overrides([parse_override(o) for o in spec.get("overrides", [])])
         # The job's producer: the one-worker pipeline's, or what local workers are forked from.
         forked = workers > 1 and options.executor == "local" and runs and forks_workers()
-        producer = Producer(spec, plugins, policy=policy) if in_process or forked else None
+        source = None
+        if forked and _HeadStart.wanted():  # the first chunks' passes start while the rest loads
+            import multiprocessing
+
+            source = PixelSource(spec, plugins)
+            head_start = _HeadStart(source, chunks, multiprocessing.get_context("fork"))
+        producer = Producer(spec, plugins, source=source, policy=policy) if in_process or forked else None
         heap.freeze()  # everything loaded: before any process is forked from this one
         if generator_process and producer is not None and generator_pool is None:
             generator_pool = start_generator_process(spec, producer.source)  # forked, the model loaded
@@ -1317,12 +1431,13 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         for pool in (generator_pool, finishing[0] if finishing else None):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+        if head_start is not None:
+            head_start.close()
         raise
 
     resumed = spec["count"] - len(todo)
     records: dict[int, dict[str, Any]] = dict(state.done)
     batch_features: dict[int, dict[str, Any]] = {}
-    chunks = [todo[s:s + options.chunk] for s in range(0, len(todo), options.chunk)]
     seconds = {"writing": 0.0}
     if runs:
         if in_process:
@@ -1331,7 +1446,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         elif options.executor == "ray":
             executor = _Ray(spec, workers, options.ray_address)
         else:
-            executor = _LocalProcesses(spec, workers, producer=producer)
+            executor = _LocalProcesses(spec, workers, producer=producer, head_start=head_start)
         counts = {"approved": 0, "quarantined": 0}
         for r in records.values():
             counts["quarantined" if r["folder"] == "quarantine" else "approved"] += 1

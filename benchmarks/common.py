@@ -64,9 +64,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def generation_setup(prefix: str, run: Path | None) -> tuple[Path, Path, Path]:
+def generation_setup(prefix: str, run: Path | None, arch: str = "cgan",
+                     image_size: int = 32) -> tuple[Path, Path, Path]:
     """A temporary folder for a generation benchmark: keys, ledger and a fixed job time in
-    the environment; the model (``run``, or a tiny class-conditional one trained now: the
+    the environment; the model (``run``, or a tiny one of ``arch`` trained now: the
     benchmarks are about the pipeline, not image quality); and a registry of a few
     references, so the near-duplicate audit really searches. Returns (folder, run, registry)."""
     import os
@@ -85,8 +86,9 @@ def generation_setup(prefix: str, run: Path | None) -> tuple[Path, Path, Path]:
     init_keys(tmp / "keys")
     if run is None:
         run = tmp / "run"
-        train(TrainOptions(out=run, arch="cgan", data="shapes", steps=2, batch_size=16, data_length=64,
-                           label_attribute="colour", progress=False, checkpoint_every=2, sample_every=2))
+        labels = {"label_attribute": "colour"} if arch == "cgan" else {}
+        train(TrainOptions(out=run, arch=arch, data="shapes", steps=2, batch_size=16, data_length=64,
+                           image_size=image_size, progress=False, checkpoint_every=2, sample_every=2, **labels))
     refs = tmp / "refs"
     refs.mkdir()
     for i in range(16):

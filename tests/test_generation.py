@@ -101,6 +101,17 @@ def test_same_bytes_whatever_the_chunking_and_worker_count(tiny_run, env, tmp_pa
     assert 0 < result.stage_seconds["generator cpu"] <= result.stage_seconds["generator"] * 1.01
     # Forked workers on every core: the writer counts the time it sat out their passes.
     assert ("writer waiting" in result.stage_seconds) == generation.forks_workers()
+    # Forked workers get the first chunks' pixels from a head start, generated while the
+    # job's process loaded the rest; here every chunk's (the job waits for them).
+    monkeypatch.setattr(generation._HeadStart, "AT_LEAST", 99)
+    result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=7, out=tmp_path / "j",
+                                                            seed=3, chunk=3, workers=2, progress=False))
+    assert images(tmp_path / "j") == one
+    if generation.forks_workers():
+        assert 0 < result.stage_seconds["head start"] <= result.stage_seconds["generator"]
+    monkeypatch.setattr(generation._HeadStart, "AT_LEAST", 1)  # some chunks, the workers the rest
+    assert job(tmp_path / "k", chunk=2, workers=2) == one
+    monkeypatch.setattr(generation._HeadStart, "AT_LEAST", 0)
     monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "1")  # what a long one-worker job does
     assert job(tmp_path / "d", chunk=2, workers=1) == one
     monkeypatch.setenv("ARTENGINE_WORKER_START", "spawn")  # its generator process spawned, not forked
