@@ -11,6 +11,7 @@ Drawn at 4x and box-filtered down, so edges are antialiased at 32 and 64 pixels 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -149,6 +150,14 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     raise ValueError(f"unknown shape {shape!r}")
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates in [0, 1), float32 (read-only: shared between calls)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
 def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A neutral (low-saturation) background so the shape alone carries the colour."""
     base = rng.uniform(40, 215)
@@ -156,27 +165,35 @@ def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     tint = rng.uniform(-8, 8, size=3)
     tone_a = np.clip(base + tint, 0, 255)
     tone_b = np.clip(other + tint, 0, 255)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy, xx = _grid(size)
     if style == "plain":
-        mix = np.zeros((size, size), np.float32)
-    elif style == "gradient":
-        theta = rng.uniform(0, 2 * math.pi)
-        mix = (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5)) + 0.5
-        mix = np.clip(mix, 0, 1)
-    elif style == "stripes":
-        theta = rng.uniform(0, math.pi)
-        period = rng.uniform(0.12, 0.2)
-        phase = (np.cos(theta) * xx + np.sin(theta) * yy) / period
-        mix = (np.floor(phase) % 2).astype(np.float32)
-    elif style == "dots":
-        period = rng.uniform(0.12, 0.18)
-        fx = (xx / period) % 1.0 - 0.5
-        fy = (yy / period) % 1.0 - 0.5
-        mix = ((fx * fx + fy * fy) < 0.09).astype(np.float32)
-    else:
+        return np.broadcast_to(tone_a.astype(np.uint8), (size, size, 3)).copy()
+    if style == "stripes" or style == "dots":
+        # The mix is 0 or 1 per pixel, so each pixel is exactly one tone (tone * 1 + other
+        # tone * 0, with tones >= 0): a lookup gives the blend's bytes without the blend.
+        if style == "stripes":
+            theta = rng.uniform(0, math.pi)
+            period = rng.uniform(0.12, 0.2)
+            phase = (np.cos(theta) * xx + np.sin(theta) * yy) / period
+            mask = (np.floor(phase) % 2) != 0
+        else:
+            period = rng.uniform(0.12, 0.18)
+            fx = (xx / period) % 1.0 - 0.5
+            fy = (yy / period) % 1.0 - 0.5
+            mask = (fx * fx + fy * fy) < 0.09
+        return np.stack([tone_a, tone_b]).astype(np.uint8)[mask.view(np.uint8)]
+    if style != "gradient":
         raise ValueError(f"unknown background {style!r}")
-    pixels = tone_a[None, None, :] * (1 - mix[..., None]) + tone_b[None, None, :] * mix[..., None]
-    return pixels.astype(np.uint8)
+    theta = rng.uniform(0, 2 * math.pi)
+    mix = (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5)) + 0.5
+    mix = np.clip(mix, 0, 1)
+    # tone_a * (1 - mix) + tone_b * mix, a channel at a time: the same float64 operations
+    # on each pixel as the blend broadcast over (size, size, 3), at half the time.
+    keep = 1 - mix
+    pixels = np.empty((size, size, 3), np.uint8)
+    for channel in range(3):
+        pixels[..., channel] = tone_a[channel] * keep + tone_b[channel] * mix
+    return pixels
 
 
 def open_shapes(

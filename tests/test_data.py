@@ -134,3 +134,44 @@ def test_joint_labels_split_into_parts_and_parts_combine_into_joint_scores():
     assert out.shape == (5, 24) and torch.allclose(out.exp().sum(1), torch.ones(5))
     best = scores[:, :4].argmax(1) * 6 + scores[:, 4:].argmax(1)  # the row-major index of both parts' best
     assert torch.equal(out.argmax(1), best)
+
+
+def _background_as_blended(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The shapes background as a blend of its two tones by a float mix, every pixel
+    computed: what ``_background`` must equal byte for byte (training data, stored bias
+    references and the shipped starting point were made with it)."""
+    import math
+
+    base = rng.uniform(40, 215)
+    other = base + rng.choice([-1, 1]) * rng.uniform(30, 55)
+    tint = rng.uniform(-8, 8, size=3)
+    tone_a, tone_b = np.clip(base + tint, 0, 255), np.clip(other + tint, 0, 255)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if style == "plain":
+        mix = np.zeros((size, size), np.float32)
+    elif style == "gradient":
+        theta = rng.uniform(0, 2 * math.pi)
+        mix = np.clip((np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5)) + 0.5, 0, 1)
+    elif style == "stripes":
+        theta, period = rng.uniform(0, math.pi), rng.uniform(0.12, 0.2)
+        mix = (np.floor((np.cos(theta) * xx + np.sin(theta) * yy) / period) % 2).astype(np.float32)
+    else:
+        period = rng.uniform(0.12, 0.18)
+        fx, fy = (xx / period) % 1.0 - 0.5, (yy / period) % 1.0 - 0.5
+        mix = ((fx * fx + fy * fy) < 0.09).astype(np.float32)
+    return (tone_a[None, None, :] * (1 - mix[..., None]) + tone_b[None, None, :] * mix[..., None]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("style", ["plain", "gradient", "stripes", "dots"])
+def test_shapes_backgrounds_are_the_blend_byte_for_byte(style):
+    from artengine_plugins.shapes import _background
+
+    for size in (32, 128, 256):
+        for seed in range(25):
+            fast = _background(style, size, np.random.default_rng([seed, size]))
+            assert fast.dtype == np.uint8 and fast.shape == (size, size, 3) and fast.flags.writeable
+            assert np.array_equal(fast, _background_as_blended(style, size, np.random.default_rng([seed, size])))
+    # and the generator is left where the blend leaves it (the shape is drawn from it next)
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    _background(style, 64, a), _background_as_blended(style, 64, b)
+    assert a.random() == b.random()
