@@ -627,12 +627,11 @@ class _HeadStart:
         self.close()
         view = np.frombuffer(self.buffer, dtype=np.uint8)
         out: dict[int, np.ndarray] = {}
-        offset = 0
+        offset, per_image = 0, int(np.prod(self.shape))
         for position in range(self.done.value):
             count = len(self.chunks[position])
-            size = count * int(np.prod(self.shape))
-            out[position] = view[offset:offset + size].reshape(count, *self.shape).copy()
-            offset += size
+            out[position] = view[offset:offset + count * per_image].reshape(count, *self.shape).copy()
+            offset += count * per_image
         self.seconds = {"generator": self.times[0], "generator cpu": self.times[1]}
         del view
         self.buffer.close()

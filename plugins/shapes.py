@@ -168,33 +168,32 @@ def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = _grid(size)
     if style == "plain":
         return np.broadcast_to(tone_a.astype(np.uint8), (size, size, 3)).copy()
-    if style == "stripes" or style == "dots":
-        # The mix is 0 or 1 per pixel, so each pixel is exactly one tone (tone * 1 + other
-        # tone * 0, with tones >= 0): a lookup gives the blend's bytes without the blend.
-        if style == "stripes":
-            theta = rng.uniform(0, math.pi)
-            period = rng.uniform(0.12, 0.2)
-            phase = (np.cos(theta) * xx + np.sin(theta) * yy) / period
-            mask = (np.floor(phase) % 2) != 0
-        else:
-            period = rng.uniform(0.12, 0.18)
-            fx = (xx / period) % 1.0 - 0.5
-            fy = (yy / period) % 1.0 - 0.5
-            mask = (fx * fx + fy * fy) < 0.09
-        return np.stack([tone_a, tone_b]).astype(np.uint8)[mask.view(np.uint8)]
-    if style != "gradient":
+    if style == "gradient":
+        theta = rng.uniform(0, 2 * math.pi)
+        mix = (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5)) + 0.5
+        mix = np.clip(mix, 0, 1)
+        # tone_a * (1 - mix) + tone_b * mix, a channel at a time: the same float64 operations
+        # on each pixel as the blend broadcast over (size, size, 3), at half the time.
+        keep = 1 - mix
+        pixels = np.empty((size, size, 3), np.uint8)
+        for channel in range(3):
+            pixels[..., channel] = tone_a[channel] * keep + tone_b[channel] * mix
+        return pixels
+    # Stripes and dots mix the tones by 0 or 1 per pixel, so each pixel is exactly one tone
+    # (tone * 1 + other tone * 0, with tones >= 0): a lookup gives the blend's bytes.
+    if style == "stripes":
+        theta = rng.uniform(0, math.pi)
+        period = rng.uniform(0.12, 0.2)
+        phase = (np.cos(theta) * xx + np.sin(theta) * yy) / period
+        mask = (np.floor(phase) % 2) != 0
+    elif style == "dots":
+        period = rng.uniform(0.12, 0.18)
+        fx = (xx / period) % 1.0 - 0.5
+        fy = (yy / period) % 1.0 - 0.5
+        mask = (fx * fx + fy * fy) < 0.09
+    else:
         raise ValueError(f"unknown background {style!r}")
-    theta = rng.uniform(0, 2 * math.pi)
-    mix = (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5)) + 0.5
-    mix = np.clip(mix, 0, 1)
-    # tone_a * (1 - mix) + tone_b * mix, a channel at a time: the same float64 operations
-    # on each pixel as the blend broadcast over (size, size, 3), at half the time.
-    keep = 1 - mix
-    pixels = np.empty((size, size, 3), np.uint8)
-    for channel in range(3):
-        pixels[..., channel] = tone_a[channel] * keep + tone_b[channel] * mix
-    return pixels
-
+    return np.stack([tone_a, tone_b]).astype(np.uint8)[mask.view(np.uint8)]
 
 def open_shapes(
     source: str | None,
