@@ -31,6 +31,7 @@ chunks' passes get a head start, see :class:`_HeadStart`) or on Ray actors
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import hashlib
@@ -760,10 +761,8 @@ def _work(indices: list[int], raw: np.ndarray | None = None) -> tuple[list[Produ
     ``raw``: the chunk's pixels, generated already (:class:`_HeadStart`)."""
     assert _WORKER is not None
     begin, cpu = time.perf_counter(), time.thread_time()
-    if raw is None and _PASSES is None:
-        raw = _WORKER.pixels(indices)
-    elif raw is None:
-        with _PASSES:
+    if raw is None:
+        with _PASSES if _PASSES is not None else contextlib.nullcontext():
             raw = _WORKER.pixels(indices)
     generated, cpu = time.perf_counter(), time.thread_time() - cpu
     produced = _WORKER.finish(indices, raw)

@@ -195,6 +195,7 @@ def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
         raise ValueError(f"unknown background {style!r}")
     return np.stack([tone_a, tone_b]).astype(np.uint8)[mask.view(np.uint8)]
 
+
 def open_shapes(
     source: str | None,
     *,
