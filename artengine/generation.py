@@ -1596,8 +1596,7 @@ def _batch_items(out: Path, records: Sequence[Mapping[str, Any]], features: Mapp
         if known:
             item.features.update(known)
         else:
-            folder = record["folder"]
-            item.image = open_image(out / folder / record["name"])
+            item.image = open_image(_placed(out, record))
             missing.append(item)
         items.append(item)
     for start in range(0, len(missing), 32):
@@ -1605,6 +1604,17 @@ def _batch_items(out: Path, records: Sequence[Mapping[str, Any]], features: Mapp
     for item in missing:
         item.image = None
     return items
+
+
+def _placed(out: Path, record: Mapping[str, Any]) -> Path:
+    """Where a journaled image is now: its folder, or, for a pending one that a finish
+    interrupted after its move (or a finished job run again) placed, approved/ or quarantine/."""
+    path = out / record["folder"] / record["name"]
+    if record["folder"] == "pending" and not path.exists():
+        for folder in ("approved", "quarantine"):
+            if (out / folder / record["name"]).exists():
+                return out / folder / record["name"]
+    return path
 
 
 def _run_section(spec: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -550,6 +550,52 @@ def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, e
     assert report["batch"]["status"] == ("pass" if max_share > 0 else "block")
 
 
+@pytest.mark.parametrize("max_share, expected_folder, expected_code", [(1.0, "approved", 0), (-1.0, "quarantine", 1)])
+def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_again(
+        tiny_run, env, tmp_path, max_share, expected_folder, expected_code):
+    """The final placement moves pending images one by one; a job killed part-way (some
+    images placed, some pending, no closing journal line) resumes from there, and the same
+    command on a finished job writes its report again: the same folders, bytes and verdict."""
+    import gate_plugin
+    from artengine import Plugins
+    from artengine.plugins import set_plugins
+
+    plugins = Plugins.discover()
+    assert plugins.register(gate_plugin, "gate_plugin").loaded
+    set_plugins(plugins)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[policy]\nname = "batch"\nversion = 1\n\n[audits.bright_share]\nmax_share = {max_share}\n'
+                      '\n[audits.provenance]\n')
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=5, out=job, policy=str(policy), progress=False)
+
+    def files() -> dict[str, bytes]:  # images and sidecars, wherever they are
+        return {p.relative_to(job).as_posix(): p.read_bytes()
+                for sub in ("approved", "quarantine", "pending") for p in sorted((job / sub).glob("*"))}
+
+    generation.generate(options, plugins)
+    placed = files()
+    assert sorted(placed) == sorted(f"{expected_folder}/{i:06d}.png{suffix}"
+                                    for i in range(5) for suffix in ("", ".manifest.json"))
+
+    again = generation.generate(options, plugins)  # finished: the report again, nothing moves
+    assert (again.exit_code, again.resumed, files()) == (expected_code, 5, placed)
+
+    # Killed during the placement: images 3 and 4 (with their sidecars) not yet moved.
+    (job / "pending").mkdir()
+    for name in ("000003.png", "000004.png"):
+        for path in (job / expected_folder).glob(name + "*"):
+            path.rename(job / "pending" / path.name)
+    journal = job / "journal.jsonl"
+    lines = journal.read_bytes().split(b"\n")[:-1]
+    journal.write_bytes(b"".join(line + b"\n" for line in lines if b'"type":"finished"' not in line))
+    resumed = generation.generate(options, plugins)
+    assert (resumed.exit_code, resumed.resumed, files()) == (expected_code, 5, placed)
+    assert not (job / "pending").exists()
+    report = json.loads(resumed.report_json.read_text())
+    assert report["summary"]["images"] == 5
+
+
 def test_a_job_hands_the_generator_whole_passes():
     """The generator always runs passes of GENERATION_CHUNK samples (padding the last), so
     a job's unit of work is exactly one pass: smaller chunks would pay for padding."""
