@@ -56,6 +56,9 @@ class LoadedImage:
     format: str  # the decoder that read it, e.g. "PNG"
     mode: str  # the source mode before normalisation, e.g. "P", "I;16", "CMYK"
     text: Mapping[str, str]  # PNG text chunks (tEXt, zTXt, iTXt); empty for other formats
+    #: (width, height) of the image at full scale, oriented as ``rgb``; differs from
+    #: ``rgb.size`` only when ``open_image(min_side=...)`` decoded a JPEG at a reduced scale.
+    full_size: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -71,12 +74,18 @@ def open_image(
     *,
     name: str | None = None,
     max_pixels: int | None = None,
+    min_side: int | None = None,
 ) -> LoadedImage:
     """Read an image safely and normalise it to RGB.
 
     ``source`` is a path or the file's bytes (then ``name`` is used in messages).
     Raises :class:`ImageLoadError` naming the file for anything that is not a complete,
     allowed, reasonably sized image.
+
+    ``min_side``: for a caller that only needs the image this large, a JPEG is decoded at
+    a reduced scale (libjpeg's DCT scaling, 1/2 to 1/8; what Pillow's ``thumbnail`` does)
+    as long as both sides stay at least ``min_side`` pixels. The size limit applies to
+    the full size.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     limit = max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
@@ -93,11 +102,15 @@ def open_image(
                         f"{width}x{height} pixels exceeds the limit of {limit} pixels "
                         "(possible decompression bomb)",
                     )
+                if min_side and im.format == "JPEG":
+                    im.draft(None, (min_side, min_side))
                 im.load()
                 text = _text_chunks(im)
                 fmt = im.format or "unknown"
                 mode = im.mode
                 oriented = ImageOps.exif_transpose(im)
+                turned = oriented.size != im.size
+                full_size = (height, width) if turned else (width, height)
                 rgb, alpha = to_rgb(oriented)
     except ImageLoadError:
         raise
@@ -117,7 +130,7 @@ def open_image(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Truncated data, corrupt chunks, bad headers.
         raise ImageLoadError(label, f"corrupt or truncated image: {exc}") from None
-    return LoadedImage(path=label, rgb=rgb, alpha=alpha, format=fmt, mode=mode, text=text)
+    return LoadedImage(path=label, rgb=rgb, alpha=alpha, format=fmt, mode=mode, text=text, full_size=full_size)
 
 
 def _text_chunks(im: Image.Image) -> dict[str, str]:

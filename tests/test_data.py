@@ -175,3 +175,29 @@ def test_shapes_backgrounds_are_the_blend_byte_for_byte(style):
     a, b = np.random.default_rng(7), np.random.default_rng(7)
     _background(style, 64, a), _background_as_blended(style, 64, b)
     assert a.random() == b.random()
+
+
+def test_image_folder_reads_large_jpegs_in_place_and_close_to_a_full_size_downscale(tmp_path):
+    """Photographs are read at a reduced scale on several threads: the same files in the
+    same order, and each square within a fraction of a grey level of a Lanczos downscale
+    of the full-size centre square (whole reduced pixels would shift it: over 1 level)."""
+    from artengine_plugins.imagefolder import READ_GAP
+
+    rng = np.random.default_rng(1)
+    sizes = [(3000, 2000), (2000, 3000), (2400, 1800), (1000, 800), (640, 480)]
+    ideal = []
+    for i, (width, height) in enumerate(sizes):
+        coarse = Image.fromarray(rng.integers(0, 256, (height // 40, width // 40, 3), dtype=np.uint8))
+        base = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+        Image.fromarray(np.clip(base + rng.integers(-12, 13, base.shape), 0, 255).astype(np.uint8)).save(
+            tmp_path / f"{i}.jpg", quality=92)
+        full = Image.open(tmp_path / f"{i}.jpg").convert("RGB")
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        ideal.append(np.asarray(full.resize((64, 64), Image.Resampling.LANCZOS,
+                                            box=(left, top, left + side, top + side)), dtype=np.int16))
+    folder = _open(str(tmp_path), image_size=64)
+    assert [s.rsplit("/", 1)[-1] for s in folder.sources] == [f"{i}.jpg" for i in range(len(sizes))]
+    assert min(min(w, h) for w, h in sizes[:3]) > 8 * READ_GAP * 64  # these three are read at 1/8 scale
+    for i, expected in enumerate(ideal):
+        assert np.abs(folder.pixels[i].astype(np.int16) - expected).mean() < 0.5, sizes[i]

@@ -359,3 +359,36 @@ def test_unknown_png_strategy_is_refused():
 
     with pytest.raises(ValueError, match="strategy 'zstd'"):
         encode_image(Image.new("RGB", (8, 8)), strategy="zstd")
+
+
+# ---------------------------------------------------------------- reduced-scale reads
+
+
+def _textured(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Fine texture on coarse shapes: what a reduced-scale decode must keep in place."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (height // 40, width // 40, 3), dtype=np.uint8))
+    base = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    return Image.fromarray(np.clip(base + rng.integers(-12, 13, base.shape), 0, 255).astype(np.uint8))
+
+
+def test_a_large_jpeg_read_for_a_small_use_is_decoded_at_a_reduced_scale(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned: 1800 wide, 2400 high
+    source = _textured(2400, 1800)
+    path = tmp_path / "photo.jpg"
+    source.save(path, quality=92, exif=exif)
+
+    whole = open_image(path)
+    assert whole.size == whole.full_size == (1800, 2400)
+    small = open_image(path, min_side=200)
+    assert small.full_size == (1800, 2400)  # oriented as the pixels are
+    assert small.size == (225, 300)  # 1/8 scale: both sides still >= 200
+    reduced = np.asarray(whole.rgb.reduce(8), dtype=np.int16)
+    assert np.abs(np.asarray(small.rgb, dtype=np.int16) - reduced).mean() < 1.0  # the same picture
+    assert open_image(path, min_side=400).size == (450, 600)  # 1/4: at 1/8 a side would be under 400
+    with pytest.raises(ImageLoadError, match="exceeds the limit"):  # the limit is on the full size
+        open_image(path, min_side=200, max_pixels=2400 * 1800 - 1)
+    png = tmp_path / "photo.png"
+    source.save(png)
+    assert open_image(png, min_side=200).size == (2400, 1800)  # other formats are decoded whole
