@@ -302,7 +302,6 @@ def audit_folder(
     for chunk in _chunks(files, chunk_size):
         items: list[AuditItem] = []
         load_errors: dict[str, Finding] = {}
-        chunk_thumbs: dict[str, str] = {}
         for path in chunk:
             key = path.relative_to(root).as_posix()
             try:
@@ -312,8 +311,8 @@ def audit_folder(
                                            message=f"unreadable image: {exc.reason}")
                 continue
             items.append(AuditItem(key=key, image=loaded, meta=image_meta(loaded)))
-            chunk_thumbs[key] = thumbnail_uri(loaded.rgb)
         results = runner.check_images(items) if items else {}
+        loaded_images = {item.key: item.image for item in items}
         for path in chunk:
             key = path.relative_to(root).as_posix()
             found = [load_errors[key]] if key in load_errors else results.get(key, [])
@@ -322,8 +321,8 @@ def audit_folder(
             # The report keeps the generation fields; the whole manifest stays in the image.
             meta = {k: v for k, v in meta.items() if k != "manifest"}
             entries.append(ImageEntry(key=key, path=str(path), verdict=verdict, meta=meta))
-            if key in chunk_thumbs and (verdict.status != "pass" or len(thumbs) < max_thumbnails):
-                thumbs[key] = chunk_thumbs[key]
+            if key in loaded_images and (verdict.status != "pass" or len(thumbs) < max_thumbnails):
+                thumbs[key] = thumbnail_uri(loaded_images[key].rgb)  # only those the report shows
             findings_all.extend(found)
         for item in items:  # batch checks see features and metadata, not pixels
             kept.append(AuditItem(key=item.key, image=None, meta=item.meta, features=item.features))
