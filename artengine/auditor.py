@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,11 +132,14 @@ class AuditRunner:
         return [a for a in self.audits.values()
                 if not a.per_image or type(a).check_batch is not Audit.check_batch]
 
-    def features(self, items: Sequence[AuditItem]) -> dict[str, str]:
-        """Compute every needed feature for ``items`` in place. Returns feature -> error
-        message for features that failed (their consumers get error findings)."""
+    def features(self, items: Sequence[AuditItem], names: Collection[str] | None = None) -> dict[str, str]:
+        """Compute every needed feature (or those of them in ``names``) for ``items`` in
+        place. Returns feature -> error message for features that failed (their consumers
+        get error findings)."""
         failed: dict[str, str] = {}
         for name, extractor in self.extractors.items():
+            if names is not None and name not in names:
+                continue
             timeout = 60.0 + 10.0 * len(items)
             values, exc, timed_out = self._call(f"feature-{name}", lambda e=extractor: e.compute(items), timeout)
             if timed_out:

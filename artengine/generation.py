@@ -1603,7 +1603,8 @@ def _move_with_sidecar(source: Path, target: Path) -> None:
 def _batch_items(out: Path, records: Sequence[Mapping[str, Any]], features: Mapping[int, Mapping[str, Any]],
                  runner: Any) -> list[AuditItem]:
     """Items for batch audits: features made during this run, recomputed from the files for
-    images a previous (interrupted) run made."""
+    images a previous (interrupted) run made (only those the batch audits need)."""
+    needed = {f for audit in runner.batch_audits for f in audit.needs}
     items: list[AuditItem] = []
     missing: list[AuditItem] = []
     for record in records:
@@ -1616,7 +1617,7 @@ def _batch_items(out: Path, records: Sequence[Mapping[str, Any]], features: Mapp
             missing.append(item)
         items.append(item)
     for start in range(0, len(missing), 32):
-        runner.features(missing[start:start + 32])
+        runner.features(missing[start:start + 32], names=needed)
     for item in missing:
         item.image = None
     return items
