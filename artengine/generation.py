@@ -31,6 +31,7 @@ chunks' passes get a head start, see :class:`_HeadStart`) or on Ray actors
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as _dt
 import gc
@@ -488,6 +489,48 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "numpy"):
         return value.numpy()
     return value
+
+
+def features_key(spec: Mapping[str, Any], plugins: Plugins) -> str:
+    """What made a job's journaled features: its CLIP and the plugins' versions. A resumed
+    run reuses an earlier run's features only under the same key (a job may resume with
+    another ``--clip-model``; its batch audits then measure every image again)."""
+    made_by = {"clip": spec.get("clip"), "plugins": plugins.versions()}
+    return hashlib.sha256(json.dumps(made_by, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _journal_feature(value: Any) -> dict[str, Any] | None:
+    """A batch feature as the journal keeps it: arrays as base64 bytes with their dtype and
+    shape (exact; a 128-value CLIP embedding in 684 characters), other JSON values as they
+    are; None for anything else (recomputed from the file on resume)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            return None
+        data = base64.b64encode(np.ascontiguousarray(value).tobytes()).decode("ascii")
+        return {"ndarray": data, "dtype": value.dtype.str, "shape": list(value.shape)}
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return {"json": value}
+
+
+def _journaled_features(record: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The batch features an earlier run journaled with ``record``, if made under ``key``."""
+    stored = record.get("features")
+    if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("values"), dict):
+        return {}
+    out: dict[str, Any] = {}
+    for name, entry in stored["values"].items():
+        try:
+            if "ndarray" in entry:
+                raw = base64.b64decode(entry["ndarray"], validate=True)
+                out[name] = np.frombuffer(raw, dtype=np.dtype(entry["dtype"])).reshape(entry["shape"]).copy()
+            else:
+                out[name] = entry["json"]
+        except (KeyError, TypeError, ValueError):  # damaged by hand: measured again
+            continue
+    return out
 
 
 def job_context(spec: Mapping[str, Any], policy_path: str, plugins: Plugins) -> AuditContext:
@@ -1239,6 +1282,7 @@ class Writer:
         self.staged = staged  # batch audits can still block: images wait in pending/
         self.ledger = Ledger(spec.get("ledger") or default_ledger_path())
         self.journal = Journal(out)
+        self.features_key = features_key(spec, plugins)
 
     def close(self) -> None:
         self.journal.close()
@@ -1308,6 +1352,10 @@ class Writer:
                   "sha256": digest, "verdict": verdict.status,
                   "payload": item.manifest["watermark"]["payload"], "meta": item.meta,
                   "findings": [f.as_dict() for f in findings]}
+        if journaled := {name: entry for name, value in item.features.items()
+                         if (entry := _journal_feature(value)) is not None}:
+            # A resumed run's batch audits read them back instead of measuring the image again.
+            record["features"] = {"key": self.features_key, "values": journaled}
         return path, record
 
 
@@ -1443,7 +1491,9 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
 
     resumed = spec["count"] - len(todo)
     records: dict[int, dict[str, Any]] = dict(state.done)
-    batch_features: dict[int, dict[str, Any]] = {}
+    made_by = features_key(spec, plugins)
+    batch_features = {index: found for index, record in records.items()
+                      if (found := _journaled_features(record, made_by))}
     seconds = {"writing": 0.0}
     if runs:
         if in_process:
@@ -1610,7 +1660,7 @@ def _batch_items(out: Path, records: Sequence[Mapping[str, Any]], features: Mapp
     for record in records:
         item = AuditItem(key=record["name"], image=None, meta=dict(record["meta"]))
         known = features.get(int(record["index"]))
-        if known:
+        if known and needed <= known.keys():
             item.features.update(known)
         else:
             item.image = open_image(_placed(out, record))

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -573,13 +574,17 @@ def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_a
         return {p.relative_to(job).as_posix(): p.read_bytes()
                 for sub in ("approved", "quarantine", "pending") for p in sorted((job / sub).glob("*"))}
 
-    generation.generate(options, plugins)
+    first = generation.generate(options, plugins)
     placed = files()
     assert sorted(placed) == sorted(f"{expected_folder}/{i:06d}.png{suffix}"
                                     for i in range(5) for suffix in ("", ".manifest.json"))
+    first_report = json.loads(first.report_json.read_text())
 
+    gate_plugin.COMPUTED.clear()
     again = generation.generate(options, plugins)  # finished: the report again, nothing moves
     assert (again.exit_code, again.resumed, files()) == (expected_code, 5, placed)
+    assert gate_plugin.COMPUTED == []  # the batch audit's feature was read back from the journal
+    assert json.loads(again.report_json.read_text())["batch"] == first_report["batch"]
 
     # Killed during the placement: images 3 and 4 (with their sidecars) not yet moved.
     (job / "pending").mkdir()
@@ -589,11 +594,35 @@ def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_a
     journal = job / "journal.jsonl"
     lines = journal.read_bytes().split(b"\n")[:-1]
     journal.write_bytes(b"".join(line + b"\n" for line in lines if b'"type":"finished"' not in line))
-    resumed = generation.generate(options, plugins)
+    # A resume whose features were made otherwise (another CLIP, other plugin versions)
+    # measures the images again.
+    real_key = generation.features_key
+    generation.features_key = lambda spec, plugins: "made-otherwise"
+    try:
+        resumed = generation.generate(options, plugins)
+    finally:
+        generation.features_key = real_key
     assert (resumed.exit_code, resumed.resumed, files()) == (expected_code, 5, placed)
     assert not (job / "pending").exists()
+    assert sorted(gate_plugin.COMPUTED) == [f"{i:06d}.png" for i in range(5)]
     report = json.loads(resumed.report_json.read_text())
     assert report["summary"]["images"] == 5
+    assert report["batch"] == first_report["batch"]
+
+
+def test_journaled_features_read_back_exactly():
+    embedding = np.random.default_rng(0).standard_normal(128).astype(np.float32)
+    stored = {name: generation._journal_feature(value) for name, value in
+              {"clip": embedding, "brightness": 131.25, "counts": {"a": [1, 2]}}.items()}
+    assert generation._journal_feature(object()) is None  # not kept: measured again on resume
+    assert len(json.dumps(stored["clip"])) < 800
+    record = json.loads(json.dumps({"features": {"key": "k", "values": stored}}))
+    back = generation._journaled_features(record, "k")
+    assert back["clip"].dtype == np.float32 and np.array_equal(back["clip"], embedding)
+    assert (back["brightness"], back["counts"]) == (131.25, {"a": [1, 2]})
+    assert generation._journaled_features(record, "another key") == {}
+    record["features"]["values"]["clip"]["ndarray"] = "not base64!"
+    assert "clip" not in generation._journaled_features(record, "k")
 
 
 def test_a_job_hands_the_generator_whole_passes():
