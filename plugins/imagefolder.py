@@ -110,7 +110,9 @@ def open_folder(source: str | None, *, image_size: int = 64, seed: int = 0, **_:
         return np.asarray(square_resize(loaded.rgb, image_size, loaded.full_size), dtype=np.uint8)
 
     # Decoding and resizing release the GIL: one thread per core, results in file order.
-    with ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="artengine-imagefolder") as pool:
+    # Stopped early (Ctrl-C), the files not yet begun are dropped, not read.
+    pool = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="artengine-imagefolder")
+    try:
         read_files = pool.map(read, files)
         for path, result in tqdm(zip(files, read_files), total=len(files), desc=f"reading {root.name}", unit="img",
                                  disable=None, leave=False):
@@ -121,6 +123,8 @@ def open_folder(source: str | None, *, image_size: int = 64, seed: int = 0, **_:
             labels.append(index[rel[0]] if len(rel) > 1 else None)
             pixels.append(result)
             sources.append(str(path))
+    finally:
+        pool.shutdown(cancel_futures=True)
     if skipped:
         first_path, first_reason = skipped[0]
         log.warning("imagefolder %s: skipped %d unreadable file(s) of %d (first: %s: %s)",
