@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -89,29 +90,27 @@ def open_image(
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     limit = max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+    _refuse_bomb_warnings()
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit; we refuse.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            fp: Any = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
-            with Image.open(fp, formats=ALLOWED_FORMATS) as im:
-                width, height = im.size
-                if width * height > limit:
-                    raise ImageLoadError(
-                        label,
-                        f"{width}x{height} pixels exceeds the limit of {limit} pixels "
-                        "(possible decompression bomb)",
-                    )
-                if min_side and im.format == "JPEG":
-                    im.draft(None, (min_side, min_side))
-                im.load()
-                text = _text_chunks(im)
-                fmt = im.format or "unknown"
-                mode = im.mode
-                oriented = ImageOps.exif_transpose(im)
-                turned = oriented.size != im.size
-                full_size = (height, width) if turned else (width, height)
-                rgb, alpha = to_rgb(oriented)
+        fp: Any = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+        with Image.open(fp, formats=ALLOWED_FORMATS) as im:
+            width, height = im.size
+            if width * height > limit:
+                raise ImageLoadError(
+                    label,
+                    f"{width}x{height} pixels exceeds the limit of {limit} pixels "
+                    "(possible decompression bomb)",
+                )
+            if min_side and im.format == "JPEG":
+                im.draft(None, (min_side, min_side))
+            im.load()
+            text = _text_chunks(im)
+            fmt = im.format or "unknown"
+            mode = im.mode
+            oriented = ImageOps.exif_transpose(im)
+            turned = oriented.size != im.size
+            full_size = (height, width) if turned else (width, height)
+            rgb, alpha = to_rgb(oriented)
     except ImageLoadError:
         raise
     except FileNotFoundError:
@@ -131,6 +130,25 @@ def open_image(
         # Truncated data, corrupt chunks, bad headers.
         raise ImageLoadError(label, f"corrupt or truncated image: {exc}") from None
     return LoadedImage(path=label, rgb=rgb, alpha=alpha, format=fmt, mode=mode, text=text, full_size=full_size)
+
+
+_BOMB_FILTER_LOCK = threading.Lock()
+
+
+def _refuse_bomb_warnings() -> None:
+    """Pillow only warns about an image between 1x and 2x its pixel limit; artengine refuses
+    it. The refusal is a warnings filter turning that warning into an error, first in the
+    process's list from the first image artengine reads (put back there if something took
+    it away). Not a ``warnings.catch_warnings`` per read: that swaps the process-wide list,
+    so reads on several threads (an image folder, the report's thumbnails) left it changed
+    and could decode with the filter already gone (Python before 3.14)."""
+    with _BOMB_FILTER_LOCK:
+        for action, message, category, module, _ in warnings.filters:
+            if message is None and module is None and issubclass(Image.DecompressionBombWarning, category):
+                if action == "error" and category is Image.DecompressionBombWarning:
+                    return
+                break
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def _text_chunks(im: Image.Image) -> dict[str, str]:

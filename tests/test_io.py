@@ -392,3 +392,31 @@ def test_a_large_jpeg_read_for_a_small_use_is_decoded_at_a_reduced_scale(tmp_pat
     png = tmp_path / "photo.png"
     source.save(png)
     assert open_image(png, min_side=200).size == (2400, 1800)  # other formats are decoded whole
+
+
+def test_reads_on_several_threads_all_refuse_bombs_and_leave_the_warning_filters_alone(monkeypatch):
+    """Readers run on threads (image folders, report thumbnails): a per-read swap of the
+    process's warning filters left them changed and could drop a refusal mid-read."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    def png(width: int, height: int) -> bytes:
+        return _encode(Image.new("RGB", (width, height), (9, 99, 199)))
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    between, fine = png(150, 100), png(90, 100)  # 1.5x Pillow's limit (it only warns); under it
+    warnings.resetwarnings()  # whatever took the refusal away, the next read puts it back
+    open_image(fine)
+    filters = list(warnings.filters)
+
+    def read(i: int) -> str:
+        try:
+            open_image(between if i % 2 else fine, max_pixels=100_000)  # artengine's own limit allows it
+        except ImageLoadError as exc:
+            return "bomb" if "bomb" in exc.reason else exc.reason
+        return "read"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(read, range(4000)))
+    assert outcomes == ["read", "bomb"] * 2000
+    assert warnings.filters == filters
