@@ -520,9 +520,9 @@ def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
     assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
 
 
-@pytest.mark.parametrize("max_share, expected_folder, expected_code", [(1.0, "approved", 0), (-1.0, "quarantine", 1)])
-def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, env, tmp_path, max_share,
-                                                                    expected_folder, expected_code):
+def _batch_policy(tmp_path: Path, max_share: float):
+    """Plugins with the test's gate plugin, and a policy whose batch audit blocks when more
+    than ``max_share`` of the images are bright (-1: always)."""
     import gate_plugin
     from artengine import Plugins
     from artengine.plugins import set_plugins
@@ -533,6 +533,13 @@ def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, e
     policy = tmp_path / "policy.toml"
     policy.write_text(f'[policy]\nname = "batch"\nversion = 1\n\n[audits.bright_share]\nmax_share = {max_share}\n'
                       '\n[audits.provenance]\n')
+    return plugins, policy
+
+
+@pytest.mark.parametrize("max_share, expected_folder, expected_code", [(1.0, "approved", 0), (-1.0, "quarantine", 1)])
+def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, env, tmp_path, max_share,
+                                                                    expected_folder, expected_code):
+    plugins, policy = _batch_policy(tmp_path, max_share)
     seen = []
 
     def during(record):
@@ -558,15 +565,8 @@ def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_a
     images placed, some pending, no closing journal line) resumes from there, and the same
     command on a finished job writes its report again: the same folders, bytes and verdict."""
     import gate_plugin
-    from artengine import Plugins
-    from artengine.plugins import set_plugins
 
-    plugins = Plugins.discover()
-    assert plugins.register(gate_plugin, "gate_plugin").loaded
-    set_plugins(plugins)
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f'[policy]\nname = "batch"\nversion = 1\n\n[audits.bright_share]\nmax_share = {max_share}\n'
-                      '\n[audits.provenance]\n')
+    plugins, policy = _batch_policy(tmp_path, max_share)
     job = tmp_path / "job"
     options = generation.GenerateOptions(model=str(tiny_run), count=5, out=job, policy=str(policy), progress=False)
 
