@@ -49,6 +49,7 @@ from .io import (
     safe_crop,
     sha256_file,
     to_rgb,
+    usable_cores,
 )
 from .plugins import Plugins, get_plugins, hookimpl
 from .provenance import (
@@ -179,6 +180,7 @@ __all__ = [
     "search_registries",
     "sha256_file",
     "to_rgb",
+    "usable_cores",
     "validate_settings",
     "verify_image",
 ]

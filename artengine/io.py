@@ -132,6 +132,13 @@ def open_image(
     return LoadedImage(path=label, rgb=rgb, alpha=alpha, format=fmt, mode=mode, text=text, full_size=full_size)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 _BOMB_FILTER_LOCK = threading.Lock()
 
 

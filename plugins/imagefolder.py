@@ -13,7 +13,6 @@ reduced scale (no smaller than 3x the training size; see :data:`READ_GAP`), as P
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from artengine import Dataset, ImageLoadError, InputError, Sample, hookimpl, iter_image_files, open_image
+from artengine import Dataset, ImageLoadError, InputError, Sample, hookimpl, iter_image_files, open_image, usable_cores
 
 ARTENGINE_HOOK_API = "1.0"
 
@@ -85,10 +84,6 @@ def square_resize(image: Image.Image, size: int, full_size: tuple[int, int] | No
     return image.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=float(READ_GAP))
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def open_folder(source: str | None, *, image_size: int = 64, seed: int = 0, **_: object) -> ImageFolderSet:
     """Scan ``source`` recursively and load every readable image."""
     if source is None:
@@ -111,7 +106,7 @@ def open_folder(source: str | None, *, image_size: int = 64, seed: int = 0, **_:
 
     # Decoding and resizing release the GIL: one thread per core, results in file order.
     # Stopped early (Ctrl-C), the files not yet begun are dropped, not read.
-    pool = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="artengine-imagefolder")
+    pool = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="artengine-imagefolder")
     try:
         read_files = pool.map(read, files)
         for path, result in tqdm(zip(files, read_files), total=len(files), desc=f"reading {root.name}", unit="img",
