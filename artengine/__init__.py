@@ -33,7 +33,7 @@ from .errors import (
     PluginError,
     PolicyError,
 )
-from .hashing import MIN_RELIABLE_QUALITY, ImageHashes, query_hashes, reference_hashes
+from .hashing import MIN_RELIABLE_QUALITY, ImageHashes, query_hashes, query_hashes_many, reference_hashes
 from .hookspecs import HOOK_API_VERSION
 from .io import (
     ALLOWED_FORMATS,
@@ -169,10 +169,9 @@ __all__ = [
     "reference_distribution_document",
     "reference_store_path",
     "load_keys",
-    "open_dataset",
-    "open_image",
     "open_registries",
     "query_hashes",
+    "query_hashes_many",
     "reference_hashes",
     "remove_stray_temps",
     "restore_alpha",

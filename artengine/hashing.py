@@ -35,7 +35,7 @@ from typing import Any
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageStat
+from PIL import Image
 
 #: Name and version of the hash scheme: the algorithms, the intermediate size and the
 #: reference variants. A registry built with another scheme is refused, not searched.
@@ -178,7 +178,10 @@ def colour_signature(image: Image.Image) -> np.ndarray:
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     factor = max(1, min(rgb.width, rgb.height) // COLOUR_SIDE)
     small = rgb.reduce(factor) if factor > 1 else rgb
-    means = np.asarray(ImageStat.Stat(small).mean, dtype=np.float64) + COLOUR_DARK_OFFSET
+    # ImageStat.Stat(small).mean, from the same histogram without its Python loop over the
+    # bins: integer sums, so the same floats.
+    counts = np.asarray(small.histogram(), dtype=np.int64).reshape(3, 256)
+    means = (counts @ np.arange(256, dtype=np.int64)) / counts.sum(axis=1) + COLOUR_DARK_OFFSET
     return (means / means.sum()).astype(np.float32)
 
 
@@ -336,14 +339,25 @@ def _phash_stack(pixels: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
 
 
-def _rows(inputs: Sequence[tuple[Image.Image, Image.Image]]) -> list[list[np.uint64]]:
-    """Rows of :data:`COLUMNS` for several :func:`_hash_inputs` pairs at once (their plain
-    and equalised pHashes in one :func:`_phash_stack`; resizing the inputs again, as
-    imagehash would, is a no-op)."""
+def _dhash_stack(strips: np.ndarray) -> np.ndarray:
+    """``imagehash.dhash`` of each 9x8 ``uint8`` image of an ``(n, 8, 9)`` stack, as
+    ``uint64`` values: the same comparison of each pixel with its left neighbour, for the
+    whole stack at once (imagehash's own resize of an input already 9x8 is a copy).
+    ``tests/test_hashing.py`` checks the bits against imagehash."""
+    bits = (strips[:, :, 1:] > strips[:, :, :-1]).reshape(len(strips), DHASH_SIZE * DHASH_SIZE)
+    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+
+
+def _rows(inputs: Sequence[tuple[Image.Image, Image.Image]]) -> np.ndarray:
+    """Rows of :data:`COLUMNS`, ``(len(inputs), 3)`` ``uint64``, for several
+    :func:`_hash_inputs` pairs at once: their plain and equalised pHashes in one
+    :func:`_phash_stack`, their dHashes in one :func:`_dhash_stack` (resizing the inputs
+    again, as imagehash would, is a no-op)."""
     small = np.stack([np.asarray(s, dtype=np.uint8) for s, _ in inputs])
+    strips = np.stack([np.asarray(strip, dtype=np.uint8) for _, strip in inputs])
     values = _phash_stack(np.concatenate([small, np.stack([_equalise(a) for a in small])]))
     n = len(inputs)
-    return [[values[i], hash_value(imagehash.dhash(strip)), values[n + i]] for i, (_, strip) in enumerate(inputs)]
+    return np.stack([values[:n], _dhash_stack(strips), values[n:]], axis=1)
 
 
 def _hash_inputs(image: Image.Image) -> tuple[Image.Image, Image.Image]:
@@ -376,11 +390,23 @@ def query_hashes(image: Image.Image) -> ImageHashes:
     Matching the mirror against the registry catches horizontally flipped copies without
     storing flipped references; the bands catch copies with a caption across them.
     """
-    gray = hashing_gray(image)
-    inputs = _hash_inputs(gray)
-    rows = _rows([inputs, _mirrored(*inputs), *_band_inputs(gray)])
-    return ImageHashes(QUERY_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray),
-                       colour_signature(image), luma=luma_thumbnail(gray))
+    return query_hashes_many([image])[0]
+
+
+def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
+    """:func:`query_hashes` of each image, the same values, with the pHashes and dHashes
+    of every image's variants computed together (the audit hashes a chunk at a time)."""
+    grays = [hashing_gray(image) for image in images]
+    inputs: list[tuple[Image.Image, Image.Image]] = []
+    for gray in grays:
+        whole = _hash_inputs(gray)
+        inputs += [whole, _mirrored(*whole), *_band_inputs(gray)]
+    if not inputs:
+        return []
+    rows = _rows(inputs).reshape(len(images), len(QUERY_VARIANTS), len(COLUMNS))
+    return [ImageHashes(QUERY_VARIANTS, rows[k], hash_quality(gray), colour_signature(image),
+                        luma=luma_thumbnail(gray))
+            for k, (image, gray) in enumerate(zip(images, grays))]
 
 
 def reference_hashes(image: Image.Image) -> ImageHashes:
@@ -399,8 +425,7 @@ def reference_hashes(image: Image.Image) -> ImageHashes:
             for ax in CROP_ANCHORS:
                 left, top = round((width - cw) * ax), round((height - ch) * ay)
                 inputs.append(_hash_inputs(gray.crop((left, top, left + cw, top + ch))))
-    rows = _rows(inputs + _band_inputs(gray))
-    return ImageHashes(REFERENCE_VARIANTS, np.array(rows, dtype=np.uint64), hash_quality(gray),
+    return ImageHashes(REFERENCE_VARIANTS, _rows(inputs + _band_inputs(gray)), hash_quality(gray),
                        colour_signature(image), luma=luma_thumbnail(gray))
 
 

@@ -52,7 +52,7 @@ from artengine import (
     Setting,
     hookimpl,
     open_registries,
-    query_hashes,
+    query_hashes_many,
     search_registries,
     sha256_file,
 )
@@ -97,7 +97,7 @@ class PerceptualHashes(FeatureExtractor):
                    "pHash) and PDQ-style quality")
 
     def compute(self, items: Sequence[AuditItem]) -> list[ImageHashes]:
-        return [query_hashes(item.image.rgb) for item in items]
+        return query_hashes_many([item.image.rgb for item in items])
 
 
 class NearDuplicateAudit(Audit):

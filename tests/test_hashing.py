@@ -118,6 +118,37 @@ def test_stacked_phash_and_equalisation_are_bitwise_imagehash_and_pillow():
             assert after[j] == hash_value(imagehash.phash(pillow))
 
 
+def test_stacked_dhash_is_bitwise_imagehash():
+    from artengine.hashing import _dhash_stack
+
+    # 9x8 inputs where neighbours tie (flat, blocks) or differ by one level, and noise.
+    strips = [np.asarray(Image.fromarray(p).resize((9, 8), Image.Resampling.LANCZOS)) for p in _hard_32px_pictures()]
+    values = _dhash_stack(np.stack(strips))
+    for strip, value in zip(strips, values):
+        assert value == hash_value(imagehash.dhash(Image.fromarray(strip)))
+
+
+def test_hashing_a_chunk_gives_each_image_its_own_hashes(pictures):
+    from PIL import ImageStat
+
+    from artengine import query_hashes_many
+    from artengine.hashing import COLOUR_DARK_OFFSET, colour_signature
+
+    images = [*pictures[:6], Image.new("RGB", (300, 200), (10, 200, 30)), pictures[7].resize((64, 48))]
+    chunk = query_hashes_many(images)
+    assert query_hashes_many([]) == []
+    for image, hashes in zip(images, chunk):
+        alone = query_hashes(image)
+        assert np.array_equal(hashes.values, alone.values) and hashes.values.dtype == np.uint64
+        assert hashes.quality == alone.quality and np.array_equal(hashes.luma, alone.luma)
+        # The colour signature is ImageStat's mean of the reduced image, to the bit.
+        factor = max(1, min(image.size) // 32)
+        small = image.reduce(factor) if factor > 1 else image
+        means = np.asarray(ImageStat.Stat(small).mean, dtype=np.float64) + COLOUR_DARK_OFFSET
+        assert np.array_equal(colour_signature(image), (means / means.sum()).astype(np.float32))
+        assert np.array_equal(hashes.colour, alone.colour)
+
+
 def test_equalised_phash_is_imagehash_on_the_equalised_greyscale(pictures):
     im = pictures[3]
     q = query_hashes(im)
