@@ -1352,6 +1352,25 @@ class Writer:
         return path, record
 
 
+def _missing_placed(out: Path, done: Mapping[int, Mapping[str, Any]]) -> list[int]:
+    """Journaled images whose file or sidecar is no longer where the job put it (a
+    pending one may have been placed by an interrupted finish): a folder listing each, not
+    a lookup per image."""
+    from .provenance import SIDECAR_SUFFIX
+
+    present = {folder: set(os.listdir(out / folder)) if (out / folder).is_dir() else set() for folder in FOLDERS}
+
+    def there(folder: str, name: str) -> bool:
+        return name in present[folder] and name + SIDECAR_SUFFIX in present[folder]
+
+    gone = []
+    for index, record in done.items():
+        folder, name = record["folder"], record["name"]
+        if not (there(folder, name) or folder == "pending" and (there("approved", name) or there("quarantine", name))):
+            gone.append(index)
+    return sorted(gone)
+
+
 def _clean_unjournaled(out: Path, done: Mapping[int, Mapping[str, Any]]) -> int:
     """Remove temporaries and files written but never journaled (a crash in between)."""
     from .provenance import SIDECAR_SUFFIX
@@ -1441,6 +1460,12 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     spec = state.spec
     for folder in FOLDERS:
         (out / folder).mkdir(parents=True, exist_ok=True)
+    gone = _missing_placed(out, state.done)
+    if gone:  # deleted or moved away since: made again (the same bytes), not reported from the journal
+        log.warning("%d journaled image(s) no longer in %s (first: %s): making them again",
+                    len(gone), out, state.done[gone[0]]["name"])
+        for index in gone:
+            del state.done[index]
     removed = _clean_unjournaled(out, state.done)
     if removed:
         log.info("removed %d stray or unjournaled file(s) from an interrupted run", removed)
@@ -1448,7 +1473,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     todo = [i for i in range(spec["count"]) if i not in state.done]
     workers = options.workers or default_workers(len(todo), options.executor, options.chunk)
     in_process = workers <= 1 and options.executor == "local"
-    runs = state.finished is None and bool(todo)  # False: nothing left to produce, only the report
+    runs = bool(todo)  # False: nothing left to produce, only the report
     chunks = [todo[s:s + options.chunk] for s in range(0, len(todo), options.chunk)]
     generator_pool = finishing = head_start = None
     generator_process = in_process and runs and _InProcess.uses_process(len(todo))

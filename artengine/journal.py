@@ -81,6 +81,7 @@ def read_journal(folder: Path, spec: dict[str, Any]) -> JobState:
                 continue
             if record.get("type") == "image":
                 done[int(record["index"])] = record
+                finished = None  # images made again after a finish (their files had gone)
             elif record.get("type") == "finished":
                 finished = record
         if torn:

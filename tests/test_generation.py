@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -608,6 +609,41 @@ def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_a
     report = json.loads(resumed.report_json.read_text())
     assert report["summary"]["images"] == 5
     assert report["batch"] == first_report["batch"]
+
+
+def test_images_gone_from_a_finished_job_are_made_again_by_the_same_command(tiny_run, env, tmp_path, caplog):
+    """A studio that deletes or moves images of a finished job (or loses a sidecar) and runs
+    the command again gets them back, the same bytes, instead of a report naming files
+    that are not there."""
+    plugins, policy = _batch_policy(tmp_path, 1.0)
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=5, out=job, policy=str(policy), progress=False)
+    first = generation.generate(options, plugins)
+    placed = {p.name: p.read_bytes() for p in sorted((job / "approved").iterdir())}
+    assert len(placed) == 10 and first.exit_code == 0
+
+    (job / "approved" / "000001.png").unlink()
+    (job / "approved" / "000003.png.manifest.json").unlink()
+    elsewhere = tmp_path / "published"
+    elsewhere.mkdir()
+    for path in (job / "approved").glob("000004.png*"):
+        path.rename(elsewhere / path.name)
+    again = generation.generate(options, plugins)
+    assert "3 journaled image(s) no longer in" in caplog.text
+    assert (again.exit_code, again.resumed, again.approved) == (0, 2, 5)
+    assert {p.name: p.read_bytes() for p in sorted((job / "approved").iterdir())} == placed
+    assert not (job / "pending").exists()
+    report = json.loads(again.report_json.read_text())
+    assert [Path(image["path"]).exists() for image in report["images"]] == [True] * 5
+    records = list(iter_records(job))
+    assert records[-1]["type"] == "finished" and records[-1]["approved"] == 5
+    latest = {r["index"]: r for r in records if r["type"] == "image"}
+    assert {r["name"]: r["sha256"] for r in latest.values()} == \
+        {name: hashlib.sha256(data).hexdigest() for name, data in placed.items() if name.endswith(".png")}
+
+    caplog.clear()
+    third = generation.generate(options, plugins)  # nothing gone: nothing made
+    assert (third.exit_code, third.resumed) == (0, 5) and "no longer in" not in caplog.text
 
 
 def test_journaled_features_read_back_exactly():
