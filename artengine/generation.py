@@ -1360,13 +1360,15 @@ def _missing_placed(out: Path, done: Mapping[int, Mapping[str, Any]]) -> list[in
 
     present = {folder: set(os.listdir(out / folder)) if (out / folder).is_dir() else set() for folder in FOLDERS}
 
-    def there(folder: str, name: str) -> bool:
-        return name in present[folder] and name + SIDECAR_SUFFIX in present[folder]
+    def found(name: str, folders: Sequence[str]) -> bool:
+        return any(name in present[folder] for folder in folders)
 
     gone = []
     for index, record in done.items():
-        folder, name = record["folder"], record["name"]
-        if not (there(folder, name) or folder == "pending" and (there("approved", name) or there("quarantine", name))):
+        # A pending image and its sidecar are moved one after the other: a finish
+        # interrupted in between leaves them in two folders, which it completes.
+        folders = FOLDERS if record["folder"] == "pending" else (record["folder"],)
+        if not (found(record["name"], folders) and found(record["name"] + SIDECAR_SUFFIX, folders)):
             gone.append(index)
     return sorted(gone)
 

@@ -561,7 +561,7 @@ def test_batch_audits_hold_images_in_pending_until_the_batch_verdict(tiny_run, e
 
 @pytest.mark.parametrize("max_share, expected_folder, expected_code", [(1.0, "approved", 0), (-1.0, "quarantine", 1)])
 def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_again(
-        tiny_run, env, tmp_path, max_share, expected_folder, expected_code):
+        tiny_run, env, tmp_path, max_share, expected_folder, expected_code, caplog):
     """The final placement moves pending images one by one; a job killed part-way (some
     images placed, some pending, no closing journal line) resumes from there, and the same
     command on a finished job writes its report again: the same folders, bytes and verdict."""
@@ -587,11 +587,13 @@ def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_a
     assert gate_plugin.COMPUTED == []  # the batch audit's feature was read back from the journal
     assert json.loads(again.report_json.read_text())["batch"] == first_report["batch"]
 
-    # Killed during the placement: images 3 and 4 (with their sidecars) not yet moved.
+    # Killed during the placement: images 3 and 4 (with their sidecars) not yet moved,
+    # image 2 moved but not its sidecar.
     (job / "pending").mkdir()
     for name in ("000003.png", "000004.png"):
         for path in (job / expected_folder).glob(name + "*"):
             path.rename(job / "pending" / path.name)
+    (job / expected_folder / "000002.png.manifest.json").rename(job / "pending" / "000002.png.manifest.json")
     journal = job / "journal.jsonl"
     lines = journal.read_bytes().split(b"\n")[:-1]
     journal.write_bytes(b"".join(line + b"\n" for line in lines if b'"type":"finished"' not in line))
@@ -604,6 +606,7 @@ def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_a
     finally:
         generation.features_key = real_key
     assert (resumed.exit_code, resumed.resumed, files()) == (expected_code, 5, placed)
+    assert "no longer in" not in caplog.text  # found where they were, none made again
     assert not (job / "pending").exists()
     assert sorted(gate_plugin.COMPUTED) == [f"{i:06d}.png" for i in range(5)]
     report = json.loads(resumed.report_json.read_text())
