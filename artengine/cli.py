@@ -16,9 +16,13 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import ArtengineError, InputError
+from .errors import SEED_MAX, ArtengineError, InputError
 from .hookspecs import HOOK_API_VERSION
 from .plugins import COMPONENT_HOOKS, Plugins, get_plugins
+
+
+#: Every command's ``--seed``: a whole number from 0 to what torch's generators take.
+SEED = click.IntRange(0, SEED_MAX)
 
 
 class CLIError(click.ClickException):
@@ -34,15 +38,32 @@ def _os_error_line(exc: OSError) -> str:
 
 
 class ArtengineGroup(click.Group):
-    """Turns user-fixable errors from any command into one line and exit 2."""
+    """Turns user-fixable errors from any command, and click's own for a bad option or
+    command, into one line and exit 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ArtengineError as exc:
             raise CLIError(str(exc)) from None
+        except click.UsageError as exc:
+            raise _usage_line(exc, ctx.command_path) from None
         except OSError as exc:
             raise CLIError(_os_error_line(exc)) from None
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # the top-level options
+            raise _usage_line(exc, info_name or self.name or "artengine") from None
+
+
+def _usage_line(exc: click.UsageError, fallback: str) -> CLIError:
+    """Click's error for a bad option value or name, a missing argument or an unknown
+    command, as one line naming the command, without the usage text."""
+    where = exc.ctx.command_path if exc.ctx is not None else fallback
+    return CLIError(f"{where}: {exc.format_message()} (see {where} --help)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -122,7 +143,7 @@ def data() -> None:
               help="PNG file to write the sample sheet to.")
 @click.option("--count", type=click.IntRange(1, 1024), default=32, show_default=True)
 @click.option("--image-size", type=click.Choice(["32", "64"]), default="64", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def data_preview(source: str, out: Path, count: int, image_size: str, seed: int) -> None:
     """Write a sample sheet of SOURCE (a dataset name such as `shapes`, or a folder)."""
     from .data import image_grid, open_dataset
@@ -509,7 +530,7 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
                    "`export --for-training`, or a shipped starting point (shapes-cgan32). Its architecture, "
                    "settings, image size and data are the defaults.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", type=int, help="Seed of weights, noise and data order (default 0).")
+@click.option("--seed", type=SEED, help="Seed of weights, noise and data order (default 0).")
 @click.option("--preset", help="Named recipe of the architecture, e.g. 'demo' (short CPU budgets).")
 @click.option("--lr-g", type=float, help="Generator learning rate.")
 @click.option("--lr-d", type=float, help="Discriminator learning rate.")
@@ -587,7 +608,7 @@ def train(arch: str | None, data_spec: str | None, out: Path, steps: int, image_
               help="Generated images, and real images in each of the two real halves.")
 @click.option("--features", default="clip", show_default=True,
               help="Feature extractor: clip, classifier, or a feature-extractor plugin's name.")
-@click.option("--seed", type=int, default=12345, show_default=True, help="Latent seed of the generated images.")
+@click.option("--seed", type=SEED, default=12345, show_default=True, help="Latent seed of the generated images.")
 @click.option("--classifier-steps", type=click.IntRange(1), default=600, show_default=True,
               help="Training steps of the label classifier that judges label accuracy.")
 @click.option("--clip-model", help="open_clip model name or local checkpoint (default: shipped tiny CLIP).")
@@ -695,7 +716,7 @@ def _evaluate_all(options, plugins, as_json: bool) -> None:
 @click.option("--count", type=click.IntRange(1), required=True, help="Number of images.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Job folder: approved/, quarantine/, report/, job.json, journal.jsonl.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents and the label mix.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of latents and the label mix.")
 @click.option("--label", "labels", multiple=True, metavar="NAME[:WEIGHT]",
               help="Class or style name, optionally weighted (repeatable; default: an even mix of all).")
 @click.option("--style-ref", type=click.Path(dir_okay=False, path_type=Path),
@@ -831,7 +852,7 @@ def clip_info(clip_model: str | None, clip_pretrained: str | None, as_json: bool
               help="Folder to write (open_clip layout: open_clip_config.json + open_clip_model.safetensors).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Training steps (default: the shipped recipe).")
 @click.option("--samples", type=click.IntRange(64), default=None, help="Distinct training images to render.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--eval-images", type=click.IntRange(0), default=600, show_default=True,
               help="Held-out images for the zero-shot check afterwards (0: skip).")
 def clip_train(out: Path, steps: int | None, samples: int | None, seed: int, eval_images: int) -> None:
@@ -868,7 +889,7 @@ def clip_train(out: Path, steps: int | None, samples: int | None, seed: int, eva
 @click.option("--clip-model", help="open_clip model name or checkpoint folder/file (default: shipped tiny CLIP).")
 @click.option("--clip-pretrained", help="open_clip pretrained tag or .safetensors file for --clip-model.")
 @click.option("--images", type=click.IntRange(1), default=600, show_default=True)
-@click.option("--seed", type=int, default=20_261_125, show_default=True,
+@click.option("--seed", type=SEED, default=20_261_125, show_default=True,
               help="shapes seed of the held-out images (the tiny CLIP trains on seed 0).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 def clip_eval(clip_model: str | None, clip_pretrained: str | None, images: int, seed: int, as_json: bool) -> None:

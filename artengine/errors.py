@@ -53,3 +53,16 @@ class ModelLoadError(InputError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+#: Seeds run from 0 to the largest value torch's generators take (numpy's take any
+#: non-negative integer).
+SEED_MAX = 2**64 - 1
+
+
+def check_seed(seed: object, option: str = "--seed") -> int:
+    """``seed`` as an int, or :class:`InputError` naming ``option`` when it is not a whole
+    number from 0 to :data:`SEED_MAX` (a negative seed would fail deep inside numpy)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"{option} {seed}: must be a whole number from 0 to {SEED_MAX}")
+    return seed

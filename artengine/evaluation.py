@@ -39,7 +39,7 @@ from torch import nn
 from .audit import AuditContext, AuditItem
 from .checkpoints import checkpoint_path, list_checkpoints, load_weights, save_weights
 from .data import factor_sizes, joint_log_probs, label_factors
-from .errors import InputError, ModelLoadError
+from .errors import InputError, ModelLoadError, check_seed
 from .io import LoadedImage, atomic_write_json, sha256_file
 from .models import fixed_threads, load_model
 from .plugins import Plugins, get_plugins
@@ -425,6 +425,7 @@ def _measure(model, real: _RealSide, options: EvaluationOptions, run_dir: Path) 
 def evaluate_run(options: EvaluationOptions, plugins: Plugins | None = None) -> dict[str, Any]:
     """Measure a run's EMA generator against the run's own training data; write
     ``evaluation.json`` into the run (unless ``write`` is False) and return the results."""
+    check_seed(options.seed)
     plugins = plugins or get_plugins()
     run_dir = Path(options.run)
     config = read_run_config(run_dir)
@@ -493,6 +494,7 @@ def evaluate_checkpoints(options: EvaluationOptions, plugins: Plugins | None = N
     (:func:`best_checkpoint`), goes to ``evaluation-checkpoints.json``. ``on_result(row,
     reused)`` is called as each checkpoint is done; ``on_start(kept)`` once the run and the
     options are checked and the real side is ready, before the first checkpoint."""
+    check_seed(options.seed)
     plugins = plugins or get_plugins()
     run_dir = Path(options.run)
     config = read_run_config(run_dir)

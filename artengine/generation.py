@@ -56,7 +56,7 @@ from PIL import Image
 
 from . import __version__
 from .audit import AuditContext, AuditItem
-from .errors import ArtengineError, InputError
+from .errors import ArtengineError, InputError, check_seed
 from .gate import ENGINE, judge
 from .hookspecs import HOOK_API_VERSION
 from .io import LoadedImage, atomic_write_bytes, encode_image, fsync_dir, open_image, remove_stray_temps, \
@@ -77,6 +77,9 @@ DEFINING = ("format", "model", "seed", "count", "labels", "style_ref", "size", "
             "policy", "registries", "reference_data", "overrides", "created", "compress_level",
             "png_strategy", "png_filter")
 DEFAULT_SIZE = 256
+#: The largest output side: 8192 x 8192 stays under Pillow's decompression-bomb limit
+#: (89.5 megapixels), which every written image's read-back meets.
+MAX_SIZE = 8192
 COMPRESS_LEVEL = 1  # deflate level (ISA-L's 0-3; with zlib, level 1 was 2.3x faster than 3)
 PNG_STRATEGY = "isal"  # ISA-L's deflate: 0.54 ms against zlib's 1.97 (level 1, RLE), files 3 % smaller
 PNG_FILTER = "up"  # one row filter for the whole image: 2x faster than Pillow's adaptive choice
@@ -220,6 +223,7 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
 
     if options.count < 1:
         raise InputError("--count must be at least 1")
+    check_seed(options.seed)
     if options.executor not in ("local", "ray"):
         raise InputError(f"--executor {options.executor}: use local or ray")
     source, style = resolve_model_source(options.model, plugins)
@@ -248,6 +252,9 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
     scheme_name = "stdm" if "stdm" in schemes else sorted(schemes)[0]
     scheme_cls = schemes[scheme_name]
     size = int(options.size or max(DEFAULT_SIZE, info.image_size))
+    if size > MAX_SIZE:
+        raise InputError(f"--size {size}: at most {MAX_SIZE} px (each image is read back after it is "
+                         "written, and larger ones pass the image reader's size limit)")
     if size < int(scheme_cls.min_side):
         raise InputError(f"--size {size}: the {scheme_name} watermark needs images of at least "
                          f"{scheme_cls.min_side} px")

@@ -33,6 +33,26 @@ def test_help_on_every_command(path):
     assert "Usage:" in result.output
 
 
+@pytest.mark.parametrize("argv, where, what", [
+    (["generate", "--model", "m", "--out", "o", "--seed", "-1"], "artengine generate",
+     "Invalid value for '--seed': -1 is not in the range 0<=x<=18446744073709551615."),
+    (["train", "--arch", "cgan", "--data", "shapes", "--out", "o", "--seed", "-1"], "artengine train",
+     "Invalid value for '--seed'"),
+    (["generate", "--chunk", "4"], "artengine generate", "No such option '--chunk'"),
+    (["registry", "add"], "artengine registry add", "Missing argument 'DB'."),
+    (["generat"], "artengine", "No such command 'generat'. Did you mean 'generate'?"),
+    (["--bogus"], "artengine", "No such option '--bogus'"),
+])
+def test_a_bad_option_or_command_is_one_line_naming_the_command(argv, where, what, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "artengine", *argv], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"Error: {where}: ") and what in result.stderr, result.stderr
+    assert result.stderr.rstrip().endswith(f"(see {where} --help)")
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_plugins_json_is_valid_and_lists_builtins():
     result = subprocess.run([sys.executable, "-m", "artengine", "plugins", "--json"],
                             capture_output=True, text=True, timeout=120)

@@ -454,6 +454,8 @@ def test_a_job_begun_in_another_encoding_resumes_in_it(tiny_run, env, tmp_path, 
     (["--style-ref", "README.md"], "takes no style reference"),
     (["--size", "64"], "needs images of at least"),
     (["--policy", "nonexistent-policy"], "no such shipped policy"),
+    (["--seed", "-5"], "'--seed': -5 is not in the range 0<=x<=18446744073709551615"),
+    (["--size", "8193"], "--size 8193: at most 8192 px"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_run, env, tmp_path, args, expected):
     base = {"--model": str(tiny_run)}
@@ -466,6 +468,18 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, env, tmp_path, args, expecte
     assert code == 2, out
     assert expected in out and "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "job" / "job.json").exists()  # refused before the job exists
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, True, 1.5])
+def test_a_seed_out_of_range_is_refused_before_any_work(tiny_run, env, tmp_path, seed):
+    """From Python too (the command line refuses it in click): one clear error naming
+    --seed, not numpy's ValueError from deep inside the first generator pass."""
+    options = generation.GenerateOptions(model=str(tiny_run), count=2, out=tmp_path / "job", seed=seed,
+                                         progress=False)
+    with pytest.raises(InputError, match=r"^--seed .*: must be a whole number from 0 to 18446744073709551615$"):
+        generation.generate(options)
+    assert not (tmp_path / "job" / "job.json").exists()
 
 
 def test_output_folder_that_cannot_be_created_is_refused(tiny_run, env, tmp_path):
