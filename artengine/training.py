@@ -31,6 +31,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -61,7 +62,7 @@ from .checkpoints import (
     unpack_optimizer,
 )
 from .data import factor_sizes, open_dataset
-from .errors import ArtengineError, InputError, ModelLoadError
+from .errors import ArtengineError, InputError, ModelLoadError, check_seed
 from .hookspecs import HOOK_API_VERSION
 from .io import atomic_save_image, atomic_write_json, iter_image_files, sha256_file
 from .plugins import Plugins, get_plugins
@@ -159,11 +160,38 @@ def resolve_settings(arch: Architecture, preset: str | None, overrides: Mapping[
         merged[key] = _coerce(key, value, merged[key])
     if merged["loss"] not in ("ns", "hinge"):
         raise InputError(f"--loss {merged['loss']}: must be ns or hinge")
+    _check_ranges(merged)
     try:
         parse_policy(str(merged["augment"]))
     except ValueError as exc:
         raise InputError(f"--augment: {exc}") from None
     return merged
+
+
+#: The trainer's numeric settings and what each must be: (lowest, highest, lowest excluded).
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "z_dim": (1, math.inf, False), "batch_size": (1, math.inf, False), "d_steps": (1, math.inf, False),
+    "r1_every": (1, math.inf, False), "lr_g": (0, math.inf, True), "lr_d": (0, math.inf, True),
+    "r1_gamma": (0, math.inf, False), "ema_kimg": (0, math.inf, False), "ema_rampup": (0, math.inf, False),
+    "style_ref_prob": (0, 1, False), "style_align": (0, math.inf, False), "aux_weight": (0, math.inf, False),
+}
+
+
+def _check_ranges(settings: Mapping[str, Any]) -> None:
+    """A learning rate of -1 or a batch of 0 as one line naming the setting, not an
+    error from deep inside torch once the data is loaded."""
+    for key, (low, high, open_low) in _RANGES.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and (value > low if open_low else value >= low) and value <= high):
+            bound = f"above {low:g}" if open_low else f"at least {low:g}"
+            raise InputError(f"setting {key} = {value!r}: must be {bound}" + (f" and at most {high:g}"
+                                                                              if high != math.inf else ""))
+    betas = settings.get("betas")
+    if betas is not None and not (len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1
+                                                          for b in betas)):
+        raise InputError(f"setting betas = {betas!r}: must be two numbers from 0 up to (not including) 1")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -589,6 +617,7 @@ class Trainer:
                 options = self.options = _defaults_from_start(options, self.start)
             if options.arch is None or options.data is None:
                 raise InputError("--arch and --data are required for a new run")
+            check_seed(options.seed or 0)
             self.arch = self.plugins.component("architectures", options.arch)
             resolve_settings(self.arch, options.preset, options.settings,  # fail before loading data
                              base=self.start.run_config["config"] if self.start is not None else None)

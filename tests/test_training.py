@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,16 @@ def test_bad_options_are_input_errors(tmp_path):
                            data_length=8, progress=False))
     with pytest.raises(InputError, match="has no such preset"):
         train(TrainOptions(out=tmp_path / "c", arch="dcgan", data="shapes", preset="nope", progress=False))
+    with pytest.raises(InputError, match="^--seed -1: must be a whole number from 0 to"):
+        train(TrainOptions(out=tmp_path / "s", arch="dcgan", data="shapes", seed=-1, progress=False))
+    assert not (tmp_path / "s").exists()
+    for settings, message in (({"lr_g": -1}, "setting lr_g = -1.0: must be above 0"),
+                              ({"batch_size": 0}, "setting batch_size = 0: must be at least 1"),
+                              ({"style_ref_prob": 1.5}, "setting style_ref_prob = 1.5: must be at least 0 and at most 1"),
+                              ({"betas": [0.5, 1.0]}, "setting betas = [0.5, 1.0]: must be two numbers")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            train(TrainOptions(out=tmp_path / "r", arch="dcgan", data="shapes", settings=settings, progress=False))
+        assert not (tmp_path / "r").exists()
 
 
 def trained_discriminator(run: Path) -> torch.nn.Module:
