@@ -276,7 +276,9 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
         "format": JOB_FORMAT,
         "model": {"ref": options.model, "path": str(source.resolve()), "style": style.name if style else None,
                   "name": info.name, "architecture": info.architecture, "image_size": info.image_size,
-                  "conditioning": info.conditioning, "weights_sha256": info.weights_sha256},
+                  "conditioning": info.conditioning, "weights_sha256": info.weights_sha256,
+                  # in the report's inputs; only when set, so jobs begun before it still resume
+                  **({"pickle_opt_in": True} if info.pickle_opt_in else {})},
         "seed": int(options.seed),
         "count": int(options.count),
         "labels": [[n, w] for n, w in labels],

@@ -301,8 +301,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, allow_pi
         kind = "checkpoint" if record["format"] == CHECKPOINT_FORMAT else "export"
     generator = _generator_for(run_config, plugins, file)
     unpack_module("G_ema", generator, tensors, file)
+    # Weights exported from an opted-in pickle keep saying so (the export records it), so
+    # a job's report shows it for every model made that way.
+    exported_from = record.get("exported_from")
+    opted_in = isinstance(exported_from, Mapping) and exported_from.get("pickle_opt_in") is True
     return GeneratorModel(generator, run_config, weights_sha256=sha256_file(file), device=device,
-                          path=str(source), source=kind, step=record.get("step"), threads=threads)
+                          path=str(source), source=kind, step=record.get("step"), pickle_opt_in=opted_in,
+                          threads=threads)
 
 
 def _load_pickled(source: Path, device: Any, plugins: Plugins, threads: int) -> GeneratorModel:

@@ -663,6 +663,29 @@ def test_images_gone_from_a_finished_job_are_made_again_by_the_same_command(tiny
     assert (third.exit_code, third.resumed) == (0, 5) and "no longer in" not in caplog.text
 
 
+def test_a_model_converted_from_an_opted_in_pickle_is_named_so_in_the_report(tiny_run, env, tmp_path):
+    """Row 11: a pickle loads only with an explicit opt-in, which the report records; the
+    opt-in survives the conversion to safetensors, so a job made from those weights says so."""
+    import torch
+
+    from artengine.models import export_generator, load_model
+
+    model = load_model(tiny_run)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"run": model.run_config, "G_ema": model.generator.state_dict()}, legacy)
+    converted = export_generator(legacy, tmp_path / "converted.safetensors", allow_pickle=True)
+    assert load_model(converted).info.pickle_opt_in
+    assert not load_model(export_generator(tiny_run, tmp_path / "plain.safetensors")).info.pickle_opt_in
+
+    def job(weights: Path, out: str) -> dict:
+        result = generation.generate(generation.GenerateOptions(model=str(weights), count=2, out=tmp_path / out,
+                                                                progress=False))
+        return json.loads(result.report_json.read_text())["inputs"]["model"]
+
+    assert job(converted, "from-pickle")["pickle_opt_in"] is True
+    assert "pickle_opt_in" not in job(tiny_run, "from-run")
+
+
 def test_journaled_features_read_back_exactly():
     embedding = np.random.default_rng(0).standard_normal(128).astype(np.float32)
     stored = {name: generation._journal_feature(value) for name, value in
