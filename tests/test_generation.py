@@ -397,6 +397,50 @@ def test_full_disk_is_one_line_and_resume_completes_the_job(tiny_run, env, tmp_p
     assert len(images(job)) == 8
 
 
+@pytest.mark.parametrize("failing", ["atomic_write_json", "atomic_write_text"])
+def test_a_full_disk_while_writing_the_report_keeps_a_whole_report_and_the_job_unfinished(
+        tiny_run, env, tmp_path, monkeypatch, failing):
+    """Row 24: ENOSPC while the report is written (its JSON, or its HTML after the JSON):
+    one line, exit 2; report.json stays a whole report (the last one, or the new one) and no
+    temporary is left; the journal does not record the job as finished, so the same command
+    writes it again."""
+    from artengine import report as report_module
+
+    job = tmp_path / "job"
+    argv = ("generate", "--model", str(tiny_run), "--count", "3", "--out", str(job))
+    code, out = run_cli(*argv)
+    assert code == 0, out
+    before = (job / "report" / "report.json").read_bytes()
+    real = getattr(report_module, failing)
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report_module, failing, full)
+    # A finished job run again: its last report stays whole, nothing more is journaled.
+    code, out = run_cli(*argv)
+    assert code == 2 and "No space left on device" in out and "Traceback" not in out, out
+    assert len(out.strip().splitlines()) == 1
+    assert json.loads((job / "report" / "report.json").read_bytes())["summary"]["images"] == 3
+    if failing == "atomic_write_json":
+        assert (job / "report" / "report.json").read_bytes() == before
+    assert not [p for p in (job / "report").iterdir() if p.name not in ("report.json", "report.html")]
+    assert len([r for r in iter_records(job) if r["type"] == "finished"]) == 1
+    # A new job whose report cannot be written: its images are kept, it is not finished.
+    fresh = tmp_path / "fresh"
+    code, out = run_cli(*argv[:-1], str(fresh))
+    assert code == 2 and "No space left on device" in out and len(out.strip().splitlines()) == 1, out
+    assert len(images(fresh)) == 3 and not [r for r in iter_records(fresh) if r["type"] == "finished"]
+
+    monkeypatch.setattr(report_module, failing, real)
+    for folder, finished in ((job, 2), (fresh, 1)):  # the same command again completes each
+        code, out = run_cli(*argv[:-1], str(folder))
+        assert code == 0, out
+        assert len([r for r in iter_records(folder) if r["type"] == "finished"]) == finished
+        assert json.loads((folder / "report" / "report.json").read_bytes())["summary"]["images"] == 3
+        assert len(images(folder)) == 3
+
+
 def test_a_job_begun_in_another_encoding_resumes_in_it(tiny_run, env, tmp_path, monkeypatch):
     """A job folder begun in another PNG encoding (as by a version that deflated with zlib,
     level 1, RLE) resumes in that encoding when none is asked for: the images are
