@@ -25,6 +25,10 @@ from .plugins import COMPONENT_HOOKS, Plugins, get_plugins
 SEED = click.IntRange(0, SEED_MAX)
 
 
+#: What click (8.2 and later) raises for a group named without a command, to show its help.
+_NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class CLIError(click.ClickException):
     """A one-line error with exit code 2 (click's default for its own exceptions is 1)."""
 
@@ -46,6 +50,8 @@ class ArtengineGroup(click.Group):
             return super().invoke(ctx)
         except ArtengineError as exc:
             raise CLIError(str(exc)) from None
+        except _NO_ARGS:  # a group named without a command: its help, as click shows it
+            raise
         except click.UsageError as exc:
             raise _usage_line(exc, ctx.command_path) from None
         except OSError as exc:
@@ -55,6 +61,8 @@ class ArtengineGroup(click.Group):
                      **extra: Any) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
+        except _NO_ARGS:
+            raise
         except click.UsageError as exc:  # the top-level options
             raise _usage_line(exc, info_name or self.name or "artengine") from None
 

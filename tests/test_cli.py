@@ -53,6 +53,14 @@ def test_a_bad_option_or_command_is_one_line_naming_the_command(argv, where, wha
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("argv", [[], ["registry"]], ids=["root", "registry"])
+def test_a_group_named_without_a_command_shows_its_help(argv):
+    result = subprocess.run([sys.executable, "-m", "artengine", *argv], capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert out.startswith(f"Usage: artengine {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND [ARGS]...")
+    assert "Commands:" in out and "Error" not in out
+
+
 def test_plugins_json_is_valid_and_lists_builtins():
     result = subprocess.run([sys.executable, "-m", "artengine", "plugins", "--json"],
                             capture_output=True, text=True, timeout=120)
