@@ -29,7 +29,6 @@ class JobState:
 
     spec: dict[str, Any]
     done: dict[int, dict[str, Any]]  # index -> its journal record
-    finished: dict[str, Any] | None  # the closing record, once the batch is complete
     torn: bool  # a partial last line was found (and is ignored)
 
 
@@ -44,7 +43,7 @@ def start_job(folder: Path, spec: Mapping[str, Any], *, compare: tuple[str, ...]
     job_path = folder / JOB_FILE
     if not job_path.exists():
         atomic_write_json(job_path, dict(spec))
-        return JobState(spec=dict(spec), done={}, finished=None, torn=False)
+        return JobState(spec=dict(spec), done={}, torn=False)
     try:
         existing = json.loads(job_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -63,7 +62,6 @@ def start_job(folder: Path, spec: Mapping[str, Any], *, compare: tuple[str, ...]
 def read_journal(folder: Path, spec: dict[str, Any]) -> JobState:
     """Read ``journal.jsonl``; drop a torn last line."""
     done: dict[int, dict[str, Any]] = {}
-    finished = None
     torn = False
     path = folder / JOURNAL_FILE
     if path.exists():
@@ -81,12 +79,9 @@ def read_journal(folder: Path, spec: dict[str, Any]) -> JobState:
                 continue
             if record.get("type") == "image":
                 done[int(record["index"])] = record
-                finished = None  # images made again after a finish (their files had gone)
-            elif record.get("type") == "finished":
-                finished = record
         if torn:
             _truncate_torn_tail(path, data)
-    return JobState(spec=spec, done=done, finished=finished, torn=torn)
+    return JobState(spec=spec, done=done, torn=torn)
 
 
 def _truncate_torn_tail(path: Path, data: bytes) -> None:
