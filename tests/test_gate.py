@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import gate_plugin
+from crafted_files import png_claiming
 from artengine import Plugins, PolicyError
 from artengine.cli import cli
 from artengine.plugins import set_plugins
@@ -211,15 +212,7 @@ def test_unreadable_image_is_an_error_naming_it_and_the_batch_continues(plugins,
 def test_a_decompression_bomb_in_a_batch_is_an_error_naming_it_and_its_limit(plugins, tmp_path, folder):
     """Row 1: a PNG whose header claims 20,000 x 20,000 pixels is refused before decoding,
     as an error naming the file and the limit; the other images are still audited."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)
-    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                                      + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    (folder / "bomb.png").write_bytes(png_claiming(20_000, 20_000))
     result, doc = run_audit(folder, write_policy(tmp_path, "[audits.too_bright]\n"))
     assert result.exit_code == 1
     by_key = {e["key"]: e for e in doc["images"]}

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 
 import imagehash
 import numpy as np
@@ -22,20 +20,13 @@ from artengine import (
     to_rgb,
 )
 from artengine_plugins.shapes import ShapesSet
+from crafted_files import png_claiming
 
 
 def _encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (the pixel data is absent)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def content() -> Image.Image:
 
 def test_header_claiming_20k_by_20k_is_refused_without_decoding(tmp_path):
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_claiming(20_000, 20_000))
+    bomb.write_bytes(png_claiming(20_000, 20_000))
     with pytest.raises(ImageLoadError) as err:
         open_image(bomb)
     assert "bomb.png" in str(err.value)
