@@ -87,3 +87,24 @@ def test_html_is_self_contained_and_escapes_text(tmp_path):
     assert "<script>alert(1)" not in page and "&lt;script&gt;" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched
     assert "BLOCKED" in page and "data:image/jpeg;base64,AAAA" in page
+
+
+def test_report_json_holds_one_image_per_line_and_reads_back_as_the_document(tmp_path):
+    """report.json reads and diffs image by image: each image is one line of the ``images``
+    array; everything else is indented. Text with quotes, newlines and an "images" key of
+    its own inside an image does not disturb the layout."""
+    doc = _doc(4, 'tag with "quotes"\n  "images": null')
+    doc["images"][1]["meta"] = {"images": [1, 2], "note": 'line\n  "images": null'}
+    json_path, _ = write_report(tmp_path, doc, {})
+    text = json_path.read_text()
+    assert json.loads(text) == doc
+    lines = text.splitlines()
+    start = lines.index('  "images": [')
+    image_lines = lines[start + 1:start + 5]
+    assert [json.loads(line.strip().rstrip(",")) for line in image_lines] == doc["images"]
+    assert lines[start + 5] == "  ],"
+    assert lines[:2] == ["{", '  "schema": "artengine.report/1",']
+    empty = build_report(kind="audit", images=[], batch=Verdict(None), policy={"name": "none"},
+                         engine={"version": "t"}, plugins={}, inputs={})
+    json_path, _ = write_report(tmp_path, empty, {})
+    assert json.loads(json_path.read_text()) == empty
