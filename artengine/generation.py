@@ -1290,16 +1290,18 @@ class Writer:
         self.journal.close()
         self.ledger.close()
 
-    def commit(self, items: Sequence[Produced], pause: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    def commit(self, items: Sequence[Produced],
+               pause: Callable[[], None] | None = None) -> list[tuple[dict[str, Any], bytes]]:
         """Write a chunk of finished images and journal them (a group commit: every file is
         fsynced, then each folder once, then the ledger and the journal once each).
-        ``pause()`` is called before each image and before the group commit (see
-        :meth:`_LocalProcesses.pause`).
+        Returns each image's journal record with its line. ``pause()`` is called before
+        each image and before the group commit (see :meth:`_LocalProcesses.pause`).
 
         A failure part-way (a full disk) still journals the images completely written
         before it, then raises: nothing already written is lost.
         """
         done: list[tuple[Produced, Path, dict[str, Any]]] = []
+        lines: list[bytes] = []
         folders: set[Path] = set()
         try:
             for item in items:
@@ -1315,8 +1317,8 @@ class Writer:
                 fsync_dir(folder)
             if done:
                 self.ledger.record_many([(item.manifest, str(path)) for item, path, _ in done])
-                self.journal.append_many([record for _, _, record in done])  # the commit point
-        return [record for _, _, record in done]
+                lines = self.journal.append_many([record for _, _, record in done])  # the commit point
+        return [(record, line) for (_, _, record), line in zip(done, lines)]
 
     def _write(self, item: Produced) -> tuple[Path, dict[str, Any]]:
         from .provenance import sidecar_path
@@ -1502,7 +1504,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
 
             source = PixelSource(spec, plugins)
             head_start = _HeadStart(source, chunks, multiprocessing.get_context("fork"))
-        producer = Producer(spec, plugins, source=source, policy=policy) if in_process or forked else None
+        producer = Producer(spec, plugins, source=source, policy=policy) if runs and (in_process or forked) else None
         heap.freeze()  # everything loaded: before any process is forked from this one
         if generator_process and producer is not None and generator_pool is None:
             generator_pool = start_generator_process(spec, producer.source)  # forked, the model loaded
@@ -1519,9 +1521,15 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         raise
 
     resumed = spec["count"] - len(todo)
-    records: dict[int, dict[str, Any]] = dict(state.done)
-    batch_features = {index: found for index, record in records.items()
+    # Until the finish, each image is held as its journal line: about 2 KB, against about
+    # 9.5 KB as Python objects (docs/generation.md, "Memory").
+    records: dict[int, bytes] = {index: state.lines[index] for index in state.done}
+    batch_features = {index: found for index, record in state.done.items()
                       if (found := _journaled_features(record, writer.features_key))}
+    counts = {"approved": 0, "quarantined": 0}
+    for record in state.done.values():
+        counts["quarantined" if record["folder"] == "quarantine" else "approved"] += 1
+    state.done.clear()
     seconds = {"writing": 0.0}
     if runs:
         if in_process:
@@ -1531,9 +1539,6 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
             executor = _Ray(spec, workers, options.ray_address)
         else:
             executor = _LocalProcesses(spec, workers, producer=producer, head_start=head_start)
-        counts = {"approved": 0, "quarantined": 0}
-        for r in records.values():
-            counts["quarantined" if r["folder"] == "quarantine" else "approved"] += 1
         bar = tqdm(total=spec["count"], initial=resumed, desc="generating", unit="img",
                    disable=None if options.progress else True)
         try:
@@ -1541,8 +1546,8 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
                 begin = time.perf_counter()
                 committed = writer.commit(produced, pause=getattr(executor, "pause", None))
                 seconds["writing"] += time.perf_counter() - begin
-                for item, record in zip(produced, committed):
-                    records[item.index] = record
+                for item, (record, line) in zip(produced, committed):
+                    records[item.index] = line
                     batch_features[item.index] = item.features
                     counts["quarantined" if record["folder"] == "quarantine" else "approved"] += 1
                     bar.set_postfix(counts, refresh=False)
@@ -1587,10 +1592,11 @@ def _check_writable(out: Path) -> None:
 
 
 def _finish(out: Path, spec: Mapping[str, Any], options: GenerateOptions, plugins: Plugins, policy: Any,
-            records: dict[int, dict[str, Any]], batch_features: dict[int, dict[str, Any]], writer: Writer,
+            records: dict[int, bytes], batch_features: dict[int, dict[str, Any]], writer: Writer,
             resumed: int) -> GenerateResult:
     """Batch audits, final placement, report. Re-entrant: a resumed job redoes what the
-    crash interrupted."""
+    crash interrupted. ``records`` holds each image's journal line; they are read one at a
+    time, so the job's images are held at once only as the report's entries."""
     from .auditor import AuditRunner
     from .gate import disabled_findings
     from .report import ImageEntry, build_report, write_report
@@ -1601,46 +1607,46 @@ def _finish(out: Path, spec: Mapping[str, Any], options: GenerateOptions, plugin
     ordered = [records[i] for i in sorted(records)]
     batch_findings: list[Finding] = []
     if runner.batch_audits:
-        items = _batch_items(out, ordered, batch_features, runner)
-        all_findings = [_finding_from_dict(f) for r in ordered for f in r["findings"]]
-        batch_findings = runner.check_batch(items, all_findings)
+        items, findings = _batch_items(out, ordered, batch_features, runner)
+        batch_findings = runner.check_batch(items, findings)
+        del items, findings
     batch_findings += disabled_findings(policy)
     batch = judge(None, batch_findings, policy)
     batch_blocks = batch.status in ("block", "error")
 
-    # Final placement: pending images go to approved/ unless the batch verdict blocks.
-    entries: list[ImageEntry] = []
+    # Final placement: pending images go to approved/ unless the batch verdict blocks. The
+    # report's entries are made as it takes them.
     thumbnailed: list[tuple[str, Path]] = []
-    approved = quarantined = 0
-    for record in ordered:
-        folder = record["folder"]
-        if folder == "pending":
-            folder = "quarantine" if batch_blocks else "approved"
-            _move_with_sidecar(out / "pending" / record["name"], out / folder / record["name"])
-        path = out / folder / record["name"]
-        if folder == "approved":
-            approved += 1
-        else:
-            quarantined += 1
-        findings = [_finding_from_dict(f) for f in record["findings"]]
-        verdict = judge(record["name"], findings, policy)
-        entries.append(ImageEntry(key=record["name"], path=str(path), verdict=verdict, meta=record["meta"],
-                                  location=folder))
-        if verdict.status != "pass" or len(thumbnailed) < 240:
-            thumbnailed.append((record["name"], path))
-    if not any((out / "pending").iterdir()):
-        (out / "pending").rmdir()
-    thumbs = _thumbnails(thumbnailed)
+    tally = {"approved": 0, "quarantined": 0}
+
+    def entries() -> Iterator[ImageEntry]:
+        for line in ordered:
+            record = json.loads(line)
+            folder = record["folder"]
+            if folder == "pending":
+                folder = "quarantine" if batch_blocks else "approved"
+                _move_with_sidecar(out / "pending" / record["name"], out / folder / record["name"])
+            path = out / folder / record["name"]
+            tally["approved" if folder == "approved" else "quarantined"] += 1
+            verdict = judge(record["name"], [_finding_from_dict(f) for f in record["findings"]], policy)
+            if verdict.status != "pass" or len(thumbnailed) < 240:
+                thumbnailed.append((record["name"], path))
+            yield ImageEntry(key=record["name"], path=str(path), verdict=verdict, meta=record["meta"],
+                             location=folder)
 
     run = _run_section(spec)
-    doc = build_report(kind="generate", images=entries, batch=batch, policy=policy.as_dict(),
+    doc = build_report(kind="generate", images=entries(), batch=batch, policy=policy.as_dict(),
                        engine=dict(spec["engine"]), plugins=plugins.versions(),
                        inputs={"model": spec["model"], "seed": spec["seed"], "count": spec["count"],
                                "labels": spec["labels"], "style_ref": spec["style_ref"], "size": spec["size"],
                                "registries": spec["registries"], "job": spec["job_id"], "out": str(out)},
                        run=run)
+    if not any((out / "pending").iterdir()):
+        (out / "pending").rmdir()
+    thumbs = _thumbnails(thumbnailed)
     report_dir = options.report_dir or out / "report"
     json_path, html_path = write_report(report_dir, doc, thumbs)
+    approved, quarantined = tally["approved"], tally["quarantined"]
     writer.journal.append({"type": "finished", "verdict": doc["verdict"], "batch": batch.status,
                            "approved": approved, "quarantined": quarantined})
     plugins.hook.artengine_report_written(json_path=str(json_path), html_path=str(html_path), report=doc)
@@ -1680,27 +1686,34 @@ def _move_with_sidecar(source: Path, target: Path) -> None:
         os.replace(sidecar_path(source), sidecar_path(target))
 
 
-def _batch_items(out: Path, records: Sequence[Mapping[str, Any]], features: Mapping[int, Mapping[str, Any]],
-                 runner: Any) -> list[AuditItem]:
-    """Items for batch audits: features made during this run, recomputed from the files for
-    images a previous (interrupted) run made (only those the batch audits need)."""
+def _batch_items(out: Path, lines: Sequence[bytes], features: Mapping[int, Mapping[str, Any]],
+                 runner: Any) -> tuple[list[AuditItem], list[Finding]]:
+    """Items for batch audits, from the images' journal lines: features made during this
+    run, recomputed from the files for images a previous (interrupted) run made (only those
+    the batch audits need). With them, the images' findings of the batch audits."""
     needed = {f for audit in runner.batch_audits for f in audit.needs}
+    names = {audit.name for audit in runner.batch_audits}
     items: list[AuditItem] = []
-    missing: list[AuditItem] = []
-    for record in records:
+    findings: list[Finding] = []
+    missing: list[tuple[AuditItem, Path]] = []
+    for line in lines:
+        record = json.loads(line)
+        findings += [_finding_from_dict(f) for f in record["findings"] if f["audit"] in names]
         item = AuditItem(key=record["name"], image=None, meta=dict(record["meta"]))
         known = features.get(int(record["index"]))
         if known and needed <= known.keys():
             item.features.update(known)
         else:
-            item.image = open_image(_placed(out, record))
-            missing.append(item)
+            missing.append((item, _placed(out, record)))
         items.append(item)
-    for start in range(0, len(missing), 32):
-        runner.features(missing[start:start + 32], names=needed)
-    for item in missing:
-        item.image = None
-    return items
+    for start in range(0, len(missing), 32):  # decoded 32 at a time
+        chunk = [item for item, _ in missing[start:start + 32]]
+        for item, path in missing[start:start + 32]:
+            item.image = open_image(path)
+        runner.features(chunk, names=needed)
+        for item in chunk:
+            item.image = None
+    return items, findings
 
 
 def _placed(out: Path, record: Mapping[str, Any]) -> Path:

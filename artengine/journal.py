@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class JobState:
     spec: dict[str, Any]
     done: dict[int, dict[str, Any]]  # index -> its journal record
     torn: bool  # a partial last line was found (and is ignored)
+    lines: dict[int, bytes] = field(default_factory=dict)  # index -> its record's line as read
 
 
 def start_job(folder: Path, spec: Mapping[str, Any], *, compare: tuple[str, ...]) -> JobState:
@@ -62,6 +63,7 @@ def start_job(folder: Path, spec: Mapping[str, Any], *, compare: tuple[str, ...]
 def read_journal(folder: Path, spec: dict[str, Any]) -> JobState:
     """Read ``journal.jsonl``; drop a torn last line."""
     done: dict[int, dict[str, Any]] = {}
+    lines: dict[int, bytes] = {}
     torn = False
     path = folder / JOURNAL_FILE
     if path.exists():
@@ -79,9 +81,10 @@ def read_journal(folder: Path, spec: dict[str, Any]) -> JobState:
                 continue
             if record.get("type") == "image":
                 done[int(record["index"])] = record
+                lines[int(record["index"])] = raw
         if torn:
             _truncate_torn_tail(path, data)
-    return JobState(spec=spec, done=done, torn=torn)
+    return JobState(spec=spec, done=done, torn=torn, lines=lines)
 
 
 def _truncate_torn_tail(path: Path, data: bytes) -> None:
@@ -97,6 +100,11 @@ def _truncate_torn_tail(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, b"".join(line + b"\n" for line in good))
 
 
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """A record as its journal line (compact JSON, keys sorted, no newline)."""
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
 class Journal:
     """Appends records to ``journal.jsonl``, durably, one line per record."""
 
@@ -108,17 +116,19 @@ class Journal:
         """Append one record and fsync."""
         self.append_many([record])
 
-    def append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[bytes]:
         """Append records in one write and one fsync (a group commit). A crash part-way
-        leaves whole lines plus at most one torn line, which reading drops."""
-        if not records:
-            return
-        data = b"".join((json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
-                        for r in records)
+        leaves whole lines plus at most one torn line, which reading drops. Returns the
+        lines written (see :func:`encode_record`)."""
+        lines = [encode_record(r) for r in records]
+        if not lines:
+            return lines
+        data = b"".join(line + b"\n" for line in lines)
         written = os.write(self._fd, data)  # one write on O_APPEND: never interleaved
         if written != len(data):
             raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
         os.fsync(self._fd)
+        return lines
 
     def close(self) -> None:
         if self._fd >= 0:
