@@ -188,12 +188,19 @@ def registry_add(db: Path, paths: tuple[Path, ...], licence: str, source: str) -
     """Hash reference images (files, or folders recursively) into the registry DB.
 
     Creates DB if needed. Re-adding an image already present changes nothing.
-    Unreadable files are reported and skipped.
+    Unreadable files are reported and skipped; if no file given can be read, that is an
+    error (exit 2).
     """
     from .registry import add_to_registry
 
     load_plugins()
     summary, info = add_to_registry(db, paths, licence=licence, source=source)
+    if not summary.added and not summary.unchanged:  # nothing given could be used: a mistake
+        if summary.skipped:
+            path, reason = summary.skipped[0]
+            raise InputError(f"registry add: none of the {len(summary.skipped)} file(s) given could be read "
+                             f"(first: {path}: {reason}); nothing added to {db}")
+        raise InputError(f"registry add: no image files in {', '.join(map(str, paths))}; nothing added to {db}")
     click.echo(f"{db}: added {summary.added}, already present {summary.unchanged}, "
                f"skipped {len(summary.skipped)} unreadable; {info['references']} references in total")
     for path, reason in summary.skipped[:20]:

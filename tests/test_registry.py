@@ -191,14 +191,23 @@ def test_registry_add_and_info_commands(tmp_path, ref_folder):
 def test_registry_commands_fail_with_one_line_and_exit_2(tmp_path):
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(2048))
+    unreadable, empty = tmp_path / "unreadable", tmp_path / "empty"
+    unreadable.mkdir(), empty.mkdir()
+    (unreadable / "a.png").write_bytes(b"not a png")
+    (unreadable / "b.jpg").write_bytes(b"")
     runner = CliRunner()
-    for args in (["registry", "info", str(tmp_path / "missing.db")],
-                 ["registry", "info", str(garbage)],
-                 ["registry", "add", str(garbage), str(tmp_path)],
-                 ["registry", "add", str(tmp_path / "x.db"), str(tmp_path / "no_such_folder")]):
+    for args, expected in (
+            (["registry", "info", str(tmp_path / "missing.db")], "missing.db"),
+            (["registry", "info", str(garbage)], "garbage.db"),
+            (["registry", "add", str(garbage), str(tmp_path)], "garbage.db"),
+            (["registry", "add", str(tmp_path / "x.db"), str(tmp_path / "no_such_folder")], "no_such_folder"),
+            # Nothing given could be used: an error, not "added 0".
+            (["registry", "add", str(tmp_path / "y.db"), str(unreadable)], "none of the 2 file(s) given could be read"),
+            (["registry", "add", str(tmp_path / "z.db"), str(empty)], f"no image files in {empty}")):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
-        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert expected in result.output, (args, result.output)
 
 
 def _as_schema_2(path):
