@@ -2,6 +2,7 @@
 through the plugin manager like any other plugin (no mocks)."""
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -10,6 +11,7 @@ from artengine import Audit, FeatureExtractor, Finding, Setting, hookimpl
 
 ARTENGINE_HOOK_API = "1.0"
 COMPUTED: list[str] = []  # keys the shared feature was computed for
+THREADS: set[int] = set()  # threads it was computed on
 
 
 class MeanBrightness(FeatureExtractor):
@@ -19,6 +21,7 @@ class MeanBrightness(FeatureExtractor):
 
     def compute(self, items):
         COMPUTED.extend(item.key for item in items)
+        THREADS.add(threading.get_ident())
         return [float(np.asarray(item.image.rgb.convert("L")).mean()) for item in items]
 
 

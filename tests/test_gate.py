@@ -24,6 +24,7 @@ def plugins():
     assert info.loaded, info.error
     set_plugins(found)
     gate_plugin.COMPUTED.clear()
+    gate_plugin.THREADS.clear()
     return found
 
 
@@ -220,6 +221,33 @@ def test_a_decompression_bomb_in_a_batch_is_an_error_naming_it_and_its_limit(plu
     reason = by_key["bomb.png"]["reasons"][0]
     assert "decompression bomb refused" in reason and "400000000 pixels" in reason and "limit of" in reason
     assert by_key["b.png"]["verdict"] == "pass" and doc["summary"]["images"] == 5
+
+
+def test_a_folder_is_audited_on_one_thread_per_core_with_the_same_report(plugins, tmp_path, monkeypatch):
+    """`artengine audit` checks a folder's chunks (32 images) on one thread per core: the
+    report lists the images in file order with the same verdicts and findings as on one
+    thread, an unreadable file among them still its own error."""
+    from artengine import auditor
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(80):
+        Image.fromarray(np.full((16, 16, 3), (i * 37) % 256, np.uint8)).save(root / f"{i:03d}.png")
+    (root / "045.png").write_bytes(b"not a png")
+    policy = write_policy(tmp_path, "[audits.too_bright]\n[audits.too_dark]\n")
+    docs = {}
+    for cores in (1, 2):
+        monkeypatch.setattr(auditor, "usable_cores", lambda: cores)
+        gate_plugin.THREADS.clear()
+        result, doc = run_audit(root, policy)
+        assert result.exit_code == 1, result.output
+        assert len(gate_plugin.THREADS) == cores  # 3 chunks: both threads take some
+        doc.pop("created")
+        docs[cores] = doc
+    assert docs[1] == docs[2]
+    assert [e["key"] for e in docs[2]["images"]] == [f"{i:03d}.png" for i in range(80)]
+    assert docs[2]["images"][45]["verdict"] == "error" and "unreadable" in docs[2]["images"][45]["reasons"][0]
+    assert {e["verdict"] for e in docs[2]["images"]} == {"pass", "block", "error"}
 
 
 def test_empty_folder_is_an_input_error(plugins, tmp_path):
