@@ -249,10 +249,11 @@ class AuditOutcome:
 
 
 def _checked_in_parallel(check: Callable[[Any], Any], chunks: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
-    """(chunk, ``check(chunk)``) in order, with chunks checked on one thread per core, at
-    most two chunks ahead per thread (decoding, hashing and CLIP release the interpreter
-    lock; the runner gives each calling thread its own workers). Torch runs one thread per
-    caller meanwhile, so the threads do not contend for the same cores twice."""
+    """(chunk, ``check(chunk)``) in order, with chunks checked on one thread per core, one
+    chunk each ahead of the one the caller holds (decoding, hashing and CLIP release the
+    interpreter lock; the runner gives each calling thread its own workers). So at most
+    cores + 1 chunks' images are decoded at once. Torch runs one thread per caller
+    meanwhile, so the threads do not contend for the same cores twice."""
     import torch
 
     workers = max(1, min(usable_cores(), len(chunks)))
@@ -262,7 +263,7 @@ def _checked_in_parallel(check: Callable[[Any], Any], chunks: Sequence[Any]) -> 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artengine-audit") as pool:
             ahead: collections.deque[tuple[Any, Future]] = collections.deque()
             upcoming = iter(chunks)
-            for chunk in itertools.islice(upcoming, 2 * workers):
+            for chunk in itertools.islice(upcoming, workers):
                 ahead.append((chunk, pool.submit(check, chunk)))
             while ahead:
                 chunk, future = ahead.popleft()
