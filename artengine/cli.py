@@ -189,13 +189,17 @@ def registry_add(db: Path, paths: tuple[Path, ...], licence: str, source: str) -
 
     Creates DB if needed. Re-adding an image already present changes nothing.
     Unreadable files are reported and skipped; if no file given can be read, that is an
-    error (exit 2).
+    error (exit 2), and a DB this command created is removed again.
     """
     from .registry import add_to_registry
 
     load_plugins()
+    existed = db.exists()
     summary, info = add_to_registry(db, paths, licence=licence, source=source)
     if not summary.added and not summary.unchanged:  # nothing given could be used: a mistake
+        if not existed:  # the empty registry this command made goes again
+            for made in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}.index")):
+                made.unlink(missing_ok=True)
         if summary.skipped:
             path, reason = summary.skipped[0]
             raise InputError(f"registry add: none of the {len(summary.skipped)} file(s) given could be read "

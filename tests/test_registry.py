@@ -208,6 +208,8 @@ def test_registry_commands_fail_with_one_line_and_exit_2(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert expected in result.output, (args, result.output)
+    # The registries those two would have created are not left behind, empty.
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("y.db", "z.db"))]
 
 
 def _as_schema_2(path):
