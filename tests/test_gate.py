@@ -248,6 +248,15 @@ def test_a_folder_is_audited_on_one_thread_per_core_with_the_same_report(plugins
     assert [e["key"] for e in docs[2]["images"]] == [f"{i:03d}.png" for i in range(80)]
     assert docs[2]["images"][45]["verdict"] == "error" and "unreadable" in docs[2]["images"][45]["reasons"][0]
     assert {e["verdict"] for e in docs[2]["images"]} == {"pass", "block", "error"}
+    # Thumbnails: every flagged image, and every readable one among the first files.
+    from artengine.audit import AuditContext
+    from artengine.auditor import AuditRunner, audit_folder
+
+    runner = AuditRunner(load_policy(policy, audits=plugins.components("audits"),
+                                     features=plugins.components("feature_extractors")), plugins, AuditContext())
+    outcome = audit_folder(root, runner, chunk_size=4, max_thumbnails=10, progress=False)
+    flagged = {e.key for e in outcome.images if e.verdict.status in ("warn", "block")}
+    assert set(outcome.thumbnails) == flagged | {f"{i:03d}.png" for i in range(10)}
 
 
 def test_empty_folder_is_an_input_error(plugins, tmp_path):
