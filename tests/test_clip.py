@@ -90,6 +90,22 @@ def test_large_and_non_square_images_are_resized_and_centre_cropped(tiny):
     assert float(e_big @ e_wide) > 0.95  # the centre crop of the wide image is the big one
 
 
+def test_large_images_are_resized_a_few_at_a_time_with_the_same_embeddings(tiny, monkeypatch):
+    """Images of one size are gathered for resizing in groups of at most _GROUP_BYTES of
+    pixels (a chunk of camera-size photographs is not copied whole): the embeddings are
+    the same bits however the images are grouped."""
+    from artengine import clip as clip_module
+
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)) for _ in range(5)]
+    images.insert(2, Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    whole = tiny.encode_images(images)
+    monkeypatch.setattr(clip_module, "_GROUP_BYTES", 2 * 300 * 400 * 3)  # two photographs per call
+    assert np.array_equal(tiny.encode_images(images), whole)
+    monkeypatch.setattr(clip_module, "_GROUP_BYTES", 1)  # one per call
+    assert np.array_equal(tiny.encode_images(images), whole)
+
+
 @pytest.mark.parametrize("interpolation,resize_mode", [("bicubic", "shortest"), ("bilinear", "squash")])
 def test_batched_preprocess_agrees_with_open_clips_own(tiny, interpolation, resize_mode):
     # open_clip's preprocess resizes each PIL image on its own; ours resizes a batch at
