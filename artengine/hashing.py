@@ -141,7 +141,12 @@ def hash_value(h: imagehash.ImageHash) -> np.uint64:
     bits = np.asarray(h.hash, dtype=bool).reshape(-1)
     if bits.size != 64:
         raise ValueError(f"expected a 64-bit hash, got {bits.size} bits")
-    return np.packbits(bits).view(">u8")[0].astype(np.uint64)
+    return _pack64(bits[None])[0]
+
+
+def _pack64(bits: np.ndarray) -> np.ndarray:
+    """Each row of an ``(n, 64)`` bool array as one ``uint64`` (imagehash's bit order)."""
+    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
 
 
 def hash_hex(value: int | np.integer) -> str:
@@ -335,8 +340,7 @@ def _phash_stack(pixels: np.ndarray) -> np.ndarray:
     import scipy.fftpack  # what imagehash.phash uses
 
     low = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=1), axis=2)[:, :8, :8].reshape(len(pixels), 64)
-    bits = low > np.median(low, axis=1)[:, None]
-    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+    return _pack64(low > np.median(low, axis=1)[:, None])
 
 
 def _dhash_stack(strips: np.ndarray) -> np.ndarray:
@@ -344,8 +348,7 @@ def _dhash_stack(strips: np.ndarray) -> np.ndarray:
     ``uint64`` values: the same comparison of each pixel with its left neighbour, for the
     whole stack at once (imagehash's own resize of an input already 9x8 is a copy).
     ``tests/test_hashing.py`` checks the bits against imagehash."""
-    bits = (strips[:, :, 1:] > strips[:, :, :-1]).reshape(len(strips), DHASH_SIZE * DHASH_SIZE)
-    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+    return _pack64((strips[:, :, 1:] > strips[:, :, :-1]).reshape(len(strips), DHASH_SIZE * DHASH_SIZE))
 
 
 def _rows(inputs: Sequence[tuple[Image.Image, Image.Image]]) -> np.ndarray:
