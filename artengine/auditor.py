@@ -334,48 +334,49 @@ def audit_folder(
     kept: list[AuditItem] = []
     findings_all: list[Finding] = []
     thumbs: dict[str, str] = {}
-    def check(job: tuple[int, Sequence[Path]]) -> tuple[list[AuditItem], dict[str, Finding],
-                                                       dict[str, list[Finding]], dict[str, str]]:
-        """One chunk, on a pool thread: load, audit, and make the thumbnails the report
-        may show; the pixels are dropped before the next chunk is taken."""
+
+    def check(job: tuple[int, Sequence[Path]]) -> tuple[list[ImageEntry], list[Finding], list[AuditItem],
+                                                       dict[str, str]]:
+        """One chunk, on a pool thread: load, audit, judge each image, and make the
+        thumbnails the report may show; the pixels are dropped before the next chunk."""
         offset, chunk = job
-        items: list[AuditItem] = []
+        items: dict[str, AuditItem] = {}
         load_errors: dict[str, Finding] = {}
-        positions: dict[str, int] = {}
-        for position, path in enumerate(chunk, start=offset):
+        for path in chunk:
             key = path.relative_to(root).as_posix()
-            positions[key] = position
             try:
                 loaded = open_image(path)
             except ImageLoadError as exc:
                 load_errors[key] = Finding(audit=ENGINE, outcome="error", item=key,
                                            message=f"unreadable image: {exc.reason}")
                 continue
-            items.append(AuditItem(key=key, image=loaded, meta=image_meta(loaded)))
-        results = runner.check_images(items) if items else {}
+            items[key] = AuditItem(key=key, image=loaded, meta=image_meta(loaded))
+        results = runner.check_images(list(items.values())) if items else {}
+        chunk_entries: list[ImageEntry] = []
+        chunk_findings: list[Finding] = []
         made: dict[str, str] = {}
-        for item in items:
-            if (positions[item.key] < max_thumbnails
-                    or judge(item.key, results.get(item.key, []), runner.policy).status != "pass"):
-                made[item.key] = thumbnail_uri(item.image.rgb)  # only those the report shows
-            item.image = None  # batch checks see features and metadata, not pixels
-        return items, load_errors, results, made
-
-    jobs = [(start, files[start:start + chunk_size]) for start in range(0, len(files), chunk_size)]
-    bar = tqdm(total=len(files), desc="auditing", unit="img", disable=None if progress else True)
-    for (_, chunk), (items, load_errors, results, made) in _checked_in_parallel(check, jobs):
-        for path in chunk:
+        for position, path in enumerate(chunk, start=offset):
             key = path.relative_to(root).as_posix()
             found = [load_errors[key]] if key in load_errors else results.get(key, [])
             verdict = judge(key, found, runner.policy)
-            meta = next((i.meta for i in items if i.key == key), {})
+            item = items.get(key)
             # The report keeps the generation fields; the whole manifest stays in the image.
-            meta = {k: v for k, v in meta.items() if k != "manifest"}
-            entries.append(ImageEntry(key=key, path=str(path), verdict=verdict, meta=meta))
-            if key in made:
-                thumbs[key] = made[key]
-            findings_all.extend(found)
-        kept.extend(items)
+            meta = {k: v for k, v in item.meta.items() if k != "manifest"} if item else {}
+            chunk_entries.append(ImageEntry(key=key, path=str(path), verdict=verdict, meta=meta))
+            chunk_findings.extend(found)
+            if item is not None:
+                if verdict.status != "pass" or position < max_thumbnails:
+                    made[key] = thumbnail_uri(item.image.rgb)  # only those the report shows
+                item.image = None  # batch checks see features and metadata, not pixels
+        return chunk_entries, chunk_findings, list(items.values()), made
+
+    jobs = [(start, files[start:start + chunk_size]) for start in range(0, len(files), chunk_size)]
+    bar = tqdm(total=len(files), desc="auditing", unit="img", disable=None if progress else True)
+    for (_, chunk), (chunk_entries, chunk_findings, items, made) in _checked_in_parallel(check, jobs):
+        entries += chunk_entries
+        findings_all += chunk_findings
+        kept += items
+        thumbs.update(made)
         bar.update(len(chunk))
     bar.close()
     batch_findings = runner.check_batch(kept, findings_all) + disabled_findings(runner.policy)
