@@ -1707,11 +1707,11 @@ def _batch_items(out: Path, lines: Sequence[bytes], features: Mapping[int, Mappi
             missing.append((item, _placed(out, record)))
         items.append(item)
     for start in range(0, len(missing), 32):  # decoded 32 at a time
-        chunk = [item for item, _ in missing[start:start + 32]]
-        for item, path in missing[start:start + 32]:
+        chunk = missing[start:start + 32]
+        for item, path in chunk:
             item.image = open_image(path)
-        runner.features(chunk, names=needed)
-        for item in chunk:
+        runner.features([item for item, _ in chunk], names=needed)
+        for item, _ in chunk:
             item.image = None
     return items, findings
 
