@@ -259,6 +259,44 @@ def test_a_folder_is_audited_on_one_thread_per_core_with_the_same_report(plugins
     assert set(outcome.thumbnails) == flagged | {f"{i:03d}.png" for i in range(10)}
 
 
+def test_large_images_are_decoded_and_audited_a_few_at_a_time_with_the_same_report(plugins, tmp_path,
+                                                                                   monkeypatch):
+    """A chunk of large photographs is not decoded whole: each thread holds at most its
+    pixel budget of decoded images (plus the one that crosses it) at once, and the report
+    is the same as when the whole chunk fits."""
+    from artengine.audit import AuditContext
+    from artengine.auditor import AuditRunner, audit_folder
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    sizes = [(64, 48), (32, 32), (64, 64), (16, 80), (48, 48), (64, 64), (8, 8), (64, 32), (40, 40), (64, 64)]
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(np.full((h, w, 3), (i * 53) % 256, np.uint8)).save(root / f"{i:02d}.png")
+    (root / "03b.png").write_bytes(b"not a png")
+    policy = load_policy(write_policy(tmp_path, "[audits.too_bright]\n[audits.too_dark]\n"),
+                         audits=plugins.components("audits"), features=plugins.components("feature_extractors"))
+    runner = AuditRunner(policy, plugins, AuditContext())
+    held: list[list[int]] = []
+    check_images = runner.check_images
+
+    def recording(items):
+        held.append([item.image.size[0] * item.image.size[1] * 3 for item in items])
+        return check_images(items)
+
+    monkeypatch.setattr(runner, "check_images", recording)
+    whole = audit_folder(root, runner, chunk_size=32, progress=False)
+    assert [len(h) for h in held] == [len(sizes)]  # all of a chunk at once within the budget
+    budget = 64 * 64 * 3 * 2
+    held.clear()
+    grouped = audit_folder(root, runner, chunk_size=32, pixel_budget=budget, progress=False)
+    assert len(held) == 3 and sum(len(h) for h in held) == len(sizes)
+    assert all(sum(h[:-1]) < budget for h in held)  # the last image of a group crosses it
+    assert grouped.images == whole.images and grouped.batch == whole.batch
+    assert grouped.thumbnails == whole.thumbnails
+    assert [e.key for e in grouped.images][3:5] == ["03.png", "03b.png"]
+    assert grouped.images[4].verdict.status == "error"
+
+
 def test_empty_folder_is_an_input_error(plugins, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
