@@ -48,6 +48,7 @@ from .hashing import (
     ALGORITHMS,
     BAND_VARIANTS,
     COLUMNS,
+    CONFIRMED_VARIANTS,
     EQUALISED,
     HASH_SCHEME,
     MIN_RELIABLE_QUALITY,
@@ -157,7 +158,7 @@ class Match:
     registry: str
     reference: Reference
     distances: dict[str, int]  # algorithm -> Hamming distance
-    query_variant: str  # "full" or "mirror"
+    query_variant: str  # "full", a turned variant ("mirror", "flip", "rotate180") or a band
     reference_variant: str  # "full" or a crop name
     colour_distance: float = 0.0  # between the colour signatures (hashing.colour_distance)
     equalised_distance: int = 0  # between the equalised pHashes (hashing.EQUALISED)
@@ -180,7 +181,7 @@ class Match:
                 "equalised_distance": self.equalised_distance,
                 "image_distance_sum": self.image_distance_sum,
                 "correlation": None if self.correlation is None else round(float(self.correlation), 4),
-                "mirrored": self.query_variant == "mirror",
+                "mirrored": self.query_variant == "mirror", "query_variant": self.query_variant,
                 "reference_variant": self.reference_variant, "reference_quality": r.quality}
 
 
@@ -206,10 +207,17 @@ def _thumbnail(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _query_detail(luma: np.ndarray, mirrored: bool) -> np.ndarray:
+#: How each query variant's luminance thumbnail is turned back to face the reference.
+_TURN_BACK = {"mirror": (slice(None), slice(None, None, -1)), "flip": (slice(None, None, -1), slice(None)),
+              "rotate180": (slice(None, None, -1), slice(None, None, -1))}
+
+
+def _query_detail(luma: np.ndarray, variant: str) -> np.ndarray:
     """:func:`~artengine.hashing.thumbnail_detail` of an image's luminance thumbnail, as
-    it faces the reference: mirrored back for a match of the image's mirror variant."""
-    return thumbnail_detail(luma[:, ::-1] if mirrored else luma)
+    it faces the reference: turned back for a match of one of the image's turned
+    variants (mirror, flip, rotate180)."""
+    turn = _TURN_BACK.get(variant)
+    return thumbnail_detail(luma if turn is None else luma[turn])
 
 
 class ReferenceRegistry:
@@ -580,7 +588,10 @@ class ReferenceRegistry:
         bounds refuse counts when its luminance thumbnails correlate that well
         (:func:`~artengine.hashing.thumbnail_correlation`, the image's against the
         reference's stored thumbnail), the colour bound still applying; every whole-image
-        match within the pHash bound carries its ``correlation``.
+        match within the pHash bound carries its ``correlation``. A match of a
+        :data:`~artengine.hashing.CONFIRMED_VARIANTS` query variant (the image flipped or
+        turned by 180°) counts only with ``"correlation"`` on and reached, whatever the
+        other bounds say.
 
         Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
         same band of a reference, and only when ``thresholds`` holds ``"band_sum"`` (the
@@ -609,13 +620,14 @@ class ReferenceRegistry:
         band_of_code = [name if name in BAND_VARIANTS else None for name in index.variant_names]
         query_band = [v if v in BAND_VARIANTS else None for v in hashes.variants]
         whole_queries = [i for i, b in enumerate(query_band) if b is None]
+        confirmed = [v in CONFIRMED_VARIANTS for v in hashes.variants]
         first, rest = ALGORITHMS[0], ALGORITHMS[1:]
         qi, rows, dist = hamming_within(index.columns[first], hashes[first],
                                         int(max(thresholds[first], close_phash)))
         best: dict[int, Match] = {}
         colour_apart: dict[int, float] = {}
-        correlations: dict[tuple[int, bool], float] = {}
-        query_detail: dict[bool, np.ndarray] = {}  # the image's thumbnail detail, as is and mirrored back
+        correlations: dict[tuple[int, str], float] = {}
+        query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, as is and turned back
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -630,21 +642,22 @@ class ReferenceRegistry:
             # A whole-image pair within the pHash bound may still be a copy whose other
             # hashes a brightness or contrast change moved: the thumbnails decide.
             verify = band is None and min_correlation is not None and d <= thresholds[first]
-            if not within and not verify:
+            confirm = confirmed[q]  # a flipped or half-turned image: the thumbnails must agree
+            if not verify and (not within or confirm):
                 continue
             if band is not None and sum(distances.values()) > band_sum:
                 continue
             ref_id = int(index.ref_ids[row])
             correlation = None
             if verify:  # before the colour: a dot product, where the colour comparison is not
-                mirrored = hashes.variants[q] == "mirror"
-                correlation = correlations.get((ref_id, mirrored))
+                variant = hashes.variants[q]
+                correlation = correlations.get((ref_id, variant))
                 if correlation is None:
-                    detail = query_detail.get(mirrored)
+                    detail = query_detail.get(variant)
                     if detail is None:
-                        detail = query_detail[mirrored] = _query_detail(hashes.luma, mirrored)
-                    correlation = correlations[ref_id, mirrored] = float(detail @ self._detail(ref_id))
-                if not within and correlation < min_correlation:
+                        detail = query_detail[variant] = _query_detail(hashes.luma, variant)
+                    correlation = correlations[ref_id, variant] = float(detail @ self._detail(ref_id))
+                if (not within or confirm) and correlation < min_correlation:
                     continue
             apart = colour_apart.get(ref_id)
             if apart is None:  # one colour signature per reference: compared once per search
@@ -677,10 +690,11 @@ class ReferenceRegistry:
                     luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
             return detail
 
-    def correlation(self, ref_id: int, luma: np.ndarray, mirrored: bool = False) -> float:
+    def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full") -> float:
         """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
-        thumbnail (mirrored back for a mirror match) with a reference's stored thumbnail."""
-        return float(_query_detail(luma, mirrored) @ self._detail(ref_id))
+        thumbnail (turned back for a match of a turned variant, e.g. ``"mirror"``) with a
+        reference's stored thumbnail."""
+        return float(_query_detail(luma, variant) @ self._detail(ref_id))
 
     @staticmethod
     def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:

@@ -5,7 +5,7 @@ photographs (random crops of the scikit-image samples and Debian wallpapers, see
 photos.py) and built-in ``shapes`` images. Every reference is then transformed (JPEG,
 resize, crop, mirror (left-right), rotation, blur, brightness/contrast, colour shift, text
 overlay; and, reported without a target, the rest of RELIABILITY row 21's list: gamma,
-padding, vertical flip, rotation by 4° and 25°) and searched for with the audit's own
+padding, vertical flip, rotation by 4° and 25°, and the half turn) and searched for with the audit's own
 decision (``classify``) at the plugin's default thresholds (the policies' values).
 "named" counts "fail" findings naming the right reference; "blocked" adds the copies that
 could not be published either way (a finding naming another reference, or "unknown" for
@@ -68,7 +68,14 @@ from common import print_table  # noqa: E402
 from photos import load_photos, photo_patches  # noqa: E402
 
 from artengine import MIN_RELIABLE_QUALITY, ReferenceRegistry, query_hashes  # noqa: E402
-from artengine.hashing import BAND_VARIANTS, EQUALISED, colour_distance, hamming, hash_value  # noqa: E402
+from artengine.hashing import (  # noqa: E402
+    BAND_VARIANTS,
+    CONFIRMED_VARIANTS,
+    EQUALISED,
+    colour_distance,
+    hamming,
+    hash_value,
+)
 from artengine_plugins.near_duplicate import (  # noqa: E402
     DEFAULT_LOW_DETAIL_QUALITY,
     DEFAULT_THRESHOLDS,
@@ -126,6 +133,10 @@ def mirror(im, rng):
 
 def flip_vertical(im, rng):
     return im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+
+
+def rotate_180(im, rng):
+    return im.transpose(Image.Transpose.ROTATE_180)
 
 
 def pad(fraction: float, mode: str):
@@ -222,6 +233,8 @@ TRANSFORMS: dict[str, tuple[str, Callable]] = {
     "flip vertical": ("reported", flip_vertical),
     "rotate 4°": ("reported", rotate(4)),
     "rotate 25°": ("reported", rotate(25)),
+    # Stop 33: the half turn, searched since (after the others, for the same reason).
+    "rotate 180°": ("reported", rotate_180),
 }
 TARGETS = {"photometric": 0.98, "resize": 0.98, "mirror": 0.9, "crop <= 10%": 0.9, "reported": None}
 
@@ -585,7 +598,7 @@ def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit
     thumbnail correlation) of every stored whole-image variant within ``limit`` on both
     hashes, or within ``close_limit`` on pHash whatever dHash says, for either whole-image
     query variant (band matches are taken from the audit's own search). The correlation is
-    the audit's own (the image's luminance thumbnail, mirrored back for the mirror
+    the audit's own (the image's luminance thumbnail, turned back for a turned
     variant, against the reference's stored thumbnail)."""
     whole_rows = ~np.isin(index.variants, [i for i, v in enumerate(index.variant_names) if v in BAND_VARIANTS])
     whole_q = np.array([v not in BAND_VARIANTS for v in hashes.variants])
@@ -597,10 +610,10 @@ def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit
     query_colour = np.asarray(hashes.colour, dtype=np.float32)
     c = {k: colour_distance(query_colour, index.colours[whole_rows][row], k) for k in contrasts}
     ref_ids = index.ref_ids[whole_rows][row]
-    mirrored = np.array([v == "mirror" for v in hashes.variants])[whole_q][qv]
-    corr = np.array([registry.correlation(int(r), hashes.luma, bool(m)) for r, m in zip(ref_ids, mirrored)],
+    turned = np.array(hashes.variants)[whole_q][qv]
+    corr = np.array([registry.correlation(int(r), hashes.luma, str(v)) for r, v in zip(ref_ids, turned)],
                     dtype=np.float32)
-    return ref_ids, p[qv, row], d[qv, row], c, e[qv, row], corr
+    return ref_ids, p[qv, row], d[qv, row], c, e[qv, row], corr, np.isin(turned, CONFIRMED_VARIANTS)
 
 
 def _band_names_a_copy(m) -> bool:
@@ -627,7 +640,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     queries = [(name, group, true_id, h) for name, group, true_id, h in sweep_queries]
     queries += [("distractor", "distractor", -1, h) for _, h in distractor_hashes]
     contrasts = (1.0, 1.2, 1.35)
-    qid, ref, p, d, c, e, z = [], [], [], [], [], [], []
+    qid, ref, p, d, c, e, z, confirm = [], [], [], [], [], [], [], []
     quality = np.array([h.quality for _, _, _, h in queries])
     true = np.array([t for _, _, t, _ in queries])
     # Band matches at the audit's band bounds, found with the colour check off; the
@@ -636,15 +649,15 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     band_only = {k: v for k, v in default_thresholds().items() if not k.startswith("flat_")}
     band_only.update(band_min_quality=DEFAULT_LOW_DETAIL_QUALITY, colour=1.0, colour_contrast=1.0, correlation=2.0)
     for i, (_, _, _, h) in enumerate(queries):
-        r, pp, dd, cc, ee, zz = _candidates(registry, index, h, contrasts)
+        r, pp, dd, cc, ee, zz, ff = _candidates(registry, index, h, contrasts)
         qid.append(np.full(r.size, i)), ref.append(r), p.append(pp), d.append(dd), c.append(cc), e.append(ee)
-        z.append(zz)
+        z.append(zz), confirm.append(ff)
         bands = [m for m in registry.search(h, band_only, _band_names_a_copy) if m.query_variant in BAND_VARIANTS]
         ids = np.array([m.reference.id for m in bands], dtype=np.int64)
         ref_colours = np.array([m.reference.colour for m in bands], dtype=np.float32).reshape(-1, 3)
         band_hits.append((ids, {k: colour_distance(np.asarray(h.colour, dtype=np.float32), ref_colours, k)
                                 for k in contrasts}))
-    qid, ref, p, d, e, z = (np.concatenate(a) for a in (qid, ref, p, d, e, z))
+    qid, ref, p, d, e, z, confirm = (np.concatenate(a) for a in (qid, ref, p, d, e, z, confirm))
     c = {k: np.concatenate([cc[k] for cc in c]) for k in contrasts}
     s = p + d
     is_true = ref == true[qid]
@@ -667,6 +680,7 @@ def _sweep(registry, sweep_queries, distractor_hashes) -> None:
     for P, D, S, CP, CD, C, K, F, E, EC, Z in grid:
         bounds = ((p <= P) & (d <= D) & (s <= S)) | ((p <= CP) & (d <= CD))
         ok = (c[K] <= C) & ((bounds & (~weak | ((s <= F) & (e <= E)) | (e <= EC))) | ((p <= P) & (z >= Z)))
+        ok &= ~confirm | ((p <= P) & (z >= Z))  # flipped or half-turned: the thumbnails must agree
         band_named, band_failed = band_by[C, K]
         named = band_named.copy()
         named[qid[ok & is_true]] = True

@@ -3,7 +3,8 @@
 Two components:
 
 * the ``hashes`` feature extractor computes every perceptual hash of an image once (pHash
-  and dHash of the image, of its mirror image and of its top and bottom bands, the pHash
+  and dHash of the image, of the image turned over (mirrored, flipped top to bottom,
+  rotated by 180°) and of its top and bottom bands, the pHash
   of each after histogram equalisation, a PDQ-style quality score and a colour
   signature), for any audit or metric that needs them;
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the
@@ -18,8 +19,11 @@ Two components:
   ``band_max_image_distance_sum`` (a copy with a caption across it); or whose pHash is
   within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
   correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
-  (a brightness or contrast change of a smooth picture, which moves its hash bits). The finding names the reference (sha256, source path, licence, source text), the distances
-  and whether the copy was mirrored, and carries the reference's thumbnail for the report.
+  (a brightness or contrast change of a smooth picture, which moves its hash bits); a match
+  of the image flipped top to bottom or turned by 180° needs that correlation whatever the
+  distances. The finding names the reference (sha256, source path, licence, source text),
+  the distances and how the copy was turned over, if it was, and carries the reference's
+  thumbnail for the report.
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
@@ -61,6 +65,9 @@ ARTENGINE_HOOK_API = "1.0"
 
 #: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
 #: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
+#: How a finding names a match of a turned query variant (artengine.hashing.TURNED_VARIANTS).
+TURNED_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate180": "rotated 180°"}
+
 DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
@@ -89,11 +96,12 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 
 class PerceptualHashes(FeatureExtractor):
     """Every perceptual hash of each image (:func:`artengine.hashing.query_hashes`: pHash,
-    dHash and equalised pHash of the image, its mirror image and its top and bottom bands,
+    dHash and equalised pHash of the image, the image turned over (mirrored, flipped,
+    rotated by 180°) and its top and bottom bands,
     plus hash quality and colour signature; one shared downscale per image)."""
 
     name = "hashes"
-    description = ("perceptual hashes (imagehash pHash + dHash of image, mirror and bands; equalised "
+    description = ("perceptual hashes (imagehash pHash + dHash of image, mirror, flip, 180° and bands; equalised "
                    "pHash) and PDQ-style quality")
 
     def compute(self, items: Sequence[AuditItem]) -> list[ImageHashes]:
@@ -105,7 +113,7 @@ class NearDuplicateAudit(Audit):
 
     name = "near_duplicate"
     description = ("near-copies of registered reference images (perceptual hashes; "
-                   "crops, mirror images, re-encodes and colour changes included)")
+                   "crops, mirrored, flipped and upside-down copies, re-encodes and colour changes included)")
     needs = frozenset({"hashes"})
     settings_schema = {
         "max_phash_distance": Setting(int, DEFAULT_MAX_PHASH,
@@ -234,7 +242,7 @@ class NearDuplicateAudit(Audit):
             best = matches[0]
             ref = best.reference
             how = ("byte-identical copy" if best.reference_variant == "file"
-                   else "near-duplicate (mirrored)" if best.query_variant == "mirror"
+                   else f"near-duplicate ({TURNED_NAMES[best.query_variant]})" if best.query_variant in TURNED_NAMES
                    else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
                    if best.query_variant.startswith("band-") else "near-duplicate")
             return Finding(

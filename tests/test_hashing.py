@@ -63,16 +63,20 @@ def test_reduce_keeps_small_images_and_shrinks_large_ones():
     assert reduce_for_hashing(Image.new("RGB", (1024, 700))).size == (128, 140)
 
 
-def test_query_hashes_hold_the_mirror_image(pictures):
-    from artengine.hashing import hashing_gray
+def test_query_hashes_hold_the_image_turned_over(pictures):
+    """The mirror, flip and rotate180 rows are exactly the rows of the image turned over
+    (computed from the image's own resized inputs, not by hashing it again)."""
+    from artengine.hashing import TURNED_VARIANTS, hashing_gray
 
+    assert QUERY_VARIANTS == ("full", "mirror", "flip", "rotate180", "band-top", "band-bottom")
     for im in pictures:
         q = query_hashes(im)
-        flipped = query_hashes(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-        assert q.variants == QUERY_VARIANTS == ("full", "mirror", "band-top", "band-bottom")
-        assert q.values.shape == (4, len(COLUMNS)) and q.values.dtype == np.uint64
-        for column in COLUMNS:  # the mirror row is exactly the mirrored image's row
-            assert int(hamming(q[column][1], flipped[column][0])) == 0
+        assert q.values.shape == (6, len(COLUMNS)) and q.values.dtype == np.uint64
+        for row, (name, method) in enumerate(TURNED_VARIANTS.items(), start=1):
+            assert q.variants[row] == name
+            turned = query_hashes(im.transpose(method))
+            for column in COLUMNS:
+                assert int(hamming(q[column][row], turned[column][0])) == 0, (name, column)
         gray = hashing_gray(im)  # and the full row is imagehash's on the shared intermediate
         assert q["phash"][0] == hash_value(imagehash.phash(gray))
         assert q["dhash"][0] == hash_value(imagehash.dhash(gray))

@@ -72,6 +72,8 @@ TRANSFORMS = {
     "crop5": lambda im: _crop(im, 0.05),
     "crop10": lambda im: _crop(im, 0.10),
     "mirror": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "flip": lambda im: im.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+    "rotate180": lambda im: im.transpose(Image.Transpose.ROTATE_180),
     "rotate2": lambda im: im.rotate(2, Image.Resampling.BILINEAR),
 }
 
@@ -156,6 +158,10 @@ def test_exact_and_transformed_copies_fail_naming_the_reference_and_others_pass(
     for key in ("byte_copy.png", "pixel_copy.png"):
         assert _finding(doc, key)[1]["details"]["match"]["distance"] == 0  # row 20
     assert _finding(doc, "mirror.png")[1]["details"]["match"]["mirrored"] is True
+    for key, variant, words in (("flip.png", "flip", "flipped top to bottom"), ("rotate180.png", "rotate180",
+                                                                               "rotated 180°")):
+        _, finding = _finding(doc, key)  # named for how the copy was turned
+        assert finding["details"]["match"]["query_variant"] == variant and words in finding["message"]
     for seed in range(3):
         entry, finding = _finding(doc, f"original{seed}.png")
         assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
