@@ -164,7 +164,8 @@ class NearDuplicateAudit(Audit):
                                              "the other bounds refuse is a copy when the images' 16x16 "
                                              "luminance thumbnails, each without its best-fitting plane, "
                                              "correlate at least this well (brightness and contrast changes "
-                                             "of smooth pictures; 0-1, 2 turns it off)"),
+                                             "of smooth pictures); a flipped or half-turned copy needs it "
+                                             "too (0-1, 2 turns it off, and with it those two searches)"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
