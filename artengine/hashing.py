@@ -97,10 +97,10 @@ TURNED_VARIANTS: dict[str, Image.Transpose] = {
 #: Turned variants whose matches count only when the luminance thumbnails agree too (the
 #: search's ``correlation`` bound, the thumbnail turned back): a flip or a half turn makes
 #: many pictures resemble some other one (skies and floors, symmetric shapes). Measured
-#: (benchmarks/bench_near_duplicate.py, seed 7): without it the two variants added 4
-#: false positives in 12,000 photographs and 226 in 2,000 shapes; with it none and 21,
-#: while 99.8 % of flipped or half-turned JPEG copies of photographs keep a correlation
-#: of at least 0.96.
+#: (benchmarks/bench_near_duplicate.py --seed 7 --distractors 35000): without it the two
+#: variants took the false positives from 12 to 18 of 30,000 photographs and from 884 to
+#: 1,307 of 5,000 shapes; with it 12 and 925, every vertically flipped copy still named;
+#: 99.8 % of flipped or half-turned JPEG copies of photographs correlate at 0.96 or more.
 CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180")
 QUERY_VARIANTS: tuple[str, ...] = ("full", *TURNED_VARIANTS, *BAND_VARIANTS)
 #: The colour signature is measured on the image shrunk to about this many pixels a side.
