@@ -14,8 +14,8 @@ image (``tests/test_hashing.py`` checks it), at about 3x the speed
 (``benchmarks/bench_hashing.py``).
 
 One decode and one shared intermediate feed every hash of an image: the 64-bit pHash and
-dHash of the image and of the image turned over (mirrored, flipped, rotated by 180°; query
-side), or of a set of crops (reference side, so that a cropped copy still lands near one
+dHash of the image and of the image turned over (mirrored, flipped, rotated by 90°, 180°
+or 270°; query side), or of a set of crops (reference side, so that a cropped copy still lands near one
 of them), of its top and bottom bands
 (both sides, so that a copy with a caption across it still matches on the band the caption
 missed), the pHash of each of these after histogram equalisation (a second opinion on
@@ -85,23 +85,30 @@ CROP_ANCHORS: tuple[float, ...] = (0.0, 0.5, 1.0)
 BAND_GAP = 0.12
 BAND_VARIANTS: tuple[str, ...] = ("band-top", "band-bottom")
 #: Whole-image query variants besides the image itself, each the image turned over in a
-#: way a copyist may have turned it: left-right ("mirror"), top-bottom ("flip") and both
-#: ("rotate180"), with the transposition that makes it. Each is hashed from the image's own
-#: resized hash inputs (turning commutes with the symmetric Lanczos resize), so a copy
+#: way a copyist may have turned it: left-right ("mirror"), top-bottom ("flip"), both
+#: ("rotate180") and by a quarter turn either way, with the transposition that makes it.
+#: The flips are hashed from the image's own resized hash inputs (flipping commutes with
+#: the symmetric Lanczos resize), the quarter turns from the turned intermediate; a copy
 #: turned over is searched for without storing turned references.
 TURNED_VARIANTS: dict[str, Image.Transpose] = {
     "mirror": Image.Transpose.FLIP_LEFT_RIGHT,
     "flip": Image.Transpose.FLIP_TOP_BOTTOM,
     "rotate180": Image.Transpose.ROTATE_180,
+    "rotate90": Image.Transpose.ROTATE_90,  # a quarter turn anticlockwise
+    "rotate270": Image.Transpose.ROTATE_270,
 }
+#: Turns that swap the axes: dHash's 9x8 input is not square, so these are resized from
+#: the turned intermediate instead of turning the image's own inputs.
+_QUARTER_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
 #: Turned variants whose matches count only when the luminance thumbnails agree too (the
-#: search's ``correlation`` bound, the thumbnail turned back): a flip or a half turn makes
-#: many pictures resemble some other one (skies and floors, symmetric shapes). Measured
-#: (benchmarks/bench_near_duplicate.py --seed 7 --distractors 35000): without it the two
-#: variants took the false positives from 12 to 18 of 30,000 photographs and from 884 to
-#: 1,307 of 5,000 shapes; with it 12 and 925, every vertically flipped copy still named;
-#: 99.8 % of flipped or half-turned JPEG copies of photographs correlate at 0.96 or more.
-CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180")
+#: search's ``correlation`` bound, the thumbnail turned the same way): a flip or a turn
+#: makes many pictures resemble some other one (skies and floors, symmetric shapes).
+#: Measured (benchmarks/bench_near_duplicate.py --seed 7 --distractors 35000): without it
+#: the flip and half-turn variants took the false positives from 12 to 18 of 30,000
+#: photographs and from 884 to 1,307 of 5,000 shapes; with it 12 and 925 (958 with the
+#: quarter turns), every flipped or turned copy still named; 99.8 % of flipped or
+#: half-turned JPEG copies of photographs correlate at 0.96 or more.
+CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180", "rotate90", "rotate270")
 QUERY_VARIANTS: tuple[str, ...] = ("full", *TURNED_VARIANTS, *BAND_VARIANTS)
 #: The colour signature is measured on the image shrunk to about this many pixels a side.
 COLOUR_SIDE = 32
@@ -390,11 +397,17 @@ def _hash_inputs(image: Image.Image) -> tuple[Image.Image, Image.Image]:
             image.resize((DHASH_SIZE + 1, DHASH_SIZE), Image.Resampling.LANCZOS))
 
 
-def _turned(small: Image.Image, strip: Image.Image, method: Image.Transpose) -> tuple[Image.Image, Image.Image]:
-    """The hash inputs of the image turned over (a :data:`TURNED_VARIANTS` transposition)
-    from those of the image: flipping either axis commutes with Pillow's symmetric Lanczos
-    resize, so the turned image need not be resized again (``tests/test_hashing.py``
-    checks the rows agree)."""
+def _turned(gray: Image.Image, whole: tuple[Image.Image, Image.Image],
+            method: Image.Transpose) -> tuple[Image.Image, Image.Image]:
+    """The hash inputs of the image turned over (a :data:`TURNED_VARIANTS` transposition).
+    A flip or half turn comes from the image's own inputs ``whole``: flipping either axis
+    commutes with Pillow's symmetric Lanczos resize, so the turned image need not be
+    resized again. A quarter turn swaps the axes of dHash's 9x8 input, so it is resized
+    from the turned intermediate ``gray`` (``tests/test_hashing.py`` checks the rows
+    against hashing the turned image)."""
+    if method in _QUARTER_TURNS:
+        return _hash_inputs(gray.transpose(method))
+    small, strip = whole
     return small.transpose(method), strip.transpose(method)
 
 
@@ -407,10 +420,10 @@ def _band_inputs(gray: Image.Image) -> list[tuple[Image.Image, Image.Image]]:
 
 def query_hashes(image: Image.Image) -> ImageHashes:
     """Hashes of an image to check (``QUERY_VARIANTS``): the image, the image turned over
-    (its mirror image, flipped top to bottom, and rotated by 180°) and its top and bottom
-    bands, with its quality, colour signature and luminance thumbnail.
+    (its mirror image, flipped top to bottom, rotated by 180° and by a quarter turn either
+    way) and its top and bottom bands, with its quality, colour signature and luminance thumbnail.
 
-    Matching the turned variants against the registry catches flipped and upside-down
+    Matching the turned variants against the registry catches flipped and turned
     copies without storing turned references; the bands catch copies with a caption
     across them.
     """
@@ -424,7 +437,8 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     inputs: list[tuple[Image.Image, Image.Image]] = []
     for gray in grays:
         whole = _hash_inputs(gray)
-        inputs += [whole, *(_turned(*whole, method) for method in TURNED_VARIANTS.values()), *_band_inputs(gray)]
+        inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),
+                   *_band_inputs(gray)]
     if not inputs:
         return []
     rows = _rows(inputs).reshape(len(images), len(QUERY_VARIANTS), len(COLUMNS))

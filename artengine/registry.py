@@ -158,7 +158,7 @@ class Match:
     registry: str
     reference: Reference
     distances: dict[str, int]  # algorithm -> Hamming distance
-    query_variant: str  # "full", a turned variant ("mirror", "flip", "rotate180") or a band
+    query_variant: str  # "full", a turned variant ("mirror", "flip", "rotate90"...) or a band
     reference_variant: str  # "full" or a crop name
     colour_distance: float = 0.0  # between the colour signatures (hashing.colour_distance)
     equalised_distance: int = 0  # between the equalised pHashes (hashing.EQUALISED)
@@ -207,17 +207,19 @@ def _thumbnail(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-#: How each query variant's luminance thumbnail is turned back to face the reference.
-_TURN_BACK = {"mirror": (slice(None), slice(None, None, -1)), "flip": (slice(None, None, -1), slice(None)),
-              "rotate180": (slice(None, None, -1), slice(None, None, -1))}
+#: How an image's luminance thumbnail is turned to face the reference for a match of each
+#: turned query variant: the same turn that made the variant (``np.rot90`` turns
+#: anticlockwise, as Pillow's ROTATE_90 does).
+_TURN = {"mirror": np.fliplr, "flip": np.flipud, "rotate180": lambda a: np.rot90(a, 2),
+         "rotate90": np.rot90, "rotate270": lambda a: np.rot90(a, -1)}
 
 
 def _query_detail(luma: np.ndarray, variant: str) -> np.ndarray:
     """:func:`~artengine.hashing.thumbnail_detail` of an image's luminance thumbnail, as
-    it faces the reference: turned back for a match of one of the image's turned
-    variants (mirror, flip, rotate180)."""
-    turn = _TURN_BACK.get(variant)
-    return thumbnail_detail(luma if turn is None else luma[turn])
+    it faces the reference: turned like the variant for a match of one of the image's
+    turned variants (mirror, flip, rotate180, rotate90, rotate270)."""
+    turn = _TURN.get(variant)
+    return thumbnail_detail(luma if turn is None else np.ascontiguousarray(turn(luma)))
 
 
 class ReferenceRegistry:
@@ -590,7 +592,7 @@ class ReferenceRegistry:
         reference's stored thumbnail), the colour bound still applying; every whole-image
         match within the pHash bound carries its ``correlation``. A match of a
         :data:`~artengine.hashing.CONFIRMED_VARIANTS` query variant (the image flipped or
-        turned by 180°) counts only with ``"correlation"`` on and reached, whatever the
+        turned by 90°, 180° or 270°) counts only with ``"correlation"`` on and reached, whatever the
         other bounds say.
 
         Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
@@ -627,7 +629,7 @@ class ReferenceRegistry:
         best: dict[int, Match] = {}
         colour_apart: dict[int, float] = {}
         correlations: dict[tuple[int, str], float] = {}
-        query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, as is and turned back
+        query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -642,7 +644,7 @@ class ReferenceRegistry:
             # A whole-image pair within the pHash bound may still be a copy whose other
             # hashes a brightness or contrast change moved: the thumbnails decide.
             verify = band is None and min_correlation is not None and d <= thresholds[first]
-            confirm = confirmed[q]  # a flipped or half-turned image: the thumbnails must agree
+            confirm = confirmed[q]  # a flipped or turned image: the thumbnails must agree
             if not verify and (not within or confirm):
                 continue
             if band is not None and sum(distances.values()) > band_sum:
@@ -692,7 +694,7 @@ class ReferenceRegistry:
 
     def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full") -> float:
         """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
-        thumbnail (turned back for a match of a turned variant, e.g. ``"mirror"``) with a
+        thumbnail (turned like the variant for a match of a turned one, e.g. ``"mirror"``) with a
         reference's stored thumbnail."""
         return float(_query_detail(luma, variant) @ self._detail(ref_id))
 

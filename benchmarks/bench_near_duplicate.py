@@ -5,7 +5,7 @@ photographs (random crops of the scikit-image samples and Debian wallpapers, see
 photos.py) and built-in ``shapes`` images. Every reference is then transformed (JPEG,
 resize, crop, mirror (left-right), rotation, blur, brightness/contrast, colour shift, text
 overlay; and, reported without a target, the rest of RELIABILITY row 21's list: gamma,
-padding, vertical flip, rotation by 4° and 25°, and the half turn) and searched for with the audit's own
+padding, vertical flip, rotation by 4° and 25°, and the half and quarter turns) and searched for with the audit's own
 decision (``classify``) at the plugin's default thresholds (the policies' values).
 "named" counts "fail" findings naming the right reference; "blocked" adds the copies that
 could not be published either way (a finding naming another reference, or "unknown" for
@@ -139,6 +139,11 @@ def rotate_180(im, rng):
     return im.transpose(Image.Transpose.ROTATE_180)
 
 
+def rotate_90(im, rng):
+    """A quarter turn, clockwise or anticlockwise at random."""
+    return im.transpose(Image.Transpose.ROTATE_90 if rng.random() < 0.5 else Image.Transpose.ROTATE_270)
+
+
 def pad(fraction: float, mode: str):
     """Add a border of ``fraction`` of the width (left and right) and of the height (top
     and bottom) on each side: black (``"black"``, a letterbox or mount) or the picture
@@ -233,8 +238,9 @@ TRANSFORMS: dict[str, tuple[str, Callable]] = {
     "flip vertical": ("reported", flip_vertical),
     "rotate 4°": ("reported", rotate(4)),
     "rotate 25°": ("reported", rotate(25)),
-    # Stop 33: the half turn, searched since (after the others, for the same reason).
+    # Stop 33: the half and quarter turns, searched since (after the others, for the same reason).
     "rotate 180°": ("reported", rotate_180),
+    "rotate 90°": ("reported", rotate_90),
 }
 TARGETS = {"photometric": 0.98, "resize": 0.98, "mirror": 0.9, "crop <= 10%": 0.9, "reported": None}
 

@@ -4,7 +4,7 @@ Two components:
 
 * the ``hashes`` feature extractor computes every perceptual hash of an image once (pHash
   and dHash of the image, of the image turned over (mirrored, flipped top to bottom,
-  rotated by 180°) and of its top and bottom bands, the pHash
+  rotated by 90°, 180° or 270°) and of its top and bottom bands, the pHash
   of each after histogram equalisation, a PDQ-style quality score and a colour
   signature), for any audit or metric that needs them;
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the
@@ -20,8 +20,8 @@ Two components:
   within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
   correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
   (a brightness or contrast change of a smooth picture, which moves its hash bits); a match
-  of the image flipped top to bottom or turned by 180° needs that correlation whatever the
-  distances. The finding names the reference (sha256, source path, licence, source text),
+  of the image flipped top to bottom or turned by 90°, 180° or 270° needs that correlation
+  whatever the distances. The finding names the reference (sha256, source path, licence, source text),
   the distances and how the copy was turned over, if it was, and carries the reference's
   thumbnail for the report.
 
@@ -65,8 +65,11 @@ ARTENGINE_HOOK_API = "1.0"
 
 #: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
 #: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
-#: How a finding names a match of a turned query variant (artengine.hashing.TURNED_VARIANTS).
-TURNED_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate180": "rotated 180°"}
+#: How a finding names a match of a turned query variant (artengine.hashing.TURNED_VARIANTS):
+#: how the copy was turned from the reference (the "rotate90" variant turns the image a
+#: quarter anticlockwise, so it finds copies turned clockwise).
+TURNED_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate180": "rotated 180°",
+                "rotate90": "rotated 90° clockwise", "rotate270": "rotated 90° anticlockwise"}
 
 DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
@@ -97,11 +100,11 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 class PerceptualHashes(FeatureExtractor):
     """Every perceptual hash of each image (:func:`artengine.hashing.query_hashes`: pHash,
     dHash and equalised pHash of the image, the image turned over (mirrored, flipped,
-    rotated by 180°) and its top and bottom bands,
+    rotated by 90°, 180° or 270°) and its top and bottom bands,
     plus hash quality and colour signature; one shared downscale per image)."""
 
     name = "hashes"
-    description = ("perceptual hashes (imagehash pHash + dHash of image, mirror, flip, 180° and bands; equalised "
+    description = ("perceptual hashes (imagehash pHash + dHash of image, mirror, flip, turns and bands; equalised "
                    "pHash) and PDQ-style quality")
 
     def compute(self, items: Sequence[AuditItem]) -> list[ImageHashes]:
@@ -113,7 +116,7 @@ class NearDuplicateAudit(Audit):
 
     name = "near_duplicate"
     description = ("near-copies of registered reference images (perceptual hashes; "
-                   "crops, mirrored, flipped and upside-down copies, re-encodes and colour changes included)")
+                   "crops, mirrored, flipped and turned copies, re-encodes and colour changes included)")
     needs = frozenset({"hashes"})
     settings_schema = {
         "max_phash_distance": Setting(int, DEFAULT_MAX_PHASH,
@@ -164,7 +167,7 @@ class NearDuplicateAudit(Audit):
                                              "the other bounds refuse is a copy when the images' 16x16 "
                                              "luminance thumbnails, each without its best-fitting plane, "
                                              "correlate at least this well (brightness and contrast changes "
-                                             "of smooth pictures); a flipped or half-turned copy needs it "
+                                             "of smooth pictures); a flipped or turned copy needs it "
                                              "too (0-1, 2 turns it off, and with it those two searches)"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }

@@ -64,14 +64,14 @@ def test_reduce_keeps_small_images_and_shrinks_large_ones():
 
 
 def test_query_hashes_hold_the_image_turned_over(pictures):
-    """The mirror, flip and rotate180 rows are exactly the rows of the image turned over
-    (computed from the image's own resized inputs, not by hashing it again)."""
+    """The mirror, flip, rotate180, rotate90 and rotate270 rows are exactly the rows of the
+    image turned over (the flips computed from the image's own resized inputs)."""
     from artengine.hashing import TURNED_VARIANTS, hashing_gray
 
-    assert QUERY_VARIANTS == ("full", "mirror", "flip", "rotate180", "band-top", "band-bottom")
+    assert QUERY_VARIANTS == ("full", "mirror", "flip", "rotate180", "rotate90", "rotate270", "band-top", "band-bottom")
     for im in pictures:
         q = query_hashes(im)
-        assert q.values.shape == (6, len(COLUMNS)) and q.values.dtype == np.uint64
+        assert q.values.shape == (8, len(COLUMNS)) and q.values.dtype == np.uint64
         for row, (name, method) in enumerate(TURNED_VARIANTS.items(), start=1):
             assert q.variants[row] == name
             turned = query_hashes(im.transpose(method))

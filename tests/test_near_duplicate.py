@@ -74,6 +74,7 @@ TRANSFORMS = {
     "mirror": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
     "flip": lambda im: im.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
     "rotate180": lambda im: im.transpose(Image.Transpose.ROTATE_180),
+    "rotate90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
     "rotate2": lambda im: im.rotate(2, Image.Resampling.BILINEAR),
 }
 
@@ -158,8 +159,9 @@ def test_exact_and_transformed_copies_fail_naming_the_reference_and_others_pass(
     for key in ("byte_copy.png", "pixel_copy.png"):
         assert _finding(doc, key)[1]["details"]["match"]["distance"] == 0  # row 20
     assert _finding(doc, "mirror.png")[1]["details"]["match"]["mirrored"] is True
-    for key, variant, words in (("flip.png", "flip", "flipped top to bottom"), ("rotate180.png", "rotate180",
-                                                                               "rotated 180°")):
+    for key, variant, words in (("flip.png", "flip", "flipped top to bottom"),
+                                ("rotate180.png", "rotate180", "rotated 180°"),
+                                ("rotate90.png", "rotate270", "rotated 90° anticlockwise")):
         _, finding = _finding(doc, key)  # named for how the copy was turned
         assert finding["details"]["match"]["query_variant"] == variant and words in finding["message"]
     for seed in range(3):

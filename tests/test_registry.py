@@ -93,13 +93,14 @@ def test_an_accept_test_chooses_among_all_variant_pairs_of_a_reference(registry_
 
 
 def test_a_flipped_or_half_turned_copy_counts_only_when_the_thumbnails_agree(registry_path, ref_folder):
-    """The image flipped top to bottom or turned by 180° is searched too, but such a match
+    """The image flipped top to bottom or turned by 90°, 180° or 270° is searched too, but such a match
     needs the thumbnail correlation (thumbnail turned back) as well: with the correlation
     off the copies match nothing; with it, each is found on its own variant, and a
     reference's thumbnail turned the wrong way does not correlate."""
     source = Image.open(ref_folder / "ref0.png").convert("RGB")
     with ReferenceRegistry(registry_path) as reg:
-        for method, variant in ((Image.Transpose.FLIP_TOP_BOTTOM, "flip"), (Image.Transpose.ROTATE_180, "rotate180")):
+        for method, variant in ((Image.Transpose.FLIP_TOP_BOTTOM, "flip"), (Image.Transpose.ROTATE_180, "rotate180"),
+                                (Image.Transpose.ROTATE_90, "rotate270"), (Image.Transpose.ROTATE_270, "rotate90")):
             hashes = query_hashes(source.transpose(method))
             assert reg.search(hashes, THRESHOLDS) == []
             assert reg.search(hashes, {**THRESHOLDS, "correlation": 2.0}) == []
