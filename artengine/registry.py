@@ -53,6 +53,7 @@ from .hashing import (
     HASH_SCHEME,
     MIN_RELIABLE_QUALITY,
     REFERENCE_VARIANTS,
+    TURNED_VARIANTS,
     ImageHashes,
     colour_distance,
     colour_signature,
@@ -207,19 +208,15 @@ def _thumbnail(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-#: How an image's luminance thumbnail is turned to face the reference for a match of each
-#: turned query variant: the same turn that made the variant (``np.rot90`` turns
-#: anticlockwise, as Pillow's ROTATE_90 does).
-_TURN = {"mirror": np.fliplr, "flip": np.flipud, "rotate180": lambda a: np.rot90(a, 2),
-         "rotate90": np.rot90, "rotate270": lambda a: np.rot90(a, -1)}
-
-
 def _query_detail(luma: np.ndarray, variant: str) -> np.ndarray:
     """:func:`~artengine.hashing.thumbnail_detail` of an image's luminance thumbnail, as
-    it faces the reference: turned like the variant for a match of one of the image's
-    turned variants (mirror, flip, rotate180, rotate90, rotate270)."""
-    turn = _TURN.get(variant)
-    return thumbnail_detail(luma if turn is None else np.ascontiguousarray(turn(luma)))
+    it faces the reference: for a match of one of the image's turned variants, turned by
+    the same transposition that made the variant (:data:`~artengine.hashing.TURNED_VARIANTS`;
+    a transposition moves the float values, it does not change them)."""
+    method = TURNED_VARIANTS.get(variant)
+    if method is not None:
+        luma = np.asarray(Image.fromarray(luma).transpose(method))
+    return thumbnail_detail(luma)
 
 
 class ReferenceRegistry:
