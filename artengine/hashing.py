@@ -15,11 +15,11 @@ image (``tests/test_hashing.py`` checks it), at about 3x the speed
 
 One decode and one shared intermediate feed every hash of an image: the 64-bit pHash and
 dHash of the image and of the image turned over (mirrored, flipped, rotated by 90°, 180°
-or 270°; query side), or of a set of crops (reference side, so that a cropped copy still lands near one
-of them), of its top and bottom bands
-(both sides, so that a copy with a caption across it still matches on the band the caption
-missed), the pHash of each of these after histogram equalisation (a second opinion on
-low-detail images, whose plain hashes follow faint gradients), a PDQ-style quality score
+or 270°; query side), or of a set of crops (reference side, so that a cropped copy still
+lands near one of them), of its top and bottom bands (both sides, so that a copy with a
+caption across it still matches on the band the caption missed), the pHash of each of
+these after histogram equalisation (a second opinion on low-detail images, whose plain
+hashes follow faint gradients), a PDQ-style quality score
 that says when an image has too little detail for its hash to mean anything, and a colour
 signature (the chromaticity of the image's mean colour) that tells apart pictures whose
 greyscale hashes agree but whose colours do not.
@@ -421,7 +421,8 @@ def _band_inputs(gray: Image.Image) -> list[tuple[Image.Image, Image.Image]]:
 def query_hashes(image: Image.Image) -> ImageHashes:
     """Hashes of an image to check (``QUERY_VARIANTS``): the image, the image turned over
     (its mirror image, flipped top to bottom, rotated by 180° and by a quarter turn either
-    way) and its top and bottom bands, with its quality, colour signature and luminance thumbnail.
+    way) and its top and bottom bands, with its quality, colour signature and luminance
+    thumbnail.
 
     Matching the turned variants against the registry catches flipped and turned
     copies without storing turned references; the bands catch copies with a caption

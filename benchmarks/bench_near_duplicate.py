@@ -553,16 +553,9 @@ def _fpr_tables(counts: FalsePositiveCounts, rows: list[dict], true_distance: di
                 f"is within it; -1: none; threshold_upper95_le_target: the largest whose 95 % upper bound is "
                 f"within it, -1 if the distractors are too few to show it)", t_rows)
 
-    short = {"imagededup pHash": "phash", "PDQ": "pdq", "PDQ dihedral": "pdq_dihedral"}
     for pop in ("photographs", "all"):
         audit_rate = {per: counts.audit(pop, per) / max(1, counts.n(pop, per)) for per in ("pair", "query")}
-        r_rows = []
-        for row in rows:
-            r = {"transform": row["transform"], "class": row["class"], "audit_named": row["named"]}
-            for per in ("pair", "query"):
-                for b in BASELINES:
-                    r[f"{short[b]}_{per}"] = float((true_distance[b][row["transform"]] <= matched[b, pop, per]).mean())
-            r_rows.append(r)
+        r_rows = _recall_rows(rows, true_distance, lambda b, per: matched[b, pop, per])
         thresholds = ", ".join(f"{b} {matched[b, pop, 'pair']} / {matched[b, pop, 'query']}" for b in BASELINES)
         print_table(f"recall at a false-positive rate <= {TARGET_FPR:g} on the {pop} distractors (baselines at "
                     f"the matched threshold, per pair / per query: {thresholds}); the audit at its default "
@@ -576,19 +569,28 @@ def _fpr_tables(counts: FalsePositiveCounts, rows: list[dict], true_distance: di
         for per in ("pair", "query"):
             n = counts.n(pop, per)
             at_audit[b, per] = matched_threshold(counts.within(pop, per, b), n, counts.audit(pop, per) / max(1, n))
-    r_rows = []
-    for row in rows:
-        r = {"transform": row["transform"], "class": row["class"], "audit_named": row["named"]}
-        for per in ("pair", "query"):
-            for b in BASELINES:
-                r[f"{short[b]}_{per}"] = float((true_distance[b][row["transform"]] <= at_audit[b, per][0]).mean())
-        r_rows.append(r)
+    r_rows = _recall_rows(rows, true_distance, lambda b, per: at_audit[b, per][0])
     thresholds = ", ".join(f"{b} {at_audit[b, 'pair'][0]} ({at_audit[b, 'pair'][1]} pairs) / {at_audit[b, 'query'][0]} "
                            f"({at_audit[b, 'query'][1]} queries)" for b in BASELINES)
     print_table(f"recall at the audit's own false-positive rate on the photographs distractors "
                 f"({counts.audit(pop, 'pair')} of {counts.n(pop, 'pair')} pairs, {counts.audit(pop, 'query')} of "
                 f"{counts.n(pop, 'query')} queries): baselines at the largest threshold with no more false positives, "
                 f"per pair / per query: {thresholds}", r_rows)
+
+
+def _recall_rows(rows: list[dict], true_distance: dict[str, dict[str, np.ndarray]],
+                 threshold: Callable[[str, str], int]) -> list[dict]:
+    """Per transform: the audit's recall (named) and each baseline's at ``threshold(baseline,
+    per)`` ("pair" or "query"): the share of copies within it of their own reference."""
+    short = {"imagededup pHash": "phash", "PDQ": "pdq", "PDQ dihedral": "pdq_dihedral"}
+    out = []
+    for row in rows:
+        r = {"transform": row["transform"], "class": row["class"], "audit_named": row["named"]}
+        for per in ("pair", "query"):
+            for b in BASELINES:
+                r[f"{short[b]}_{per}"] = float((true_distance[b][row["transform"]] <= threshold(b, per)).mean())
+        out.append(r)
+    return out
 
 
 def _upper95(k: int, n: int) -> float:
