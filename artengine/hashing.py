@@ -14,15 +14,15 @@ image (``tests/test_hashing.py`` checks it), at about 3x the speed
 (``benchmarks/bench_hashing.py``).
 
 One decode and one shared intermediate feed every hash of an image: the 64-bit pHash and
-dHash of the image and of the image turned over (mirrored, flipped, rotated by 90°, 180°
-or 270°; query side), or of a set of crops (reference side, so that a cropped copy still
-lands near one of them), of its top and bottom bands (both sides, so that a copy with a
-caption across it still matches on the band the caption missed), the pHash of each of
-these after histogram equalisation (a second opinion on low-detail images, whose plain
-hashes follow faint gradients), a PDQ-style quality score
-that says when an image has too little detail for its hash to mean anything, and a colour
-signature (the chromaticity of the image's mean colour) that tells apart pictures whose
-greyscale hashes agree but whose colours do not.
+dHash of the image, of the image turned over (mirrored, flipped, rotated by 90°, 180° or
+270°) and of the picture inside a flat border, if it has one (query side), or of a set of
+crops (reference side, so that a cropped copy still lands near one of them), of its top
+and bottom bands (both sides, so that a copy with a caption across it still matches on
+the band the caption missed), the pHash of each of these after histogram equalisation (a
+second opinion on low-detail images, whose plain hashes follow faint gradients), a
+PDQ-style quality score that says when an image has too little detail for its hash to
+mean anything, and a colour signature (the chromaticity of the image's mean colour) that
+tells apart pictures whose greyscale hashes agree but whose colours do not.
 
 Hashes are ``numpy.uint64`` values: the 64 bits of imagehash's hash in row-major order,
 most significant bit first, so ``f"{value:016x}"`` is imagehash's own hex string
@@ -31,7 +31,7 @@ most significant bit first, so ``f"{value:016x}"`` is imagehash's own hex string
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import imagehash
@@ -108,8 +108,22 @@ _QUARTER_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
 #: photographs and from 884 to 1,307 of 5,000 shapes; with it 12 and 925 (958 with the
 #: quarter turns), every flipped or turned copy still named; 99.8 % of flipped or
 #: half-turned JPEG copies of photographs correlate at 0.96 or more.
-CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180", "rotate90", "rotate270")
+#: The query variant of the picture inside a flat border (a mount, a letterbox or
+#: pillarbox bar): the image with every side's border cut off (:func:`border_box`). Hashed
+#: only for images that have such a border, and confirmed like a turned variant (the cut
+#: reframes the picture, and reframed pictures resemble more of each other).
+TRIMMED = "trimmed"
+CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180", "rotate90", "rotate270", TRIMMED)
+#: The query variants every image has, in row order; an image with a flat border also has
+#: :data:`TRIMMED`, last.
 QUERY_VARIANTS: tuple[str, ...] = ("full", *TURNED_VARIANTS, *BAND_VARIANTS)
+#: A side of the hashing intermediate counts as a border when at least this share of its
+#: lines (rows for the top and bottom, columns for the sides), counted from the edge, each
+#: stay within :data:`BORDER_TOLERANCE` grey levels of the outermost line's mid-grey; the
+#: picture left inside must keep at least :data:`BORDER_MIN_PICTURE` of each side.
+BORDER_MIN_SHARE = 0.02
+BORDER_TOLERANCE = 12
+BORDER_MIN_PICTURE = 0.4
 #: The colour signature is measured on the image shrunk to about this many pixels a side.
 COLOUR_SIDE = 32
 #: Added to each channel's mean (0-255) before the chromaticity is taken, so that the
@@ -323,6 +337,9 @@ class ImageHashes:
     colour: np.ndarray
     scheme: str = HASH_SCHEME
     luma: np.ndarray | None = None
+    #: Luminance thumbnails of variants cut out of the image (:data:`TRIMMED`): what a
+    #: match of that variant is correlated with, instead of ``luma``.
+    variant_luma: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __getitem__(self, algorithm: str) -> np.ndarray:
         """The ``uint64`` hashes of one column (an algorithm or :data:`EQUALISED`), one per
@@ -411,6 +428,62 @@ def _turned(gray: Image.Image, whole: tuple[Image.Image, Image.Image],
     return small.transpose(method), strip.transpose(method)
 
 
+def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box ``(left, top, right, bottom)`` of the picture inside a flat border of a
+    greyscale image (the hashing intermediate), or None when it has none.
+
+    From each edge inward, the lines (rows for the top and bottom, columns for the left
+    and right) whose every pixel is within :data:`BORDER_TOLERANCE` grey levels of the
+    outermost line's mid-grey (that line spanning at most twice as many levels) are
+    border. A side counts when they make at least :data:`BORDER_MIN_SHARE` of the height
+    (or width), so that a picture's own dark edge row is left alone, and when they end in
+    a straight edge: most of the first (or second) line inside differs from the border,
+    or, on the opposite side, from a border of the same colour (a picture's dark edge
+    may blend with a black bar where the opposite edge does not). A picture on a flat
+    background has no such edge (the line just inside the background touches its subject
+    at a few pixels), so it is not cut to its subject. The line inside each border is cut
+    off too: shrinking the image blends it with the border. None as well when what is
+    left would be under :data:`BORDER_MIN_PICTURE` of a side."""
+    pixels = np.asarray(gray, dtype=np.int16)
+    height, width = pixels.shape
+    # Each line's darkest and lightest pixel: rows for the top and bottom, columns for the sides.
+    rows = (pixels.min(axis=1), pixels.max(axis=1))
+    columns = (pixels.min(axis=0), pixels.max(axis=0))
+
+    def run(lines: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[int, int, bool]:
+        """How many of ``lines`` (the outermost first; ``low``/``high`` their darkest and
+        lightest pixels) belong to a border (0: none), its colour, and whether it ends in
+        a straight edge. Each side is searched over half the image at most."""
+        side = len(low)
+        half = side // 2
+        if int(high[0]) - int(low[0]) > 2 * BORDER_TOLERANCE:
+            return 0, 0, False  # most images: the outermost line is not flat
+        colour = (int(low[0]) + int(high[0])) // 2
+        flat = (high[:half] <= colour + BORDER_TOLERANCE) & (low[:half] >= colour - BORDER_TOLERANCE)
+        count = int(np.argmin(flat)) if not flat.all() else half
+        if count < max(1, round(BORDER_MIN_SHARE * side)) or count == half:
+            return 0, 0, False
+        # The first line inside may be a blend of border and picture (the shrink, a JPEG's
+        # ringing): the edge is in it or in the next.
+        edge = (np.abs(lines[count: count + 2] - colour) > BORDER_TOLERANCE).mean(axis=1)
+        return count, colour, bool(edge.max() >= 0.5)
+
+    sides = [run(pixels.T, *columns), run(pixels, *rows),
+             run(pixels.T[::-1], columns[0][::-1], columns[1][::-1]), run(pixels[::-1], rows[0][::-1], rows[1][::-1])]
+    cut = []
+    for k, (count, colour, edge) in enumerate(sides):
+        other, other_colour, other_edge = sides[(k + 2) % 4]  # left <-> right, top <-> bottom
+        if count and not edge and not (other and other_edge and abs(other_colour - colour) <= BORDER_TOLERANCE):
+            count = 0
+        cut.append(count + 1 if count else 0)
+    if not any(cut):
+        return None
+    box = (cut[0], cut[1], width - cut[2], height - cut[3])
+    if box[2] - box[0] < BORDER_MIN_PICTURE * width or box[3] - box[1] < BORDER_MIN_PICTURE * height:
+        return None
+    return box
+
+
 def _band_inputs(gray: Image.Image) -> list[tuple[Image.Image, Image.Image]]:
     """Hash inputs of :data:`BAND_VARIANTS`: the top and the bottom band of the image."""
     width, height = gray.size
@@ -422,11 +495,12 @@ def query_hashes(image: Image.Image) -> ImageHashes:
     """Hashes of an image to check (``QUERY_VARIANTS``): the image, the image turned over
     (its mirror image, flipped top to bottom, rotated by 180° and by a quarter turn either
     way) and its top and bottom bands, with its quality, colour signature and luminance
-    thumbnail.
+    thumbnail; and, for an image with a flat border, the picture inside it
+    (:data:`TRIMMED`, with its own thumbnail).
 
     Matching the turned variants against the registry catches flipped and turned
     copies without storing turned references; the bands catch copies with a caption
-    across them.
+    across them; the trimmed picture, copies put in a mount or a letterbox.
     """
     return query_hashes_many([image])[0]
 
@@ -436,16 +510,27 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     of every image's variants computed together (the audit hashes a chunk at a time)."""
     grays = [hashing_gray(image) for image in images]
     inputs: list[tuple[Image.Image, Image.Image]] = []
+    inners: list[Image.Image | None] = []  # the picture inside a flat border, if any
     for gray in grays:
         whole = _hash_inputs(gray)
         inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),
                    *_band_inputs(gray)]
+        box = border_box(gray)
+        inners.append(None if box is None else gray.crop(box))
+        if box is not None:
+            inputs.append(_hash_inputs(inners[-1]))
     if not inputs:
         return []
-    rows = _rows(inputs).reshape(len(images), len(QUERY_VARIANTS), len(COLUMNS))
-    return [ImageHashes(QUERY_VARIANTS, rows[k], hash_quality(gray), colour_signature(image),
-                        luma=luma_thumbnail(gray))
-            for k, (image, gray) in enumerate(zip(images, grays))]
+    rows = _rows(inputs)
+    out: list[ImageHashes] = []
+    start = 0
+    for image, gray, inner in zip(images, grays, inners):
+        variants = QUERY_VARIANTS if inner is None else (*QUERY_VARIANTS, TRIMMED)
+        out.append(ImageHashes(variants, rows[start: start + len(variants)], hash_quality(gray),
+                               colour_signature(image), luma=luma_thumbnail(gray),
+                               variant_luma={} if inner is None else {TRIMMED: luma_thumbnail(inner)}))
+        start += len(variants)
+    return out
 
 
 def reference_hashes(image: Image.Image) -> ImageHashes:

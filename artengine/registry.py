@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
@@ -208,11 +208,15 @@ def _thumbnail(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _query_detail(luma: np.ndarray, variant: str) -> np.ndarray:
+def _query_detail(luma: np.ndarray, variant: str, variant_luma: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """:func:`~artengine.hashing.thumbnail_detail` of an image's luminance thumbnail, as
     it faces the reference: for a match of one of the image's turned variants, turned by
     the same transposition that made the variant (:data:`~artengine.hashing.TURNED_VARIANTS`;
-    a transposition moves the float values, it does not change them)."""
+    a transposition moves the float values, it does not change them); for a variant cut
+    out of the image (the picture inside its border), that variant's own thumbnail from
+    ``variant_luma``."""
+    if variant_luma and variant in variant_luma:
+        return thumbnail_detail(variant_luma[variant])
     method = TURNED_VARIANTS.get(variant)
     if method is not None:
         luma = np.asarray(Image.fromarray(luma).transpose(method))
@@ -589,8 +593,8 @@ class ReferenceRegistry:
         reference's stored thumbnail), the colour bound still applying; every whole-image
         match within the pHash bound carries its ``correlation``. A match of a
         :data:`~artengine.hashing.CONFIRMED_VARIANTS` query variant (the image flipped or
-        turned by 90°, 180° or 270°) counts only with ``"correlation"`` on and reached, whatever the
-        other bounds say.
+        turned by 90°, 180° or 270°, or the picture inside its border) counts only with
+        ``"correlation"`` on and reached, whatever the other bounds say.
 
         Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
         same band of a reference, and only when ``thresholds`` holds ``"band_sum"`` (the
@@ -654,7 +658,7 @@ class ReferenceRegistry:
                 if correlation is None:
                     detail = query_detail.get(variant)
                     if detail is None:
-                        detail = query_detail[variant] = _query_detail(hashes.luma, variant)
+                        detail = query_detail[variant] = _query_detail(hashes.luma, variant, hashes.variant_luma)
                     correlation = correlations[ref_id, variant] = float(detail @ self._detail(ref_id))
                 if (not within or confirm) and correlation < min_correlation:
                     continue

@@ -4,7 +4,8 @@ Two components:
 
 * the ``hashes`` feature extractor computes every perceptual hash of an image once (pHash
   and dHash of the image, of the image turned over (mirrored, flipped top to bottom,
-  rotated by 90°, 180° or 270°) and of its top and bottom bands, the pHash
+  rotated by 90°, 180° or 270°), of its top and bottom bands and of the picture inside a
+  flat border (a mount, a letterbox), if it has one, the pHash
   of each after histogram equalisation, a PDQ-style quality score and a colour
   signature), for any audit or metric that needs them;
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the
@@ -20,10 +21,11 @@ Two components:
   within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
   correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
   (a brightness or contrast change of a smooth picture, which moves its hash bits); a match
-  of the image flipped top to bottom or turned by 90°, 180° or 270° needs that correlation
-  whatever the distances. The finding names the reference (sha256, source path, licence, source text),
-  the distances and how the copy was turned over, if it was, and carries the reference's
-  thumbnail for the report.
+  of the image flipped top to bottom or turned by 90°, 180° or 270°, or of the picture
+  inside its border, needs that correlation whatever the distances. The finding names the
+  reference (sha256, source path, licence, source text), the distances and how the copy
+  was turned over or framed, if it was, and carries the reference's thumbnail for the
+  report.
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
 registry, or a missing, empty, corrupt or incompatible one, gives an ``error`` finding for
@@ -54,6 +56,7 @@ from artengine import (
     Match,
     ReferenceRegistry,
     Setting,
+    TRIMMED,
     hookimpl,
     open_registries,
     query_hashes_many,
@@ -70,6 +73,8 @@ ARTENGINE_HOOK_API = "1.0"
 #: quarter anticlockwise, so it finds copies turned clockwise).
 TURNED_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate180": "rotated 180°",
                 "rotate90": "rotated 90° clockwise", "rotate270": "rotated 90° anticlockwise"}
+#: How a finding names a match of any other whole-image query variant but the image itself.
+VARIANT_NAMES = {**TURNED_NAMES, TRIMMED: "in a border"}
 
 DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
@@ -116,7 +121,7 @@ class NearDuplicateAudit(Audit):
 
     name = "near_duplicate"
     description = ("near-copies of registered reference images (perceptual hashes; "
-                   "crops, mirrored, flipped and turned copies, re-encodes and colour changes included)")
+                   "crops, mirrored, flipped, turned and framed copies, re-encodes and colour changes included)")
     needs = frozenset({"hashes"})
     settings_schema = {
         "max_phash_distance": Setting(int, DEFAULT_MAX_PHASH,
@@ -246,7 +251,7 @@ class NearDuplicateAudit(Audit):
             best = matches[0]
             ref = best.reference
             how = ("byte-identical copy" if best.reference_variant == "file"
-                   else f"near-duplicate ({TURNED_NAMES[best.query_variant]})" if best.query_variant in TURNED_NAMES
+                   else f"near-duplicate ({VARIANT_NAMES[best.query_variant]})" if best.query_variant in VARIANT_NAMES
                    else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
                    if best.query_variant.startswith("band-") else "near-duplicate")
             return Finding(

@@ -82,6 +82,61 @@ def test_query_hashes_hold_the_image_turned_over(pictures):
         assert q["dhash"][0] == hash_value(imagehash.dhash(gray))
 
 
+def _framed(im: Image.Image, fraction: float, colour, sides: str = "tblr") -> Image.Image:
+    """``im`` with a flat border of ``fraction`` of its width (left, right) or height (top,
+    bottom) on the ``sides`` named (t, b, l, r)."""
+    w, h = im.size
+    px, py = round(w * fraction), round(h * fraction)
+    left, top = px * ("l" in sides), py * ("t" in sides)
+    out = Image.new("RGB", (w + left + px * ("r" in sides), h + top + py * ("b" in sides)), colour)
+    out.paste(im.convert("RGB"), (left, top))
+    return out
+
+
+def test_the_picture_inside_a_flat_border_is_hashed_as_its_own_variant(pictures):
+    """A mount, a letterbox or a pillarbox is cut off (the box found to within a pixel or
+    two of the intermediate), and the "trimmed" row is the hashes of the picture inside;
+    a picture on a flat background, a picture with a dark edge of its own and a flat
+    image have no "trimmed" variant."""
+    import io
+
+    from artengine.hashing import TRIMMED, border_box, hashing_gray, luma_thumbnail
+
+    picture = pictures[0].resize((256, 256))
+    for fraction, colour, sides in ((0.05, (0, 0, 0), "tblr"), (0.1, (255, 255, 255), "tb"),
+                                    (0.12, (90, 120, 90), "lr"), (0.08, (0, 0, 0), "t")):
+        framed = _framed(picture, fraction, colour, sides)
+        buf = io.BytesIO()
+        framed.save(buf, "JPEG", quality=80)  # the border's edge rings a little
+        copy = Image.open(buf).convert("RGB")
+        gray = hashing_gray(copy)
+        box = border_box(gray)
+        w, h = framed.size
+        scale = gray.width / w
+        px, py = round(256 * fraction), round(256 * fraction)
+        expected = (px * ("l" in sides) * scale, py * ("t" in sides) * scale,
+                    gray.width - px * ("r" in sides) * scale, gray.height - py * ("b" in sides) * scale)
+        assert box is not None and np.allclose(box, expected, atol=2.5), (fraction, sides, box, expected)
+        hashes = query_hashes(copy)
+        assert hashes.variants[-1] == TRIMMED and hashes.variants[:-1] == QUERY_VARIANTS
+        inner = gray.crop(box)
+        assert hashes["phash"][-1] == hash_value(imagehash.phash(inner))
+        assert hashes["dhash"][-1] == hash_value(imagehash.dhash(inner))
+        assert np.array_equal(hashes.variant_luma[TRIMMED], luma_thumbnail(inner))
+        # The picture inside hashes like the picture itself, unlike the framed whole.
+        plain = query_hashes(picture)
+        inside, whole = (int(hamming(hashes["phash"][k], plain["phash"][0])) for k in (-1, 0))
+        assert inside <= 6 and whole > inside, (inside, whole)
+
+    on_background = Image.new("RGB", (256, 256), (240, 240, 240))
+    ImageDraw.Draw(on_background).ellipse((60, 50, 190, 200), fill=(200, 30, 30))
+    dark_edge = picture.copy()
+    ImageDraw.Draw(dark_edge).rectangle((0, 0, 255, 2), fill=(0, 0, 0))  # 3 rows: not a border
+    for im in (picture, on_background, dark_edge, Image.new("RGB", (256, 256), (0, 0, 0))):
+        assert border_box(hashing_gray(im)) is None
+        assert query_hashes(im).variants == QUERY_VARIANTS and query_hashes(im).variant_luma == {}
+
+
 def _hard_32px_pictures() -> list[np.ndarray]:
     """32x32 greyscale inputs where pHash bits hang on rounding: flat, one grey level off
     here and there, faint noise, faint gradients, a few specks; and plain noise and blocks."""
@@ -138,13 +193,18 @@ def test_hashing_a_chunk_gives_each_image_its_own_hashes(pictures):
     from artengine import query_hashes_many
     from artengine.hashing import COLOUR_DARK_OFFSET, colour_signature
 
-    images = [*pictures[:6], Image.new("RGB", (300, 200), (10, 200, 30)), pictures[7].resize((64, 48))]
+    images = [*pictures[:3], _framed(pictures[3], 0.1, (0, 0, 0)), *pictures[4:6],
+              Image.new("RGB", (300, 200), (10, 200, 30)), pictures[7].resize((64, 48))]
     chunk = query_hashes_many(images)
     assert query_hashes_many([]) == []
+    assert [len(h.variants) for h in chunk] == [8, 8, 8, 9, 8, 8, 8, 8]  # the framed one has "trimmed"
     for image, hashes in zip(images, chunk):
         alone = query_hashes(image)
+        assert hashes.variants == alone.variants
         assert np.array_equal(hashes.values, alone.values) and hashes.values.dtype == np.uint64
         assert hashes.quality == alone.quality and np.array_equal(hashes.luma, alone.luma)
+        assert hashes.variant_luma.keys() == alone.variant_luma.keys()
+        assert all(np.array_equal(hashes.variant_luma[k], alone.variant_luma[k]) for k in hashes.variant_luma)
         # The colour signature is ImageStat's mean of the reduced image, to the bit.
         factor = max(1, min(image.size) // 32)
         small = image.reduce(factor) if factor > 1 else image

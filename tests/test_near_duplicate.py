@@ -302,6 +302,37 @@ def test_transformed_copies_of_a_photograph_are_named_and_recolourings_are_not(t
     assert _finding(loose, "recoloured.png")[1]["outcome"] == "fail"
 
 
+def test_a_copy_in_a_mount_or_a_letterbox_is_named_and_another_picture_in_the_same_mount_passes(tmp_path):
+    """A border around a copy moves its whole-image hashes beyond the bounds (a blind spot
+    before); the picture inside the border is searched too, and a match of it counts when
+    its thumbnail agrees with the reference's. The same mount around another photograph
+    names nothing."""
+    from skimage import data as skimage_data
+
+    from test_hashing import _framed
+
+    photo = _photo()
+    other = Image.fromarray(skimage_data.coffee()).resize((384, 384), Image.Resampling.LANCZOS)
+    copies = {"mount.png": _jpeg(_framed(photo, 0.10, (0, 0, 0)), 85),
+              "letterbox.png": _jpeg(_framed(photo, 0.12, (255, 255, 255), "tb"), 85),
+              "pillarbox.png": _framed(photo, 0.15, (40, 40, 40), "lr")}
+    _, db, out, _ = _one_reference(tmp_path, photo, {**copies, "other.png": _jpeg(_framed(other, 0.10, (0, 0, 0)), 85)})
+    result, doc = _audit(out, _policy(tmp_path), db)
+    assert result.exit_code == 1, result.output
+    for name in copies:
+        _, finding = _finding(doc, name)
+        assert finding["outcome"] == "fail", (name, finding["message"])
+        assert finding["details"]["match"]["query_variant"] == "trimmed", name
+        assert "near-duplicate (in a border) of" in finding["message"]
+        assert finding["details"]["match"]["correlation"] >= 0.96
+    entry, finding = _finding(doc, "other.png")
+    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+    # With the thumbnail correlation off, the picture inside a border counts for nothing
+    # (a cut-out match needs its thumbnail to agree), and the mount hides the copy again.
+    _, off = _audit(out, _policy(tmp_path, "min_thumbnail_correlation = 2"), db)
+    assert _finding(off, "mount.png")[1]["outcome"] == "pass"
+
+
 def test_a_brightened_copy_whose_highlights_clip_is_named_on_its_phash(tmp_path):
     """Brightness up by 50 % and contrast by 30 % clip the highlights of a photograph:
     dHash moves beyond its bound while pHash stays within 2, which names the copy. Other
