@@ -139,6 +139,24 @@ def _luma(rgb: np.ndarray) -> Image.Image:
     return Image.fromarray(rgb.astype(np.float32) @ _LUMA, mode="F")
 
 
+_LUMA_ROWS = 1 << 20  # pixels converted at a time by _luma_in_rows
+
+
+def _luma_in_rows(rgb: np.ndarray) -> Image.Image:
+    """:func:`_luma` of a large image a band of rows at a time, into the image's own
+    buffer: the same conversion without its floating-point copies of the whole image (a
+    48-megapixel scan: about 0.2 GB instead of 0.9). Detection's path; embedding keeps
+    :func:`_luma`, whose bytes a job's images depend on."""
+    height, width, _ = rgb.shape
+    rows = max(1, _LUMA_ROWS // max(1, width))
+    if rows >= height:
+        return _luma(rgb)
+    out = np.empty((height, width), np.float32)
+    for top in range(0, height, rows):
+        np.matmul(rgb[top: top + rows].astype(np.float32), _LUMA, out=out[top: top + rows])
+    return Image.frombuffer("F", (width, height), out, "raw", "F", 0, 1)
+
+
 def _working(luma: Image.Image, size: int = WORK) -> np.ndarray:
     """Antialiased resample to ``size`` x ``size``: the resolution-independent domain."""
     return np.asarray(luma.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
@@ -302,7 +320,7 @@ def _reading(layout: _Layout, payload: bytes | None, fit: float, cells: np.ndarr
 def detect_pixels(rgb: np.ndarray, key: bytes, *, search: bool = True) -> WatermarkReading:
     """Read the payload from ``(H, W, 3)`` uint8 pixels."""
     layout = _layout(key)
-    luma = _luma(rgb)
+    luma = _luma_in_rows(rgb)
     received = _working(luma)
     proj, mask = _cells(received, layout)
     valid = np.ones(mask.shape, bool)

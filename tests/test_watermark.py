@@ -208,3 +208,20 @@ def test_flat_image_can_be_marked(scheme):
     out = scheme.embed(flat, b"flat!!")
     assert psnr(flat, out) >= 40.0
     assert scheme.detect(out, search=False).payload == b"flat!!"
+
+
+def test_a_large_image_is_read_a_band_of_rows_at_a_time_with_the_same_values(scheme, monkeypatch):
+    """Detection converts a large image to luminance a band of rows at a time (a
+    48-megapixel scan would otherwise hold about 0.9 GB of floating-point copies): the
+    values are the whole-image conversion's to the bit, bands of any height, so the
+    reading is the same."""
+    image = scheme.embed(textured(640, 9).resize((640, 480)), payload_for(9))
+    pixels = np.asarray(image)
+    whole = np.asarray(stdm._luma(pixels))
+    readings = []
+    for rows in (1, 7, 480):  # rows per band: one, 7 (the last band shorter), all of them
+        monkeypatch.setattr(stdm, "_LUMA_ROWS", rows * 640)
+        assert np.array_equal(np.asarray(stdm._luma_in_rows(pixels)), whole), rows
+        readings.append(scheme.detect(image).as_dict())
+    assert readings[0]["payload"] == payload_for(9).hex()
+    assert all(r == readings[0] for r in readings)
