@@ -107,8 +107,12 @@ def open_image(
             text = _text_chunks(im)
             fmt = im.format or "unknown"
             mode = im.mode
-            oriented = ImageOps.exif_transpose(im)
-            turned = oriented.size != im.size
+            decoded_size = im.size
+            # In place: without an orientation to apply, exif_transpose would return a
+            # copy, and both would be held until the function returns (twice the pixels).
+            ImageOps.exif_transpose(im, in_place=True)
+            oriented = im
+            turned = oriented.size != decoded_size
             full_size = (height, width) if turned else (width, height)
             rgb, alpha = to_rgb(oriented)
     except ImageLoadError:
