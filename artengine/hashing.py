@@ -124,6 +124,9 @@ QUERY_VARIANTS: tuple[str, ...] = ("full", *TURNED_VARIANTS, *BAND_VARIANTS)
 BORDER_MIN_SHARE = 0.02
 BORDER_TOLERANCE = 12
 BORDER_MIN_PICTURE = 0.4
+#: How many lines past a border's last flat line its edge may lie (a JPEG's ringing, the
+#: shrink's blend): the line this far in must be mostly picture for the border to count.
+BORDER_EDGE_LINES = 6
 #: The colour signature is measured on the image shrunk to about this many pixels a side.
 COLOUR_SIDE = 32
 #: Added to each channel's mean (0-255) before the chromaticity is taken, so that the
@@ -437,13 +440,15 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
     outermost line's mid-grey (that line spanning at most twice as many levels) are
     border. A side counts when they make at least :data:`BORDER_MIN_SHARE` of the height
     (or width), so that a picture's own dark edge row is left alone, and when they end in
-    a straight edge: most of the first (or second) line inside differs from the border,
-    or, on the opposite side, from a border of the same colour (a picture's dark edge
-    may blend with a black bar where the opposite edge does not). A picture on a flat
-    background has no such edge (the line just inside the background touches its subject
-    at a few pixels), so it is not cut to its subject. The line inside each border is cut
-    off too: shrinking the image blends it with the border. None as well when what is
-    left would be under :data:`BORDER_MIN_PICTURE` of a side."""
+    a straight edge: most of the first (or second) line inside differs from the border;
+    or, past a JPEG's ringing, most of the line :data:`BORDER_EDGE_LINES` further in does,
+    the edge being the largest step between neighbouring lines' medians; or the opposite
+    side has a border of the same colour that ends in one (a picture's dark edge may
+    blend with a black bar where the opposite edge does not). A picture on a flat
+    background usually has no such edge (the line just inside the background touches its
+    subject at a few pixels), so it is not cut to its subject. The line the picture starts
+    in is cut off too: shrinking the image blends it with the border. None as well when
+    what is left would be under :data:`BORDER_MIN_PICTURE` of a side."""
     pixels = np.asarray(gray, dtype=np.int16)
     height, width = pixels.shape
     # Each line's darkest and lightest pixel: rows for the top and bottom, columns for the sides.
@@ -451,9 +456,10 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
     columns = (pixels.min(axis=0), pixels.max(axis=0))
 
     def run(lines: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[int, int, bool]:
-        """How many of ``lines`` (the outermost first; ``low``/``high`` their darkest and
-        lightest pixels) belong to a border (0: none), its colour, and whether it ends in
-        a straight edge. Each side is searched over half the image at most."""
+        """Where the border of ``lines`` (the outermost first; ``low``/``high`` their
+        darkest and lightest pixels) ends: the first line of the picture (0: no border),
+        the border's colour, and whether it ends in a straight edge. Each side is searched
+        over half the image at most."""
         side = len(low)
         half = side // 2
         if int(high[0]) - int(low[0]) > 2 * BORDER_TOLERANCE:
@@ -461,12 +467,20 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
         colour = (int(low[0]) + int(high[0])) // 2
         flat = (high[:half] <= colour + BORDER_TOLERANCE) & (low[:half] >= colour - BORDER_TOLERANCE)
         count = int(np.argmin(flat)) if not flat.all() else half
-        if count < max(1, round(BORDER_MIN_SHARE * side)) or count == half:
+        if count < max(1, round(BORDER_MIN_SHARE * side)) or count + BORDER_EDGE_LINES >= half:
             return 0, 0, False
-        # The first line inside may be a blend of border and picture (the shrink, a JPEG's
-        # ringing): the edge is in it or in the next.
-        edge = (np.abs(lines[count: count + 2] - colour) > BORDER_TOLERANCE).mean(axis=1)
-        return count, colour, bool(edge.max() >= 0.5)
+        # A straight edge: most of the first line inside, or of the next (the first may be
+        # a blend of border and picture, from the shrink), is not the border.
+        inside = lines[count: count + 2]
+        if 2 * int(np.count_nonzero(np.abs(inside - colour) > BORDER_TOLERANCE, axis=1).max()) >= inside.shape[1]:
+            return count, colour, True
+        # Or, past a JPEG's ringing around the edge, a few lines further in: the line that
+        # far in is mostly picture, and the edge is the largest step between neighbouring
+        # lines' medians (from the last flat line on).
+        if abs(_medians(lines[count + BORDER_EDGE_LINES]) - colour) <= BORDER_TOLERANCE:
+            return count, colour, False  # a picture on a flat background
+        medians = _medians(lines[count - 1: count + BORDER_EDGE_LINES + 1])
+        return count + int(np.argmax(np.abs(np.diff(medians)))), colour, True
 
     sides = [run(pixels.T, *columns), run(pixels, *rows),
              run(pixels.T[::-1], columns[0][::-1], columns[1][::-1]), run(pixels[::-1], rows[0][::-1], rows[1][::-1])]
@@ -475,13 +489,24 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
         other, other_colour, other_edge = sides[(k + 2) % 4]  # left <-> right, top <-> bottom
         if count and not edge and not (other and other_edge and abs(other_colour - colour) <= BORDER_TOLERANCE):
             count = 0
-        cut.append(count + 1 if count else 0)
+        cut.append(count + 1 if count else 0)  # the line the picture starts in may blend with the border
     if not any(cut):
         return None
     box = (cut[0], cut[1], width - cut[2], height - cut[3])
     if box[2] - box[0] < BORDER_MIN_PICTURE * width or box[3] - box[1] < BORDER_MIN_PICTURE * height:
         return None
     return box
+
+
+def _medians(lines: np.ndarray) -> np.ndarray:
+    """``np.median(lines, axis=-1)`` of integer lines, the same values, without
+    ``np.median``'s overhead per call (most of :func:`border_box`'s time otherwise)."""
+    n = lines.shape[-1]
+    k = n // 2
+    if n % 2:
+        return np.partition(lines, k, axis=-1)[..., k].astype(np.float64)
+    middle = np.partition(lines, (k - 1, k), axis=-1)
+    return (middle[..., k - 1].astype(np.float64) + middle[..., k]) / 2
 
 
 def _band_inputs(gray: Image.Image) -> list[tuple[Image.Image, Image.Image]]:
