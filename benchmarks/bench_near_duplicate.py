@@ -5,13 +5,13 @@ photographs (random crops of the scikit-image samples and Debian wallpapers, see
 photos.py) and built-in ``shapes`` images. Every reference is then transformed (JPEG,
 resize, crop, mirror (left-right), rotation, blur, brightness/contrast, colour shift, text
 overlay; and, reported without a target, the rest of RELIABILITY row 21's list: gamma,
-padding, vertical flip, rotation by 4° and 25°, and the half and quarter turns) and searched for with the audit's own
-decision (``classify``) at the plugin's default thresholds (the policies' values).
-"named" counts "fail" findings naming the right reference; "blocked" adds the copies that
-could not be published either way (a finding naming another reference, or "unknown" for
-an image too flat to judge). Distractors are photographs cut from *other* source pictures
-than the references, and shapes from another seed; a "fail" for one of them is a false
-positive.
+padding, vertical flip, rotation by 4° and 25°, the half and quarter turns, and more
+borders) and searched for with the audit's own decision (``classify``) at the plugin's
+default thresholds (the policies' values). "named" counts "fail" findings naming the
+right reference; "blocked" adds the copies that could not be published either way (a
+finding naming another reference, or "unknown" for an image too flat to judge).
+Distractors are photographs cut from *other* source pictures than the references, and
+shapes from another seed; a "fail" for one of them is a false positive.
 
 The corpus depends on ``--seed``: the patches, which source pictures the references and
 the distractors are cut from, and the shapes. Thresholds are calibrated with ``--sweep``
@@ -144,17 +144,20 @@ def rotate_90(im, rng):
     return im.transpose(Image.Transpose.ROTATE_90 if rng.random() < 0.5 else Image.Transpose.ROTATE_270)
 
 
-def pad(fraction: float, mode: str):
+def pad(fraction: float, mode: str, sides: str = "tblr"):
     """Add a border of ``fraction`` of the width (left and right) and of the height (top
-    and bottom) on each side: black (``"black"``, a letterbox or mount) or the picture
-    reflected at its edges (``"reflect"``, numpy's mode of that name)."""
+    and bottom) on each of the ``sides`` named (t, b, l, r): black (``"black"``, a
+    letterbox or mount), white (``"white"``) or the picture reflected at its edges
+    (``"reflect"``, numpy's mode of that name, on every side)."""
     def apply(im, rng):
         w, h = im.size
         px, py = max(1, round(w * fraction)), max(1, round(h * fraction))
         if mode == "reflect":
             return Image.fromarray(np.pad(np.asarray(im), ((py, py), (px, px), (0, 0)), mode="reflect"))
-        out = Image.new("RGB", (w + 2 * px, h + 2 * py), (0, 0, 0))
-        out.paste(im, (px, py))
+        left, top = px * ("l" in sides), py * ("t" in sides)
+        size = (w + left + px * ("r" in sides), h + top + py * ("b" in sides))
+        out = Image.new("RGB", size, (255, 255, 255) if mode == "white" else (0, 0, 0))
+        out.paste(im, (left, top))
         return out
     return apply
 
@@ -241,6 +244,10 @@ TRANSFORMS: dict[str, tuple[str, Callable]] = {
     # Stop 33: the half and quarter turns, searched since (after the others, for the same reason).
     "rotate 180°": ("reported", rotate_180),
     "rotate 90°": ("reported", rotate_90),
+    # Stop 34: other borders, searched since as the picture inside them (after the others).
+    "pad 8% white": ("reported", pad(0.08, "white")),
+    "letterbox 12% black": ("reported", pad(0.12, "black", "tb")),
+    "pad 10% black, jpeg q75": ("reported", lambda im, rng: jpeg(75)(pad(0.10, "black")(im, rng), rng)),
 }
 TARGETS = {"photometric": 0.98, "resize": 0.98, "mirror": 0.9, "crop <= 10%": 0.9, "reported": None}
 
