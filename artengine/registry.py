@@ -693,11 +693,14 @@ class ReferenceRegistry:
                     luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
             return detail
 
-    def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full") -> float:
+    def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full",
+                    variant_luma: Mapping[str, np.ndarray] | None = None) -> float:
         """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
-        thumbnail (turned like the variant for a match of a turned one, e.g. ``"mirror"``) with a
-        reference's stored thumbnail."""
-        return float(_query_detail(luma, variant) @ self._detail(ref_id))
+        thumbnail (turned like the variant for a match of a turned one, e.g. ``"mirror"``;
+        for a variant with its own thumbnail in ``variant_luma``, such as ``"trimmed"``,
+        that one: pass the image's ``ImageHashes.variant_luma``) with a reference's stored
+        thumbnail."""
+        return float(_query_detail(luma, variant, variant_luma) @ self._detail(ref_id))
 
     @staticmethod
     def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:

@@ -111,6 +111,25 @@ def test_a_flipped_or_half_turned_copy_counts_only_when_the_thumbnails_agree(reg
             assert reg.correlation(match.reference.id, hashes.luma, "full") < 0.96
 
 
+def test_a_copy_in_a_border_counts_on_its_own_thumbnail_only_when_it_agrees(registry_path, ref_folder):
+    """The picture inside a flat border is searched as "trimmed", a match counting only with
+    the correlation on and reached, measured on that picture's own thumbnail (the whole
+    framed image's does not agree)."""
+    from test_hashing import _framed
+
+    source = Image.open(ref_folder / "ref2.png").convert("RGB")
+    hashes = query_hashes(_framed(source, 0.12, (255, 255, 255)))
+    assert hashes.variants[-1] == "trimmed" and "trimmed" in hashes.variant_luma
+    with ReferenceRegistry(registry_path) as reg:
+        assert all(m.query_variant != "trimmed" for m in reg.search(hashes, THRESHOLDS))
+        assert all(m.query_variant != "trimmed" for m in reg.search(hashes, {**THRESHOLDS, "correlation": 2.0}))
+        found = [m for m in reg.search(hashes, {**THRESHOLDS, "correlation": 0.96}) if m.query_variant == "trimmed"]
+        assert [m.reference.source_path for m in found] == [str((ref_folder / "ref2.png").resolve())]
+        ref_id = found[0].reference.id
+        assert found[0].correlation == pytest.approx(reg.correlation(ref_id, hashes.luma, "trimmed", hashes.variant_luma))
+        assert found[0].correlation > 0.96 > reg.correlation(ref_id, hashes.luma, "full")
+
+
 def test_index_is_rebuilt_when_the_registry_changes(registry_path, tmp_path):
     newcomer = tmp_path / "new.png"
     artwork(555, 256).save(newcomer)
