@@ -100,19 +100,19 @@ TURNED_VARIANTS: dict[str, Image.Transpose] = {
 #: Turns that swap the axes: dHash's 9x8 input is not square, so these are resized from
 #: the turned intermediate instead of turning the image's own inputs.
 _QUARTER_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
-#: Turned variants whose matches count only when the luminance thumbnails agree too (the
-#: search's ``correlation`` bound, the thumbnail turned the same way): a flip or a turn
-#: makes many pictures resemble some other one (skies and floors, symmetric shapes).
-#: Measured (benchmarks/bench_near_duplicate.py --seed 7 --distractors 35000): without it
-#: the flip and half-turn variants took the false positives from 12 to 18 of 30,000
-#: photographs and from 884 to 1,307 of 5,000 shapes; with it 12 and 925 (958 with the
-#: quarter turns), every flipped or turned copy still named; 99.8 % of flipped or
-#: half-turned JPEG copies of photographs correlate at 0.96 or more.
 #: The query variant of the picture inside a flat border (a mount, a letterbox or
 #: pillarbox bar): the image with every side's border cut off (:func:`border_box`). Hashed
 #: only for images that have such a border, and confirmed like a turned variant (the cut
 #: reframes the picture, and reframed pictures resemble more of each other).
 TRIMMED = "trimmed"
+#: Query variants whose matches count only when the luminance thumbnails agree too (the
+#: search's ``correlation`` bound, the thumbnail turned the same way, or the variant's
+#: own): a flip or a turn makes many pictures resemble some other one (skies and floors,
+#: symmetric shapes). Measured (benchmarks/bench_near_duplicate.py --seed 7 --distractors
+#: 35000): without it the flip and half-turn variants took the false positives from 12 to
+#: 18 of 30,000 photographs and from 884 to 1,307 of 5,000 shapes; with it 12 and 925 (958
+#: with the quarter turns), every flipped or turned copy still named; 99.8 % of flipped or
+#: half-turned JPEG copies of photographs correlate at 0.96 or more.
 CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180", "rotate90", "rotate270", TRIMMED)
 #: The query variants every image has, in row order; an image with a flat border also has
 #: :data:`TRIMMED`, last.

@@ -111,10 +111,9 @@ def open_image(
             # In place: without an orientation to apply, exif_transpose would return a
             # copy, and both would be held until the function returns (twice the pixels).
             ImageOps.exif_transpose(im, in_place=True)
-            oriented = im
-            turned = oriented.size != decoded_size
+            turned = im.size != decoded_size
             full_size = (height, width) if turned else (width, height)
-            rgb, alpha = to_rgb(oriented)
+            rgb, alpha = to_rgb(im)
     except ImageLoadError:
         raise
     except FileNotFoundError:

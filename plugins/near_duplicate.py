@@ -66,16 +66,16 @@ from artengine import (
 
 ARTENGINE_HOOK_API = "1.0"
 
+#: How a finding names a match of a whole-image query variant other than the image itself
+#: (artengine.hashing.TURNED_VARIANTS and TRIMMED): how the copy was turned or framed from
+#: the reference (the "rotate90" variant turns the image a quarter anticlockwise, so it
+#: finds copies turned clockwise).
+VARIANT_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate180": "rotated 180°",
+                 "rotate90": "rotated 90° clockwise", "rotate270": "rotated 90° anticlockwise",
+                 TRIMMED: "in a border"}
+
 #: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
 #: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
-#: How a finding names a match of a turned query variant (artengine.hashing.TURNED_VARIANTS):
-#: how the copy was turned from the reference (the "rotate90" variant turns the image a
-#: quarter anticlockwise, so it finds copies turned clockwise).
-TURNED_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate180": "rotated 180°",
-                "rotate90": "rotated 90° clockwise", "rotate270": "rotated 90° anticlockwise"}
-#: How a finding names a match of any other whole-image query variant but the image itself.
-VARIANT_NAMES = {**TURNED_NAMES, TRIMMED: "in a border"}
-
 DEFAULT_MAX_PHASH = 16
 DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
@@ -105,12 +105,12 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 class PerceptualHashes(FeatureExtractor):
     """Every perceptual hash of each image (:func:`artengine.hashing.query_hashes`: pHash,
     dHash and equalised pHash of the image, the image turned over (mirrored, flipped,
-    rotated by 90°, 180° or 270°) and its top and bottom bands,
-    plus hash quality and colour signature; one shared downscale per image)."""
+    rotated by 90°, 180° or 270°), its top and bottom bands and the picture inside a flat
+    border, plus hash quality and colour signature; one shared downscale per image)."""
 
     name = "hashes"
-    description = ("perceptual hashes (imagehash pHash + dHash of image, mirror, flip, turns and bands; equalised "
-                   "pHash) and PDQ-style quality")
+    description = ("perceptual hashes (imagehash pHash + dHash of image, mirror, flip, turns, bands and the "
+                   "picture inside a border; equalised pHash) and PDQ-style quality")
 
     def compute(self, items: Sequence[AuditItem]) -> list[ImageHashes]:
         return query_hashes_many([item.image.rgb for item in items])
@@ -172,8 +172,8 @@ class NearDuplicateAudit(Audit):
                                              "the other bounds refuse is a copy when the images' 16x16 "
                                              "luminance thumbnails, each without its best-fitting plane, "
                                              "correlate at least this well (brightness and contrast changes "
-                                             "of smooth pictures); a flipped or turned copy needs it "
-                                             "too (0-1, 2 turns it off, and with it those two searches)"),
+                                             "of smooth pictures); a flipped, turned or framed copy needs "
+                                             "it too (0-1; 2 turns it off, and with it those searches)"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
