@@ -142,6 +142,39 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the kernel's MemAvailable, less where
+    the process's cgroup (v2 or v1) has a limit closer to its usage. None where the system
+    tells neither (not Linux)."""
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+                break
+        cgroups = Path("/proc/self/cgroup").read_text().splitlines()
+    except (OSError, ValueError, IndexError):
+        cgroups = []
+    for line in cgroups:
+        _, controllers, where = (line.split(":", 2) + ["", ""])[:3]
+        if not where:
+            continue
+        if controllers == "":  # v2
+            folder, files = Path("/sys/fs/cgroup") / where.lstrip("/"), ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):  # v1
+            folder, files = Path("/sys/fs/cgroup/memory") / where.lstrip("/"), ("memory.limit_in_bytes",
+                                                                                 "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            limit, usage = ((folder / name).read_text().strip() for name in files)
+            if limit != "max" and int(limit) < 1 << 60:
+                found.append(max(0, int(limit) - int(usage)))
+        except (OSError, ValueError):
+            continue
+    return min(found) if found else None
+
+
 _BOMB_FILTER_LOCK = threading.Lock()
 
 

@@ -449,6 +449,59 @@ def test_cli_train_then_resume_further(tmp_path):
     assert result.exit_code == 2 and "--arch dcgan" in result.output
 
 
+def _limit_address_space() -> None:
+    """A guard in the child: were the memory check gone, the batch below would be tried and
+    refused by the allocator instead of filling the machine."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (16 << 30, resource.RLIM_INFINITY))
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_anything_is_written(tmp_path):
+    """An absurd --batch-size would have the kernel kill the process part-way: it is one
+    line naming the option, what the step needs and what fits, exit 2, no run folder."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "artengine", "train", "--arch", "dcgan", "--data", "shapes", "--out", str(out),
+         "--steps", "1", "--batch-size", "100000000", "--data-length", "16"],
+        capture_output=True, text=True, timeout=300, preexec_fn=_limit_address_space)
+    assert result.returncode == 2, result.stderr
+    line, = result.stderr.strip().splitlines()
+    assert re.search(r"--batch-size 100000000: one training step needs about [\d.]+ GB of memory, "
+                     r"[\d.]+ GB is available; free memory or lower --batch-size \(about \d+ fits\)", line), line
+    assert not out.exists()
+
+
+def test_running_out_of_memory_mid_run_keeps_the_checkpoints_and_resumes(tmp_path):
+    """Memory taken away during a run (its address space capped at what it holds, so the
+    next step's large tensors cannot be mapped): one line naming the batch size and the
+    checkpoint kept, exit 2, and --resume continues from that checkpoint."""
+    import resource
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artengine", "train", "--arch", "dcgan", "--data", "shapes", "--out", str(out),
+         "--steps", "1000", "--batch-size", "4096", "--data-length", "64", "--set", "ngf=8", "--set", "ndf=8",
+         "--checkpoint-every", "2", "--sample-every", "1000", "--log-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list_checkpoints(out):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    held = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                if line.startswith("VmSize:"))
+    resource.prlimit(proc.pid, resource.RLIMIT_AS, (held, resource.RLIM_INFINITY))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    line, = stderr.strip().splitlines()
+    step, path = list_checkpoints(out)[-1]
+    assert "--batch-size 4096: out of memory after step " in line and f"checkpoint {path} is kept" in line, line
+    assert load_weights(path)[1]["step"] == step
+    result = CliRunner().invoke(cli, ["train", "--out", str(out), "--steps", str(step + 1), "--resume", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, step + 2))
+
+
 @pytest.mark.parametrize("from_scratch", [False, True])
 def test_the_demo_training_call_runs_as_artengine_demo_makes_it(tmp_path, from_scratch):
     """``artengine demo`` fine-tunes the shipped starting point with the cgan ``demo``
