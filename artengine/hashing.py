@@ -15,8 +15,9 @@ image (``tests/test_hashing.py`` checks it), at about 3x the speed
 
 One decode and one shared intermediate feed every hash of an image: the 64-bit pHash and
 dHash of the image, of the image turned over (mirrored, flipped, rotated by 90°, 180° or
-270°) and of the picture inside a flat border, if it has one (query side), or of a set of
-crops (reference side, so that a cropped copy still lands near one of them), of its top
+270°) and of the picture inside a border, flat or mirroring it, if it has one (query
+side), or of a set of crops (reference side, so that a cropped copy still lands near one
+of them), of its top
 and bottom bands (both sides, so that a copy with a caption across it still matches on
 the band the caption missed), the pHash of each of these after histogram equalisation (a
 second opinion on low-detail images, whose plain hashes follow faint gradients), a
@@ -100,8 +101,9 @@ TURNED_VARIANTS: dict[str, Image.Transpose] = {
 #: Turns that swap the axes: dHash's 9x8 input is not square, so these are resized from
 #: the turned intermediate instead of turning the image's own inputs.
 _QUARTER_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
-#: The query variant of the picture inside a flat border (a mount, a letterbox or
-#: pillarbox bar): the image with every side's border cut off (:func:`border_box`). Hashed
+#: The query variant of the picture inside a border, flat (a mount, a letterbox or
+#: pillarbox bar) or mirroring the picture (padding by reflection): the image with every
+#: side's border cut off (:func:`border_box`). Hashed
 #: only for images that have such a border, and confirmed like a turned variant (the cut
 #: reframes the picture, and reframed pictures resemble more of each other).
 TRIMMED = "trimmed"
@@ -114,7 +116,7 @@ TRIMMED = "trimmed"
 #: with the quarter turns), every flipped or turned copy still named; 99.8 % of flipped or
 #: half-turned JPEG copies of photographs correlate at 0.96 or more.
 CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180", "rotate90", "rotate270", TRIMMED)
-#: The query variants every image has, in row order; an image with a flat border also has
+#: The query variants every image has, in row order; an image with a border also has
 #: :data:`TRIMMED`, last.
 QUERY_VARIANTS: tuple[str, ...] = ("full", *TURNED_VARIANTS, *BAND_VARIANTS)
 #: A side of the hashing intermediate counts as a border when at least this share of its
@@ -127,6 +129,15 @@ BORDER_MIN_PICTURE = 0.4
 #: How many lines past a border's last flat line its edge may lie (a JPEG's ringing, the
 #: shrink's blend): the line this far in must be mostly picture for the border to count.
 BORDER_EDGE_LINES = 6
+#: A border mirroring the picture (padding by reflection) is looked for up to this share of
+#: each side, where its outermost two lines match a facing pair by MIRROR_STANDOUT of the
+#: mean over the axes tried; it counts when it differs from the reversed lines it faces by
+#: at most MIRROR_RATIO of how much it differs from them unreversed, with at least
+#: MIRROR_MIN_DETAIL grey levels of mean difference unreversed (:func:`_mirror_axes`).
+MIRROR_MAX_SHARE = 0.3
+MIRROR_STANDOUT = 0.5
+MIRROR_RATIO = 0.35
+MIRROR_MIN_DETAIL = 2.0
 #: The colour signature is measured on the image shrunk to about this many pixels a side.
 COLOUR_SIDE = 32
 #: Added to each channel's mean (0-255) before the chromaticity is taken, so that the
@@ -432,8 +443,9 @@ def _turned(gray: Image.Image, whole: tuple[Image.Image, Image.Image],
 
 
 def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
-    """The box ``(left, top, right, bottom)`` of the picture inside a flat border of a
-    greyscale image (the hashing intermediate), or None when it has none.
+    """The box ``(left, top, right, bottom)`` of the picture inside a border of a
+    greyscale image (the hashing intermediate), flat or mirroring the picture, or None
+    when it has none.
 
     From each edge inward, the lines (rows for the top and bottom, columns for the left
     and right) whose every pixel is within :data:`BORDER_TOLERANCE` grey levels of the
@@ -447,8 +459,10 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
     blend with a black bar where the opposite edge does not). A picture on a flat
     background usually has no such edge (the line just inside the background touches its
     subject at a few pixels), so it is not cut to its subject. The line the picture starts
-    in is cut off too: shrinking the image blends it with the border. None as well when
-    what is left would be under :data:`BORDER_MIN_PICTURE` of a side."""
+    in is cut off too: shrinking the image blends it with the border. A side with no flat
+    border may have one that mirrors the picture (padding by reflection), cut at its axis
+    (:func:`_mirror_axes`). None as well when what is left would be under
+    :data:`BORDER_MIN_PICTURE` of a side."""
     pixels = np.asarray(gray, dtype=np.int16)
     height, width = pixels.shape
     # Each line's darkest and lightest pixel: rows for the top and bottom, columns for the sides.
@@ -482,20 +496,81 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
         medians = _medians(lines[count - 1: count + BORDER_EDGE_LINES + 1])
         return count + int(np.argmax(np.abs(np.diff(medians)))), colour, True
 
-    sides = [run(pixels.T, *columns), run(pixels, *rows),
-             run(pixels.T[::-1], columns[0][::-1], columns[1][::-1]), run(pixels[::-1], rows[0][::-1], rows[1][::-1])]
+    lines = (pixels.T, pixels, pixels.T[::-1], pixels[::-1])  # left, top, right, bottom; outermost first
+    sides = [run(lines[0], *columns), run(lines[1], *rows),
+             run(lines[2], columns[0][::-1], columns[1][::-1]), run(lines[3], rows[0][::-1], rows[1][::-1])]
+    spans = [(columns[0][0], columns[1][0]), (rows[0][0], rows[1][0]),
+             (columns[0][-1], columns[1][-1]), (rows[0][-1], rows[1][-1])]  # outermost lines' darkest, lightest
     cut = []
     for k, (count, colour, edge) in enumerate(sides):
         other, other_colour, other_edge = sides[(k + 2) % 4]  # left <-> right, top <-> bottom
         if count and not edge and not (other and other_edge and abs(other_colour - colour) <= BORDER_TOLERANCE):
             count = 0
         cut.append(count + 1 if count else 0)  # the line the picture starts in may blend with the border
+    # With no flat border, the sides may mirror the picture (a flat outermost line has
+    # nothing to mirror): cut at the axis, the picture's own lines on both sides of it.
+    # (Beside a flat border, a periodic background, which mirrors itself anywhere, would
+    # be cut: the letterbox around a striped picture.)
+    if not any(cut):
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k in range(4):
+            if int(spans[k][1]) - int(spans[k][0]) > 2 * BORDER_TOLERANCE:
+                by_shape.setdefault(lines[k].shape, []).append(k)
+        for group in by_shape.values():
+            for k, axis in zip(group, _mirror_axes([lines[k] for k in group])):
+                cut[k] = axis
     if not any(cut):
         return None
     box = (cut[0], cut[1], width - cut[2], height - cut[3])
     if box[2] - box[0] < BORDER_MIN_PICTURE * width or box[3] - box[1] < BORDER_MIN_PICTURE * height:
         return None
     return box
+
+
+def _mirror_axes(sides: Sequence[np.ndarray]) -> list[int]:
+    """Where a border that mirrors the picture (padding by reflection) ends on each of
+    ``sides``, line arrays ``(n, m)`` of one shape, outermost line first: the picture's
+    first line, or 0. Measured on every fourth pixel along the lines, as root mean square
+    differences, for all the sides at once. The outermost two lines are matched against
+    each line pair that a mirror axis from :data:`BORDER_MIN_SHARE` to
+    :data:`MIRROR_MAX_SHARE` of the side would put opposite them (the edge line kept once
+    or twice); the best axis must stand out, its pairs differing by at most
+    :data:`MIRROR_STANDOUT` of the mean over all axes. Then its whole border must differ
+    from the reversed lines it faces by at most :data:`MIRROR_RATIO` of how much it
+    differs from them unreversed, with at least :data:`MIRROR_MIN_DETAIL` grey levels of
+    difference unreversed (a flat or periodic background mirrors itself anywhere)."""
+    n = len(sides[0])
+    low, high = max(2, round(BORDER_MIN_SHARE * n)), int(MIRROR_MAX_SHARE * n)
+    if high < low:
+        return [0] * len(sides)
+    sample = np.stack([lines[: 2 * high + 1, ::4] for lines in sides]).astype(np.float32)
+    # Squared distances of lines 0 and 1 of each side to its lines from 2*low - 2 on, as
+    # |a|^2 + |b|^2 - 2 a.b (one small matrix product): for the axis low + i, the "once"
+    # pairs are at j = 2i + 2 (line 0) and 2i + 1 (line 1), the "twice" pairs (the edge
+    # line repeated) at 2i + 1 and 2i.
+    norms = np.einsum("slm,slm->sl", sample, sample)
+    reach = sample[:, 2 * low - 2:]
+    distance = norms[:, :2, None] + norms[:, None, 2 * low - 2:] - 2 * (sample[:, :2] @ reach.transpose(0, 2, 1))
+    once = distance[:, 0, 2::2] + distance[:, 1, 1:-1:2]
+    twice = distance[:, 0, 1:-1:2] + distance[:, 1, 0:-2:2]
+    both = np.minimum(once, twice)
+    best = both.argmin(axis=1)
+    rows = np.arange(len(sides))
+    standing = both[rows, best] <= MIRROR_STANDOUT ** 2 * both.mean(axis=1)
+    repeated = twice[rows, best] < once[rows, best]
+    axes = []
+    for side, i, stands, again in zip(sample, best.tolist(), standing.tolist(), repeated.tolist()):
+        axis = low + i
+        if not stands:  # most images: no axis stands out
+            axes.append(0)
+            continue
+        border = side[:axis]
+        facing = side[axis + 1 - again: 2 * axis + 1 - again]
+        mirrored, unreversed = border - facing[::-1], border - facing
+        mirrored, unreversed = float(np.vdot(mirrored, mirrored)), float(np.vdot(unreversed, unreversed))
+        axes.append(axis if unreversed >= MIRROR_MIN_DETAIL ** 2 * border.size
+                    and mirrored <= MIRROR_RATIO ** 2 * unreversed else 0)
+    return axes
 
 
 def _medians(lines: np.ndarray) -> np.ndarray:
@@ -520,12 +595,13 @@ def query_hashes(image: Image.Image) -> ImageHashes:
     """Hashes of an image to check (``QUERY_VARIANTS``): the image, the image turned over
     (its mirror image, flipped top to bottom, rotated by 180° and by a quarter turn either
     way) and its top and bottom bands, with its quality, colour signature and luminance
-    thumbnail; and, for an image with a flat border, the picture inside it
-    (:data:`TRIMMED`, with its own thumbnail).
+    thumbnail; and, for an image with a flat border or one that mirrors the picture, the
+    picture inside it (:data:`TRIMMED`, with its own thumbnail).
 
     Matching the turned variants against the registry catches flipped and turned
     copies without storing turned references; the bands catch copies with a caption
-    across them; the trimmed picture, copies put in a mount or a letterbox.
+    across them; the trimmed picture, copies put in a mount or a letterbox or padded by
+    reflection.
     """
     return query_hashes_many([image])[0]
 
@@ -535,7 +611,7 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     of every image's variants computed together (the audit hashes a chunk at a time)."""
     grays = [hashing_gray(image) for image in images]
     inputs: list[tuple[Image.Image, Image.Image]] = []
-    inners: list[Image.Image | None] = []  # the picture inside a flat border, if any
+    inners: list[Image.Image | None] = []  # the picture inside a border, if any
     for gray in grays:
         whole = _hash_inputs(gray)
         inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),

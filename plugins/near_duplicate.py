@@ -5,7 +5,7 @@ Two components:
 * the ``hashes`` feature extractor computes every perceptual hash of an image once (pHash
   and dHash of the image, of the image turned over (mirrored, flipped top to bottom,
   rotated by 90°, 180° or 270°), of its top and bottom bands and of the picture inside a
-  flat border (a mount, a letterbox), if it has one, the pHash
+  border (a mount, a letterbox, padding by reflection), if it has one, the pHash
   of each after histogram equalisation, a PDQ-style quality score and a colour
   signature), for any audit or metric that needs them;
 * the ``near_duplicate`` audit searches those hashes in every reference registry of the

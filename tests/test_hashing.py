@@ -148,6 +148,58 @@ def test_the_picture_inside_a_flat_border_is_hashed_as_its_own_variant(pictures)
         assert query_hashes(im).variants == QUERY_VARIANTS and query_hashes(im).variant_luma == {}
 
 
+def _reflected(im: Image.Image, fraction: float, mode: str = "reflect", sides: str = "tblr") -> Image.Image:
+    """``im`` padded by reflection (numpy's ``"reflect"``, or ``"symmetric"``, which repeats
+    the edge line) by ``fraction`` of its width or height on the ``sides`` named."""
+    w, h = im.size
+    px, py = round(w * fraction), round(h * fraction)
+    widths = ((py * ("t" in sides), py * ("b" in sides)), (px * ("l" in sides), px * ("r" in sides)), (0, 0))
+    return Image.fromarray(np.pad(np.asarray(im.convert("RGB")), widths, mode=mode))
+
+
+def test_a_border_that_mirrors_the_picture_is_cut_at_its_axis():
+    """Padding by reflection (a blind spot before: a copy's whole-image hashes move beyond
+    the bounds) is found where the mirror axis lies, within a pixel or two of the
+    intermediate, on every side padded, JPEG or not; the "trimmed" row hashes like the
+    picture and its thumbnail correlates with the picture's. The photographs themselves,
+    and a photograph beside its own mirror image (an axis at the middle), get no box."""
+    import io
+
+    from skimage import data as skimage_data  # the test extra installs scikit-image
+
+    from artengine.hashing import TRIMMED, border_box, hashing_gray, thumbnail_correlation
+
+    photos = [Image.fromarray(getattr(skimage_data, name)()).convert("RGB").resize((320, 256))
+              for name in ("astronaut", "coffee", "chelsea")]
+    for photo in photos:
+        plain = query_hashes(photo)
+        for fraction, mode, sides, quality in ((0.1, "reflect", "tblr", None), (0.05, "symmetric", "tblr", 85),
+                                               (0.12, "reflect", "tb", 80), (0.08, "symmetric", "lr", None)):
+            padded = _reflected(photo, fraction, mode, sides)
+            if quality:
+                buf = io.BytesIO()
+                padded.save(buf, "JPEG", quality=quality)
+                padded = Image.open(buf).convert("RGB")
+            gray = hashing_gray(padded)
+            px = round(320 * fraction) * gray.width / padded.width
+            py = round(256 * fraction) * gray.height / padded.height
+            expected = (px * ("l" in sides), py * ("t" in sides),
+                        gray.width - px * ("r" in sides), gray.height - py * ("b" in sides))
+            box = border_box(gray)
+            assert box is not None and np.allclose(box, expected, atol=2), (fraction, mode, sides, box, expected)
+            hashes = query_hashes(padded)
+            assert hashes.variants[-1] == TRIMMED
+            assert hashes["phash"][-1] == hash_value(imagehash.phash(gray.crop(box)))
+            inside, whole = (int(hamming(hashes["phash"][k], plain["phash"][0])) for k in (-1, 0))
+            assert inside <= 6 and whole > inside, (fraction, mode, sides, inside, whole)
+            assert thumbnail_correlation(hashes.variant_luma[TRIMMED], plain.luma) >= 0.96
+        assert border_box(hashing_gray(photo)) is None
+        beside = Image.new("RGB", (640, 256))
+        beside.paste(photo)
+        beside.paste(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (320, 0))
+        assert border_box(hashing_gray(beside)) is None
+
+
 def _hard_32px_pictures() -> list[np.ndarray]:
     """32x32 greyscale inputs where pHash bits hang on rounding: flat, one grey level off
     here and there, faint noise, faint gradients, a few specks; and plain noise and blocks."""

@@ -305,20 +305,25 @@ def test_transformed_copies_of_a_photograph_are_named_and_recolourings_are_not(t
 def test_a_copy_in_a_mount_or_a_letterbox_is_named_and_another_picture_in_the_same_mount_passes(tmp_path):
     """A border around a copy moves its whole-image hashes beyond the bounds (a blind spot
     before); the picture inside the border is searched too, and a match of it counts when
-    its thumbnail agrees with the reference's. The same mount around another photograph
-    names nothing."""
+    its thumbnail agrees with the reference's. So is a copy padded by reflection. The same
+    mount or padding around another photograph names nothing."""
     from skimage import data as skimage_data
 
-    from test_hashing import _framed
+    from test_hashing import _framed, _reflected
 
     photo = _photo()
     other = Image.fromarray(skimage_data.coffee()).resize((384, 384), Image.Resampling.LANCZOS)
     copies = {"mount.png": _jpeg(_framed(photo, 0.10, (0, 0, 0)), 85),
               "letterbox.png": _jpeg(_framed(photo, 0.12, (255, 255, 255), "tb"), 85),
-              "pillarbox.png": _framed(photo, 0.15, (40, 40, 40), "lr")}
-    _, db, out, _ = _one_reference(tmp_path, photo, {**copies, "other.png": _jpeg(_framed(other, 0.10, (0, 0, 0)), 85)})
+              "pillarbox.png": _framed(photo, 0.15, (40, 40, 40), "lr"),
+              "reflected.png": _jpeg(_reflected(photo, 0.10), 85),
+              "reflected_tb.png": _reflected(photo, 0.08, "symmetric", "tb")}
+    _, db, out, _ = _one_reference(tmp_path, photo, {**copies, "other.png": _jpeg(_framed(other, 0.10, (0, 0, 0)), 85),
+                                                     "other_reflected.png": _jpeg(_reflected(other, 0.10), 85)})
     result, doc = _audit(out, _policy(tmp_path), db)
     assert result.exit_code == 1, result.output
+    entry, finding = _finding(doc, "other_reflected.png")
+    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
     for name in copies:
         _, finding = _finding(doc, name)
         assert finding["outcome"] == "fail", (name, finding["message"])
