@@ -59,8 +59,8 @@ from .audit import AuditContext, AuditItem
 from .errors import ArtengineError, InputError, check_seed
 from .gate import ENGINE, judge
 from .hookspecs import HOOK_API_VERSION
-from .io import LoadedImage, atomic_write_bytes, encode_image, fsync_dir, open_image, remove_stray_temps, \
-    sha256_file, usable_cores
+from .io import LoadedImage, atomic_write_bytes, available_memory, encode_image, fsync_dir, open_image, \
+    remove_stray_temps, sha256_file, usable_cores
 from .journal import Journal, start_job
 from .plugins import Plugins, get_plugins
 from .records import Finding
@@ -80,6 +80,9 @@ DEFAULT_SIZE = 256
 #: The largest output side: 8192 x 8192 stays under Pillow's decompression-bomb limit
 #: (89.5 megapixels), which every written image's read-back meets.
 MAX_SIZE = 8192
+#: Memory a job keeps per image until its end, from the growth of its peak between 2,048
+#: and 8,192 images (4.7 KB, policy ``publication``, 256 px; docs/generation.md, "Memory").
+JOB_BYTES_PER_IMAGE = 5_000
 COMPRESS_LEVEL = 1  # deflate level (ISA-L's 0-3; with zlib, level 1 was 2.3x faster than 3)
 PNG_STRATEGY = "isal"  # ISA-L's deflate: 0.54 ms against zlib's 1.97 (level 1, RLE), files 3 % smaller
 PNG_FILTER = "up"  # one row filter for the whole image: 2x faster than Pillow's adaptive choice
@@ -1469,6 +1472,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
             pass
         _check_encoding(spec, where=f"{existing}: PNG encoding")
     spec["job_id"] = job_id(spec)
+    _check_job_memory(int(spec["count"]))
     state = start_job(out, spec, compare=(*DEFINING, "job_id"))
     spec = state.spec
     for folder in FOLDERS:
@@ -1580,6 +1584,19 @@ def _batch_audit_names(policy: Any, plugins: Plugins) -> list[str]:
         if rule.enabled and cls is not None and (not cls.per_image or cls.check_batch is not Audit.check_batch):
             names.append(name)
     return names
+
+
+def _check_job_memory(count: int) -> None:
+    """Refuse, before anything is written, a job whose count cannot be held to its end: a
+    job keeps about :data:`JOB_BYTES_PER_IMAGE` per image (its journal line, its batch
+    features, its report entry), so an absurd ``--count`` would otherwise run out of
+    memory, after hours or at once."""
+    available = available_memory()
+    if available is not None and count * JOB_BYTES_PER_IMAGE > available:
+        raise InputError(f"--count {count}: a job keeps about {JOB_BYTES_PER_IMAGE / 1000:.0f} KB per image until "
+                         f"its end (the report lists every image), about {count * JOB_BYTES_PER_IMAGE / 1e9:.1f} GB; "
+                         f"{available / 1e9:.1f} GB is available: split it into jobs of at most about "
+                         f"{available // JOB_BYTES_PER_IMAGE} images")
 
 
 def _check_writable(out: Path) -> None:

@@ -5,6 +5,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -515,6 +516,27 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, env, tmp_path, args, expecte
     assert expected in out and "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
     assert not (tmp_path / "job" / "job.json").exists()  # refused before the job exists
+
+
+def test_a_count_no_job_could_hold_is_refused_before_the_job_exists(tiny_run, env, tmp_path):
+    """A job keeps a few KB per image to its end: an absurd --count is one line naming
+    what it would need and what fits, not an out-of-memory kill hours later (or at once,
+    listing the images to make). The child's address space is capped, so that were the
+    check gone, the test would fail on the allocation rather than fill the machine."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "-m", "artengine", "generate", "--model", str(tiny_run),
+                             "--count", "10000000000", "--out", str(tmp_path / "job")],
+                            env=env, capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    assert result.returncode == 2, result.stderr
+    line, = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"Error: --count 10000000000: a job keeps about 5 KB per image until its end \(the report "
+                        r"lists every image\), about 50000\.0 GB; [\d.]+ GB is available: split it into jobs of at "
+                        r"most about \d+ images", line), line
+    assert not (tmp_path / "job" / "job.json").exists()
 
 
 @pytest.mark.parametrize("seed", [-1, 2**64, True, 1.5])
