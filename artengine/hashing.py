@@ -17,13 +17,13 @@ One decode and one shared intermediate feed every hash of an image: the 64-bit p
 dHash of the image, of the image turned over (mirrored, flipped, rotated by 90°, 180° or
 270°) and of the picture inside a border, flat or mirroring it, if it has one (query
 side), or of a set of crops (reference side, so that a cropped copy still lands near one
-of them), of its top
-and bottom bands (both sides, so that a copy with a caption across it still matches on
-the band the caption missed), the pHash of each of these after histogram equalisation (a
-second opinion on low-detail images, whose plain hashes follow faint gradients), a
-PDQ-style quality score that says when an image has too little detail for its hash to
-mean anything, and a colour signature (the chromaticity of the image's mean colour) that
-tells apart pictures whose greyscale hashes agree but whose colours do not.
+of them), of its top and bottom bands (both sides, so that a copy with a caption across
+it still matches on the band the caption missed), the pHash of each of these after
+histogram equalisation (a second opinion on low-detail images, whose plain hashes follow
+faint gradients), a PDQ-style quality score that says when an image has too little
+detail for its hash to mean anything, and a colour signature (the chromaticity of the
+image's mean colour) that tells apart pictures whose greyscale hashes agree but whose
+colours do not.
 
 Hashes are ``numpy.uint64`` values: the 64 bits of imagehash's hash in row-major order,
 most significant bit first, so ``f"{value:016x}"`` is imagehash's own hex string
