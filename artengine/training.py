@@ -723,7 +723,7 @@ class Trainer:
         anything is written, rather than be killed by the kernel part-way. The need is what
         autograd keeps per sample, times this process's samples, times the processes
         sharing the machine's memory on CPU. Measured against the growth of peak memory per
-        sample (batches of 128 and 1,024, 32 and 64 px), it is 0.93-1.0 of it for dcgan and
+        sample (batches of 128 and 1,024, 32 and 64 px), it is 0.94-1.0 of it for dcgan and
         cgan and 0.70-0.75 for stylegan (its R1 penalty's second backward pass): a check
         that refuses what cannot fit, never what can."""
         if self.device.type == "cuda":
