@@ -1458,21 +1458,27 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
 
     plugins = plugins or get_plugins()
     out = Path(options.out)
+    created = not out.exists()
     _check_writable(out)
-    spec = build_spec(options, plugins)
-    existing = out / "job.json"
-    if existing.exists():  # resume: the job's time and id are the stored ones, and its encoding
-        try:
-            stored = json.loads(existing.read_text())
-            spec["created"] = stored.get("created", spec["created"])
-            for key in ENCODING:
-                if getattr(options, key) is None and key in stored:
-                    spec[key] = stored[key]
-        except (OSError, ValueError, AttributeError):
-            pass
-        _check_encoding(spec, where=f"{existing}: PNG encoding")
-    spec["job_id"] = job_id(spec)
-    _check_job_memory(int(spec["count"]))
+    try:
+        spec = build_spec(options, plugins)
+        existing = out / "job.json"
+        if existing.exists():  # resume: the job's time and id are the stored ones, and its encoding
+            try:
+                stored = json.loads(existing.read_text())
+                spec["created"] = stored.get("created", spec["created"])
+                for key in ENCODING:
+                    if getattr(options, key) is None and key in stored:
+                        spec[key] = stored[key]
+            except (OSError, ValueError, AttributeError):
+                pass
+            _check_encoding(spec, where=f"{existing}: PNG encoding")
+        spec["job_id"] = job_id(spec)
+        _check_job_memory(int(spec["count"]))
+    except ArtengineError:
+        if created and not any(out.iterdir()):  # refused before the job began: no folder left behind
+            out.rmdir()
+        raise
     state = start_job(out, spec, compare=(*DEFINING, "job_id"))
     spec = state.spec
     for folder in FOLDERS:

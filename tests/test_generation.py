@@ -515,7 +515,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, env, tmp_path, args, expecte
     assert code == 2, out
     assert expected in out and "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
-    assert not (tmp_path / "job" / "job.json").exists()  # refused before the job exists
+    assert not (tmp_path / "job").exists()  # refused before the job exists, with no folder left behind
 
 
 def test_a_count_no_job_could_hold_is_refused_before_the_job_exists(tiny_run, env, tmp_path):
@@ -536,7 +536,7 @@ def test_a_count_no_job_could_hold_is_refused_before_the_job_exists(tiny_run, en
     assert re.fullmatch(r"Error: --count 10000000000: a job keeps about 5 KB per image until its end \(the report "
                         r"lists every image\), about 50000\.0 GB; [\d.]+ GB is available: split it into jobs of at "
                         r"most about \d+ images", line), line
-    assert not (tmp_path / "job" / "job.json").exists()
+    assert not (tmp_path / "job").exists()
 
 
 @pytest.mark.parametrize("seed", [-1, 2**64, True, 1.5])
