@@ -232,13 +232,14 @@ def build_spec(options: GenerateOptions, plugins: Plugins) -> dict[str, Any]:
     source, style = resolve_model_source(options.model, plugins)
     model = load_model(source, plugins=plugins)
     info = model.info
+    named = str(options.model)  # as the user gave it (a weights file's stored run name may be anything)
     if options.style_ref is not None and info.conditioning != "style":
-        raise InputError(f"--style-ref {options.style_ref}: model {info.name!r} ({info.architecture}) "
+        raise InputError(f"--style-ref {options.style_ref}: model {named!r} ({info.architecture}) "
                          "takes no style reference")
     names = model.label_names
-    labels = parse_labels(options.labels, names, info.name)
+    labels = parse_labels(options.labels, names, named)
     if info.conditioning == "none" and labels:
-        raise InputError(f"--label: model {info.name!r} is unconditional")
+        raise InputError(f"--label: model {named!r} is unconditional")
     if info.conditioning != "none" and not labels and options.style_ref is None:
         labels = [(n, 1.0) for n in names]  # an even mix of every class or style
     style_ref = None
