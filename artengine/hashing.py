@@ -468,6 +468,12 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
     # Each line's darkest and lightest pixel: rows for the top and bottom, columns for the sides.
     rows = (pixels.min(axis=1), pixels.max(axis=1))
     columns = (pixels.min(axis=0), pixels.max(axis=0))
+    per_side = (pixels.T, pixels, pixels.T[::-1], pixels[::-1])  # left, top, right, bottom; outermost first
+    extremes = (columns, rows, (columns[0][::-1], columns[1][::-1]), (rows[0][::-1], rows[1][::-1]))
+
+    def flat_outside(low: np.ndarray, high: np.ndarray) -> bool:
+        """Whether a side's outermost line spans at most twice :data:`BORDER_TOLERANCE`."""
+        return int(high[0]) - int(low[0]) <= 2 * BORDER_TOLERANCE
 
     def run(lines: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[int, int, bool]:
         """Where the border of ``lines`` (the outermost first; ``low``/``high`` their
@@ -476,7 +482,7 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
         over half the image at most."""
         side = len(low)
         half = side // 2
-        if int(high[0]) - int(low[0]) > 2 * BORDER_TOLERANCE:
+        if not flat_outside(low, high):
             return 0, 0, False  # most images: the outermost line is not flat
         colour = (int(low[0]) + int(high[0])) // 2
         flat = (high[:half] <= colour + BORDER_TOLERANCE) & (low[:half] >= colour - BORDER_TOLERANCE)
@@ -496,11 +502,7 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
         medians = _medians(lines[count - 1: count + BORDER_EDGE_LINES + 1])
         return count + int(np.argmax(np.abs(np.diff(medians)))), colour, True
 
-    lines = (pixels.T, pixels, pixels.T[::-1], pixels[::-1])  # left, top, right, bottom; outermost first
-    sides = [run(lines[0], *columns), run(lines[1], *rows),
-             run(lines[2], columns[0][::-1], columns[1][::-1]), run(lines[3], rows[0][::-1], rows[1][::-1])]
-    spans = [(columns[0][0], columns[1][0]), (rows[0][0], rows[1][0]),
-             (columns[0][-1], columns[1][-1]), (rows[0][-1], rows[1][-1])]  # outermost lines' darkest, lightest
+    sides = [run(per_side[k], *extremes[k]) for k in range(4)]
     cut = []
     for k, (count, colour, edge) in enumerate(sides):
         other, other_colour, other_edge = sides[(k + 2) % 4]  # left <-> right, top <-> bottom
@@ -514,10 +516,10 @@ def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
     if not any(cut):
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for k in range(4):
-            if int(spans[k][1]) - int(spans[k][0]) > 2 * BORDER_TOLERANCE:
-                by_shape.setdefault(lines[k].shape, []).append(k)
+            if not flat_outside(*extremes[k]):
+                by_shape.setdefault(per_side[k].shape, []).append(k)
         for group in by_shape.values():
-            for k, axis in zip(group, _mirror_axes([lines[k] for k in group])):
+            for k, axis in zip(group, _mirror_axes([per_side[k] for k in group])):
                 cut[k] = axis
     if not any(cut):
         return None
