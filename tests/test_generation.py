@@ -523,14 +523,12 @@ def test_a_count_no_job_could_hold_is_refused_before_the_job_exists(tiny_run, en
     what it would need and what fits, not an out-of-memory kill hours later (or at once,
     listing the images to make). The child's address space is capped, so that were the
     check gone, the test would fail on the allocation rather than fill the machine."""
-    import resource
-
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, resource.RLIM_INFINITY))
+    from test_training import _limit_address_space
 
     result = subprocess.run([sys.executable, "-m", "artengine", "generate", "--model", str(tiny_run),
                              "--count", "10000000000", "--out", str(tmp_path / "job")],
-                            env=env, capture_output=True, text=True, timeout=300, preexec_fn=cap)
+                            env=env, capture_output=True, text=True, timeout=300,
+                            preexec_fn=_limit_address_space)
     assert result.returncode == 2, result.stderr
     line, = result.stderr.strip().splitlines()
     assert re.fullmatch(r"Error: --count 10000000000: a job keeps about 5 KB per image until its end \(the report "

@@ -450,8 +450,9 @@ def test_cli_train_then_resume_further(tmp_path):
 
 
 def _limit_address_space() -> None:
-    """A guard in the child: were the memory check gone, the batch below would be tried and
-    refused by the allocator instead of filling the machine."""
+    """A guard for a child process (``preexec_fn``): its address space capped at 16 GiB, so
+    that were a memory check gone, what it refuses would be tried and refused by the
+    allocator instead of filling the machine."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (16 << 30, resource.RLIM_INFINITY))
