@@ -33,7 +33,7 @@ from .errors import (
     PluginError,
     PolicyError,
 )
-from .hashing import MIN_RELIABLE_QUALITY, TRIMMED, ImageHashes, query_hashes, query_hashes_many, reference_hashes
+from .hashing import MIN_RELIABLE_QUALITY, STRAIGHTENED, TRIMMED, ImageHashes, query_hashes, query_hashes_many, reference_hashes
 from .hookspecs import HOOK_API_VERSION
 from .io import (
     ALLOWED_FORMATS,
@@ -137,6 +137,7 @@ __all__ = [
     "RegistryError",
     "Sample",
     "Setting",
+    "STRAIGHTENED",
     "TRIMMED",
     "Style",
     "Verification",

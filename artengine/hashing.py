@@ -31,6 +31,7 @@ most significant bit first, so ``f"{value:016x}"`` is imagehash's own hex string
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,14 @@ _QUARTER_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
 #: only for images that have such a border, and confirmed like a turned variant (the cut
 #: reframes the picture, and reframed pictures resemble more of each other).
 TRIMMED = "trimmed"
+#: The query variant of a copy turned by a few degrees with its size kept, the corners
+#: the turn uncovered filled with one colour (as image editors do): the image turned back
+#: by the angle :func:`tilt` reads off those corners, the corners the turn cut off filled
+#: with the picture's mean grey, and cut to the middle ``CROP_SCALES[-1]`` of each side,
+#: the centred crop every reference stores. Hashed only for images whose corners show
+#: such a turn, and confirmed like a turned variant, against the reference's thumbnail
+#: cut the same way (:attr:`ImageHashes.variant_box`).
+STRAIGHTENED = "straightened"
 #: Query variants whose matches count only when the luminance thumbnails agree too (the
 #: search's ``correlation`` bound, the thumbnail turned the same way, or the variant's
 #: own): a flip or a turn makes many pictures resemble some other one (skies and floors,
@@ -115,9 +124,9 @@ TRIMMED = "trimmed"
 #: 18 of 30,000 photographs and from 884 to 1,307 of 5,000 shapes; with it 12 and 925 (958
 #: with the quarter turns), every flipped or turned copy still named; 99.8 % of flipped or
 #: half-turned JPEG copies of photographs correlate at 0.96 or more.
-CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180", "rotate90", "rotate270", TRIMMED)
-#: The query variants every image has, in row order; an image with a border also has
-#: :data:`TRIMMED`, last.
+CONFIRMED_VARIANTS: tuple[str, ...] = ("flip", "rotate180", "rotate90", "rotate270", TRIMMED, STRAIGHTENED)
+#: The query variants every image has, in row order; after them, an image with a border
+#: has :data:`TRIMMED`, and one turned by a few degrees in its frame :data:`STRAIGHTENED`.
 QUERY_VARIANTS: tuple[str, ...] = ("full", *TURNED_VARIANTS, *BAND_VARIANTS)
 #: A side of the hashing intermediate counts as a border when at least this share of its
 #: lines (rows for the top and bottom, columns for the sides), counted from the edge, each
@@ -138,6 +147,15 @@ MIRROR_MAX_SHARE = 0.3
 MIRROR_STANDOUT = 0.5
 MIRROR_RATIO = 0.35
 MIRROR_MIN_DETAIL = 2.0
+#: Turns :func:`tilt` reports: below the smallest, the image's own hashes are within a few
+#: bits of the reference's; beyond the largest, the corners cut off take most of the
+#: middle crop.
+TILT_MIN_DEGREES = 1.5
+TILT_MAX_DEGREES = 30.0
+#: How far (in lines of the intermediate) an uncovered corner's edge may stray from a
+#: straight line, and the shortest edge that counts (lines).
+TILT_FIT_TOLERANCE = 1.5
+TILT_MIN_LINES = 8
 #: The colour signature is measured on the image shrunk to about this many pixels a side.
 COLOUR_SIDE = 32
 #: Added to each channel's mean (0-255) before the chromaticity is taken, so that the
@@ -351,9 +369,16 @@ class ImageHashes:
     colour: np.ndarray
     scheme: str = HASH_SCHEME
     luma: np.ndarray | None = None
-    #: Luminance thumbnails of variants cut out of the image (:data:`TRIMMED`): what a
-    #: match of that variant is correlated with, instead of ``luma``.
+    #: Luminance thumbnails of variants cut out of the image (:data:`TRIMMED`,
+    #: :data:`STRAIGHTENED`): what a match of that variant is correlated with, instead of ``luma``.
     variant_luma: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The part of a reference a cut-out variant faces, as fractions of its sides
+    #: ``(left, top, right, bottom)`` (:data:`STRAIGHTENED`: the middle crop): the
+    #: reference's thumbnail is cut the same way before the correlation. Absent: all of it.
+    variant_box: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    #: The angle :func:`tilt` read off the image's corners (degrees, anticlockwise), when
+    #: it has the :data:`STRAIGHTENED` variant.
+    tilt: float | None = None
 
     def __getitem__(self, algorithm: str) -> np.ndarray:
         """The ``uint64`` hashes of one column (an algorithm or :data:`EQUALISED`), one per
@@ -369,6 +394,8 @@ class ImageHashes:
         """JSON form: algorithm -> {variant: imagehash hex string}, plus quality."""
         out: dict[str, Any] = {"scheme": self.scheme, "quality": self.quality,
                                "colour": [round(float(c), 4) for c in self.colour]}
+        if self.tilt is not None:
+            out["tilt"] = round(self.tilt, 2)
         for j, algorithm in enumerate(COLUMNS):
             out[algorithm] = {v: hash_hex(self.values[i, j]) for i, v in enumerate(self.variants)}
         return out
@@ -575,6 +602,103 @@ def _mirror_axes(sides: Sequence[np.ndarray]) -> list[int]:
     return axes
 
 
+def tilt(gray: Image.Image) -> float | None:
+    """The angle in degrees (anticlockwise positive, as ``Image.rotate`` takes it) by which
+    a greyscale image (the hashing intermediate) looks turned with its size kept, or None.
+
+    Turning a picture by a few degrees in its own frame uncovers a triangle at each corner,
+    filled with one colour; each side of the frame then holds the long edge of one
+    triangle, at the same end of every side going round the frame: from the corner
+    towards the middle, the fill reaches in by a depth that falls in a straight line with
+    slope tan(angle). The four corner pixels must share a colour, at least three sides
+    must show such an edge (within :data:`TILT_FIT_TOLERANCE` lines of a straight line
+    fitted to it, refitted without its outliers; a dark picture next to the fill hides
+    one) at the same end, with slopes within 0.03 of their median, and no more than one
+    at the other end. None for angles outside :data:`TILT_MIN_DEGREES` to
+    :data:`TILT_MAX_DEGREES`."""
+    pixels = np.asarray(gray, dtype=np.int16)
+    corners = pixels[[0, 0, -1, -1], [0, -1, -1, 0]]
+    colour = int(np.median(corners))
+    if int(np.abs(corners - colour).max()) > BORDER_TOLERANCE:
+        return None
+    # The picture reaches each side of the frame near its middle: a side flat there is a
+    # flat background or border (a picture on plain ground), not a turn.
+    for line in (pixels[0], pixels[:, -1], pixels[-1], pixels[:, 0]):
+        middle = line[int(0.3 * len(line)): int(0.7 * len(line)) + 1]
+        if int(np.count_nonzero(np.abs(middle - colour) > BORDER_TOLERANCE)) < 2:
+            return None
+    steepest = math.tan(math.radians(TILT_MAX_DEGREES))
+    slopes: tuple[list[float], list[float]] = ([], [])  # edges at the start / the end of a side
+    # Round the frame clockwise: the top left to right, the right side top to bottom, the
+    # bottom right to left, the left side bottom to top; each as lines, the outermost first.
+    for lines in (pixels, pixels[:, ::-1].T, pixels[::-1, ::-1], pixels[::-1, :].T):
+        cap = lines.shape[0] // 2
+        near = np.abs(lines[:cap] - colour) <= BORDER_TOLERANCE
+        depth = np.where(near.all(axis=0), cap, np.argmin(near, axis=0)).astype(np.float64)
+        half = lines.shape[1] // 2
+        for end, profile in enumerate((depth[:half], depth[::-1][:half])):
+            slope = _corner_edge(profile, cap)
+            if slope is not None and slope <= steepest:
+                slopes[end].append(slope)
+    end = 0 if len(slopes[0]) >= len(slopes[1]) else 1
+    found = np.array(slopes[end])
+    if len(found) < 3 or len(slopes[1 - end]) > 1:
+        return None
+    agree = found[np.abs(found - np.median(found)) <= 0.03]
+    if len(agree) < 3:
+        return None
+    angle = math.degrees(math.atan(float(agree.mean())))
+    if not TILT_MIN_DEGREES <= angle <= TILT_MAX_DEGREES:
+        return None
+    return angle if end == 0 else -angle
+
+
+def _corner_edge(depth: np.ndarray, cap: int) -> float | None:
+    """The slope with which the fill's depth falls along one side from a corner (``depth``
+    per position, the corner first, ``cap`` where it reaches half the image), or None when
+    it does not fall in a straight line: the run of positions the fill reaches from the
+    corner, fitted by a line, refitted twice without the positions more than
+    :data:`TILT_FIT_TOLERANCE` from it (the steep edge of the next corner's triangle, a
+    dark picture beside the fill), at least 70 % of the run kept."""
+    filled = depth > 0
+    run = int(np.argmin(filled)) if not filled.all() else len(depth)
+    if run < TILT_MIN_LINES:
+        return None
+    x = np.arange(run, dtype=np.float64)
+    y = depth[:run]
+    use = y < cap
+    slope = 0.0
+    for _ in range(2):
+        if int(use.sum()) < TILT_MIN_LINES:
+            return None
+        xs, ys = x[use], y[use]
+        dx = xs - xs.mean()
+        slope = float(dx @ (ys - ys.mean()) / (dx @ dx))  # least squares, as np.polyfit(xs, ys, 1)
+        intercept = float(ys.mean()) - slope * float(xs.mean())
+        use = (np.abs(y - (slope * x + intercept)) <= TILT_FIT_TOLERANCE) & (y < cap)
+    if int(use.sum()) < max(TILT_MIN_LINES, 0.7 * run) or slope >= 0:
+        return None
+    return -float(slope)
+
+
+def straightened(gray: Image.Image, angle: float) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """A greyscale image turned back by ``angle`` (:func:`tilt`), the corners the turn had
+    cut off (and the pixels blended with them) filled with the mean grey of the rest, cut
+    to the middle ``CROP_SCALES[-1]`` of each side as :func:`reference_hashes` cuts its
+    centred crop; and that crop's box as fractions of the sides."""
+    back = np.asarray(gray.rotate(-angle, Image.Resampling.BILINEAR), dtype=np.float32)
+    frame = Image.new("L", gray.size, 255)
+    kept = np.asarray(frame.rotate(angle, Image.Resampling.BILINEAR).rotate(-angle, Image.Resampling.BILINEAR)) == 255
+    filled = np.where(kept, back, np.float32(back[kept].mean()) if kept.any() else np.float32(0))
+    width, height = gray.size
+    scale = CROP_SCALES[-1]
+    cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = round((width - cw) * 0.5), round((height - ch) * 0.5)
+    box = (left, top, left + cw, top + ch)
+    picture = Image.fromarray(np.round(filled).astype(np.uint8)).crop(box)
+    return picture, (left / width, top / height, (left + cw) / width, (top + ch) / height)
+
+
 def _medians(lines: np.ndarray) -> np.ndarray:
     """``np.median(lines, axis=-1)`` of integer lines, the same values, without
     ``np.median``'s overhead per call (most of :func:`border_box`'s time otherwise)."""
@@ -597,13 +721,15 @@ def query_hashes(image: Image.Image) -> ImageHashes:
     """Hashes of an image to check (``QUERY_VARIANTS``): the image, the image turned over
     (its mirror image, flipped top to bottom, rotated by 180° and by a quarter turn either
     way) and its top and bottom bands, with its quality, colour signature and luminance
-    thumbnail; and, for an image with a flat border or one that mirrors the picture, the
-    picture inside it (:data:`TRIMMED`, with its own thumbnail).
+    thumbnail; for an image with a flat border or one that mirrors the picture, the
+    picture inside it (:data:`TRIMMED`, with its own thumbnail); and for an image turned by
+    a few degrees in its own frame (:func:`tilt`), the picture turned back
+    (:data:`STRAIGHTENED`, with its own thumbnail and the box it faces on a reference).
 
     Matching the turned variants against the registry catches flipped and turned
     copies without storing turned references; the bands catch copies with a caption
     across them; the trimmed picture, copies put in a mount or a letterbox or padded by
-    reflection.
+    reflection; the straightened picture, copies turned by a few degrees.
     """
     return query_hashes_many([image])[0]
 
@@ -613,25 +739,34 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     of every image's variants computed together (the audit hashes a chunk at a time)."""
     grays = [hashing_gray(image) for image in images]
     inputs: list[tuple[Image.Image, Image.Image]] = []
-    inners: list[Image.Image | None] = []  # the picture inside a border, if any
+    # Per image: its variants cut out of it (the picture inside a border, the straightened
+    # picture), each with its box on the reference, and the angle it was turned by.
+    extras: list[tuple[dict[str, Image.Image], dict[str, tuple[float, float, float, float]], float | None]] = []
     for gray in grays:
         whole = _hash_inputs(gray)
         inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),
                    *_band_inputs(gray)]
+        cut: dict[str, Image.Image] = {}
+        boxes: dict[str, tuple[float, float, float, float]] = {}
         box = border_box(gray)
-        inners.append(None if box is None else gray.crop(box))
         if box is not None:
-            inputs.append(_hash_inputs(inners[-1]))
+            cut[TRIMMED] = gray.crop(box)
+        angle = tilt(gray)
+        if angle is not None:
+            cut[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(gray, angle)
+        inputs += [_hash_inputs(picture) for picture in cut.values()]
+        extras.append((cut, boxes, angle))
     if not inputs:
         return []
     rows = _rows(inputs)
     out: list[ImageHashes] = []
     start = 0
-    for image, gray, inner in zip(images, grays, inners):
-        variants = QUERY_VARIANTS if inner is None else (*QUERY_VARIANTS, TRIMMED)
+    for image, gray, (cut, boxes, angle) in zip(images, grays, extras):
+        variants = (*QUERY_VARIANTS, *cut)
         out.append(ImageHashes(variants, rows[start: start + len(variants)], hash_quality(gray),
                                colour_signature(image), luma=luma_thumbnail(gray),
-                               variant_luma={} if inner is None else {TRIMMED: luma_thumbnail(inner)}))
+                               variant_luma={name: luma_thumbnail(picture) for name, picture in cut.items()},
+                               variant_box=boxes, tilt=angle))
         start += len(variants)
     return out
 

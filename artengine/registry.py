@@ -237,7 +237,7 @@ class ReferenceRegistry:
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}
-        self._details: dict[int, np.ndarray] = {}
+        self._details: dict[tuple[int, tuple[float, float, float, float] | None], np.ndarray] = {}
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -659,7 +659,8 @@ class ReferenceRegistry:
                     detail = query_detail.get(variant)
                     if detail is None:
                         detail = query_detail[variant] = _query_detail(hashes.luma, variant, hashes.variant_luma)
-                    correlation = correlations[ref_id, variant] = float(detail @ self._detail(ref_id))
+                    correlation = correlations[ref_id, variant] = float(
+                        detail @ self._detail(ref_id, hashes.variant_box.get(variant)))
                 if (not within or confirm) and correlation < min_correlation:
                     continue
             apart = colour_apart.get(ref_id)
@@ -682,25 +683,33 @@ class ReferenceRegistry:
                     best[ref_id] = found
         return sorted(best.values(), key=lambda m: _rank(m.distances))
 
-    def _detail(self, ref_id: int) -> np.ndarray:
+    def _detail(self, ref_id: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
         """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail
-        (decoded once per open registry)."""
+        (decoded once per open registry), or of the part of it in ``box`` (fractions of
+        its sides, ``(left, top, right, bottom)``: what a cut-out query variant faces)."""
         with self._lock:
-            detail = self._details.get(ref_id)
+            detail = self._details.get((ref_id, box))
             if detail is None:
                 ref = self.reference(ref_id)
-                detail = self._details[ref_id] = thumbnail_detail(
-                    luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
+                image = self._thumbnail_image(ref.thumbnail, ref_id)
+                if box is not None:
+                    width, height = image.size
+                    image = image.crop((round(box[0] * width), round(box[1] * height),
+                                        round(box[2] * width), round(box[3] * height)))
+                detail = self._details[ref_id, box] = thumbnail_detail(luma_thumbnail(image))
             return detail
 
     def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full",
-                    variant_luma: Mapping[str, np.ndarray] | None = None) -> float:
+                    variant_luma: Mapping[str, np.ndarray] | None = None,
+                    variant_box: Mapping[str, tuple[float, float, float, float]] | None = None) -> float:
         """:func:`~artengine.hashing.thumbnail_correlation` of an image's luminance
         thumbnail (turned like the variant for a match of a turned one, e.g. ``"mirror"``;
         for a variant with its own thumbnail in ``variant_luma``, such as ``"trimmed"``,
         that one: pass the image's ``ImageHashes.variant_luma``) with a reference's stored
-        thumbnail."""
-        return float(_query_detail(luma, variant, variant_luma) @ self._detail(ref_id))
+        thumbnail (cut to the variant's box in ``variant_box``, as for ``"straightened"``:
+        pass the image's ``ImageHashes.variant_box``)."""
+        box = (variant_box or {}).get(variant)
+        return float(_query_detail(luma, variant, variant_luma) @ self._detail(ref_id, box))
 
     @staticmethod
     def _image_distance_sum(index: "_Index", ref_id: int, hashes: ImageHashes, whole_queries: list[int]) -> int:

@@ -5,8 +5,8 @@ photographs (random crops of the scikit-image samples and Debian wallpapers, see
 photos.py) and built-in ``shapes`` images. Every reference is then transformed (JPEG,
 resize, crop, mirror (left-right), rotation, blur, brightness/contrast, colour shift, text
 overlay; and, reported without a target, the rest of RELIABILITY row 21's list: gamma,
-padding, vertical flip, rotation by 4° and 25°, the half and quarter turns, and more
-borders) and searched for with the audit's own decision (``classify``) at the plugin's
+padding, vertical flip, rotation by 4° and 25°, the half and quarter turns, more
+borders, and a turn cropped to fill the frame) and searched for with the audit's own decision (``classify``) at the plugin's
 default thresholds (the policies' values). "named" counts "fail" findings naming the
 right reference; "blocked" adds the copies that could not be published either way (a
 finding naming another reference, or "unknown" for an image too flat to judge).
@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import math
 import sys
 import tempfile
 import time
@@ -133,6 +134,21 @@ def mirror(im, rng):
 
 def flip_vertical(im, rng):
     return im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+
+
+def rotate_cropped(degrees: float):
+    """Turned by ``degrees`` either way at random, then cut to the largest centred box of
+    the frame's proportions that the turned picture fills and resized back: no filled
+    corner shows the turn."""
+    def apply(im, rng):
+        w, h = im.size
+        t = math.radians(degrees)
+        scale = 1 / (math.cos(t) + math.sin(t) * max(w / h, h / w))
+        cw, ch = w * scale, h * scale
+        turned = rotate(degrees)(im, rng)
+        box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+        return turned.resize((w, h), Image.Resampling.BILINEAR, box=box)
+    return apply
 
 
 def rotate_180(im, rng):
@@ -248,6 +264,9 @@ TRANSFORMS: dict[str, tuple[str, Callable]] = {
     "pad 8% white": ("reported", pad(0.08, "white")),
     "letterbox 12% black": ("reported", pad(0.12, "black", "tb")),
     "pad 10% black, jpeg q75": ("reported", lambda im, rng: jpeg(75)(pad(0.10, "black")(im, rng), rng)),
+    # Stop 36: turns in the frame are turned back by the angle their filled corners show;
+    # a turn cut to fill the frame shows none (after the others).
+    "rotate 5°, cropped to fill": ("reported", rotate_cropped(5)),
 }
 TARGETS = {"photometric": 0.98, "resize": 0.98, "mirror": 0.9, "crop <= 10%": 0.9, "reported": None}
 
@@ -614,7 +633,8 @@ def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit
     hashes, or within ``close_limit`` on pHash whatever dHash says, for either whole-image
     query variant (band matches are taken from the audit's own search). The correlation is
     the audit's own (the image's luminance thumbnail, turned back for a turned
-    variant, against the reference's stored thumbnail)."""
+    variant, or a cut-out variant's own, against the reference's stored thumbnail, cut
+    like the variant)."""
     whole_rows = ~np.isin(index.variants, [i for i, v in enumerate(index.variant_names) if v in BAND_VARIANTS])
     whole_q = np.array([v not in BAND_VARIANTS for v in hashes.variants])
     P, D, E = (index.columns[a][whole_rows] for a in ("phash", "dhash", EQUALISED))
@@ -626,7 +646,8 @@ def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit
     c = {k: colour_distance(query_colour, index.colours[whole_rows][row], k) for k in contrasts}
     ref_ids = index.ref_ids[whole_rows][row]
     turned = np.array(hashes.variants)[whole_q][qv]
-    corr = np.array([registry.correlation(int(r), hashes.luma, str(v)) for r, v in zip(ref_ids, turned)],
+    corr = np.array([registry.correlation(int(r), hashes.luma, str(v), hashes.variant_luma, hashes.variant_box)
+                     for r, v in zip(ref_ids, turned)],
                     dtype=np.float32)
     return ref_ids, p[qv, row], d[qv, row], c, e[qv, row], corr, np.isin(turned, CONFIRMED_VARIANTS)
 

@@ -21,10 +21,11 @@ Two components:
   within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
   correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
   (a brightness or contrast change of a smooth picture, which moves its hash bits); a match
-  of the image flipped top to bottom or turned by 90°, 180° or 270°, or of the picture
-  inside its border, needs that correlation whatever the distances. The finding names the
-  reference (sha256, source path, licence, source text), the distances and how the copy
-  was turned over or framed, if it was, and carries the reference's thumbnail for the
+  of the image flipped top to bottom or turned by 90°, 180° or 270°, of the picture
+  inside its border, or of the image turned back by the few degrees its filled corners
+  show, needs that correlation whatever the distances. The finding names the reference
+  (sha256, source path, licence, source text), the distances and how the copy was turned
+  over, turned or framed, if it was, and carries the reference's thumbnail for the
   report.
 
 A file byte-identical to a reference fails whatever its hashes say. Fail-closed: no
@@ -55,6 +56,7 @@ from artengine import (
     ImageHashes,
     Match,
     ReferenceRegistry,
+    STRAIGHTENED,
     Setting,
     TRIMMED,
     hookimpl,
@@ -67,12 +69,22 @@ from artengine import (
 ARTENGINE_HOOK_API = "1.0"
 
 #: How a finding names a match of a whole-image query variant other than the image itself
-#: (artengine.hashing.TURNED_VARIANTS and TRIMMED): how the copy was turned or framed from
+#: (artengine.hashing.TURNED_VARIANTS and TRIMMED; STRAIGHTENED is named with its angle, by
+#: _tilt_words): how the copy was turned or framed from
 #: the reference (the "rotate90" variant turns the image a quarter anticlockwise, so it
 #: finds copies turned clockwise).
 VARIANT_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate180": "rotated 180°",
                  "rotate90": "rotated 90° clockwise", "rotate270": "rotated 90° anticlockwise",
                  TRIMMED: "in a border"}
+
+
+def _tilt_words(angle: float | None) -> str:
+    """How a match of the straightened variant names the turn (``hashing.tilt``'s angle,
+    anticlockwise positive)."""
+    if angle is None:
+        return "rotated"
+    return f"rotated by about {abs(angle):.0f}° {'anticlockwise' if angle > 0 else 'clockwise'}"
+
 
 #: Operating point calibrated with benchmarks/bench_near_duplicate.py --sweep on one corpus
 #: seed and measured on another (docs/near-duplicates.md). policies/*.toml repeat them.
@@ -251,6 +263,7 @@ class NearDuplicateAudit(Audit):
             best = matches[0]
             ref = best.reference
             how = ("byte-identical copy" if best.reference_variant == "file"
+                   else f"near-duplicate ({_tilt_words(hashes.tilt)})" if best.query_variant == STRAIGHTENED
                    else f"near-duplicate ({VARIANT_NAMES[best.query_variant]})" if best.query_variant in VARIANT_NAMES
                    else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
                    if best.query_variant.startswith("band-") else "near-duplicate")

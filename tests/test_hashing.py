@@ -200,6 +200,53 @@ def test_a_border_that_mirrors_the_picture_is_cut_at_its_axis():
         assert border_box(hashing_gray(beside)) is None
 
 
+def test_a_copy_turned_a_few_degrees_is_turned_back_by_the_angle_its_corners_show():
+    """A copy turned in its own frame, the uncovered corners filled (black or white, JPEG or
+    not, either way, 2.5° to 25°), is read for its angle within a degree from its corners;
+    its "straightened" row hashes near the reference's centred 0.90 crop (where the image's
+    own hash is far from every stored one) and its thumbnail correlates with the
+    reference's cut to the same box. The photographs themselves, one in a flat border and a
+    shape on plain ground get no angle."""
+    import io
+
+    from skimage import data as skimage_data  # the test extra installs scikit-image
+
+    from artengine.hashing import STRAIGHTENED, hashing_gray, luma_thumbnail, thumbnail_correlation, tilt
+
+    photos = [Image.fromarray(getattr(skimage_data, name)()).convert("RGB").resize((320, 256))
+              for name in ("astronaut", "coffee", "chelsea")]
+    for photo in photos:
+        reference = reference_hashes(photo)
+        centre = reference.variants.index("crop0.90@0.5,0.5")
+        for angle, fill, quality in ((2.5, (0, 0, 0), None), (-4, (0, 0, 0), 85), (7, (255, 255, 255), None),
+                                     (-12, (0, 0, 0), 80), (25, (255, 255, 255), None)):
+            turned = photo.rotate(angle, Image.Resampling.BILINEAR, fillcolor=fill)
+            if quality:
+                buf = io.BytesIO()
+                turned.save(buf, "JPEG", quality=quality)
+                turned = Image.open(buf).convert("RGB")
+            read = tilt(hashing_gray(turned))
+            assert read is not None and abs(read - angle) <= 1, (angle, read)
+            hashes = query_hashes(turned)
+            assert hashes.variants[-1] == STRAIGHTENED and hashes.tilt == read
+            straight = int(hamming(hashes["phash"][-1], reference["phash"][centre]))
+            whole = int(hamming(hashes["phash"][0], reference["phash"]).min())
+            if abs(angle) <= 12:
+                assert straight <= 8 and whole > straight, (angle, straight, whole)
+            left, top, right, bottom = hashes.variant_box[STRAIGHTENED]
+            gray = hashing_gray(photo)
+            cut = gray.crop((round(left * gray.width), round(top * gray.height),
+                             round(right * gray.width), round(bottom * gray.height)))
+            correlation = thumbnail_correlation(hashes.variant_luma[STRAIGHTENED], luma_thumbnail(cut))
+            assert correlation >= (0.96 if abs(angle) <= 12 else 0.9), (angle, correlation)
+        assert tilt(hashing_gray(photo)) is None
+        assert tilt(hashing_gray(_framed(photo, 0.1, (0, 0, 0)))) is None
+        assert STRAIGHTENED not in query_hashes(photo).variants
+    plain = Image.new("RGB", (256, 256), (30, 90, 160))
+    ImageDraw.Draw(plain).ellipse((60, 70, 200, 190), fill=(240, 200, 40))
+    assert tilt(hashing_gray(plain)) is None
+
+
 def _hard_32px_pictures() -> list[np.ndarray]:
     """32x32 greyscale inputs where pHash bits hang on rounding: flat, one grey level off
     here and there, faint noise, faint gradients, a few specks; and plain noise and blocks."""

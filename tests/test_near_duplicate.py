@@ -338,6 +338,34 @@ def test_a_copy_in_a_mount_or_a_letterbox_is_named_and_another_picture_in_the_sa
     assert _finding(off, "mount.png")[1]["outcome"] == "pass"
 
 
+def test_a_copy_turned_a_few_degrees_is_named_with_its_angle_and_another_picture_turned_so_passes(tmp_path):
+    """A copy turned by a few degrees in its own frame moves its whole-image hashes beyond
+    the bounds (4°: about half were missed before); the image turned back by the angle its
+    filled corners show is searched too, and a match of it counts when its thumbnail
+    agrees with the reference's, cut the same way. The finding gives the angle. Another
+    photograph turned the same way names nothing."""
+    from skimage import data as skimage_data
+
+    photo = _photo()
+    other = Image.fromarray(skimage_data.coffee()).resize((384, 384), Image.Resampling.LANCZOS)
+    copies = {"turned7.png": (_jpeg(photo.rotate(7, Image.Resampling.BILINEAR), 85), "7° anticlockwise"),
+              "turned-5.png": (photo.rotate(-5, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)), "5° clockwise"),
+              "turned12.png": (photo.rotate(12, Image.Resampling.BILINEAR), "12° anticlockwise")}
+    _, db, out, _ = _one_reference(tmp_path, photo, {**{name: im for name, (im, _) in copies.items()},
+                                                     "other_turned.png": _jpeg(other.rotate(7), 85)})
+    result, doc = _audit(out, _policy(tmp_path), db)
+    assert result.exit_code == 1, result.output
+    for name, (_, angle) in copies.items():
+        _, finding = _finding(doc, name)
+        assert finding["outcome"] == "fail", (name, finding["message"])
+        assert finding["details"]["match"]["query_variant"] == "straightened", name
+        assert f"near-duplicate (rotated by about {angle}) of" in finding["message"], finding["message"]
+        assert finding["details"]["match"]["correlation"] >= 0.96
+    entry, finding = _finding(doc, "other_turned.png")
+    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+    assert finding["details"]["hashes"]["tilt"] == pytest.approx(7, abs=1)
+
+
 def test_a_brightened_copy_whose_highlights_clip_is_named_on_its_phash(tmp_path):
     """Brightness up by 50 % and contrast by 30 % clip the highlights of a photograph:
     dHash moves beyond its bound while pHash stays within 2, which names the copy. Other
