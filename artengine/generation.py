@@ -1459,7 +1459,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
 
     plugins = plugins or get_plugins()
     out = Path(options.out)
-    created = not out.exists()
+    created = _missing_folders(out)
     _check_writable(out)
     try:
         spec = build_spec(options, plugins)
@@ -1477,8 +1477,11 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         spec["job_id"] = job_id(spec)
         _check_job_memory(int(spec["count"]))
     except ArtengineError:
-        if created and not any(out.iterdir()):  # refused before the job began: no folder left behind
-            out.rmdir()
+        for folder in created:  # refused before the job began: no folder of ours left behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or not ours to remove): it stays, and so do its parents
+                break
         raise
     state = start_job(out, spec, compare=(*DEFINING, "job_id"))
     spec = state.spec
@@ -1604,6 +1607,17 @@ def _check_job_memory(count: int) -> None:
                          f"its end (the report lists every image), about {count * JOB_BYTES_PER_IMAGE / 1e9:.1f} GB; "
                          f"{available / 1e9:.1f} GB is available: split it into jobs of at most about "
                          f"{available // JOB_BYTES_PER_IMAGE} images")
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, innermost first: what
+    ``_check_writable`` creates."""
+    missing = []
+    path = out.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _check_writable(out: Path) -> None:

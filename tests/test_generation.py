@@ -508,14 +508,29 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, env, tmp_path, args, expecte
     base = {"--model": str(tiny_run)}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
-    argv = ["generate", "--count", "2", "--out", str(tmp_path / "job")]
+    argv = ["generate", "--count", "2", "--out", str(tmp_path / "jobs" / "monday" / "job")]
     for flag, value in base.items():
         argv += [flag, value]
     code, out = run_cli(*argv)
     assert code == 2, out
     assert expected in out and "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
-    assert not (tmp_path / "job").exists()  # refused before the job exists, with no folder left behind
+    # Refused before the job exists, with no folder left behind: neither --out nor the
+    # parents it needed.
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_a_refused_job_keeps_the_folders_that_were_there(tiny_run, env, tmp_path):
+    """Only what the refused job created is removed: an --out folder the user made (empty
+    or not) stays, and so do its parents."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code, out = run_cli("generate", "--model", "no-such-model", "--count", "2", "--out", str(mine))
+    assert code == 2 and "no such run folder" in out
+    assert mine.is_dir()
+    code, out = run_cli("generate", "--model", "no-such-model", "--count", "2", "--out", str(mine / "a" / "job"))
+    assert code == 2 and "no such run folder" in out
+    assert mine.is_dir() and list(mine.iterdir()) == []
 
 
 def test_a_count_no_job_could_hold_is_refused_before_the_job_exists(tiny_run, env, tmp_path):
