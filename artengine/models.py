@@ -131,6 +131,12 @@ class GeneratorModel:
         return torch.from_numpy(np.stack(rows))
 
     @property
+    def shown_name(self) -> str:
+        """How messages name the model: the file or folder it was loaded from (what the user
+        gave), else its run's name (a run's stored name may be a bare letter)."""
+        return self.info.path or self.info.name
+
+    @property
     def label_names(self) -> list[str]:
         """The names the model's labels (classes or styles) are given by."""
         return self.info.class_names or self.info.style_names
@@ -145,7 +151,7 @@ class GeneratorModel:
         for value in values:
             if isinstance(value, str):
                 if value not in names:
-                    raise InputError(f"label {value!r}: model {self.info.name!r} knows "
+                    raise InputError(f"label {value!r}: model {self.shown_name!r} knows "
                                      + (", ".join(names) or "no labels"))
                 out.append(names.index(value))
             else:
@@ -174,7 +180,7 @@ class GeneratorModel:
 
     def _require_style(self) -> None:
         if self.info.conditioning != "style":
-            raise InputError(f"model {self.info.name!r} ({self.info.architecture}) is not a style model")
+            raise InputError(f"model {self.shown_name!r} ({self.info.architecture}) is not a style model")
 
     # ------------------------------------------------------------------ generation
 
@@ -205,17 +211,17 @@ class GeneratorModel:
         kind = self.info.conditioning
         if kind == "none":
             if labels is not None or styles is not None:
-                raise InputError(f"model {self.info.name!r} is unconditional: no labels or styles")
+                raise InputError(f"model {self.shown_name!r} is unconditional: no labels or styles")
             return {}
         if kind == "label":
             if styles is not None:
-                raise InputError(f"model {self.info.name!r} takes class labels, not styles")
+                raise InputError(f"model {self.shown_name!r} takes class labels, not styles")
             if labels is None:
-                raise InputError(f"model {self.info.name!r} needs a class label (one of {', '.join(self.label_names)})")
+                raise InputError(f"model {self.shown_name!r} needs a class label (one of {', '.join(self.label_names)})")
             return {"labels": self.label_indices(labels, count).to(self.device)}
         if styles is None:
             if labels is None:
-                raise InputError(f"model {self.info.name!r} needs a style name or a style reference image")
+                raise InputError(f"model {self.shown_name!r} needs a style name or a style reference image")
             with torch.no_grad():
                 codes = self.generator.style_from_labels(self.label_indices(labels, count).to(self.device))
             return {"styles": codes}

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+import artengine
 from artengine import ModelLoadError
 from artengine.checkpoints import check_torch_version, list_checkpoints
 from artengine.errors import ArtengineError, InputError
@@ -95,8 +96,12 @@ def test_labels_by_name_or_index_and_bad_conditioning(runs):
     assert np.array_equal(model.generate(z, labels="star"), model.generate(z, labels=[3, 3, 3]))
     with pytest.raises(InputError, match="'hexagon'"):
         model.generate(z, labels="hexagon")
-    with pytest.raises(InputError, match="needs a class label"):
+    with pytest.raises(InputError, match="needs a class label") as refused:
         model.generate(z)
+    assert f"model {str(runs['cgan'])!r}" in str(refused.value)  # named as it was loaded, not by its run's name
+    shipped = load_model(Path(artengine.__file__).parent / "starting_points" / "shapes-cgan32.safetensors")
+    with pytest.raises(InputError, match=r"^model '.*shapes-cgan32\.safetensors' \(cgan\) is not a style model$"):
+        shipped.style_from_label("x")
     with pytest.raises(InputError, match="unconditional"):
         load_model(runs["dcgan"]).generate(load_model(runs["dcgan"]).latents(0, [0]), labels=[0])
 
