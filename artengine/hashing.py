@@ -113,8 +113,9 @@ TRIMMED = "trimmed"
 #: by the angle :func:`tilt` reads off those corners, the corners the turn cut off filled
 #: with the picture's mean grey, and cut to the middle ``CROP_SCALES[-1]`` of each side,
 #: the centred crop every reference stores. Hashed only for images whose corners show
-#: such a turn, and confirmed like a turned variant, against the reference's thumbnail
-#: cut the same way (:attr:`ImageHashes.variant_box`).
+#: such a turn, and confirmed like a turned variant: the largest centred box of it that
+#: holds none of the corners cut off, against the reference's thumbnail cut to the same
+#: box (:attr:`ImageHashes.variant_box`).
 STRAIGHTENED = "straightened"
 #: Query variants whose matches count only when the luminance thumbnails agree too (the
 #: search's ``correlation`` bound, the thumbnail turned the same way, or the variant's
@@ -681,22 +682,31 @@ def _corner_edge(depth: np.ndarray, cap: int) -> float | None:
     return -float(slope)
 
 
-def straightened(gray: Image.Image, angle: float) -> tuple[Image.Image, tuple[float, float, float, float]]:
-    """A greyscale image turned back by ``angle`` (:func:`tilt`), the corners the turn had
-    cut off (and the pixels blended with them) filled with the mean grey of the rest, cut
-    to the middle ``CROP_SCALES[-1]`` of each side as :func:`reference_hashes` cuts its
-    centred crop; and that crop's box as fractions of the sides."""
+def straightened(gray: Image.Image, angle: float) -> tuple[Image.Image, Image.Image, tuple[float, float, float, float]]:
+    """A greyscale image turned back by ``angle`` (:func:`tilt`): cut to the middle
+    ``CROP_SCALES[-1]`` of each side as :func:`reference_hashes` cuts its centred crop,
+    the corners the turn had cut off (and the pixels blended with them) filled with the
+    mean grey of the rest, to hash; the largest centred box no larger than that which
+    holds none of those corners, to correlate; and that box as fractions of the sides."""
     back = np.asarray(gray.rotate(-angle, Image.Resampling.BILINEAR), dtype=np.float32)
     frame = Image.new("L", gray.size, 255)
     kept = np.asarray(frame.rotate(angle, Image.Resampling.BILINEAR).rotate(-angle, Image.Resampling.BILINEAR)) == 255
-    filled = np.where(kept, back, np.float32(back[kept].mean()) if kept.any() else np.float32(0))
+    filled = Image.fromarray(np.round(np.where(kept, back, np.float32(back[kept].mean()) if kept.any() else 0))
+                             .astype(np.uint8))
     width, height = gray.size
+
+    def centred(scale: float) -> tuple[int, int, int, int]:
+        cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
+        left, top = round((width - cw) * 0.5), round((height - ch) * 0.5)
+        return left, top, left + cw, top + ch
+
     scale = CROP_SCALES[-1]
-    cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
-    left, top = round((width - cw) * 0.5), round((height - ch) * 0.5)
-    box = (left, top, left + cw, top + ch)
-    picture = Image.fromarray(np.round(filled).astype(np.uint8)).crop(box)
-    return picture, (left / width, top / height, (left + cw) / width, (top + ch) / height)
+    box = centred(scale)
+    while scale > 0.5 and not kept[box[1]:box[3], box[0]:box[2]].all():
+        scale -= 0.01
+        box = centred(scale)
+    fractions = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+    return filled.crop(centred(CROP_SCALES[-1])), filled.crop(box), fractions
 
 
 def _medians(lines: np.ndarray) -> np.ndarray:
@@ -740,32 +750,35 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     grays = [hashing_gray(image) for image in images]
     inputs: list[tuple[Image.Image, Image.Image]] = []
     # Per image: its variants cut out of it (the picture inside a border, the straightened
-    # picture), each with its box on the reference, and the angle it was turned by.
-    extras: list[tuple[dict[str, Image.Image], dict[str, tuple[float, float, float, float]], float | None]] = []
+    # picture), what each one's thumbnail is taken of and its box on the reference, and
+    # the angle the image was turned by.
+    extras: list[tuple[dict[str, Image.Image], dict[str, Image.Image], dict[str, tuple[float, float, float, float]],
+                       float | None]] = []
     for gray in grays:
         whole = _hash_inputs(gray)
         inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),
                    *_band_inputs(gray)]
         cut: dict[str, Image.Image] = {}
+        compared: dict[str, Image.Image] = {}  # what a match's thumbnail is taken of
         boxes: dict[str, tuple[float, float, float, float]] = {}
         box = border_box(gray)
         if box is not None:
-            cut[TRIMMED] = gray.crop(box)
+            cut[TRIMMED] = compared[TRIMMED] = gray.crop(box)
         angle = tilt(gray)
         if angle is not None:
-            cut[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(gray, angle)
+            cut[STRAIGHTENED], compared[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(gray, angle)
         inputs += [_hash_inputs(picture) for picture in cut.values()]
-        extras.append((cut, boxes, angle))
+        extras.append((cut, compared, boxes, angle))
     if not inputs:
         return []
     rows = _rows(inputs)
     out: list[ImageHashes] = []
     start = 0
-    for image, gray, (cut, boxes, angle) in zip(images, grays, extras):
+    for image, gray, (cut, compared, boxes, angle) in zip(images, grays, extras):
         variants = (*QUERY_VARIANTS, *cut)
         out.append(ImageHashes(variants, rows[start: start + len(variants)], hash_quality(gray),
                                colour_signature(image), luma=luma_thumbnail(gray),
-                               variant_luma={name: luma_thumbnail(picture) for name, picture in cut.items()},
+                               variant_luma={name: luma_thumbnail(picture) for name, picture in compared.items()},
                                variant_box=boxes, tilt=angle))
         start += len(variants)
     return out
