@@ -237,7 +237,7 @@ class ReferenceRegistry:
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}
-        self._details: dict[tuple[int, tuple[float, float, float, float] | None], np.ndarray] = {}
+        self._details: dict[int, np.ndarray] = {}
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -686,17 +686,19 @@ class ReferenceRegistry:
     def _detail(self, ref_id: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
         """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail
         (decoded once per open registry), or of the part of it in ``box`` (fractions of
-        its sides, ``(left, top, right, bottom)``: what a cut-out query variant faces)."""
+        its sides, ``(left, top, right, bottom)``: what a cut-out query variant faces;
+        decoded each time, as boxes differ from image to image and are rare)."""
+        if box is not None:
+            image = self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id)
+            width, height = image.size
+            return thumbnail_detail(luma_thumbnail(image.crop((round(box[0] * width), round(box[1] * height),
+                                                               round(box[2] * width), round(box[3] * height)))))
         with self._lock:
-            detail = self._details.get((ref_id, box))
+            detail = self._details.get(ref_id)
             if detail is None:
                 ref = self.reference(ref_id)
-                image = self._thumbnail_image(ref.thumbnail, ref_id)
-                if box is not None:
-                    width, height = image.size
-                    image = image.crop((round(box[0] * width), round(box[1] * height),
-                                        round(box[2] * width), round(box[3] * height)))
-                detail = self._details[ref_id, box] = thumbnail_detail(luma_thumbnail(image))
+                detail = self._details[ref_id] = thumbnail_detail(
+                    luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
             return detail
 
     def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full",
