@@ -654,6 +654,25 @@ def tilt(gray: Image.Image) -> float | None:
     return angle if end == 0 else -angle
 
 
+def _tilted(gray: Image.Image, size: tuple[int, int]) -> tuple[float, Image.Image] | None:
+    """:func:`tilt` of an image of ``size`` from its hashing intermediate ``gray``, and the
+    greyscale it was read on. The intermediate is reduced by a whole factor per axis, so
+    its proportions may differ from the image's (1024 x 768 becomes 128 x 128), and a turn
+    is a turn only in the image's own proportions: when its corners share a colour (the
+    first thing a turn needs), it is resized to them first."""
+    corners = [int(gray.getpixel(xy)) for xy in ((0, 0), (gray.width - 1, 0), (0, gray.height - 1),
+                                                  (gray.width - 1, gray.height - 1))]
+    if max(corners) - min(corners) > 2 * BORDER_TOLERANCE:
+        return None
+    width, height = size
+    scale = max(gray.width / width, gray.height / height)
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if shape != gray.size:
+        gray = gray.resize(shape, Image.Resampling.BILINEAR)
+    angle = tilt(gray)
+    return None if angle is None else (angle, gray)
+
+
 def _corner_edge(depth: np.ndarray, cap: int) -> float | None:
     """The slope with which the fill's depth falls along one side from a corner (``depth``
     per position, the corner first, ``cap`` where it reaches half the image), or None when
@@ -754,7 +773,7 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     # the angle the image was turned by.
     extras: list[tuple[dict[str, Image.Image], dict[str, Image.Image], dict[str, tuple[float, float, float, float]],
                        float | None]] = []
-    for gray in grays:
+    for image, gray in zip(images, grays):
         whole = _hash_inputs(gray)
         inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),
                    *_band_inputs(gray)]
@@ -764,9 +783,10 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
         box = border_box(gray)
         if box is not None:
             cut[TRIMMED] = compared[TRIMMED] = gray.crop(box)
-        angle = tilt(gray)
-        if angle is not None:
-            cut[STRAIGHTENED], compared[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(gray, angle)
+        turned = _tilted(gray, image.size)
+        angle = None if turned is None else turned[0]
+        if turned is not None:
+            cut[STRAIGHTENED], compared[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(turned[1], angle)
         inputs += [_hash_inputs(picture) for picture in cut.values()]
         extras.append((cut, compared, boxes, angle))
     if not inputs:

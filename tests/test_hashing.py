@@ -245,6 +245,17 @@ def test_a_copy_turned_a_few_degrees_is_turned_back_by_the_angle_its_corners_sho
     plain = Image.new("RGB", (256, 256), (30, 90, 160))
     ImageDraw.Draw(plain).ellipse((60, 70, 200, 190), fill=(240, 200, 40))
     assert tilt(hashing_gray(plain)) is None
+    # The intermediate is reduced by a whole factor per axis (1024 x 768 becomes 128 x 128,
+    # 200 x 400 becomes 200 x 133): the angle is read, and the picture turned back, in the
+    # image's own proportions.
+    for size in ((1024, 768), (400, 200), (200, 400)):
+        photo = Image.fromarray(skimage_data.coffee()).resize(size, Image.Resampling.LANCZOS)
+        reference = reference_hashes(photo)
+        centre = reference.variants.index("crop0.90@0.5,0.5")
+        for angle in (-6, 12):
+            hashes = query_hashes(photo.rotate(angle, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)))
+            assert hashes.variants[-1] == STRAIGHTENED and abs(hashes.tilt - angle) <= 1, (size, angle, hashes.tilt)
+            assert int(hamming(hashes["phash"][-1], reference["phash"][centre])) <= 10, (size, angle)
 
 
 def _hard_32px_pictures() -> list[np.ndarray]:
