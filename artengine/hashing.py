@@ -712,20 +712,14 @@ def straightened(gray: Image.Image, angle: float) -> tuple[Image.Image, Image.Im
     kept = np.asarray(frame.rotate(angle, Image.Resampling.BILINEAR).rotate(-angle, Image.Resampling.BILINEAR)) == 255
     filled = Image.fromarray(np.round(np.where(kept, back, np.float32(back[kept].mean()) if kept.any() else 0))
                              .astype(np.uint8))
-    width, height = gray.size
-
-    def centred(scale: float) -> tuple[int, int, int, int]:
-        cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
-        left, top = round((width - cw) * 0.5), round((height - ch) * 0.5)
-        return left, top, left + cw, top + ch
-
+    middle = box = _crop_box(gray.size, CROP_SCALES[-1])
     scale = CROP_SCALES[-1]
-    box = centred(scale)
     while scale > 0.5 and not kept[box[1]:box[3], box[0]:box[2]].all():
         scale -= 0.01
-        box = centred(scale)
+        box = _crop_box(gray.size, scale)
+    width, height = gray.size
     fractions = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
-    return filled.crop(centred(CROP_SCALES[-1])), filled.crop(box), fractions
+    return filled.crop(middle), filled.crop(box), fractions
 
 
 def _medians(lines: np.ndarray) -> np.ndarray:
@@ -783,10 +777,11 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
         box = border_box(gray)
         if box is not None:
             cut[TRIMMED] = compared[TRIMMED] = gray.crop(box)
+        angle = None
         turned = _tilted(gray, image.size)
-        angle = None if turned is None else turned[0]
         if turned is not None:
-            cut[STRAIGHTENED], compared[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(turned[1], angle)
+            angle, proportioned = turned
+            cut[STRAIGHTENED], compared[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(proportioned, angle)
         inputs += [_hash_inputs(picture) for picture in cut.values()]
         extras.append((cut, compared, boxes, angle))
     if not inputs:
@@ -813,15 +808,22 @@ def reference_hashes(image: Image.Image) -> ImageHashes:
     """
     gray = hashing_gray(image)
     inputs = [_hash_inputs(gray)]
-    width, height = gray.size
     for scale in CROP_SCALES:
-        cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
         for ay in CROP_ANCHORS:
             for ax in CROP_ANCHORS:
-                left, top = round((width - cw) * ax), round((height - ch) * ay)
-                inputs.append(_hash_inputs(gray.crop((left, top, left + cw, top + ch))))
+                inputs.append(_hash_inputs(gray.crop(_crop_box(gray.size, scale, ax, ay))))
     return ImageHashes(REFERENCE_VARIANTS, _rows(inputs + _band_inputs(gray)), hash_quality(gray),
                        colour_signature(image), luma=luma_thumbnail(gray))
+
+
+def _crop_box(size: tuple[int, int], scale: float, ax: float = 0.5, ay: float = 0.5) -> tuple[int, int, int, int]:
+    """The box of a crop keeping ``scale`` of each side of an image of ``size``, placed by
+    the anchors (0 left/top, 1 right/bottom): a reference's stored crops, and the middle
+    crop a straightened query is cut to so that it faces the centred one."""
+    width, height = size
+    cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = round((width - cw) * ax), round((height - ch) * ay)
+    return left, top, left + cw, top + ch
 
 
 def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
