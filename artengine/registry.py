@@ -62,6 +62,7 @@ from .hashing import (
     hash_hex,
     luma_thumbnail,
     reference_hashes,
+    saturated_colour,
     thumbnail_detail,
 )
 from .io import atomic_write_bytes, iter_image_files, open_image, sha256_file
@@ -165,6 +166,7 @@ class Match:
     equalised_distance: int = 0  # between the equalised pHashes (hashing.EQUALISED)
     image_distance_sum: int | None = None  # band matches: pHash + dHash of the nearest whole-image pair
     correlation: float | None = None  # whole-image pairs: of the luminance thumbnails (hashing.thumbnail_correlation)
+    saturated_distance: float | None = None  # between the colours of the coloured parts (hashing.saturated_colour)
 
     @property
     def distance(self) -> int:
@@ -182,6 +184,8 @@ class Match:
                 "equalised_distance": self.equalised_distance,
                 "image_distance_sum": self.image_distance_sum,
                 "correlation": None if self.correlation is None else round(float(self.correlation), 4),
+                "saturated_colour_distance": (None if self.saturated_distance is None
+                                              else round(float(self.saturated_distance), 4)),
                 "mirrored": self.query_variant == "mirror", "query_variant": self.query_variant,
                 "reference_variant": self.reference_variant, "reference_quality": r.quality}
 
@@ -238,6 +242,7 @@ class ReferenceRegistry:
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}
         self._details: dict[int, np.ndarray] = {}
+        self._saturated: dict[int, np.ndarray | None] = {}
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -582,7 +587,10 @@ class ReferenceRegistry:
         optionally ``"sum"``, the largest pHash + dHash distance, and ``"colour"``, the
         largest :func:`~artengine.hashing.colour_distance` between the image's and the
         reference's colour signatures, allowing for a contrast change of up to
-        ``"colour_contrast"`` (default 1: none). With ``"close_phash"`` and
+        ``"colour_contrast"`` (default 1: none), and ``"saturated"``, the largest distance
+        between the colours of their coloured parts (:func:`~artengine.hashing.saturated_colour`,
+        the reference's measured on its stored thumbnail; not applied when either has too
+        little colour), with the same allowance. With ``"close_phash"`` and
         ``"close_phash_dhash"``, a whole-image pair whose pHashes are within
         ``close_phash`` also counts with a dHash distance up to ``close_phash_dhash``,
         whatever the other bounds say (clipped highlights or shadows, from a brightness or
@@ -609,6 +617,7 @@ class ReferenceRegistry:
             raise ValueError(f"thresholds missing for {missing}")
         max_sum = thresholds.get("sum")
         max_colour = thresholds.get("colour")
+        max_saturated = thresholds.get("saturated") if hashes.saturated is not None else None
         contrast = float(thresholds.get("colour_contrast", 1.0))
         close_phash = thresholds.get("close_phash", -1)
         close_phash_dhash = thresholds.get("close_phash_dhash", -1)
@@ -629,6 +638,7 @@ class ReferenceRegistry:
                                         int(max(thresholds[first], close_phash)))
         best: dict[int, Match] = {}
         colour_apart: dict[int, float] = {}
+        saturated_apart: dict[int, float | None] = {}
         correlations: dict[tuple[int, str], float] = {}
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         colour = np.asarray(hashes.colour, dtype=np.float32)
@@ -668,6 +678,15 @@ class ReferenceRegistry:
                 apart = colour_apart[ref_id] = float(colour_distance(colour, index.colours[row], contrast))
             if max_colour is not None and apart > max_colour:
                 continue
+            saturated = None
+            if max_saturated is not None:
+                if ref_id not in saturated_apart:  # once per reference, as the colour
+                    theirs = self._saturated_colour(ref_id)
+                    saturated_apart[ref_id] = None if theirs is None else float(
+                        colour_distance(hashes.saturated, theirs, contrast))
+                saturated = saturated_apart[ref_id]
+                if saturated is not None and saturated > max_saturated:
+                    continue
             image_sum = None
             if band is not None:
                 image_sum = self._image_distance_sum(index, ref_id, hashes, whole_queries)
@@ -678,7 +697,7 @@ class ReferenceRegistry:
                 found = Match(str(self.path), self.reference(ref_id), distances,
                               hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
                               int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
-                              image_sum, correlation)
+                              image_sum, correlation, saturated)
                 if accept is None or accept(found):
                     best[ref_id] = found
         return sorted(best.values(), key=lambda m: _rank(m.distances))
@@ -700,6 +719,15 @@ class ReferenceRegistry:
                 detail = self._details[ref_id] = thumbnail_detail(
                     luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
             return detail
+
+    def _saturated_colour(self, ref_id: int) -> np.ndarray | None:
+        """:func:`~artengine.hashing.saturated_colour` of a reference's stored thumbnail
+        (measured once per open registry; None: too little colour)."""
+        with self._lock:
+            if ref_id not in self._saturated:
+                self._saturated[ref_id] = saturated_colour(
+                    self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id))
+            return self._saturated[ref_id]
 
     def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full",
                     variant_luma: Mapping[str, np.ndarray] | None = None,

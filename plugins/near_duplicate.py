@@ -14,7 +14,9 @@ Two components:
   and dHash distances each within their bound and their sum within its own, or pHash
   within ``close_phash_distance`` with dHash within ``close_phash_max_dhash_distance``
   (for the same image variant and stored variant), and colour signatures within their
-  bound, allowing for a contrast change of up to ``colour_contrast``; or, for an
+  bound, allowing for a contrast change of up to ``colour_contrast``, and so the colours
+  of their coloured parts (``max_saturated_colour_distance``: a red and a purple circle on
+  the same grey ground are not copies, though their mean colours are close); or, for an
   image of enough detail, whose top or bottom band matches the same band of a reference
   within ``max_band_distance_sum`` while the whole images are within
   ``band_max_image_distance_sum`` (a copy with a caption across it); or whose pHash is
@@ -93,6 +95,7 @@ DEFAULT_MAX_DHASH = 12
 DEFAULT_MAX_SUM = 22
 DEFAULT_MAX_COLOUR = 0.08
 DEFAULT_COLOUR_CONTRAST = 1.2
+DEFAULT_MAX_SATURATED = 0.20
 DEFAULT_CLOSE_PHASH = 2
 DEFAULT_CLOSE_PHASH_MAX_DHASH = 20
 DEFAULT_FLAT_MAX_SUM = 14
@@ -106,8 +109,8 @@ DEFAULT_MIN_CORRELATION = 0.96
 #: settings).
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "phash": DEFAULT_MAX_PHASH, "dhash": DEFAULT_MAX_DHASH, "sum": DEFAULT_MAX_SUM, "colour": DEFAULT_MAX_COLOUR,
-    "colour_contrast": DEFAULT_COLOUR_CONTRAST, "close_phash": DEFAULT_CLOSE_PHASH,
-    "close_phash_dhash": DEFAULT_CLOSE_PHASH_MAX_DHASH,
+    "saturated": DEFAULT_MAX_SATURATED, "colour_contrast": DEFAULT_COLOUR_CONTRAST,
+    "close_phash": DEFAULT_CLOSE_PHASH, "close_phash_dhash": DEFAULT_CLOSE_PHASH_MAX_DHASH,
     "flat_sum": DEFAULT_FLAT_MAX_SUM, "flat_equalised": DEFAULT_FLAT_MAX_EQUALISED,
     "flat_close_equalised": DEFAULT_FLAT_CLOSE_EQUALISED, "band_sum": DEFAULT_MAX_BAND_SUM,
     "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM, "correlation": DEFAULT_MIN_CORRELATION,
@@ -145,6 +148,11 @@ class NearDuplicateAudit(Audit):
         "max_colour_distance": Setting(float, DEFAULT_MAX_COLOUR,
                                        "largest difference of a channel's share of the mean colour "
                                        "(0-1; 1 turns the colour check off)"),
+        "max_saturated_colour_distance": Setting(float, DEFAULT_MAX_SATURATED,
+                                                 "largest difference of a channel's share of the mean colour "
+                                                 "of the coloured parts, each pixel weighted by its saturation "
+                                                 "squared (0-1; 1 turns the check off): another colour of one "
+                                                 "object on the same plain ground"),
         "colour_contrast": Setting(float, DEFAULT_COLOUR_CONTRAST,
                                    "contrast change (factor, either way) the colour comparison allows "
                                    "for: the difference from grey may be scaled by up to it (1: none)"),
@@ -194,6 +202,7 @@ class NearDuplicateAudit(Audit):
         where = context.policy_path or "policy"
         for key, top in (("max_phash_distance", 64), ("max_dhash_distance", 64), ("max_distance_sum", 128),
                          ("flat_max_distance_sum", 128), ("max_colour_distance", 1), ("low_detail_quality", 100),
+                         ("max_saturated_colour_distance", 1),
                          ("min_quality", 100), ("flat_max_equalised_distance", 64),
                          ("flat_close_equalised_distance", 64), ("max_band_distance_sum", 128),
                          ("band_max_image_distance_sum", 128), ("close_phash_max_dhash_distance", 64)):
@@ -213,6 +222,7 @@ class NearDuplicateAudit(Audit):
                            "dhash": self.settings["max_dhash_distance"],
                            "sum": self.settings["max_distance_sum"],
                            "colour": self.settings["max_colour_distance"],
+                           "saturated": self.settings["max_saturated_colour_distance"],
                            "colour_contrast": self.settings["colour_contrast"],
                            "close_phash": self.settings["close_phash_distance"],
                            "close_phash_dhash": self.settings["close_phash_max_dhash_distance"],

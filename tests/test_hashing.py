@@ -1,6 +1,8 @@
 """Perceptual hashing: compatible with imagehash, one shared downscale, correct search."""
 from __future__ import annotations
 
+import io
+
 import imagehash
 import numpy as np
 import pytest
@@ -415,6 +417,57 @@ def test_colour_comparison_allows_for_a_contrast_change_but_not_another_hue():
     assert colour_distance(swapped, original, 1.2) <= colour_distance(swapped, original)
     # Against no reference at all (an empty stack): no distance, not an error.
     assert colour_distance(original, np.zeros((0, 3), np.float32), 1.2).shape == (0,)
+
+
+def _one_object(colour, ground=(150, 150, 150), size: int = 128, shift: int = 0) -> Image.Image:
+    """A filled circle of ``colour`` on a plain ``ground`` with a lighter grid of squares
+    (the built-in shapes' kind of picture), ``shift`` pixels right of the middle."""
+    image = Image.new("RGB", (size, size), ground)
+    draw = ImageDraw.Draw(image)
+    light = tuple(min(255, c + 40) for c in ground)
+    for y in range(4, size, 16):
+        for x in range(4, size, 16):
+            draw.rectangle((x, y, x + 6, y + 6), fill=light)
+    r = size * 0.28
+    c = size / 2 + shift
+    draw.ellipse((c - r, size / 2 - r, c + r, size / 2 + r), fill=colour)
+    return image
+
+
+def test_the_colour_of_the_coloured_parts_tells_one_object_in_two_colours_apart():
+    """On a plain ground that takes most of the picture, the mean colour barely moves when
+    the object changes colour; the saturation-weighted colour does, and stays put for
+    copies (JPEG, brightness and contrast, a colour shift, a crop, a mirror, a caption)."""
+    from artengine.hashing import colour_distance, colour_signature, saturated_colour
+
+    red, purple = _one_object((220, 40, 40)), _one_object((150, 60, 200))
+    assert colour_distance(colour_signature(red), colour_signature(purple), 1.2) < 0.08
+    assert colour_distance(saturated_colour(red), saturated_colour(purple), 1.2) > 0.2
+    original = saturated_colour(red)
+    buf = io.BytesIO()
+    red.save(buf, format="JPEG", quality=60)
+    copies = {
+        "jpeg": Image.open(buf).convert("RGB"),
+        "bright_contrast": ImageEnhance.Contrast(ImageEnhance.Brightness(red).enhance(1.3)).enhance(0.7),
+        "shifted": Image.fromarray(np.clip(np.asarray(red, np.int16) + (20, -20, 12), 0, 255).astype(np.uint8)),
+        "cropped": red.crop((10, 0, 128, 118)),
+        "mirrored": ImageOps.mirror(red),
+    }
+    captioned = red.copy()
+    ImageDraw.Draw(captioned).text((5, 100), "(c) studio 2026", fill=(255, 255, 255))
+    copies["captioned"] = captioned
+    for name, copy in copies.items():
+        assert colour_distance(saturated_colour(copy), original, 1.2) < 0.12, name
+    # Too little colour to say anything: grey pictures, and JPEG's chroma noise on them.
+    grey = ImageOps.grayscale(artwork(3, 256)).convert("RGB")
+    buf = io.BytesIO()
+    grey.save(buf, format="JPEG", quality=50)
+    assert saturated_colour(grey) is None and saturated_colour(Image.open(buf).convert("RGB")) is None
+    # The query side carries it, and its JSON form shows it.
+    hashes = query_hashes(red)
+    assert np.array_equal(hashes.saturated, original)
+    assert hashes.as_dict()["saturated_colour"] == [round(float(c), 4) for c in original]
+    assert query_hashes(grey).saturated is None and "saturated_colour" not in query_hashes(grey).as_dict()
 
 
 def test_thumbnail_correlation_ignores_brightness_contrast_and_gradients():
