@@ -282,6 +282,8 @@ class NearDuplicateAudit(Audit):
                 message=(f"{how} of {ref.source_path} (sha256 {ref.sha256[:12]}, licence: "
                          f"{ref.licence or 'not recorded'}; pHash distance {best.distances['phash']}, "
                          f"dHash {best.distances['dhash']}, colour {best.colour_distance:.3f}"
+                         + (f" (coloured parts {best.saturated_distance:.3f})"
+                            if best.saturated_distance is not None else "")
                          + (f", thumbnail correlation {best.correlation:.3f}" if best.correlation is not None else "")
                          + ")"),
                 details=details, attachments={"reference": ref.thumbnail_uri()})

@@ -388,6 +388,7 @@ def test_the_same_object_in_another_colour_on_the_same_ground_passes_and_its_cop
         _, finding = _finding(doc, name)
         assert finding["outcome"] == "fail", (name, finding["message"])
         assert finding["details"]["match"]["saturated_colour_distance"] <= 0.12, name
+        assert "(coloured parts 0." in finding["message"], finding["message"]
     for name in others:
         entry, finding = _finding(doc, name)
         assert finding["outcome"] == "pass" and entry["publishable"], (name, finding["message"])
