@@ -423,6 +423,10 @@ class ImageHashes:
     tilt: float | None = None
     #: :func:`saturated_colour` of the image (None: too little colour, or not taken).
     saturated: np.ndarray | None = None
+    #: The colours of a variant cut out of the image (:data:`TRIMMED`: the picture inside
+    #: its border), ``(colour signature, saturated colour)``: what a match of that variant
+    #: is compared with, instead of ``colour`` and ``saturated``.
+    variant_colour: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
     def __getitem__(self, algorithm: str) -> np.ndarray:
         """The ``uint64`` hashes of one column (an algorithm or :data:`EQUALISED`), one per
@@ -442,6 +446,10 @@ class ImageHashes:
             out["tilt"] = round(self.tilt, 2)
         if self.saturated is not None:
             out["saturated_colour"] = [round(float(c), 4) for c in self.saturated]
+        for name, (colour, saturated) in self.variant_colour.items():
+            out[f"{name}_colour"] = [round(float(c), 4) for c in colour]
+            if saturated is not None:
+                out[f"{name}_saturated_colour"] = [round(float(c), 4) for c in saturated]
         for j, algorithm in enumerate(COLUMNS):
             out[algorithm] = {v: hash_hex(self.values[i, j]) for i, v in enumerate(self.variants)}
         return out
@@ -811,7 +819,7 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     # picture), what each one's thumbnail is taken of and its box on the reference, and
     # the angle the image was turned by.
     extras: list[tuple[dict[str, Image.Image], dict[str, Image.Image], dict[str, tuple[float, float, float, float]],
-                       float | None]] = []
+                       float | None, dict[str, tuple[np.ndarray, np.ndarray | None]]]] = []
     for image, gray in zip(images, grays):
         whole = _hash_inputs(gray)
         inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),
@@ -819,28 +827,35 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
         cut: dict[str, Image.Image] = {}
         compared: dict[str, Image.Image] = {}  # what a match's thumbnail is taken of
         boxes: dict[str, tuple[float, float, float, float]] = {}
+        colours: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         box = border_box(gray)
         if box is not None:
             cut[TRIMMED] = compared[TRIMMED] = gray.crop(box)
+            # Its colours, without the border's (a white mount pulls the mean towards grey).
+            sx, sy = image.width / gray.width, image.height / gray.height
+            inside = _colour_small(image.crop((round(box[0] * sx), round(box[1] * sy),
+                                               round(box[2] * sx), round(box[3] * sy))))
+            colours[TRIMMED] = (_mean_colour(inside), _saturated_colour(inside))
         angle = None
         turned = _tilted(gray, image.size)
         if turned is not None:
             angle, proportioned = turned
             cut[STRAIGHTENED], compared[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(proportioned, angle)
         inputs += [_hash_inputs(picture) for picture in cut.values()]
-        extras.append((cut, compared, boxes, angle))
+        extras.append((cut, compared, boxes, angle, colours))
     if not inputs:
         return []
     rows = _rows(inputs)
     out: list[ImageHashes] = []
     start = 0
-    for image, gray, (cut, compared, boxes, angle) in zip(images, grays, extras):
+    for image, gray, (cut, compared, boxes, angle, colours) in zip(images, grays, extras):
         variants = (*QUERY_VARIANTS, *cut)
         small = _colour_small(image)
         out.append(ImageHashes(variants, rows[start: start + len(variants)], hash_quality(gray),
                                _mean_colour(small), luma=luma_thumbnail(gray),
                                variant_luma={name: luma_thumbnail(picture) for name, picture in compared.items()},
-                               variant_box=boxes, tilt=angle, saturated=_saturated_colour(small)))
+                               variant_box=boxes, tilt=angle, saturated=_saturated_colour(small),
+                               variant_colour=colours))
         start += len(variants)
     return out
 

@@ -617,7 +617,7 @@ class ReferenceRegistry:
             raise ValueError(f"thresholds missing for {missing}")
         max_sum = thresholds.get("sum")
         max_colour = thresholds.get("colour")
-        max_saturated = thresholds.get("saturated") if hashes.saturated is not None else None
+        max_saturated = thresholds.get("saturated")
         contrast = float(thresholds.get("colour_contrast", 1.0))
         close_phash = thresholds.get("close_phash", -1)
         close_phash_dhash = thresholds.get("close_phash_dhash", -1)
@@ -637,8 +637,10 @@ class ReferenceRegistry:
         qi, rows, dist = hamming_within(index.columns[first], hashes[first],
                                         int(max(thresholds[first], close_phash)))
         best: dict[int, Match] = {}
-        colour_apart: dict[int, float] = {}
-        saturated_apart: dict[int, float | None] = {}
+        # Per reference and the query's colours compared: the image's, or a cut-out
+        # variant's own (the picture inside a border, without the border's colour).
+        colour_apart: dict[tuple[int, str | None], float] = {}
+        saturated_apart: dict[tuple[int, str | None], float | None] = {}
         correlations: dict[tuple[int, str], float] = {}
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         colour = np.asarray(hashes.colour, dtype=np.float32)
@@ -673,18 +675,21 @@ class ReferenceRegistry:
                         detail @ self._detail(ref_id, hashes.variant_box.get(variant)))
                 if (not within or confirm) and correlation < min_correlation:
                     continue
-            apart = colour_apart.get(ref_id)
+            own = hashes.variant_colour.get(hashes.variants[q])
+            key = (ref_id, hashes.variants[q] if own is not None else None)
+            apart = colour_apart.get(key)
             if apart is None:  # one colour signature per reference: compared once per search
-                apart = colour_apart[ref_id] = float(colour_distance(colour, index.colours[row], contrast))
+                apart = colour_apart[key] = float(colour_distance(colour if own is None else own[0],
+                                                                  index.colours[row], contrast))
             if max_colour is not None and apart > max_colour:
                 continue
             saturated = None
-            if max_saturated is not None:
-                if ref_id not in saturated_apart:  # once per reference, as the colour
+            ours = hashes.saturated if own is None else own[1]
+            if max_saturated is not None and ours is not None:
+                if key not in saturated_apart:  # once per reference, as the colour
                     theirs = self._saturated_colour(ref_id)
-                    saturated_apart[ref_id] = None if theirs is None else float(
-                        colour_distance(hashes.saturated, theirs, contrast))
-                saturated = saturated_apart[ref_id]
+                    saturated_apart[key] = None if theirs is None else float(colour_distance(ours, theirs, contrast))
+                saturated = saturated_apart[key]
                 if saturated is not None and saturated > max_saturated:
                     continue
             image_sum = None

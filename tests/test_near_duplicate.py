@@ -338,6 +338,36 @@ def test_a_copy_in_a_mount_or_a_letterbox_is_named_and_another_picture_in_the_sa
     assert _finding(off, "mount.png")[1]["outcome"] == "pass"
 
 
+def test_a_warm_photograph_in_a_wide_white_mount_is_named_on_the_colours_inside_the_mount(tmp_path):
+    """A wide white mount pulls the image's mean colour towards grey: around a warm
+    photograph, beyond the colour bound, so the picture inside it matched the reference's
+    hashes and thumbnail and was still refused on colour. The picture's own colours,
+    without the mount's, are compared with the reference's; another warm photograph in
+    the same mount passes."""
+    from skimage import data as skimage_data
+
+    from test_hashing import _framed
+
+    coffee = Image.fromarray(skimage_data.coffee()).resize((384, 384), Image.Resampling.LANCZOS)
+    other = Image.fromarray(skimage_data.chelsea()).resize((384, 384), Image.Resampling.LANCZOS)
+    copies = {"mounted.png": _jpeg(_framed(coffee, 0.15, (255, 255, 255)), 85),
+              "mounted_lr.png": _framed(coffee, 0.18, (250, 250, 250), "lr")}
+    other_mounted = _jpeg(_framed(other, 0.15, (255, 255, 255)), 85)
+    _, db, out, _ = _one_reference(tmp_path, coffee, {**copies, "other.png": other_mounted})
+    result, doc = _audit(out, _policy(tmp_path), db)
+    assert result.exit_code == 1, result.output
+    for name in copies:
+        _, finding = _finding(doc, name)
+        assert finding["outcome"] == "fail", (name, finding["message"])
+        assert finding["details"]["match"]["query_variant"] == "trimmed", name
+        assert finding["details"]["match"]["colour_distance"] < 0.02, name
+        # The whole image's colour is beyond the bound: the mount's white.
+        hashes = finding["details"]["hashes"]
+        assert hashes["colour"] != hashes["trimmed_colour"], name
+    entry, finding = _finding(doc, "other.png")
+    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+
+
 def test_a_copy_turned_a_few_degrees_is_named_with_its_angle_and_another_picture_turned_so_passes(tmp_path):
     """A copy turned by a few degrees in its own frame moves its whole-image hashes beyond
     the bounds (4°: about half were missed before); the image turned back by the angle its
@@ -378,7 +408,8 @@ def test_the_same_object_in_another_colour_on_the_same_ground_passes_and_its_cop
     others = {"purple.png": _one_object((150, 60, 200)), "green.png": _one_object((40, 170, 60), shift=3),
               "blue.png": _one_object((90, 90, 200))}
     copies = {"jpeg.png": _jpeg(reference, 70),
-              "bright_contrast.png": ImageEnhance.Contrast(ImageEnhance.Brightness(reference).enhance(1.3)).enhance(0.7),
+              "bright_contrast.png": ImageEnhance.Contrast(ImageEnhance.Brightness(reference).enhance(1.3))
+              .enhance(0.7),
               "shifted.png": _colour_shift(reference, (20, -20, 12)),
               "mirrored_jpeg.png": _jpeg(reference.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 80)}
     _, db, out, _ = _one_reference(tmp_path, reference, {**others, **copies})
