@@ -705,7 +705,7 @@ class ReferenceRegistry:
                               image_sum, correlation, saturated)
                 if accept is None or accept(found):
                     best[ref_id] = found
-        return sorted(best.values(), key=lambda m: _rank(m.distances))
+        return sorted(best.values(), key=_match_order)
 
     def _detail(self, ref_id: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
         """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail
@@ -803,6 +803,15 @@ class ReferenceRegistry:
 
 def _rank(distances: dict[str, int]) -> tuple[int, int]:
     return (sum(distances.values()), max(distances.values()))
+
+
+def _match_order(match: Match) -> tuple[int, int, float, float]:
+    """Closest first: by the hash distances, then (references equally close by their
+    hashes, as flat pictures of one layout are) by the colour, then by the colour of the
+    coloured parts."""
+    saturated = match.saturated_distance
+    return (*_rank(match.distances), round(float(match.colour_distance), 4),
+            1.0 if saturated is None else round(float(saturated), 4))
 
 
 @dataclass
@@ -907,7 +916,7 @@ def search_registries(registries: Sequence[ReferenceRegistry], hashes: ImageHash
     """Search every registry (:meth:`ReferenceRegistry.search`, with ``accept``); all
     matches, closest first."""
     matches = [m for r in registries for m in r.search(hashes, thresholds, accept)]
-    return sorted(matches, key=lambda m: _rank(m.distances))
+    return sorted(matches, key=_match_order)
 
 
 def upgrade_registry(db: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:

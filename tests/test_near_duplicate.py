@@ -432,6 +432,32 @@ def test_the_same_object_in_another_colour_on_the_same_ground_passes_and_its_cop
     assert result.exit_code == 2 and "max_saturated_colour_distance" in result.output, result.output
 
 
+def test_of_references_equally_close_by_their_hashes_the_one_closest_in_colour_is_named(tmp_path):
+    """Two references with the same layout in nearby colours (within the colour bound of
+    each other) are equally close to a copy of either by their hashes; the finding names
+    the one whose colour the copy has, whichever was registered first."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    grid = np.random.default_rng(3).choice([60, 120, 180, 240], size=(8, 8)).astype(np.float32)
+    grey = np.kron(grid, np.ones((32, 32), np.float32))[..., None]  # blocks: the tints hash alike
+    for name, tint in (("a_blue.png", (0.55, 0.75, 1.0)), ("b_teal.png", (0.45, 0.8, 0.85))):
+        Image.fromarray((grey * np.array(tint)).astype(np.uint8)).save(refs / name)
+    db = tmp_path / "refs.db"
+    with ReferenceRegistry(db, create=True) as reg:
+        reg.add(sorted(refs.iterdir()), licence="All rights reserved")
+    out = tmp_path / "outputs"
+    out.mkdir()
+    _jpeg(Image.open(refs / "b_teal.png").convert("RGB").resize((230, 230), Image.Resampling.LANCZOS), 90)\
+        .save(out / "copy.png")
+    _, doc = _audit(out, _policy(tmp_path), db)
+    _, finding = _finding(doc, "copy.png")
+    assert finding["outcome"] == "fail", finding["message"]
+    assert finding["details"]["match"]["source"] == str((refs / "b_teal.png").resolve()), finding["message"]
+    other = finding["details"]["other_matches"]
+    assert other and other[0]["source"] == str((refs / "a_blue.png").resolve())
+    assert other[0]["distance_sum"] == finding["details"]["match"]["distance_sum"]
+
+
 def test_a_brightened_copy_whose_highlights_clip_is_named_on_its_phash(tmp_path):
     """Brightness up by 50 % and contrast by 30 % clip the highlights of a photograph:
     dHash moves beyond its bound while pHash stays within 2, which names the copy. Other
