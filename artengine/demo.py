@@ -17,6 +17,8 @@ Everything lands in one folder; keys and ledger too, so the demo touches nothing
 """
 from __future__ import annotations
 
+import collections
+
 import os
 import shutil
 import time
@@ -151,8 +153,14 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
     _, html = write_report(out / "report", doc, outcome.thumbnails)
     blocked = [e["key"] for e in doc["images"] if e["verdict"] in ("block", "error")]
     caught = [name for name in planted if name in blocked]
+    # Why the others were blocked, per audit (a generated image close to a training image,
+    # say), so that the line does not read as the gate blocking at random.
+    reasons = collections.Counter(f["audit"] for e in doc["images"] if e["key"] in blocked and e["key"] not in planted
+                                  for f in e["findings"] if f["outcome"] != "pass")
+    why = ", ".join(f"{audit} {count}" for audit, count in sorted(reasons.items()))
     echo(f"      {doc['verdict'].upper()}: {len(caught)} of {len(planted)} planted copies blocked"
-         + (f"; {len(blocked) - len(caught)} other image(s) blocked" if len(blocked) > len(caught) else ""))
+         + (f"; {len(blocked) - len(caught)} other image(s) blocked ({why}: see the report)"
+            if len(blocked) > len(caught) else ""))
     for reason in outcome.batch.reasons:
         echo(f"      batch {reason}")
     echo(f"report: {html}")
