@@ -428,6 +428,11 @@ class ImageHashes:
     #: is compared with, instead of ``colour`` and ``saturated``.
     variant_colour: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
+    def colours_of(self, variant: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(colour signature, saturated colour)`` a match of ``variant`` is judged on: the
+        variant's own (:attr:`variant_colour`), else the image's."""
+        return self.variant_colour.get(variant, (self.colour, self.saturated))
+
     def __getitem__(self, algorithm: str) -> np.ndarray:
         """The ``uint64`` hashes of one column (an algorithm or :data:`EQUALISED`), one per
         variant."""

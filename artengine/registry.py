@@ -643,7 +643,6 @@ class ReferenceRegistry:
         saturated_apart: dict[tuple[int, str | None], float | None] = {}
         correlations: dict[tuple[int, str], float] = {}
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
-        colour = np.asarray(hashes.colour, dtype=np.float32)
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
             if band != query_band[q] or (band is not None and not use_bands):
@@ -663,9 +662,9 @@ class ReferenceRegistry:
             if band is not None and sum(distances.values()) > band_sum:
                 continue
             ref_id = int(index.ref_ids[row])
+            variant = hashes.variants[q]
             correlation = None
             if verify:  # before the colour: a dot product, where the colour comparison is not
-                variant = hashes.variants[q]
                 correlation = correlations.get((ref_id, variant))
                 if correlation is None:
                     detail = query_detail.get(variant)
@@ -675,20 +674,17 @@ class ReferenceRegistry:
                         detail @ self._detail(ref_id, hashes.variant_box.get(variant)))
                 if (not within or confirm) and correlation < min_correlation:
                     continue
-            own = hashes.variant_colour.get(hashes.variants[q])
-            key = (ref_id, hashes.variants[q] if own is not None else None)
+            key = (ref_id, variant if variant in hashes.variant_colour else None)
             apart = colour_apart.get(key)
             if apart is None:  # one colour signature per reference: compared once per search
-                apart = colour_apart[key] = float(colour_distance(colour if own is None else own[0],
-                                                                  index.colours[row], contrast))
+                ours = np.asarray(hashes.colours_of(variant)[0], dtype=np.float32)
+                apart = colour_apart[key] = float(colour_distance(ours, index.colours[row], contrast))
             if max_colour is not None and apart > max_colour:
                 continue
             saturated = None
-            ours = hashes.saturated if own is None else own[1]
-            if max_saturated is not None and ours is not None:
+            if max_saturated is not None:
                 if key not in saturated_apart:  # once per reference, as the colour
-                    theirs = self._saturated_colour(ref_id)
-                    saturated_apart[key] = None if theirs is None else float(colour_distance(ours, theirs, contrast))
+                    saturated_apart[key] = self.saturated_distance(ref_id, hashes, variant, contrast)
                 saturated = saturated_apart[key]
                 if saturated is not None and saturated > max_saturated:
                     continue
@@ -700,7 +696,7 @@ class ReferenceRegistry:
             current = best.get(ref_id)
             if current is None or _rank(distances) < _rank(current.distances):
                 found = Match(str(self.path), self.reference(ref_id), distances,
-                              hashes.variants[q], index.variant_names[int(index.variants[row])], apart,
+                              variant, index.variant_names[int(index.variants[row])], apart,
                               int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
                               image_sum, correlation, saturated)
                 if accept is None or accept(found):
@@ -725,14 +721,21 @@ class ReferenceRegistry:
                     luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
             return detail
 
-    def _saturated_colour(self, ref_id: int) -> np.ndarray | None:
-        """:func:`~artengine.hashing.saturated_colour` of a reference's stored thumbnail
-        (measured once per open registry; None: too little colour)."""
+    def saturated_distance(self, ref_id: int, hashes: ImageHashes, variant: str = "full",
+                           contrast: float = 1.0) -> float | None:
+        """:func:`~artengine.hashing.colour_distance` between the colours of the coloured
+        parts (:func:`~artengine.hashing.saturated_colour`) of a match of ``variant``
+        (:meth:`ImageHashes.colours_of`) and of a reference, measured on its stored
+        thumbnail once per open registry; None when either has too little colour."""
+        ours = hashes.colours_of(variant)[1]
+        if ours is None:
+            return None
         with self._lock:
             if ref_id not in self._saturated:
                 self._saturated[ref_id] = saturated_colour(
                     self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id))
-            return self._saturated[ref_id]
+            theirs = self._saturated[ref_id]
+        return None if theirs is None else float(colour_distance(ours, theirs, contrast))
 
     def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full",
                     variant_luma: Mapping[str, np.ndarray] | None = None,

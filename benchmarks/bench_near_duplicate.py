@@ -649,8 +649,7 @@ def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit
     # variant's own colours where it has them (the picture inside a border), as the audit.
     keep = np.array([_saturated_ok(registry, hashes, str(v), int(r)) for r, v in zip(ref_ids, turned)], dtype=bool)
     qv, row, ref_ids, turned = qv[keep], row[keep], ref_ids[keep], turned[keep]
-    query_colour = np.array([hashes.variant_colour.get(str(v), (hashes.colour,))[0] for v in turned],
-                            dtype=np.float32).reshape(-1, 3)
+    query_colour = np.array([hashes.colours_of(str(v))[0] for v in turned], dtype=np.float32).reshape(-1, 3)
     c = {k: colour_distance(query_colour, index.colours[whole_rows][row], k) for k in contrasts}
     corr = np.array([registry.correlation(int(r), hashes.luma, str(v), hashes.variant_luma, hashes.variant_box)
                      for r, v in zip(ref_ids, turned)],
@@ -661,13 +660,8 @@ def _candidates(registry, index, hashes, contrasts, limit: int = 24, close_limit
 def _saturated_ok(registry, hashes, variant: str, ref_id: int) -> bool:
     """Whether a pair passes the audit's check of the colour of the coloured parts at its
     default bound and contrast allowance (the variant's own colours where it has them)."""
-    own = hashes.variant_colour.get(variant)
-    ours = hashes.saturated if own is None else own[1]
-    theirs = registry._saturated_colour(ref_id)
-    if ours is None or theirs is None:
-        return True
-    apart = float(colour_distance(ours, theirs, DEFAULT_THRESHOLDS["colour_contrast"]))
-    return apart <= DEFAULT_THRESHOLDS["saturated"]
+    apart = registry.saturated_distance(ref_id, hashes, variant, DEFAULT_THRESHOLDS["colour_contrast"])
+    return apart is None or apart <= DEFAULT_THRESHOLDS["saturated"]
 
 
 def _band_names_a_copy(m) -> bool:
