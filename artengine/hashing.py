@@ -820,17 +820,18 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     of every image's variants computed together (the audit hashes a chunk at a time)."""
     grays = [hashing_gray(image) for image in images]
     inputs: list[tuple[Image.Image, Image.Image]] = []
-    # Per image: its variants cut out of it (the picture inside a border, the straightened
-    # picture), what each one's thumbnail is taken of and its box on the reference, and
-    # the angle the image was turned by.
-    extras: list[tuple[dict[str, Image.Image], dict[str, Image.Image], dict[str, tuple[float, float, float, float]],
-                       float | None, dict[str, tuple[np.ndarray, np.ndarray | None]]]] = []
+    # Per image: its variants' names and everything else its ImageHashes holds but the
+    # hash rows, which are computed for the whole chunk at once below.
+    per_image: list[tuple[tuple[str, ...], dict[str, Any]]] = []
     for image, gray in zip(images, grays):
         whole = _hash_inputs(gray)
         inputs += [whole, *(_turned(gray, whole, method) for method in TURNED_VARIANTS.values()),
                    *_band_inputs(gray)]
+        # Variants cut out of the image (the picture inside a border, the straightened
+        # picture), what each one's thumbnail is taken of, its box on the reference, and
+        # its own colours.
         cut: dict[str, Image.Image] = {}
-        compared: dict[str, Image.Image] = {}  # what a match's thumbnail is taken of
+        compared: dict[str, Image.Image] = {}
         boxes: dict[str, tuple[float, float, float, float]] = {}
         colours: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         box = border_box(gray)
@@ -847,20 +848,18 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
             angle, proportioned = turned
             cut[STRAIGHTENED], compared[STRAIGHTENED], boxes[STRAIGHTENED] = straightened(proportioned, angle)
         inputs += [_hash_inputs(picture) for picture in cut.values()]
-        extras.append((cut, compared, boxes, angle, colours))
+        small = _colour_small(image)
+        per_image.append(((*QUERY_VARIANTS, *cut), {
+            "quality": hash_quality(gray), "colour": _mean_colour(small), "luma": luma_thumbnail(gray),
+            "variant_luma": {name: luma_thumbnail(picture) for name, picture in compared.items()},
+            "variant_box": boxes, "tilt": angle, "saturated": _saturated_colour(small), "variant_colour": colours}))
     if not inputs:
         return []
     rows = _rows(inputs)
     out: list[ImageHashes] = []
     start = 0
-    for image, gray, (cut, compared, boxes, angle, colours) in zip(images, grays, extras):
-        variants = (*QUERY_VARIANTS, *cut)
-        small = _colour_small(image)
-        out.append(ImageHashes(variants, rows[start: start + len(variants)], hash_quality(gray),
-                               _mean_colour(small), luma=luma_thumbnail(gray),
-                               variant_luma={name: luma_thumbnail(picture) for name, picture in compared.items()},
-                               variant_box=boxes, tilt=angle, saturated=_saturated_colour(small),
-                               variant_colour=colours))
+    for variants, fields in per_image:
+        out.append(ImageHashes(variants, rows[start: start + len(variants)], **fields))
         start += len(variants)
     return out
 
