@@ -18,7 +18,6 @@ Everything lands in one folder; keys and ledger too, so the demo touches nothing
 from __future__ import annotations
 
 import collections
-
 import os
 import shutil
 import time
@@ -155,7 +154,8 @@ def run_demo(out: Path, *, train_seconds: float = 90.0, count: int = 48, copies:
     caught = [name for name in planted if name in blocked]
     # Why the others were blocked, per audit (a generated image close to a training image,
     # say), so that the line does not read as the gate blocking at random.
-    reasons = collections.Counter(f["audit"] for e in doc["images"] if e["key"] in blocked and e["key"] not in planted
+    reasons = collections.Counter(f["audit"] for e in doc["images"]
+                                  if e["verdict"] in ("block", "error") and e["key"] not in planted
                                   for f in e["findings"] if f["outcome"] != "pass")
     why = ", ".join(f"{audit} {count}" for audit, count in sorted(reasons.items()))
     echo(f"      {doc['verdict'].upper()}: {len(caught)} of {len(planted)} planted copies blocked"
