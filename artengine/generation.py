@@ -470,8 +470,9 @@ class Producer:
             verdict = judge(item.key, findings, self.policy)
             audits = {d.finding.audit: d.status for d in verdict.decisions}
             meta = item.meta
+            signed_pixels = np.asarray(marked)
             manifest = build_manifest(
-                payload=payload, created=spec["created"], pixels=pixels_sha256(marked), size=marked.size,
+                payload=payload, created=spec["created"], pixels=pixels_sha256(signed_pixels), size=marked.size,
                 scheme=self.scheme.name, scheme_version=self.scheme.version, engine=self.engine,
                 plugins=self.versions,
                 model={k: spec["model"][k] for k in ("name", "architecture", "weights_sha256", "style")},
@@ -483,7 +484,7 @@ class Producer:
                                compress_level=int(spec["compress_level"]), strategy=spec["png_strategy"],
                                png_filter=spec["png_filter"])
             try:
-                check_encoded(png, signed, scheme=self.scheme, name=item.key)
+                check_encoded(png, signed, scheme=self.scheme, name=item.key, pixels=signed_pixels)
                 problem = None
             except (ProvenanceError, ArtengineError) as exc:
                 problem = str(exc)

@@ -317,6 +317,12 @@ def pixels_sha256(image: Image.Image | LoadedImage | np.ndarray) -> str:
     """sha256 of decoded pixels (see the module docstring for the exact definition).
     An array is ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) uint8."""
     if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            # The same bytes as the image's, hashed where they lie (no copy into an image).
+            height, width = image.shape[:2]
+            digest = hashlib.sha256(f"{PIXELS_HASH}\nRGB {width} {height}\n".encode())
+            digest.update(np.ascontiguousarray(image))
+            return digest.hexdigest()
         image = _image_from_array(image)
     if isinstance(image, LoadedImage):
         rgb, alpha = image.rgb, image.alpha
@@ -609,18 +615,29 @@ def check_written(path: str | os.PathLike[str], manifest: Mapping[str, Any], *, 
     _check_loaded(open_image(path), manifest, scheme=scheme, name=str(path))
 
 
-def check_encoded(data: bytes, manifest: Mapping[str, Any], *, scheme: Watermark, name: str) -> None:
+def check_encoded(data: bytes, manifest: Mapping[str, Any], *, scheme: Watermark, name: str,
+                  pixels: np.ndarray | None = None) -> None:
     """:func:`check_written` on an encoded file's bytes, before they are written: a writer
     that stores exactly these bytes and reads them back equal has a file that passes
-    :func:`check_written`. ``name`` is used in messages."""
-    _check_loaded(open_image(data, name=name), manifest, scheme=scheme, name=name)
+    :func:`check_written`. ``name`` is used in messages.
+
+    ``pixels``: the ``(H, W, 3)`` uint8 pixels whose :func:`pixels_sha256` the manifest
+    holds, where the caller has them (it hashed them to build the manifest). The decoded
+    pixels are then compared with them, which proves the same as hashing the decoded
+    pixels again, for a tenth of the time."""
+    _check_loaded(open_image(data, name=name), manifest, scheme=scheme, name=name, pixels=pixels)
 
 
-def _check_loaded(loaded: LoadedImage, manifest: Mapping[str, Any], *, scheme: Watermark, name: str) -> None:
+def _check_loaded(loaded: LoadedImage, manifest: Mapping[str, Any], *, scheme: Watermark, name: str,
+                  pixels: np.ndarray | None = None) -> None:
     embedded = loaded.text.get(MANIFEST_KEY)
     if embedded is None or embedded != canonical_json(manifest).decode("utf-8"):
         raise ProvenanceError(f"{name}: the manifest did not survive the save")
-    if pixels_sha256(loaded) != manifest["image"]["pixels_sha256"]:
+    if pixels is not None:
+        same = loaded.alpha is None and np.array_equal(np.asarray(loaded.rgb), pixels)
+    else:
+        same = pixels_sha256(loaded) == manifest["image"]["pixels_sha256"]
+    if not same:
         raise ProvenanceError(f"{name}: the saved pixels differ from the signed ones")
     reading = scheme.detect(loaded.rgb, search=False)
     if not reading.detected or reading.payload_hex != manifest["watermark"]["payload"]:

@@ -210,6 +210,27 @@ def test_post_write_check_catches_what_did_not_survive(tmp_path, keys, scheme):
 
 # ----------------------------------------------------------------------------- the pipeline's calls
 
+
+def test_check_of_encoded_bytes_against_the_signed_pixels(keys, scheme):
+    """The pipeline's check before writing: given the pixels it signed, the decoded pixels
+    must equal them; one changed grey level anywhere is caught, as by the hash."""
+    from artengine.io import encode_image
+
+    stamped = stamp(keys, scheme)
+    signed = np.asarray(stamped.image.convert("RGB"))
+    assert pv.pixels_sha256(signed) == stamped.manifest["image"]["pixels_sha256"] == pv.pixels_sha256(stamped.image)
+    text = {pv.MANIFEST_KEY: stamped.text[pv.MANIFEST_KEY]}
+    png = encode_image(Image.fromarray(signed), text=text, compress_level=1, strategy="isal", png_filter="up")
+    pv.check_encoded(png, stamped.manifest, scheme=scheme, name="x.png", pixels=signed)
+    pv.check_encoded(png, stamped.manifest, scheme=scheme, name="x.png")
+    changed = signed.copy()
+    changed[37, 101, 1] ^= 1
+    other = encode_image(Image.fromarray(changed), text=text, compress_level=1, strategy="isal", png_filter="up")
+    for given in (signed, None):
+        with pytest.raises(ProvenanceError, match="x.png: the saved pixels differ"):
+            pv.check_encoded(other, stamped.manifest, scheme=scheme, name="x.png", pixels=given)
+
+
 PIPELINE_SCRIPT = """
 import json, sys
 from pathlib import Path
