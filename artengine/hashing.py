@@ -78,6 +78,13 @@ MIN_RELIABLE_QUALITY = 20
 #: brings recall on 5-10 % crops from 0.44 (full image only) to >= 0.98.
 CROP_SCALES: tuple[float, ...] = (0.95, 0.90)
 CROP_ANCHORS: tuple[float, ...] = (0.0, 0.5, 1.0)
+#: Parts of a reference a deeper cut may show (a copy with up to a quarter of each side
+#: cut away): the boxes of its stored thumbnail a whole-image match is correlated with
+#: when the whole thumbnail does not correlate (``ReferenceRegistry.part_correlation``):
+#: every scale at a 5x5 grid of anchors, then the best one's neighbours at half the steps.
+PART_SCALES: tuple[float, ...] = (0.75, 0.80, 0.85, 0.90)
+PART_ANCHORS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+PART_REFINE: tuple[float, float] = (0.025, 0.125)  # scale, anchor
 #: Horizontal bands hashed on both sides: the top and the bottom of the picture, each
 #: ``(1 - BAND_GAP) / 2`` of its height, so that any horizontal strip (a caption, a credit
 #: line) up to ``BAND_GAP`` of the height tall misses one of them. A band is only matched
@@ -770,11 +777,11 @@ def straightened(gray: Image.Image, angle: float) -> tuple[Image.Image, Image.Im
     kept = np.asarray(frame.rotate(angle, Image.Resampling.BILINEAR).rotate(-angle, Image.Resampling.BILINEAR)) == 255
     filled = Image.fromarray(np.round(np.where(kept, back, np.float32(back[kept].mean()) if kept.any() else 0))
                              .astype(np.uint8))
-    middle = box = _crop_box(gray.size, CROP_SCALES[-1])
+    middle = box = crop_box(gray.size, CROP_SCALES[-1])
     scale = CROP_SCALES[-1]
     while scale > 0.5 and not kept[box[1]:box[3], box[0]:box[2]].all():
         scale -= 0.01
-        box = _crop_box(gray.size, scale)
+        box = crop_box(gray.size, scale)
     width, height = gray.size
     fractions = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
     return filled.crop(middle), filled.crop(box), fractions
@@ -876,12 +883,12 @@ def reference_hashes(image: Image.Image) -> ImageHashes:
     for scale in CROP_SCALES:
         for ay in CROP_ANCHORS:
             for ax in CROP_ANCHORS:
-                inputs.append(_hash_inputs(gray.crop(_crop_box(gray.size, scale, ax, ay))))
+                inputs.append(_hash_inputs(gray.crop(crop_box(gray.size, scale, ax, ay))))
     return ImageHashes(REFERENCE_VARIANTS, _rows(inputs + _band_inputs(gray)), hash_quality(gray),
                        colour_signature(image), luma=luma_thumbnail(gray))
 
 
-def _crop_box(size: tuple[int, int], scale: float, ax: float = 0.5, ay: float = 0.5) -> tuple[int, int, int, int]:
+def crop_box(size: tuple[int, int], scale: float, ax: float = 0.5, ay: float = 0.5) -> tuple[int, int, int, int]:
     """The box of a crop keeping ``scale`` of each side of an image of ``size``, placed by
     the anchors (0 left/top, 1 right/bottom): a reference's stored crops, and the middle
     crop a straightened query is cut to so that it faces the centred one."""

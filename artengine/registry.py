@@ -34,6 +34,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version as _dist_version
@@ -52,11 +53,15 @@ from .hashing import (
     EQUALISED,
     HASH_SCHEME,
     MIN_RELIABLE_QUALITY,
+    PART_ANCHORS,
+    PART_REFINE,
+    PART_SCALES,
     REFERENCE_VARIANTS,
     TURNED_VARIANTS,
     ImageHashes,
     colour_distance,
     colour_signature,
+    crop_box,
     hamming,
     hamming_within,
     hash_hex,
@@ -227,6 +232,11 @@ def _query_detail(luma: np.ndarray, variant: str, variant_luma: Mapping[str, np.
     return thumbnail_detail(luma)
 
 
+#: (scale, horizontal anchor, vertical anchor) of every part :meth:`ReferenceRegistry.part_correlation` scans.
+_PART_GRID: tuple[tuple[float, float, float], ...] = tuple(
+    (scale, ax, ay) for scale in PART_SCALES for ay in PART_ANCHORS for ax in PART_ANCHORS)
+
+
 class ReferenceRegistry:
     """A reference registry file: add images, describe it, and search it.
 
@@ -243,6 +253,7 @@ class ReferenceRegistry:
         self._refs: dict[int, Reference] = {}
         self._details: dict[int, np.ndarray] = {}
         self._saturated: dict[int, np.ndarray | None] = {}
+        self._parts: OrderedDict[int, np.ndarray] = OrderedDict()  # the last PARTS_KEPT references' part grids
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -602,7 +613,14 @@ class ReferenceRegistry:
         match within the pHash bound carries its ``correlation``. A match of a
         :data:`~artengine.hashing.CONFIRMED_VARIANTS` query variant (the image flipped or
         turned by 90°, 180° or 270°, or the picture inside its border) counts only with
-        ``"correlation"`` on and reached, whatever the other bounds say.
+        ``"correlation"`` on and reached, whatever the other bounds say. With
+        ``"correlation"`` on and ``"part_correlation"`` (at most 1; above 1 or absent: off),
+        such a pair of the image as it stands that its thumbnails refuse counts when the
+        image's thumbnail correlates that well with a part of the reference's
+        (:meth:`part_correlation`: a copy with up to a quarter of each side cut away), if
+        the image and the reference both have a hash quality of at least
+        ``"part_min_quality"`` (default 0); the match then carries that correlation and
+        names the part as its ``reference_variant``.
 
         Band variants (:data:`~artengine.hashing.BAND_VARIANTS`) are compared only with the
         same band of a reference, and only when ``thresholds`` holds ``"band_sum"`` (the
@@ -624,6 +642,10 @@ class ReferenceRegistry:
         min_correlation = thresholds.get("correlation")
         if hashes.luma is None or (min_correlation is not None and min_correlation > 1):
             min_correlation = None
+        min_part = thresholds.get("part_correlation")
+        if min_correlation is None or (min_part is not None and min_part > 1):
+            min_part = None
+        part_min_quality = thresholds.get("part_min_quality", 0)
         band_sum = thresholds.get("band_sum")
         band_image_sum = thresholds.get("band_image_sum")
         use_bands = (band_sum is not None and band_image_sum is not None
@@ -642,6 +664,7 @@ class ReferenceRegistry:
         colour_apart: dict[tuple[int, str | None], float] = {}
         saturated_apart: dict[tuple[int, str | None], float | None] = {}
         correlations: dict[tuple[int, str], float] = {}
+        parts: dict[int, tuple[float, str] | None] = {}  # per reference: its best part, if it may be searched
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -663,17 +686,29 @@ class ReferenceRegistry:
                 continue
             ref_id = int(index.ref_ids[row])
             variant = hashes.variants[q]
+            reference_variant = index.variant_names[int(index.variants[row])]
             correlation = None
             if verify:  # before the colour: a dot product, where the colour comparison is not
                 correlation = correlations.get((ref_id, variant))
+                detail = query_detail.get(variant)
+                if detail is None:
+                    detail = query_detail[variant] = _query_detail(hashes.luma, variant, hashes.variant_luma)
                 if correlation is None:
-                    detail = query_detail.get(variant)
-                    if detail is None:
-                        detail = query_detail[variant] = _query_detail(hashes.luma, variant, hashes.variant_luma)
                     correlation = correlations[ref_id, variant] = float(
                         detail @ self._detail(ref_id, hashes.variant_box.get(variant)))
                 if (not within or confirm) and correlation < min_correlation:
-                    continue
+                    # The image as it stands may be a deeper cut of the reference: a part of
+                    # the reference's thumbnail may then correlate where the whole does not.
+                    part = None
+                    if min_part is not None and variant == "full":
+                        if ref_id not in parts:
+                            parts[ref_id] = (self.part_correlation(ref_id, detail)
+                                             if min(hashes.quality, self.reference(ref_id).quality) >= part_min_quality
+                                             else None)
+                        part = parts[ref_id]
+                    if part is None or part[0] < min_part:
+                        continue
+                    correlation, reference_variant = part
             key = (ref_id, variant if variant in hashes.variant_colour else None)
             apart = colour_apart.get(key)
             if apart is None:  # one colour signature per reference: compared once per search
@@ -696,7 +731,7 @@ class ReferenceRegistry:
             current = best.get(ref_id)
             if current is None or _rank(distances) < _rank(current.distances):
                 found = Match(str(self.path), self.reference(ref_id), distances,
-                              variant, index.variant_names[int(index.variants[row])], apart,
+                              variant, reference_variant, apart,
                               int(np.bitwise_count(index.columns[EQUALISED][row] ^ hashes[EQUALISED][q])),
                               image_sum, correlation, saturated)
                 if accept is None or accept(found):
@@ -736,6 +771,57 @@ class ReferenceRegistry:
                     self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id))
             theirs = self._saturated[ref_id]
         return None if theirs is None else float(colour_distance(ours, theirs, contrast))
+
+    #: References whose part grids (:meth:`part_correlation`) an open registry keeps:
+    #: 100 thumbnail details each, 0.2 MB.
+    PARTS_KEPT = 256
+
+    def part_correlation(self, ref_id: int, detail: np.ndarray) -> tuple[float, str]:
+        """The best :func:`~artengine.hashing.thumbnail_correlation` between an image's
+        thumbnail detail (:func:`~artengine.hashing.thumbnail_detail`) and a part of a
+        reference's stored thumbnail, with that part's name (``"part0.8@0.25,0.5"``: the
+        share of each side kept, then the anchors, 0 left or top to 1 right or bottom):
+        where a copy cut by up to a quarter of each side faces the reference.
+
+        Every part of :data:`~artengine.hashing.PART_SCALES` at the anchors of
+        :data:`~artengine.hashing.PART_ANCHORS` (measured once per reference and kept for
+        the last :attr:`PARTS_KEPT` references); then, if the best of them comes within
+        :attr:`PART_REFINE_FROM` of a correlation of 1, its neighbours at half the steps
+        (:data:`~artengine.hashing.PART_REFINE`)."""
+        with self._lock:
+            grid = self._parts.get(ref_id)
+            if grid is None:
+                grid = self._parts[ref_id] = self._part_details(ref_id, _PART_GRID)
+                while len(self._parts) > self.PARTS_KEPT:
+                    self._parts.popitem(last=False)
+            else:
+                self._parts.move_to_end(ref_id)
+        scores = grid @ detail
+        k = int(np.argmax(scores))
+        best, part = float(scores[k]), _PART_GRID[k]
+        if best >= 1 - self.PART_REFINE_FROM:
+            d_scale, d_anchor = PART_REFINE
+            scale0, ax0, ay0 = part
+            near = [(scale, ax, ay) for scale in (scale0 - d_scale, scale0, scale0 + d_scale)
+                    for ay in (ay0 - d_anchor, ay0, ay0 + d_anchor) for ax in (ax0 - d_anchor, ax0, ax0 + d_anchor)
+                    if (scale, ax, ay) != part and 0 <= ax <= 1 and 0 <= ay <= 1
+                    and PART_SCALES[0] - d_scale <= scale <= PART_SCALES[-1] + d_scale]
+            near_scores = self._part_details(ref_id, near) @ detail
+            j = int(np.argmax(near_scores))
+            if near_scores[j] > best:
+                best, part = float(near_scores[j]), near[j]
+        return best, f"part{part[0]:.3g}@{part[1]:g},{part[2]:g}"
+
+    #: Parts are looked at more closely only when the best of the grid correlates at least
+    #: 1 minus this. On the benchmark's calibration corpus (seed 1), each of the 1,233 of
+    #: 1,650 copies cut by 15-25 % whose closer look reached 0.97 had a grid best of at
+    #: least 0.68; the closer look gained up to 0.30.
+    PART_REFINE_FROM = 0.35
+
+    def _part_details(self, ref_id: int, parts: Sequence[tuple[float, float, float]]) -> np.ndarray:
+        """Thumbnail details of ``parts`` (scale, anchors) of a reference's stored thumbnail."""
+        gray = self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id).convert("L")
+        return thumbnail_detail(np.stack([luma_thumbnail(gray.crop(crop_box(gray.size, *part))) for part in parts]))
 
     def correlation(self, ref_id: int, luma: np.ndarray, variant: str = "full",
                     variant_luma: Mapping[str, np.ndarray] | None = None,

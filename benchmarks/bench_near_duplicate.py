@@ -452,7 +452,9 @@ def main() -> None:
                     f"{thresholds['colour_contrast']:g}; images or references of quality < "
                     f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']} and equalised pHash <= "
                     f"{thresholds['flat_equalised']}, or equalised pHash <= {thresholds['flat_close_equalised']}; "
-                    f"or pHash <= {thresholds['phash']} with thumbnail correlation >= {thresholds['correlation']:g}; "
+                    f"or pHash <= {thresholds['phash']} with thumbnail correlation >= {thresholds['correlation']:g}, "
+                    f"or, the image as it stands and both of quality >= {DEFAULT_LOW_DETAIL_QUALITY}, with a part "
+                    f"of the reference's at >= {thresholds['part_correlation']:g}; "
                     f"bands: sum <= {thresholds['band_sum']}, whole image sum <= {thresholds['band_image_sum']})",
                     rows)
         summary = [{

@@ -22,7 +22,10 @@ Two components:
   ``band_max_image_distance_sum`` (a copy with a caption across it); or whose pHash is
   within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
   correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
-  (a brightness or contrast change of a smooth picture, which moves its hash bits); a match
+  (a brightness or contrast change of a smooth picture, which moves its hash bits), or,
+  for the image as it stands, both it and the reference of at least ``low_detail_quality``,
+  with a part of the reference's thumbnail within ``min_part_correlation`` (a copy with up
+  to a quarter of each side cut away); a match
   of the image flipped top to bottom or turned by 90°, 180° or 270°, of the picture
   inside its border, or of the image turned back by the few degrees its filled corners
   show, needs that correlation whatever the distances. The finding names the reference
@@ -80,6 +83,13 @@ VARIANT_NAMES = {"mirror": "mirrored", "flip": "flipped top to bottom", "rotate1
                  TRIMMED: "in a border"}
 
 
+def _part_words(part: str) -> str:
+    """How a match of a part of a reference (``ReferenceRegistry.part_correlation``'s
+    name, ``"part0.8@0.25,0.5"``) names the cut."""
+    scale = float(part.removeprefix("part").split("@")[0])
+    return f"cut from it: about {scale * 100:.0f} % of each side"
+
+
 def _tilt_words(angle: float | None) -> str:
     """How a match of the straightened variant names the turn (``hashing.tilt``'s angle,
     anticlockwise positive)."""
@@ -105,6 +115,8 @@ DEFAULT_LOW_DETAIL_QUALITY = 50
 DEFAULT_MAX_BAND_SUM = 16
 DEFAULT_BAND_MAX_IMAGE_SUM = 34
 DEFAULT_MIN_CORRELATION = 0.96
+#: Calibrated on the benchmark's corpus seed 1 (docs/near-duplicates.md, "Deeper crops").
+DEFAULT_MIN_PART_CORRELATION = 0.97
 #: :func:`classify`'s thresholds at these defaults (what the audit uses with no policy
 #: settings).
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -114,6 +126,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "flat_sum": DEFAULT_FLAT_MAX_SUM, "flat_equalised": DEFAULT_FLAT_MAX_EQUALISED,
     "flat_close_equalised": DEFAULT_FLAT_CLOSE_EQUALISED, "band_sum": DEFAULT_MAX_BAND_SUM,
     "band_image_sum": DEFAULT_BAND_MAX_IMAGE_SUM, "correlation": DEFAULT_MIN_CORRELATION,
+    "part_correlation": DEFAULT_MIN_PART_CORRELATION,
 }
 
 
@@ -194,6 +207,12 @@ class NearDuplicateAudit(Audit):
                                              "correlate at least this well (brightness and contrast changes "
                                              "of smooth pictures); a flipped, turned or framed copy needs "
                                              "it too (0-1; 2 turns it off, and with it those searches)"),
+        "min_part_correlation": Setting(float, DEFAULT_MIN_PART_CORRELATION,
+                                        "such a pair of the image as it stands, between an image and a "
+                                        "reference both of at least low_detail_quality, is a copy when "
+                                        "the image's thumbnail correlates at least this well with a part "
+                                        "of the reference's (a copy with up to a quarter of each side cut "
+                                        "away; 0-1, 2 turns it off)"),
         "registries": Setting(list, [], "extra registry files (relative to the policy file)"),
     }
 
@@ -212,9 +231,10 @@ class NearDuplicateAudit(Audit):
         if not -1 <= self.settings["close_phash_distance"] <= 64:
             raise ArtengineError(f"{where}: audits.near_duplicate.close_phash_distance: "
                                  f"must be between -1 (off) and 64, got {self.settings['close_phash_distance']}")
-        if not 0 <= self.settings["min_thumbnail_correlation"] <= 2:
-            raise ArtengineError(f"{where}: audits.near_duplicate.min_thumbnail_correlation: "
-                                 f"must be between 0 and 1 (2: off), got {self.settings['min_thumbnail_correlation']}")
+        for key in ("min_thumbnail_correlation", "min_part_correlation"):
+            if not 0 <= self.settings[key] <= 2:
+                raise ArtengineError(f"{where}: audits.near_duplicate.{key}: "
+                                     f"must be between 0 and 1 (2: off), got {self.settings[key]}")
         if not 1 <= self.settings["colour_contrast"] <= 4:
             raise ArtengineError(f"{where}: audits.near_duplicate.colour_contrast: "
                                  f"must be between 1 (none) and 4, got {self.settings['colour_contrast']}")
@@ -231,7 +251,8 @@ class NearDuplicateAudit(Audit):
                            "flat_close_equalised": self.settings["flat_close_equalised_distance"],
                            "band_sum": self.settings["max_band_distance_sum"],
                            "band_image_sum": self.settings["band_max_image_distance_sum"],
-                           "correlation": self.settings["min_thumbnail_correlation"]}
+                           "correlation": self.settings["min_thumbnail_correlation"],
+                           "part_correlation": self.settings["min_part_correlation"]}
         self.paths = self._registry_paths()
         self.registries: list[Any] = []
         self.problem: str | None = None
@@ -275,6 +296,8 @@ class NearDuplicateAudit(Audit):
             how = ("byte-identical copy" if best.reference_variant == "file"
                    else f"near-duplicate ({_tilt_words(hashes.tilt)})" if best.query_variant == STRAIGHTENED
                    else f"near-duplicate ({VARIANT_NAMES[best.query_variant]})" if best.query_variant in VARIANT_NAMES
+                   else f"near-duplicate ({_part_words(best.reference_variant)})"
+                   if best.reference_variant.startswith("part")
                    else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
                    if best.query_variant.startswith("band-") else "near-duplicate")
             return Finding(
@@ -325,6 +348,7 @@ def classify(hashes: ImageHashes, registries: Sequence[ReferenceRegistry], thres
     """
     search = {k: v for k, v in thresholds.items() if not k.startswith("flat_")}
     search["band_min_quality"] = low_detail_quality
+    search["part_min_quality"] = low_detail_quality
     weak = max(min_quality, low_detail_quality)
 
     def names_a_copy(m: Match) -> bool:

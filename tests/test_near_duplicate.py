@@ -396,6 +396,46 @@ def test_a_copy_turned_a_few_degrees_is_named_with_its_angle_and_another_picture
     assert finding["details"]["hashes"]["tilt"] == pytest.approx(7, abs=1)
 
 
+def _cut(im: Image.Image, scale: float, ax: float, ay: float) -> Image.Image:
+    """``scale`` of each side of ``im``, placed by the anchors (0 left or top, 1 right or bottom)."""
+    cw, ch = round(im.width * scale), round(im.height * scale)
+    left, top = round((im.width - cw) * ax), round((im.height - ch) * ay)
+    return im.crop((left, top, left + cw, top + ch))
+
+
+def test_a_copy_cut_from_a_part_of_a_photograph_is_named_and_cuts_of_other_photographs_pass(tmp_path):
+    """A copy that keeps 78-80 % of each side of a photograph is beyond the reference's
+    stored crops (95 and 90 %): its pHash is within the bound, but dHash and the thumbnail
+    correlation refuse it. A part of the reference's thumbnail correlates, which names it,
+    with the part; switched off, it passes. Cuts of other photographs pass either way."""
+    from skimage import data as skimage_data
+
+    def photo(name: str) -> Image.Image:
+        return Image.fromarray(getattr(skimage_data, name)()).resize((384, 384), Image.Resampling.LANCZOS)
+
+    astronaut = photo("astronaut")
+    copies = {"cut_low_left.png": _cut(astronaut, 0.80, 0.2, 0.7), "cut_upper.png": _cut(astronaut, 0.78, 0.4, 0.3)}
+    others = {"coffee_cut.png": _cut(photo("coffee"), 0.80, 0.2, 0.7),
+              "chelsea_cut.png": _cut(photo("chelsea"), 0.80, 0.5, 0.5)}
+    _, db, out, _ = _one_reference(tmp_path, astronaut, {**copies, **others})
+    result, doc = _audit(out, _policy(tmp_path), db)
+    assert result.exit_code == 1, result.output
+    for name in copies:
+        _, finding = _finding(doc, name)
+        assert finding["outcome"] == "fail", (name, finding["message"])
+        match = finding["details"]["match"]
+        assert match["reference_variant"].startswith("part0.8"), (name, match["reference_variant"])
+        assert match["correlation"] >= 0.97 and "cut from it: about 8" in finding["message"], finding["message"]
+    for name in others:
+        entry, finding = _finding(doc, name)
+        assert finding["outcome"] == "pass" and entry["publishable"], (name, finding["message"])
+    _, off = _audit(out, _policy(tmp_path, "min_part_correlation = 2"), db)
+    for name in copies:
+        assert _finding(off, name)[1]["outcome"] == "pass", name
+    bad = _audit(out, _policy(tmp_path, "min_part_correlation = 3"), db)[0]
+    assert bad.exit_code == 2 and "min_part_correlation: must be between 0 and 1 (2: off), got 3" in bad.output
+
+
 def test_the_same_object_in_another_colour_on_the_same_ground_passes_and_its_copies_are_named(tmp_path):
     """A picture of one object on a plain ground, like the built-in shapes: the ground
     takes most of it, so another colour of the same object moves the mean colour less than
@@ -535,7 +575,8 @@ def test_shipped_policies_use_the_audits_calibrated_defaults():
                 "flat_close_equalised_distance": plugin.DEFAULT_FLAT_CLOSE_EQUALISED,
                 "max_band_distance_sum": plugin.DEFAULT_MAX_BAND_SUM,
                 "band_max_image_distance_sum": plugin.DEFAULT_BAND_MAX_IMAGE_SUM,
-                "min_thumbnail_correlation": plugin.DEFAULT_MIN_CORRELATION}
+                "min_thumbnail_correlation": plugin.DEFAULT_MIN_CORRELATION,
+                "min_part_correlation": plugin.DEFAULT_MIN_PART_CORRELATION}
     policies = Path(__file__).resolve().parent.parent / "policies"
     for name in ("default.toml", "publication.toml"):
         section = tomllib.loads((policies / name).read_text())["audits"]["near_duplicate"]
