@@ -361,3 +361,23 @@ def test_colour_signature_separates_same_composition_in_other_colours(registry_p
         source.save(jpeg, format="JPEG", quality=60)
         [copy] = reg.search(query_hashes(Image.open(jpeg).convert("RGB")), {**THRESHOLDS, "colour": 0.1})
         assert copy.colour_distance < 0.02
+
+
+def test_part_details_are_the_resized_parts_of_the_thumbnail():
+    """The part search computes every part's 16x16 thumbnail from one summed-area table:
+    the same cells as Pillow's BOX resize of the part cut out (what the thumbnail
+    correlation uses), on square and oblong thumbnails, shrunk and enlarged parts."""
+    from artengine.hashing import crop_box, luma_thumbnail, thumbnail_detail
+    from artengine.registry import _PART_GRID, _part_cells, _part_details
+
+    rng = np.random.default_rng(3)
+    parts = [*_PART_GRID, (0.725, 0.125, 0.875), (0.925, 0.375, 0.0), (0.775, 1.0, 0.625)]
+    for width, height in ((128, 128), (128, 85), (61, 128), (20, 14)):
+        smooth = Image.fromarray(rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8))
+        thumb = smooth.resize((width, height), Image.Resampling.BICUBIC).convert("L")
+        expected = thumbnail_detail(np.stack([luma_thumbnail(thumb.crop(crop_box(thumb.size, *p))) for p in parts]))
+        luma = np.asarray(thumb, dtype=np.float64)
+        integral = np.pad(luma.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        got = _part_details(integral, _part_cells(width, height, parts))
+        assert got.shape == (len(parts), 256)
+        assert np.abs(got - expected).max() < 1e-6, (width, height)
