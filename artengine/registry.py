@@ -168,7 +168,7 @@ class Match:
     reference: Reference
     distances: dict[str, int]  # algorithm -> Hamming distance
     query_variant: str  # "full", a turned variant ("mirror", "flip", "rotate90"...) or a band
-    reference_variant: str  # "full" or a crop name
+    reference_variant: str  # "full", a crop name, or a part found by ReferenceRegistry.part_correlation
     colour_distance: float = 0.0  # between the colour signatures (hashing.colour_distance)
     equalised_distance: int = 0  # between the equalised pHashes (hashing.EQUALISED)
     image_distance_sum: int | None = None  # band matches: pHash + dHash of the nearest whole-image pair
@@ -279,15 +279,15 @@ def _grid_cells(width: int, height: int) -> tuple[np.ndarray, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _near_cells(width: int, height: int, k: int) -> tuple[list[tuple[float, float, float]], tuple[np.ndarray, ...]]:
+def _near_cells(width: int, height: int, k: int) -> tuple[tuple[tuple[float, float, float], ...], tuple[np.ndarray, ...]]:
     """The neighbours of part ``k`` of :data:`_PART_GRID` at half its steps
     (:data:`~artengine.hashing.PART_REFINE`: scale, anchors), and their :func:`_part_cells`."""
     d_scale, d_anchor = PART_REFINE
     part = scale0, ax0, ay0 = _PART_GRID[k]
-    near = [(scale, ax, ay) for scale in (scale0 - d_scale, scale0, scale0 + d_scale)
-            for ay in (ay0 - d_anchor, ay0, ay0 + d_anchor) for ax in (ax0 - d_anchor, ax0, ax0 + d_anchor)
-            if (scale, ax, ay) != part and 0 <= ax <= 1 and 0 <= ay <= 1
-            and PART_SCALES[0] - d_scale <= scale <= PART_SCALES[-1] + d_scale]
+    near = tuple((scale, ax, ay) for scale in (scale0 - d_scale, scale0, scale0 + d_scale)
+                 for ay in (ay0 - d_anchor, ay0, ay0 + d_anchor) for ax in (ax0 - d_anchor, ax0, ax0 + d_anchor)
+                 if (scale, ax, ay) != part and 0 <= ax <= 1 and 0 <= ay <= 1
+                 and PART_SCALES[0] - d_scale <= scale <= PART_SCALES[-1] + d_scale)
     return near, _part_cells(width, height, near)
 
 
@@ -839,8 +839,8 @@ class ReferenceRegistry:
             theirs = self._saturated[ref_id]
         return None if theirs is None else float(colour_distance(ours, theirs, contrast))
 
-    #: References whose part grids (:meth:`part_correlation`) an open registry keeps:
-    #: Each is a summed-area table of its thumbnail: 0.13 MB.
+    #: References whose summed-area tables (:meth:`part_correlation`) an open registry
+    #: keeps: 0.13 MB each.
     PARTS_KEPT = 256
 
     def part_correlation(self, ref_id: int, detail: np.ndarray) -> tuple[float, str]:
