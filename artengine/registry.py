@@ -234,6 +234,10 @@ def _query_detail(luma: np.ndarray, variant: str, variant_luma: Mapping[str, np.
     return thumbnail_detail(luma)
 
 
+#: The query variants a part of a reference is searched for (:meth:`ReferenceRegistry.part_correlation`):
+#: the image as it stands and its mirror image. Every turned variant was measured too: it
+#: named 11 more shapes distractors of 500 on the calibration corpus, against 1.
+PART_VARIANTS = ("full", "mirror")
 #: (scale, horizontal anchor, vertical anchor) of every part :meth:`ReferenceRegistry.part_correlation` scans.
 _PART_GRID: tuple[tuple[float, float, float], ...] = tuple(
     (scale, ax, ay) for scale in PART_SCALES for ay in PART_ANCHORS for ax in PART_ANCHORS)
@@ -682,8 +686,9 @@ class ReferenceRegistry:
         turned by 90°, 180° or 270°, or the picture inside its border) counts only with
         ``"correlation"`` on and reached, whatever the other bounds say. With
         ``"correlation"`` on and ``"part_correlation"`` (at most 1; above 1 or absent: off),
-        such a pair of the image as it stands that its thumbnails refuse counts when the
-        image's thumbnail correlates that well with a part of the reference's
+        such a pair of the image as it stands or of its mirror image (:data:`PART_VARIANTS`)
+        that its thumbnails refuse counts when the image's thumbnail (mirrored for the
+        mirror image) correlates that well with a part of the reference's
         (:meth:`part_correlation`: a copy with up to a quarter of each side cut away), if
         the image and the reference both have a hash quality of at least
         ``"part_min_quality"`` (default 0); the match then carries that correlation and
@@ -731,7 +736,8 @@ class ReferenceRegistry:
         colour_apart: dict[tuple[int, str | None], float] = {}
         saturated_apart: dict[tuple[int, str | None], float | None] = {}
         correlations: dict[tuple[int, str], float] = {}
-        parts: dict[int, tuple[float, str] | None] = {}  # per reference: its best part, if it may be searched
+        # Per reference and part variant: its best part, if it may be searched.
+        parts: dict[tuple[int, str], tuple[float, str] | None] = {}
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
             band = band_of_code[int(index.variants[row])]
@@ -767,12 +773,12 @@ class ReferenceRegistry:
                     # The image as it stands may be a deeper cut of the reference: a part of
                     # the reference's thumbnail may then correlate where the whole does not.
                     part = None
-                    if min_part is not None and variant == "full":
-                        if ref_id not in parts:
-                            parts[ref_id] = (self.part_correlation(ref_id, detail)
-                                             if min(hashes.quality, self.reference(ref_id).quality) >= part_min_quality
-                                             else None)
-                        part = parts[ref_id]
+                    if min_part is not None and variant in PART_VARIANTS:
+                        if (ref_id, variant) not in parts:
+                            parts[ref_id, variant] = (
+                                self.part_correlation(ref_id, detail)
+                                if min(hashes.quality, self.reference(ref_id).quality) >= part_min_quality else None)
+                        part = parts[ref_id, variant]
                     if part is None or part[0] < min_part:
                         continue
                     correlation, reference_variant = part

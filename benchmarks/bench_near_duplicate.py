@@ -151,6 +151,15 @@ def rotate_cropped(degrees: float):
     return apply
 
 
+def mirror_cropped(fraction: float):
+    """A crop (:func:`crop`), mirrored left to right."""
+    cut = crop(fraction)
+
+    def apply(im, rng):
+        return cut(im, rng).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return apply
+
+
 def rotate_180(im, rng):
     return im.transpose(Image.Transpose.ROTATE_180)
 
@@ -267,6 +276,8 @@ TRANSFORMS: dict[str, tuple[str, Callable]] = {
     # Stop 36: turns in the frame are turned back by the angle their filled corners show;
     # a turn cut to fill the frame shows none (after the others).
     "rotate 5°, cropped to fill": ("reported", rotate_cropped(5)),
+    # Appended last: the random draws of the rows above stay as they were.
+    "mirror, crop 20%": ("reported", mirror_cropped(0.20)),
 }
 TARGETS = {"photometric": 0.98, "resize": 0.98, "mirror": 0.9, "crop <= 10%": 0.9, "reported": None}
 
@@ -453,7 +464,7 @@ def main() -> None:
                     f"{DEFAULT_LOW_DETAIL_QUALITY}: sum <= {thresholds['flat_sum']} and equalised pHash <= "
                     f"{thresholds['flat_equalised']}, or equalised pHash <= {thresholds['flat_close_equalised']}; "
                     f"or pHash <= {thresholds['phash']} with thumbnail correlation >= {thresholds['correlation']:g}, "
-                    f"or, the image as it stands and both of quality >= {DEFAULT_LOW_DETAIL_QUALITY}, with a part "
+                    f"or, the image as it stands or mirrored and both of quality >= {DEFAULT_LOW_DETAIL_QUALITY}, with a part "
                     f"of the reference's at >= {thresholds['part_correlation']:g}; "
                     f"bands: sum <= {thresholds['band_sum']}, whole image sum <= {thresholds['band_image_sum']})",
                     rows)

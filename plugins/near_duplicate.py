@@ -23,9 +23,9 @@ Two components:
   within its bound while its 16x16 luminance thumbnail, without its best-fitting plane,
   correlates with the reference's stored thumbnail within ``min_thumbnail_correlation``
   (a brightness or contrast change of a smooth picture, which moves its hash bits), or,
-  for the image as it stands, both it and the reference of at least ``low_detail_quality``,
-  with a part of the reference's thumbnail within ``min_part_correlation`` (a copy with up
-  to a quarter of each side cut away); a match
+  for the image as it stands or its mirror image, both it and the reference of at least
+  ``low_detail_quality``, with a part of the reference's thumbnail within
+  ``min_part_correlation`` (a copy with up to a quarter of each side cut away); a match
   of the image flipped top to bottom or turned by 90°, 180° or 270°, of the picture
   inside its border, or of the image turned back by the few degrees its filled corners
   show, needs that correlation whatever the distances. The finding names the reference
@@ -88,6 +88,15 @@ def _part_words(part: str) -> str:
     name, ``"part0.8@0.25,0.5"``) names the cut."""
     scale = float(part.removeprefix("part").split("@")[0])
     return f"cut from it: about {scale * 100:.0f} % of each side"
+
+
+def _how_turned_and_cut(match: Match) -> list[str]:
+    """How a match's copy was turned or framed (:data:`VARIANT_NAMES`) and cut from a part
+    of the reference, where it was."""
+    words = [VARIANT_NAMES[match.query_variant]] if match.query_variant in VARIANT_NAMES else []
+    if match.reference_variant.startswith("part"):
+        words.append(_part_words(match.reference_variant))
+    return words
 
 
 def _tilt_words(angle: float | None) -> str:
@@ -208,7 +217,7 @@ class NearDuplicateAudit(Audit):
                                              "of smooth pictures); a flipped, turned or framed copy needs "
                                              "it too (0-1; 2 turns it off, and with it those searches)"),
         "min_part_correlation": Setting(float, DEFAULT_MIN_PART_CORRELATION,
-                                        "such a pair of the image as it stands, between an image and a "
+                                        "such a pair of the image as it stands or mirrored, between an image and a "
                                         "reference both of at least low_detail_quality, is a copy when "
                                         "the image's thumbnail correlates at least this well with a part "
                                         "of the reference's (a copy with up to a quarter of each side cut "
@@ -295,9 +304,8 @@ class NearDuplicateAudit(Audit):
             ref = best.reference
             how = ("byte-identical copy" if best.reference_variant == "file"
                    else f"near-duplicate ({_tilt_words(hashes.tilt)})" if best.query_variant == STRAIGHTENED
-                   else f"near-duplicate ({VARIANT_NAMES[best.query_variant]})" if best.query_variant in VARIANT_NAMES
-                   else f"near-duplicate ({_part_words(best.reference_variant)})"
-                   if best.reference_variant.startswith("part")
+                   else f"near-duplicate ({', '.join(_how_turned_and_cut(best))})" if best.query_variant in VARIANT_NAMES
+                   or best.reference_variant.startswith("part")
                    else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
                    if best.query_variant.startswith("band-") else "near-duplicate")
             return Finding(

@@ -404,19 +404,23 @@ def _cut(im: Image.Image, scale: float, ax: float, ay: float) -> Image.Image:
 
 
 def test_a_copy_cut_from_a_part_of_a_photograph_is_named_and_cuts_of_other_photographs_pass(tmp_path):
-    """A copy that keeps 78-80 % of each side of a photograph is beyond the reference's
-    stored crops (95 and 90 %): its pHash is within the bound, but dHash and the thumbnail
-    correlation refuse it. A part of the reference's thumbnail correlates, which names it,
-    with the part; switched off, it passes. Cuts of other photographs pass either way."""
+    """A copy that keeps 78-80 % of each side of a photograph, as it is or mirrored, is
+    beyond the reference's stored crops (95 and 90 %): its pHash is within the bound, but
+    dHash and the thumbnail correlation refuse it. A part of the reference's thumbnail
+    correlates, which names it, with the part; switched off, it passes. Cuts of other
+    photographs pass either way."""
     from skimage import data as skimage_data
 
     def photo(name: str) -> Image.Image:
         return Image.fromarray(getattr(skimage_data, name)()).resize((384, 384), Image.Resampling.LANCZOS)
 
     astronaut = photo("astronaut")
-    copies = {"cut_low_left.png": _cut(astronaut, 0.80, 0.2, 0.7), "cut_upper.png": _cut(astronaut, 0.78, 0.4, 0.3)}
+    mirrored = Image.Transpose.FLIP_LEFT_RIGHT
+    copies = {"cut_low_left.png": _cut(astronaut, 0.80, 0.2, 0.7), "cut_upper.png": _cut(astronaut, 0.78, 0.4, 0.3),
+              "cut_mirrored.png": _cut(astronaut, 0.80, 0.2, 0.7).transpose(mirrored)}
     others = {"coffee_cut.png": _cut(photo("coffee"), 0.80, 0.2, 0.7),
-              "chelsea_cut.png": _cut(photo("chelsea"), 0.80, 0.5, 0.5)}
+              "chelsea_cut.png": _cut(photo("chelsea"), 0.80, 0.5, 0.5),
+              "chelsea_cut_mirrored.png": _cut(photo("chelsea"), 0.80, 0.2, 0.7).transpose(mirrored)}
     _, db, out, _ = _one_reference(tmp_path, astronaut, {**copies, **others})
     result, doc = _audit(out, _policy(tmp_path), db)
     assert result.exit_code == 1, result.output
@@ -426,6 +430,8 @@ def test_a_copy_cut_from_a_part_of_a_photograph_is_named_and_cuts_of_other_photo
         match = finding["details"]["match"]
         assert match["reference_variant"].startswith("part0.8"), (name, match["reference_variant"])
         assert match["correlation"] >= 0.97 and "cut from it: about 8" in finding["message"], finding["message"]
+        assert match["query_variant"] == ("mirror" if name == "cut_mirrored.png" else "full"), name
+    assert "(mirrored, cut from it: about 8" in _finding(doc, "cut_mirrored.png")[1]["message"]
     for name in others:
         entry, finding = _finding(doc, name)
         assert finding["outcome"] == "pass" and entry["publishable"], (name, finding["message"])
