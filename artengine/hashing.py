@@ -85,6 +85,10 @@ CROP_ANCHORS: tuple[float, ...] = (0.0, 0.5, 1.0)
 PART_SCALES: tuple[float, ...] = (0.75, 0.80, 0.85, 0.90)
 PART_ANCHORS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 PART_REFINE: tuple[float, float] = (0.025, 0.125)  # scale, anchor
+#: The query variants a part of a reference is searched for: the image as it stands and
+#: its mirror image. Every turned variant was measured too: it named 11 more shapes
+#: distractors of 500 on the calibration corpus, against 1.
+PART_VARIANTS: tuple[str, ...] = ("full", "mirror")
 #: Horizontal bands hashed on both sides: the top and the bottom of the picture, each
 #: ``(1 - BAND_GAP) / 2`` of its height, so that any horizontal strip (a caption, a credit
 #: line) up to ``BAND_GAP`` of the height tall misses one of them. A band is only matched

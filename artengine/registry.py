@@ -58,6 +58,7 @@ from .hashing import (
     PART_ANCHORS,
     PART_REFINE,
     PART_SCALES,
+    PART_VARIANTS,
     REFERENCE_VARIANTS,
     TURNED_VARIANTS,
     ImageHashes,
@@ -234,10 +235,6 @@ def _query_detail(luma: np.ndarray, variant: str, variant_luma: Mapping[str, np.
     return thumbnail_detail(luma)
 
 
-#: The query variants a part of a reference is searched for (:meth:`ReferenceRegistry.part_correlation`):
-#: the image as it stands and its mirror image. Every turned variant was measured too: it
-#: named 11 more shapes distractors of 500 on the calibration corpus, against 1.
-PART_VARIANTS = ("full", "mirror")
 #: (scale, horizontal anchor, vertical anchor) of every part :meth:`ReferenceRegistry.part_correlation` scans.
 _PART_GRID: tuple[tuple[float, float, float], ...] = tuple(
     (scale, ax, ay) for scale in PART_SCALES for ay in PART_ANCHORS for ax in PART_ANCHORS)
@@ -290,8 +287,7 @@ def _near_cells(width: int, height: int, k: int) -> tuple[tuple[tuple[float, flo
     part = scale0, ax0, ay0 = _PART_GRID[k]
     near = tuple((scale, ax, ay) for scale in (scale0 - d_scale, scale0, scale0 + d_scale)
                  for ay in (ay0 - d_anchor, ay0, ay0 + d_anchor) for ax in (ax0 - d_anchor, ax0, ax0 + d_anchor)
-                 if (scale, ax, ay) != part and 0 <= ax <= 1 and 0 <= ay <= 1
-                 and PART_SCALES[0] - d_scale <= scale <= PART_SCALES[-1] + d_scale)
+                 if (scale, ax, ay) != part and 0 <= ax <= 1 and 0 <= ay <= 1)
     return near, _part_cells(width, height, near)
 
 
@@ -686,7 +682,7 @@ class ReferenceRegistry:
         turned by 90°, 180° or 270°, or the picture inside its border) counts only with
         ``"correlation"`` on and reached, whatever the other bounds say. With
         ``"correlation"`` on and ``"part_correlation"`` (at most 1; above 1 or absent: off),
-        such a pair of the image as it stands or of its mirror image (:data:`PART_VARIANTS`)
+        such a pair of the image as it stands or of its mirror image (:data:`~artengine.hashing.PART_VARIANTS`)
         that its thumbnails refuse counts when the image's thumbnail (mirrored for the
         mirror image) correlates that well with a part of the reference's
         (:meth:`part_correlation`: a copy with up to a quarter of each side cut away), if

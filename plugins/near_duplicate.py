@@ -302,10 +302,10 @@ class NearDuplicateAudit(Audit):
         if outcome == "fail":
             best = matches[0]
             ref = best.reference
+            turned_or_cut = _how_turned_and_cut(best)
             how = ("byte-identical copy" if best.reference_variant == "file"
                    else f"near-duplicate ({_tilt_words(hashes.tilt)})" if best.query_variant == STRAIGHTENED
-                   else f"near-duplicate ({', '.join(_how_turned_and_cut(best))})" if best.query_variant in VARIANT_NAMES
-                   or best.reference_variant.startswith("part")
+                   else f"near-duplicate ({', '.join(turned_or_cut)})" if turned_or_cut
                    else f"near-duplicate ({best.query_variant.removeprefix('band-')} band alike)"
                    if best.query_variant.startswith("band-") else "near-duplicate")
             return Finding(

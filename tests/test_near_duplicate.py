@@ -112,6 +112,20 @@ def _finding(doc, key):
     return entry, next(f for f in entry["findings"] if f["audit"] == "near_duplicate")
 
 
+def _named(doc, key):
+    """The near-duplicate finding of ``key``, which must name a copy."""
+    _, finding = _finding(doc, key)
+    assert finding["outcome"] == "fail", (key, finding["message"])
+    return finding
+
+
+def _passes(doc, key):
+    """The near-duplicate finding of ``key``, which must pass, the image publishable."""
+    entry, finding = _finding(doc, key)
+    assert finding["outcome"] == "pass" and entry["publishable"], (key, finding["message"])
+    return finding
+
+
 def _one_reference(tmp_path, reference: Image.Image, outputs: dict[str, Image.Image]):
     """``reference`` as the only image of a new registry (saved as refs/reference.png) and
     ``outputs`` (name -> image) saved in outputs/. Returns the reference's path, the
@@ -165,8 +179,7 @@ def test_exact_and_transformed_copies_fail_naming_the_reference_and_others_pass(
         _, finding = _finding(doc, key)  # named for how the copy was turned
         assert finding["details"]["match"]["query_variant"] == variant and words in finding["message"]
     for seed in range(3):
-        entry, finding = _finding(doc, f"original{seed}.png")
-        assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+        _passes(doc, f"original{seed}.png")
     html = (tmp_path / "report" / "report.html").read_text()
     assert "All rights reserved" in html and "data:image/jpeg;base64," in html
 
@@ -322,16 +335,13 @@ def test_a_copy_in_a_mount_or_a_letterbox_is_named_and_another_picture_in_the_sa
                                                      "other_reflected.png": _jpeg(_reflected(other, 0.10), 85)})
     result, doc = _audit(out, _policy(tmp_path), db)
     assert result.exit_code == 1, result.output
-    entry, finding = _finding(doc, "other_reflected.png")
-    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+    _passes(doc, "other_reflected.png")
     for name in copies:
-        _, finding = _finding(doc, name)
-        assert finding["outcome"] == "fail", (name, finding["message"])
+        finding = _named(doc, name)
         assert finding["details"]["match"]["query_variant"] == "trimmed", name
         assert "near-duplicate (in a border) of" in finding["message"]
         assert finding["details"]["match"]["correlation"] >= 0.96
-    entry, finding = _finding(doc, "other.png")
-    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+    _passes(doc, "other.png")
     # With the thumbnail correlation off, the picture inside a border counts for nothing
     # (a cut-out match needs its thumbnail to agree), and the mount hides the copy again.
     _, off = _audit(out, _policy(tmp_path, "min_thumbnail_correlation = 2"), db)
@@ -357,15 +367,13 @@ def test_a_warm_photograph_in_a_wide_white_mount_is_named_on_the_colours_inside_
     result, doc = _audit(out, _policy(tmp_path), db)
     assert result.exit_code == 1, result.output
     for name in copies:
-        _, finding = _finding(doc, name)
-        assert finding["outcome"] == "fail", (name, finding["message"])
+        finding = _named(doc, name)
         assert finding["details"]["match"]["query_variant"] == "trimmed", name
         assert finding["details"]["match"]["colour_distance"] < 0.02, name
         # The whole image's colour is beyond the bound: the mount's white.
         hashes = finding["details"]["hashes"]
         assert hashes["colour"] != hashes["trimmed_colour"], name
-    entry, finding = _finding(doc, "other.png")
-    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+    _passes(doc, "other.png")
 
 
 def test_a_copy_turned_a_few_degrees_is_named_with_its_angle_and_another_picture_turned_so_passes(tmp_path):
@@ -386,13 +394,11 @@ def test_a_copy_turned_a_few_degrees_is_named_with_its_angle_and_another_picture
     result, doc = _audit(out, _policy(tmp_path), db)
     assert result.exit_code == 1, result.output
     for name, (_, angle) in copies.items():
-        _, finding = _finding(doc, name)
-        assert finding["outcome"] == "fail", (name, finding["message"])
+        finding = _named(doc, name)
         assert finding["details"]["match"]["query_variant"] == "straightened", name
         assert f"near-duplicate (rotated by about {angle}) of" in finding["message"], finding["message"]
         assert finding["details"]["match"]["correlation"] >= 0.96
-    entry, finding = _finding(doc, "other_turned.png")
-    assert finding["outcome"] == "pass" and entry["publishable"], finding["message"]
+    finding = _passes(doc, "other_turned.png")
     assert finding["details"]["hashes"]["tilt"] == pytest.approx(7, abs=1)
 
 
@@ -425,16 +431,14 @@ def test_a_copy_cut_from_a_part_of_a_photograph_is_named_and_cuts_of_other_photo
     result, doc = _audit(out, _policy(tmp_path), db)
     assert result.exit_code == 1, result.output
     for name in copies:
-        _, finding = _finding(doc, name)
-        assert finding["outcome"] == "fail", (name, finding["message"])
+        finding = _named(doc, name)
         match = finding["details"]["match"]
         assert match["reference_variant"].startswith("part0.8"), (name, match["reference_variant"])
         assert match["correlation"] >= 0.97 and "cut from it: about 8" in finding["message"], finding["message"]
         assert match["query_variant"] == ("mirror" if name == "cut_mirrored.png" else "full"), name
     assert "(mirrored, cut from it: about 8" in _finding(doc, "cut_mirrored.png")[1]["message"]
     for name in others:
-        entry, finding = _finding(doc, name)
-        assert finding["outcome"] == "pass" and entry["publishable"], (name, finding["message"])
+        _passes(doc, name)
     _, off = _audit(out, _policy(tmp_path, "min_part_correlation = 2"), db)
     for name in copies:
         assert _finding(off, name)[1]["outcome"] == "pass", name
@@ -462,13 +466,11 @@ def test_the_same_object_in_another_colour_on_the_same_ground_passes_and_its_cop
     result, doc = _audit(out, _policy(tmp_path), db)
     assert result.exit_code == 1, result.output
     for name in copies:
-        _, finding = _finding(doc, name)
-        assert finding["outcome"] == "fail", (name, finding["message"])
+        finding = _named(doc, name)
         assert finding["details"]["match"]["saturated_colour_distance"] <= 0.12, name
         assert "(coloured parts 0." in finding["message"], finding["message"]
     for name in others:
-        entry, finding = _finding(doc, name)
-        assert finding["outcome"] == "pass" and entry["publishable"], (name, finding["message"])
+        _passes(doc, name)
     # Only that check told them apart: with it off (1), they are named.
     _, loose = _audit(out, _policy(tmp_path, "max_saturated_colour_distance = 1.0"), db)
     for name in others:
