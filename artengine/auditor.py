@@ -252,13 +252,15 @@ def _checked_in_parallel(check: Callable[[Any], Any], chunks: Sequence[Any]) -> 
     """(chunk, ``check(chunk)``) in order, with chunks checked on one thread per core, one
     chunk each ahead of the one the caller holds (decoding, hashing and CLIP release the
     interpreter lock; the runner gives each calling thread its own workers). Torch runs
-    one thread per caller meanwhile, so the threads do not contend for the same cores
-    twice."""
+    one thread per caller meanwhile, and the BLAS under numpy (the hashes' resizes) one
+    thread in all, so the threads do not contend for the same cores twice."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     workers = max(1, min(usable_cores(), len(chunks)))
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // workers))
+    blas = threadpool_limits(limits=1, user_api="blas")
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artengine-audit") as pool:
             ahead: collections.deque[tuple[Any, Future]] = collections.deque()
@@ -274,6 +276,7 @@ def _checked_in_parallel(check: Callable[[Any], Any], chunks: Sequence[Any]) -> 
                 yield chunk, result
     finally:
         torch.set_num_threads(threads)
+        blas.restore_original_limits()
 
 
 #: Fields of a manifest's "generation" section copied into ``AuditItem.meta``: batch audits

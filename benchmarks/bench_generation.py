@@ -7,7 +7,7 @@ It trains a tiny class-conditional model when --run is not given (the benchmark 
 the pipeline, not image quality), makes keys in a temporary folder, registers a few
 references so the near-duplicate audit really searches, and runs one warm-up job so the
 bias audit's training reference is measured and cached (a one-off cost per run folder,
-shown as the warm-up job's time). Then, in one process, one thread for torch:
+shown as the warm-up job's time). Then, in one process, one thread for torch and the BLAS:
 
 - each stage alone, sequentially, on the same images: bare generator inference; upsample
   + watermark; the per-image audits of the publication policy (perceptual hashes +
@@ -127,7 +127,12 @@ def main() -> None:
         raise SystemExit(f"--count {n}: too few images for a steady state with --margin {args.margin} "
                          f"(chunks of {chunk}): use at least {(2 * args.margin + 4) * chunk}")
 
+    # The stages alone run as a job's workers run them: one thread for torch and one for
+    # the BLAS under numpy (idle OpenBLAS threads spin, and would count as the stage's CPU).
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
     tmp, run, registry = generation_setup("bench-gen-", args.run)
     clip_pretrained = args.clip_pretrained
     if clip_pretrained == "random":

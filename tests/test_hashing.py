@@ -59,6 +59,65 @@ def test_hashes_are_imagehash_values_and_hex(pictures):
     assert imagehash.hex_to_hash(hash_hex(value)) == h
 
 
+def _lanczos_cases(count: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Greyscale pixels and a size to resize them to: noise, two-level and smooth images,
+    shrunk and enlarged, square, tall and wide (tall ones to a small height are resized
+    columns first by Pillow 13, rows first otherwise)."""
+    rng = np.random.default_rng(11)
+    cases = [(rng.integers(0, 256, (128, 128), dtype=np.uint8), size) for size in ((32, 32), (9, 8), (64, 64))]
+    cases += [(rng.integers(0, 256, (300, 100), dtype=np.uint8), (32, 32)),
+              (rng.integers(0, 256, (100, 300), dtype=np.uint8), (9, 8)),
+              (rng.integers(0, 256, (56, 128), dtype=np.uint8), (32, 32))]
+    for i in range(count):
+        height, width = (int(v) for v in rng.integers(1, 260, 2))
+        size = tuple(int(v) for v in rng.integers(1, 180, 2))
+        kind = i % 3
+        if kind == 0:
+            pixels = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        elif kind == 1:
+            pixels = np.where(rng.random((height, width)) < 0.5, 0, 255).astype(np.uint8)
+        else:
+            pixels = np.clip(np.add.outer(np.arange(height), np.arange(width)) * rng.random() * 3, 0, 255).astype(np.uint8)
+        cases.append((pixels, size))
+    return cases
+
+
+def test_the_hashes_lanczos_resize_gives_pillows_pixels():
+    """The hashes' inputs are resized by matrix products with Pillow's own coefficients:
+    the pixels must be Pillow's, whatever the sizes, so that every hash stays imagehash's,
+    and from the matrix products, not from the fallback to Pillow (which is slower)."""
+    from artengine.hashing import _lanczos_order, lanczos
+
+    for pixels, size in _lanczos_cases(300):
+        want = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+        assert _lanczos_order(*pixels.shape, size) is not None, (pixels.shape, size)
+        got = lanczos(pixels, size)
+        assert got.dtype == np.uint8 and got.shape == want.shape
+        assert np.array_equal(got, want), (pixels.shape, size, int(np.abs(got.astype(int) - want).max()))
+    turned = np.rot90(_lanczos_cases(0)[0][0])  # a view, as the quarter turns pass it
+    assert np.array_equal(lanczos(turned, (9, 8)),
+                          np.asarray(Image.fromarray(np.ascontiguousarray(turned)).resize((9, 8), Image.Resampling.LANCZOS)))
+
+
+def test_the_lanczos_resize_leaves_sizes_it_cannot_match_to_pillow(monkeypatch):
+    """Should Pillow's filter ever differ from the one computed here (another version), a
+    size whose passes do not give Pillow's pixels on a probe image is resized by Pillow."""
+    from artengine import hashing
+
+    hashing._lanczos_order.cache_clear()
+    hashing._lanczos_coefficients.cache_clear()
+    monkeypatch.setattr(hashing, "_lanczos_weight", lambda x: 1.0 if -0.5 < x <= 0.5 else 0.0)  # a box filter
+    try:
+        for pixels, size in _lanczos_cases(20):
+            if pixels.shape != size[::-1]:
+                assert hashing._lanczos_order(*pixels.shape, size) is None, (pixels.shape, size)
+            assert np.array_equal(hashing.lanczos(pixels, size),
+                                  np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)))
+    finally:
+        hashing._lanczos_order.cache_clear()
+        hashing._lanczos_coefficients.cache_clear()
+
+
 def test_reduce_keeps_small_images_and_shrinks_large_ones():
     small = Image.new("RGB", (100, 60))
     assert reduce_for_hashing(small) is small
