@@ -59,9 +59,9 @@ from .audit import AuditContext, AuditItem
 from .errors import ArtengineError, InputError, check_seed
 from .gate import ENGINE, judge
 from .hookspecs import HOOK_API_VERSION
-from .io import LoadedImage, atomic_write_bytes, available_memory, encode_image, fsync_dir, open_image, \
-    remove_stray_temps, sha256_file, usable_cores
-from .journal import Journal, start_job
+from .io import LoadedImage, atomic_write_bytes, atomic_write_json, available_memory, encode_image, fsync_dir, \
+    open_image, remove_stray_temps, sha256_file, usable_cores
+from .journal import JOB_FILE, Journal, JobState, start_job
 from .plugins import Plugins, get_plugins
 from .records import Finding
 
@@ -1484,7 +1484,11 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
             except OSError:  # not empty (or not ours to remove): it stays, and so do its parents
                 break
         raise
-    state = start_job(out, spec, compare=(*DEFINING, "job_id"))
+    # The count is not part of what an image is (image i depends on the model, the seed,
+    # i and the conditioning only), so a job may be given a new --count: it grows, or
+    # shrinks as long as no image at or past the new count is made.
+    state = start_job(out, spec, compare=(*(key for key in DEFINING if key != "count"), "job_id"))
+    _recount(out, state, int(spec["count"]))
     spec = state.spec
     for folder in FOLDERS:
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -1610,6 +1614,22 @@ def _check_job_memory(count: int) -> None:
                          f"{available // JOB_BYTES_PER_IMAGE} images")
 
 
+def _recount(out: Path, state: JobState, count: int) -> None:
+    """Give a resumed job the ``count`` asked for now, in ``job.json`` before anything
+    else is written; refused when images at or past it are already made (a job's images
+    are never dropped)."""
+    before = int(state.spec["count"])
+    if count == before:
+        return
+    made = max(state.done, default=-1)
+    if made >= count:
+        raise InputError(f"--count {count}: {out} holds a job of {before} images, made up to "
+                         f"{image_name(made)}; its --count can grow, or shrink to {made + 1} at least")
+    state.spec["count"] = count
+    atomic_write_json(out / JOB_FILE, state.spec)
+    log.info("%s: the job's --count goes from %d to %d", out, before, count)
+
+
 def _missing_folders(out: Path) -> list[Path]:
     """``out`` and those of its parents that do not exist yet, innermost first: what
     ``_check_writable`` creates."""
@@ -1662,9 +1682,13 @@ def _finish(out: Path, spec: Mapping[str, Any], options: GenerateOptions, plugin
         for line in ordered:
             record = json.loads(line)
             folder = record["folder"]
-            if folder == "pending":
+            if folder == "pending":  # placed by the batch verdict: from pending/, or from where
+                # an earlier finish of the job placed it (a job given a larger --count may
+                # now have a batch verdict of the other way)
                 folder = "quarantine" if batch_blocks else "approved"
-                _move_with_sidecar(out / "pending" / record["name"], out / folder / record["name"])
+                other = "approved" if batch_blocks else "quarantine"
+                for source in ("pending", other):
+                    _move_with_sidecar(out / source / record["name"], out / folder / record["name"])
             path = out / folder / record["name"]
             tally["approved" if folder == "approved" else "quarantined"] += 1
             verdict = judge(record["name"], [_finding_from_dict(f) for f in record["findings"]], policy)

@@ -1,7 +1,8 @@
 """The generation journal: the job's spec plus one JSON line per finished image.
 
 Resume rests on this file. A job folder holds ``job.json`` (what was asked: model, seed,
-count, conditioning, policy...; written once, atomically) and ``journal.jsonl``. Each
+count, conditioning, policy...; written atomically, once, and again only when a resumed
+job is given another ``--count``) and ``journal.jsonl``. Each
 finished image appends one line with a single ``write`` on an ``O_APPEND`` descriptor,
 followed by ``fsync``; the line is written only after the image file is safely in place.
 So after a crash the journal names exactly the images that are complete; a torn last line

@@ -709,6 +709,49 @@ def test_a_job_killed_while_placing_its_images_resumes_and_a_finished_one_runs_a
     assert report["batch"] == first_report["batch"]
 
 
+def test_a_job_given_a_larger_count_makes_only_the_images_it_lacks(tiny_run, env, tmp_path, monkeypatch):
+    """--count may change on a job folder: the job grows by the images it lacks, the
+    earlier ones untouched, and ends byte-identical to a job asked for that count at once.
+    Its batch verdict is taken again over every image and earlier images move with it
+    (here images 3-5 are bright: 3 images pass, 6 block). A count below an image already
+    made is refused, and nothing changes."""
+    import gate_plugin
+
+    plugins, policy = _batch_policy(tmp_path, 0.4)
+    monkeypatch.setattr(gate_plugin.MeanBrightness, "compute",
+                        lambda self, items: [200.0 if int(item.key[:6]) >= 3 else 50.0 for item in items])
+
+    def run(out: str, count: int) -> generation.GenerateResult:
+        return generation.generate(generation.GenerateOptions(model=str(tiny_run), count=count, out=tmp_path / out,
+                                                              policy=str(policy), progress=False), plugins)
+
+    def files(out: str) -> dict[str, bytes]:  # images and sidecars by folder/name
+        return {p.relative_to(tmp_path / out).as_posix(): p.read_bytes()
+                for sub in ("approved", "quarantine", "pending") for p in sorted((tmp_path / out / sub).glob("*"))}
+
+    first = run("job", 3)
+    assert first.exit_code == 0 and sorted(files("job")) == sorted(
+        f"approved/{i:06d}.png{suffix}" for i in range(3) for suffix in ("", ".manifest.json"))
+    earlier = {name.split("/")[1]: data for name, data in files("job").items()}
+
+    grown, direct = run("job", 6), run("direct", 6)
+    assert (grown.exit_code, grown.resumed, grown.count, direct.exit_code) == (1, 3, 6, 1)
+    assert files("job") == files("direct")
+    assert sorted(files("job")) == sorted(
+        f"quarantine/{i:06d}.png{suffix}" for i in range(6) for suffix in ("", ".manifest.json"))
+    assert {name: files("job")["quarantine/" + name] for name in earlier} == earlier
+    assert json.loads((tmp_path / "job" / "job.json").read_text())["count"] == 6
+    assert [r["index"] for r in iter_records(tmp_path / "job") if r["type"] == "image"] == list(range(6))
+    report = json.loads(grown.report_json.read_text())
+    assert report["summary"]["images"] == 6 and report["batch"]["status"] == "block"
+
+    before = files("job")
+    with pytest.raises(InputError, match=r"--count 4: .* made up to 000005.png; its --count can grow, "
+                                         r"or shrink to 6 at least"):
+        run("job", 4)
+    assert files("job") == before and json.loads((tmp_path / "job" / "job.json").read_text())["count"] == 6
+
+
 def test_images_gone_from_a_finished_job_are_made_again_by_the_same_command(tiny_run, env, tmp_path, caplog):
     """A studio that deletes or moves images of a finished job (or loses a sidecar) and runs
     the command again gets them back, the same bytes, instead of a report naming files
