@@ -1623,8 +1623,9 @@ def _recount(out: Path, state: JobState, count: int) -> None:
         return
     made = max(state.done, default=-1)
     if made >= count:
+        can = "only grow" if made + 1 >= before else f"grow, or shrink to {made + 1} at least"
         raise InputError(f"--count {count}: {out} holds a job of {before} images, made up to "
-                         f"{image_name(made)}; its --count can grow, or shrink to {made + 1} at least")
+                         f"{image_name(made)}; its --count can {can}")
     state.spec["count"] = count
     atomic_write_json(out / JOB_FILE, state.spec)
     log.info("%s: the job's --count goes from %d to %d", out, before, count)

@@ -746,10 +746,21 @@ def test_a_job_given_a_larger_count_makes_only_the_images_it_lacks(tiny_run, env
     assert report["summary"]["images"] == 6 and report["batch"]["status"] == "block"
 
     before = files("job")
-    with pytest.raises(InputError, match=r"--count 4: .* made up to 000005.png; its --count can grow, "
-                                         r"or shrink to 6 at least"):
+    with pytest.raises(InputError, match=r"--count 4: .* 6 images, made up to 000005.png; its --count can only grow"):
         run("job", 4)
     assert files("job") == before and json.loads((tmp_path / "job" / "job.json").read_text())["count"] == 6
+
+    # A job killed after its first two images may be cut short: to 3 images, it ends as
+    # the 3-image job did, its two images moved back to approved/ by the batch verdict.
+    journal = tmp_path / "direct" / "journal.jsonl"
+    journal.write_bytes(b"".join(line + b"\n" for line in journal.read_bytes().split(b"\n")
+                                 if b'"index":0,' in line or b'"index":1,' in line))
+    with pytest.raises(InputError, match=r"--count 1: .* made up to 000001.png; its --count can grow, "
+                                         r"or shrink to 2 at least"):
+        run("direct", 1)
+    cut = run("direct", 3)
+    assert (cut.exit_code, cut.resumed, cut.count) == (0, 2, 3)
+    assert files("direct") == {"approved/" + name: data for name, data in earlier.items()}
 
 
 def test_images_gone_from_a_finished_job_are_made_again_by_the_same_command(tiny_run, env, tmp_path, caplog):
