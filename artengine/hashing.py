@@ -433,6 +433,8 @@ def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.n
     b = np.asarray(b, dtype=np.float64) - 1 / 3
     if contrast <= 1.0:
         return np.abs(a - b).max(axis=-1).astype(np.float32)
+    if a.shape == b.shape == (3,):  # one pair (the search compares one at a time)
+        return np.float32(_contrast_distance(a.tolist(), b.tolist(), contrast))
     a, b = np.broadcast_arrays(a, b)
     # max_i |s a_i - b_i| is convex and piecewise linear in s: its minimum over the
     # interval is at an end or where two of its pieces cross (s a_i - b_i = +-(s a_j - b_j),
@@ -449,6 +451,31 @@ def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.n
     scales = np.concatenate([ends, crossings], axis=-1)[..., None]  # (..., candidates, 1)
     apart = np.abs(scales * a[..., None, :] - b[..., None, :]).max(axis=-1)
     return apart.min(axis=-1).astype(np.float32)
+
+
+def _contrast_distance(a: list[float], b: list[float], contrast: float) -> float:
+    """:func:`colour_distance` of one pair of 3-channel signatures with a contrast
+    allowance, in Python floats: the same candidate scales (each distinct one once: the
+    crossing of channels i and j is that of j and i, and a channel with itself gives lo
+    or b_i / a_i) and the same double-precision operations as the array form, which
+    numpy's overhead per call makes several times slower for one pair."""
+    lo, hi = 1.0 / contrast, float(contrast)
+    a0, a1, a2 = a
+    b0, b1, b2 = b
+    scales = [lo, hi]
+    for num, den in ((b0 + b0, a0 + a0), (b1 + b1, a1 + a1), (b2 + b2, a2 + a2),
+                     (b0 - b1, a0 - a1), (b0 - b2, a0 - a2), (b1 - b2, a1 - a2),
+                     (b0 + b1, a0 + a1), (b0 + b2, a0 + a2), (b1 + b2, a1 + a2)):
+        if den != 0.0:  # else inf or nan, which the array form replaces by lo
+            scale = num / den
+            scales.append(lo if scale < lo else hi if scale > hi else scale)
+    best = math.inf
+    for scale in scales:
+        apart = abs(scale * a0 - b0)
+        apart = max(apart, abs(scale * a1 - b1), abs(scale * a2 - b2))
+        if apart < best:
+            best = apart
+    return best
 
 
 def luma_thumbnail(image: Image.Image) -> np.ndarray:

@@ -61,6 +61,7 @@ from .hashing import (
     PART_VARIANTS,
     REFERENCE_VARIANTS,
     TURNED_VARIANTS,
+    _PLANE,
     ImageHashes,
     colour_distance,
     colour_signature,
@@ -264,10 +265,17 @@ def _part_cells(width: int, height: int, parts: Sequence[tuple[float, float, flo
     """Where the 16x16 cells of ``parts`` (scale, anchors) of a ``width`` x ``height``
     thumbnail lie in its summed-area table (:func:`_part_details`): the flat offsets of
     their four corners (bottom right, top right, bottom left, top left) and their areas,
-    each ``(parts, 16, 16)``."""
+    each ``(parts, 16, 16)``; or, where the cells tile every part, the offsets of the
+    corners they share and their areas."""
     boxes = np.array([crop_box((width, height), *part) for part in parts])
-    y0, y1 = (a[:, :, None] for a in _box_cells(boxes[:, 1], boxes[:, 3], height))
-    x0, x1 = (a[:, None, :] for a in _box_cells(boxes[:, 0], boxes[:, 2], width))
+    y0, y1 = _box_cells(boxes[:, 1], boxes[:, 3], height)
+    x0, x1 = _box_cells(boxes[:, 0], boxes[:, 2], width)
+    if np.array_equal(y1[:, :-1], y0[:, 1:]) and np.array_equal(x1[:, :-1], x0[:, 1:]):
+        # The cells tile each part (a part shrunk, not enlarged): the 17x17 corners
+        # they share, ``(parts, 17, 17)``, a quarter of the four corners of each cell.
+        ys, xs = np.concatenate([y0, y1[:, -1:]], axis=1), np.concatenate([x0, x1[:, -1:]], axis=1)
+        return ys[:, :, None] * (width + 1) + xs[:, None, :], np.diff(ys)[:, :, None] * np.diff(xs)[:, None, :]
+    y0, y1, x0, x1 = y0[:, :, None], y1[:, :, None], x0[:, None, :], x1[:, None, :]
     top, bottom = y0 * (width + 1), y1 * (width + 1)
     return bottom + x1, top + x1, bottom + x0, top + x0, (y1 - y0) * (x1 - x0)
 
@@ -297,10 +305,39 @@ def _part_details(integral: np.ndarray, cells: tuple[np.ndarray, ...]) -> np.nda
     :func:`_part_cells`: each part's 16x16 cell means, the values Pillow's BOX resize of
     the part gives (:func:`~artengine.hashing.luma_thumbnail`) up to float32 rounding, in
     a few array operations for all the parts instead of one resize each."""
-    bottom_right, top_right, bottom_left, top_left, area = cells
+    return thumbnail_detail(_cell_means(integral, cells))
+
+
+def _cell_means(integral: np.ndarray, cells: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The parts' 16x16 cell means, ``(parts, 16, 16)``, from the summed-area table and
+    :func:`_part_cells` (either form: the same sums, in the same order)."""
     flat = integral.ravel()
-    sums = flat.take(bottom_right) - flat.take(top_right) - flat.take(bottom_left) + flat.take(top_left)
-    return thumbnail_detail(sums / area)
+    if len(cells) == 2:
+        corners, area = cells
+        grid = flat.take(corners)
+        sums = grid[:, 1:, 1:] - grid[:, :-1, 1:] - grid[:, 1:, :-1] + grid[:, :-1, :-1]
+    else:
+        bottom_right, top_right, bottom_left, top_left, area = cells
+        sums = flat.take(bottom_right) - flat.take(top_right) - flat.take(bottom_left) + flat.take(top_left)
+    return sums / area
+
+
+def _part_scores(integral: np.ndarray, cells: tuple[np.ndarray, ...], detail: np.ndarray) -> np.ndarray:
+    """``_part_details(integral, cells) @ detail`` for an image's thumbnail detail (a unit
+    vector with no plane in it, :func:`~artengine.hashing.thumbnail_detail`), without
+    making the parts' details: a part's plane has a dot product of 0 with ``detail``, so
+    each score is the part's cell means (their mean taken off) dotted with ``detail``, over
+    the length of what is left of them once their plane is taken off, which is the
+    square root of their squared length less the squares of their dot products with the
+    planes' basis: four dot products per part instead of a projection and a division of
+    all its 256 cells."""
+    means = _cell_means(integral, cells)
+    means = means.reshape(len(means), -1)
+    means -= means.mean(axis=1, keepdims=True)  # the constant plane: fewer digits to cancel below
+    dots = means @ np.column_stack([detail, _PLANE.T])
+    left = np.einsum("ij,ij->i", means, means) - np.einsum("ij,ij->i", dots[:, 1:], dots[:, 1:])
+    norm = np.sqrt(np.maximum(left, 0.0))
+    return np.where(norm > 1e-3, dots[:, 0] / np.maximum(norm, 1e-12), 0.0)
 
 
 class ReferenceRegistry:
@@ -319,8 +356,10 @@ class ReferenceRegistry:
         self._refs: dict[int, Reference] = {}
         self._details: dict[int, np.ndarray] = {}
         self._saturated: dict[int, np.ndarray | None] = {}
-        # The summed-area tables of the last PARTS_KEPT references' thumbnails in luminance.
+        # The summed-area tables of the references' thumbnails in luminance last used, up
+        # to PARTS_BYTES, and their size.
         self._parts: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._parts_bytes = 0
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -726,22 +765,31 @@ class ReferenceRegistry:
         first, rest = ALGORITHMS[0], ALGORITHMS[1:]
         qi, rows, dist = hamming_within(index.columns[first], hashes[first],
                                         int(max(thresholds[first], close_phash)))
+        # Every pair's distances by the other hashes, in one array operation each instead
+        # of one element of the memory-mapped columns at a time.
+        others = [np.bitwise_count(index.columns[a][rows] ^ hashes[a][qi]).tolist() for a in rest]
         best: dict[int, Match] = {}
         # Per reference and the query's colours compared: the image's, or a cut-out
-        # variant's own (the picture inside a border, without the border's colour).
-        colour_apart: dict[tuple[int, str | None], float] = {}
+        # variant's own (the picture inside a border, without the border's colour). The
+        # image's own against every reference of a pair, at once.
+        pair_refs = index.ref_ids[rows]
+        refs_met, first_rows = np.unique(pair_refs, return_index=True)
+        colour_apart: dict[tuple[int, str | None], float] = dict(zip(
+            ((int(r), None) for r in refs_met),
+            colour_distance(np.asarray(hashes.colour, dtype=np.float32), index.colours[rows[first_rows]],
+                            contrast).tolist()))
         saturated_apart: dict[tuple[int, str | None], float | None] = {}
         correlations: dict[tuple[int, str], float] = {}
         # Per reference and part variant: its best part, if it may be searched.
         parts: dict[tuple[int, str], tuple[float, str] | None] = {}
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
-        for q, row, d in zip(qi.tolist(), rows.tolist(), dist.tolist()):
-            band = band_of_code[int(index.variants[row])]
+        variant_codes = index.variants[rows].tolist()
+        for q, row, ref_id, code, d, *other in zip(qi.tolist(), rows.tolist(), pair_refs.tolist(), variant_codes,
+                                                   dist.tolist(), *others):
+            band = band_of_code[code]
             if band != query_band[q] or (band is not None and not use_bands):
                 continue
-            distances = {first: d}
-            for algorithm in rest:
-                distances[algorithm] = int(np.bitwise_count(index.columns[algorithm][row] ^ hashes[algorithm][q]))
+            distances = {first: d, **dict(zip(rest, other))}
             close = band is None and d <= close_phash and distances["dhash"] <= close_phash_dhash
             within = close or (all(distances[a] <= thresholds[a] for a in ALGORITHMS)
                                and (max_sum is None or sum(distances.values()) <= max_sum))
@@ -753,31 +801,25 @@ class ReferenceRegistry:
                 continue
             if band is not None and sum(distances.values()) > band_sum:
                 continue
-            ref_id = int(index.ref_ids[row])
             variant = hashes.variants[q]
-            reference_variant = index.variant_names[int(index.variants[row])]
+            reference_variant = index.variant_names[code]
             correlation = None
+            detail = None  # set when the pair counts only if a part of the reference correlates
             if verify:  # before the colour: a dot product, where the colour comparison is not
                 correlation = correlations.get((ref_id, variant))
-                detail = query_detail.get(variant)
-                if detail is None:
-                    detail = query_detail[variant] = _query_detail(hashes.luma, variant, hashes.variant_luma)
+                whole = query_detail.get(variant)
+                if whole is None:
+                    whole = query_detail[variant] = _query_detail(hashes.luma, variant, hashes.variant_luma)
                 if correlation is None:
                     correlation = correlations[ref_id, variant] = float(
-                        detail @ self._detail(ref_id, hashes.variant_box.get(variant)))
+                        whole @ self._detail(ref_id, hashes.variant_box.get(variant)))
                 if (not within or confirm) and correlation < min_correlation:
                     # The image as it stands may be a deeper cut of the reference: a part of
                     # the reference's thumbnail may then correlate where the whole does not.
-                    part = None
-                    if min_part is not None and variant in PART_VARIANTS:
-                        if (ref_id, variant) not in parts:
-                            parts[ref_id, variant] = (
-                                self.part_correlation(ref_id, detail)
-                                if min(hashes.quality, self.reference(ref_id).quality) >= part_min_quality else None)
-                        part = parts[ref_id, variant]
-                    if part is None or part[0] < min_part:
+                    # The colours are compared first: they cost far less than the parts.
+                    if min_part is None or variant not in PART_VARIANTS:
                         continue
-                    correlation, reference_variant = part
+                    detail = whole
             key = (ref_id, variant if variant in hashes.variant_colour else None)
             apart = colour_apart.get(key)
             if apart is None:  # one colour signature per reference: compared once per search
@@ -792,6 +834,15 @@ class ReferenceRegistry:
                 saturated = saturated_apart[key]
                 if saturated is not None and saturated > max_saturated:
                     continue
+            if detail is not None:
+                if (ref_id, variant) not in parts:
+                    parts[ref_id, variant] = (
+                        self.part_correlation(ref_id, detail)
+                        if min(hashes.quality, self.reference(ref_id).quality) >= part_min_quality else None)
+                part = parts[ref_id, variant]
+                if part is None or part[0] < min_part:
+                    continue
+                correlation, reference_variant = part
             image_sum = None
             if band is not None:
                 image_sum = self._image_distance_sum(index, ref_id, hashes, whole_queries)
@@ -841,9 +892,12 @@ class ReferenceRegistry:
             theirs = self._saturated[ref_id]
         return None if theirs is None else float(colour_distance(ours, theirs, contrast))
 
-    #: References whose summed-area tables (:meth:`part_correlation`) an open registry
-    #: keeps: 0.13 MB each.
-    PARTS_KEPT = 256
+    #: Bytes of summed-area tables (:meth:`part_correlation`) an open registry keeps, the
+    #: most recently used: 0.13 MB for a 128 px thumbnail (about 240 of them), 9 KB for a
+    #: 32 px one (about 3,600). A registry of small images (a training set of 32 px
+    #: shapes) searched by images that resemble many of them made a table again for two
+    #: of three tests when the tables kept were counted (256).
+    PARTS_BYTES = 32 * 1024 * 1024
 
     def part_correlation(self, ref_id: int, detail: np.ndarray) -> tuple[float, str]:
         """The best :func:`~artengine.hashing.thumbnail_correlation` between an image's
@@ -857,24 +911,25 @@ class ReferenceRegistry:
         :attr:`PART_REFINE_FROM` of a correlation of 1, its neighbours at half the steps
         (:data:`~artengine.hashing.PART_REFINE`); all from a summed-area table of the
         thumbnail's luminance (:func:`_part_details`), kept for the last
-        :attr:`PARTS_KEPT` references."""
+        :attr:`PARTS_BYTES` of them."""
         with self._lock:
             integral = self._parts.get(ref_id)
             if integral is None:
                 luma = np.asarray(self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id).convert("L"),
                                   dtype=np.float64)
                 integral = self._parts[ref_id] = np.pad(luma.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-                while len(self._parts) > self.PARTS_KEPT:
-                    self._parts.popitem(last=False)
+                self._parts_bytes += integral.nbytes
+                while self._parts_bytes > self.PARTS_BYTES and len(self._parts) > 1:
+                    self._parts_bytes -= self._parts.popitem(last=False)[1].nbytes
             else:
                 self._parts.move_to_end(ref_id)
         height, width = integral.shape[0] - 1, integral.shape[1] - 1
-        scores = _part_details(integral, _grid_cells(width, height)) @ detail
+        scores = _part_scores(integral, _grid_cells(width, height), detail)
         k = int(np.argmax(scores))
         best, part = float(scores[k]), _PART_GRID[k]
         if best >= 1 - self.PART_REFINE_FROM:
             near, cells = _near_cells(width, height, k)
-            near_scores = _part_details(integral, cells) @ detail
+            near_scores = _part_scores(integral, cells, detail)
             j = int(np.argmax(near_scores))
             if near_scores[j] > best:
                 best, part = float(near_scores[j]), near[j]

@@ -473,6 +473,14 @@ def test_colour_comparison_allows_for_a_contrast_change_but_not_another_hue():
     assert colour_distance(swapped, original, 1.5) > 0.15
     # No allowance is the plain distance, and an allowance never makes two colours farther.
     assert colour_distance(flatter, original, 1.0) == colour_distance(flatter, original)
+    # One pair at a time (as the search compares) gives what the array form gives.
+    rng = np.random.default_rng(4)
+    pairs = rng.dirichlet([4, 4, 4], size=(400, 2)).astype(np.float32)
+    pairs[::4, 1] = pairs[::4, 0]  # the same colour
+    pairs[1::4, 0, 1] = pairs[1::4, 0, 2]  # two channels alike
+    for contrast in (1.2, 1.5, 4.0):
+        together = colour_distance(pairs[:, 0], pairs[:, 1], contrast)
+        assert [colour_distance(a, b, contrast) for a, b in pairs] == together.tolist()
     assert colour_distance(swapped, original, 1.2) <= colour_distance(swapped, original)
     # Against no reference at all (an empty stack): no distance, not an error.
     assert colour_distance(original, np.zeros((0, 3), np.float32), 1.2).shape == (0,)

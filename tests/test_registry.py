@@ -368,7 +368,7 @@ def test_part_details_are_the_resized_parts_of_the_thumbnail():
     the same cells as Pillow's BOX resize of the part cut out (what the thumbnail
     correlation uses), on square and oblong thumbnails, shrunk and enlarged parts."""
     from artengine.hashing import crop_box, luma_thumbnail, thumbnail_detail
-    from artengine.registry import _PART_GRID, _part_cells, _part_details
+    from artengine.registry import _PART_GRID, _part_cells, _part_details, _part_scores
 
     rng = np.random.default_rng(3)
     parts = [*_PART_GRID, (0.725, 0.125, 0.875), (0.925, 0.375, 0.0), (0.775, 1.0, 0.625)]
@@ -378,6 +378,13 @@ def test_part_details_are_the_resized_parts_of_the_thumbnail():
         expected = thumbnail_detail(np.stack([luma_thumbnail(thumb.crop(crop_box(thumb.size, *p))) for p in parts]))
         luma = np.asarray(thumb, dtype=np.float64)
         integral = np.pad(luma.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        got = _part_details(integral, _part_cells(width, height, parts))
+        cells = _part_cells(width, height, parts)
+        got = _part_details(integral, cells)
         assert got.shape == (len(parts), 256)
         assert np.abs(got - expected).max() < 1e-6, (width, height)
+        # The search scores the parts against an image's thumbnail detail without making
+        # their details (shrunk parts' cells from the corners they share): the same scores.
+        for _ in range(3):
+            image_detail = thumbnail_detail(rng.normal(size=(16, 16)))
+            assert np.abs(_part_scores(integral, cells, image_detail) - got @ image_detail).max() < 1e-9
+    assert len(_part_cells(128, 128, parts)) == 2 and len(_part_cells(20, 14, parts)) == 5  # tiled / enlarged
