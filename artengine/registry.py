@@ -767,7 +767,7 @@ class ReferenceRegistry:
                                         int(max(thresholds[first], close_phash)))
         # Every pair's distances by the other hashes, in one array operation each instead
         # of one element of the memory-mapped columns at a time.
-        others = [np.bitwise_count(index.columns[a][rows] ^ hashes[a][qi]).tolist() for a in rest]
+        apart_by = {first: dist, **{a: np.bitwise_count(index.columns[a][rows] ^ hashes[a][qi]) for a in rest}}
         best: dict[int, Match] = {}
         # Per reference and the query's colours compared: the image's, or a cut-out
         # variant's own (the picture inside a border, without the border's colour). The
@@ -783,9 +783,17 @@ class ReferenceRegistry:
         # Per reference and part variant: its best part, if it may be searched.
         parts: dict[tuple[int, str], tuple[float, str] | None] = {}
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
-        variant_codes = index.variants[rows].tolist()
-        for q, row, ref_id, code, d, *other in zip(qi.tolist(), rows.tolist(), pair_refs.tolist(), variant_codes,
-                                                   dist.tolist(), *others):
+        codes = index.variants[rows]
+        # What the loop below decides from the distances and the thumbnails' correlation
+        # alone, decided for every pair at once: the loop then sees only the pairs it may
+        # keep (thousands fewer against a registry of look-alikes) and decides each of them
+        # again, as before.
+        kept = self._pairs_worth_a_look(
+            hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band, confirmed, use_bands,
+            min_correlation, min_part, query_detail)
+        others = [apart_by[a][kept].tolist() for a in rest]
+        for q, row, ref_id, code, d, *other in zip(qi[kept].tolist(), rows[kept].tolist(), pair_refs[kept].tolist(),
+                                                   codes[kept].tolist(), dist[kept].tolist(), *others):
             band = band_of_code[code]
             if band != query_band[q] or (band is not None and not use_bands):
                 continue
@@ -857,6 +865,57 @@ class ReferenceRegistry:
                 if accept is None or accept(found):
                     best[ref_id] = found
         return sorted(best.values(), key=_match_order)
+
+    def _pairs_worth_a_look(self, hashes: ImageHashes, thresholds: Mapping[str, Any], qi: np.ndarray,
+                            codes: np.ndarray, pair_refs: np.ndarray, apart_by: Mapping[str, np.ndarray],
+                            band_of_code: Sequence[str | None], query_band: Sequence[str | None],
+                            confirmed: Sequence[bool], use_bands: bool, min_correlation: float | None,
+                            min_part: float | None, query_detail: dict[str, np.ndarray]) -> np.ndarray:
+        """The indices of the pairs :meth:`search` must look at: every pair but those its
+        loop would pass over on the distances alone (a band against another band or a
+        whole image, bands not in use; outside every bound and not to be verified; a
+        band's sum too large), or on a whole-thumbnail correlation clearly below the bound
+        where no part may be searched. The correlations here are one product per pair
+        over the same details; the loop computes each it needs again, so a pair within
+        1e-9 of the bound is left to it."""
+        first = ALGORITHMS[0]
+        names = (None, *BAND_VARIANTS)
+        band = np.array([names.index(b) for b in band_of_code])[codes]
+        keep = band == np.array([names.index(b) for b in query_band])[qi]
+        whole = band == 0
+        if not use_bands:
+            keep &= whole
+        total = sum(apart_by.values())
+        within = np.ones(len(qi), dtype=bool)
+        for algorithm in ALGORITHMS:
+            within &= apart_by[algorithm] <= thresholds[algorithm]
+        if thresholds.get("sum") is not None:
+            within &= total <= thresholds["sum"]
+        within |= (whole & (apart_by[first] <= thresholds.get("close_phash", -1))
+                   & (apart_by["dhash"] <= thresholds.get("close_phash_dhash", -1)))
+        verify = whole & (apart_by[first] <= thresholds[first]) if min_correlation is not None \
+            else np.zeros(len(qi), dtype=bool)
+        confirm = np.asarray(confirmed, dtype=bool)[qi]
+        keep &= verify | (within & ~confirm)
+        if use_bands:
+            keep &= whole | (total <= thresholds["band_sum"])
+        if min_correlation is None:
+            return np.flatnonzero(keep)
+        droppable = np.array([(min_part is None or v not in PART_VARIANTS) and v not in hashes.variant_box
+                            for v in hashes.variants])
+        doubtful = np.flatnonzero(keep & verify & (~within | confirm) & droppable[qi])
+        if len(doubtful):
+            refs, ref_at = np.unique(pair_refs[doubtful], return_inverse=True)
+            variants, variant_at = np.unique(qi[doubtful], return_inverse=True)
+            for q in variants.tolist():
+                name = hashes.variants[q]
+                if name not in query_detail:
+                    query_detail[name] = _query_detail(hashes.luma, name, hashes.variant_luma)
+            theirs = np.stack([self._detail(int(r)) for r in refs.tolist()])
+            ours = np.stack([query_detail[hashes.variants[q]] for q in variants.tolist()])
+            approx = np.einsum("ij,ij->i", theirs[ref_at], ours[variant_at])
+            keep[doubtful[approx < min_correlation - 1e-9]] = False
+        return np.flatnonzero(keep)
 
     def _detail(self, ref_id: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
         """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail

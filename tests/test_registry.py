@@ -11,7 +11,7 @@ import sqlite3
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter
 
 from artengine import ReferenceRegistry, RegistryError, open_registries, query_hashes, search_registries
 from artengine.cli import cli
@@ -388,3 +388,54 @@ def test_part_details_are_the_resized_parts_of_the_thumbnail():
             image_detail = thumbnail_detail(rng.normal(size=(16, 16)))
             assert np.abs(_part_scores(integral, cells, image_detail) - got @ image_detail).max() < 1e-9
     assert len(_part_cells(128, 128, parts)) == 2 and len(_part_cells(20, 14, parts)) == 5  # tiled / enlarged
+
+
+def test_the_pairs_passed_over_at_once_are_those_the_search_would_pass_over(tmp_path, monkeypatch):
+    """The search decides on arrays which pairs it need not look at (outside every bound,
+    or a whole-thumbnail correlation clearly below the bound with no part to search), and
+    looks at the rest one by one: the matches must be those of looking at every pair, with
+    the part test on and off, on a registry of look-alikes (training shapes) searched by
+    other shapes and by copies of registered ones (cut, mirrored, turned, brightened)."""
+    from artengine.data import open_dataset
+    from artengine.hashing import query_hashes_many
+    from artengine.plugins import get_plugins
+
+    datasets = get_plugins().components("datasets")
+    training = open_dataset("shapes", image_size=32, seed=0, datasets=datasets, length=160)
+    others = open_dataset("shapes", image_size=32, seed=1, datasets=datasets, length=40)
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i in range(len(training)):
+        training[i].image.save(folder / f"r{i:03d}.png")
+    rng = np.random.default_rng(9)
+    queries = [others[i].image.resize((256, 256), Image.Resampling.BICUBIC) for i in range(len(others))]
+    for i in range(0, 40, 2):
+        image = training[i].image.resize((256, 256), Image.Resampling.BICUBIC)
+        x, y = (int(v) for v in rng.integers(0, 40, 2))
+        cut = image.crop((x, y, x + 205, y + 205)).resize((256, 256))
+        queries += [cut, cut.transpose(Image.Transpose.FLIP_LEFT_RIGHT), image.transpose(Image.Transpose.ROTATE_90),
+                    ImageEnhance.Brightness(image).enhance(1.2)]
+    thresholds = {"phash": 16, "dhash": 12, "sum": 22, "colour": 0.08, "saturated": 0.2, "colour_contrast": 1.2,
+                  "close_phash": 2, "close_phash_dhash": 20, "band_sum": 16, "band_image_sum": 34,
+                  "band_min_quality": 20, "correlation": 0.96, "part_min_quality": 50}
+    looked_at: list[tuple[int, int]] = []
+    with ReferenceRegistry(tmp_path / "refs.db", create=True) as reg:
+        reg.add(sorted(folder.glob("*.png")))
+        everything = reg._pairs_worth_a_look
+
+        def counted(hashes, thresholds, qi, *rest):
+            kept = everything(hashes, thresholds, qi, *rest)
+            looked_at.append((len(kept), len(qi)))
+            return kept
+
+        hashes = query_hashes_many([q.convert("RGB") for q in queries])
+        for part in (0.97, 2.0):  # the part test on (its pairs are looked at) and off
+            bounds = {**thresholds, "part_correlation": part}
+            looked_at.clear()
+            monkeypatch.setattr(reg, "_pairs_worth_a_look", counted)
+            found = [reg.search(h, bounds) for h in hashes]
+            monkeypatch.setattr(reg, "_pairs_worth_a_look", lambda hashes, thresholds, qi, *rest: np.arange(len(qi)))
+            assert [reg.search(h, bounds) for h in hashes] == found
+            assert sum(bool(f) for f in found[40:]) >= 40  # most copies are found
+            kept, pairs = (sum(n) for n in zip(*looked_at))
+            assert kept < 0.5 * pairs  # most pairs passed over at once (0.34 with the part test, 0.08 without)
