@@ -11,7 +11,7 @@ import sqlite3
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageEnhance
 
 from artengine import ReferenceRegistry, RegistryError, open_registries, query_hashes, search_registries
 from artengine.cli import cli
