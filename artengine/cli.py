@@ -782,9 +782,12 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
     if as_json:
         click.echo(json.dumps({"out": str(result.out), "count": result.count, "approved": result.approved,
                                "quarantined": result.quarantined, "verdict": result.verdict,
-                               "exit_code": result.exit_code, "resumed": result.resumed, "workers": result.workers,
+                               "exit_code": result.exit_code, "resumed": result.resumed,
+                               "count_before": result.count_before, "workers": result.workers,
                                "report": str(result.report_json), "html": str(result.report_html)}, indent=2))
     else:
+        if result.count_before is not None:
+            click.echo(f"--count: the job had {result.count_before} images, it now has {result.count}")
         if result.resumed:
             click.echo(f"resumed: {result.resumed} image(s) were already complete")
         click.echo(f"{result.verdict.upper()}: {result.count} images, {result.approved} approved, "

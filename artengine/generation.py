@@ -139,6 +139,8 @@ class GenerateResult:
     report_json: Path
     report_html: Path
     resumed: int  # images already complete when this run started
+    #: The job's count before this run, when this run gave it another ``--count``.
+    count_before: int | None = None
     workers: int = 1  # producer processes (or Ray actors) this run used; 1: the one-worker pipeline
     #: Seconds spent per stage in this run (``generator`` and ``finishing`` summed over
     #: the one-worker pipeline's threads or process, ``writing``, ``batch`` for the
@@ -1488,7 +1490,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     # i and the conditioning only), so a job may be given a new --count: it grows, or
     # shrinks as long as no image at or past the new count is made.
     state = start_job(out, spec, compare=(*(key for key in DEFINING if key != "count"), "job_id"))
-    _recount(out, state, int(spec["count"]))
+    count_before = _recount(out, state, int(spec["count"]))
     spec = state.spec
     for folder in FOLDERS:
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -1584,6 +1586,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         seconds["batch"] = time.perf_counter() - begin
         result.stage_seconds = seconds
         result.workers = workers
+        result.count_before = count_before
         return result
     finally:
         writer.close()
@@ -1614,13 +1617,13 @@ def _check_job_memory(count: int) -> None:
                          f"{available // JOB_BYTES_PER_IMAGE} images")
 
 
-def _recount(out: Path, state: JobState, count: int) -> None:
+def _recount(out: Path, state: JobState, count: int) -> int | None:
     """Give a resumed job the ``count`` asked for now, in ``job.json`` before anything
     else is written; refused when images at or past it are already made (a job's images
-    are never dropped)."""
+    are never dropped). Returns the count it had, when it changes."""
     before = int(state.spec["count"])
     if count == before:
-        return
+        return None
     made = max(state.done, default=-1)
     if made >= count:
         can = "only grow" if made + 1 >= before else f"grow, or shrink to {made + 1} at least"
@@ -1629,6 +1632,7 @@ def _recount(out: Path, state: JobState, count: int) -> None:
     state.spec["count"] = count
     atomic_write_json(out / JOB_FILE, state.spec)
     log.info("%s: the job's --count goes from %d to %d", out, before, count)
+    return before
 
 
 def _missing_folders(out: Path) -> list[Path]:

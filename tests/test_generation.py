@@ -735,7 +735,7 @@ def test_a_job_given_a_larger_count_makes_only_the_images_it_lacks(tiny_run, env
     earlier = {name.split("/")[1]: data for name, data in files("job").items()}
 
     grown, direct = run("job", 6), run("direct", 6)
-    assert (grown.exit_code, grown.resumed, grown.count, direct.exit_code) == (1, 3, 6, 1)
+    assert (grown.exit_code, grown.resumed, grown.count, grown.count_before, direct.exit_code) == (1, 3, 6, 3, 1)
     assert files("job") == files("direct")
     assert sorted(files("job")) == sorted(
         f"quarantine/{i:06d}.png{suffix}" for i in range(6) for suffix in ("", ".manifest.json"))
@@ -759,7 +759,7 @@ def test_a_job_given_a_larger_count_makes_only_the_images_it_lacks(tiny_run, env
                                          r"or shrink to 2 at least"):
         run("direct", 1)
     cut = run("direct", 3)
-    assert (cut.exit_code, cut.resumed, cut.count) == (0, 2, 3)
+    assert (cut.exit_code, cut.resumed, cut.count, cut.count_before) == (0, 2, 3, 6)
     assert files("direct") == {"approved/" + name: data for name, data in earlier.items()}
 
 
