@@ -274,10 +274,11 @@ def _part_cells(width: int, height: int, parts: Sequence[tuple[float, float, flo
         # The cells tile each part (a part shrunk, not enlarged): the 17x17 corners
         # they share, ``(parts, 17, 17)``, a quarter of the four corners of each cell.
         ys, xs = np.concatenate([y0, y1[:, -1:]], axis=1), np.concatenate([x0, x1[:, -1:]], axis=1)
-        return ys[:, :, None] * (width + 1) + xs[:, None, :], np.diff(ys)[:, :, None] * np.diff(xs)[:, None, :]
+        area = np.diff(ys)[:, :, None] * np.diff(xs)[:, None, :]
+        return ys[:, :, None] * (width + 1) + xs[:, None, :], area.astype(np.float64)  # float: a fast division
     y0, y1, x0, x1 = y0[:, :, None], y1[:, :, None], x0[:, None, :], x1[:, None, :]
     top, bottom = y0 * (width + 1), y1 * (width + 1)
-    return bottom + x1, top + x1, bottom + x0, top + x0, (y1 - y0) * (x1 - x0)
+    return bottom + x1, top + x1, bottom + x0, top + x0, ((y1 - y0) * (x1 - x0)).astype(np.float64)
 
 
 @functools.lru_cache(maxsize=16)
@@ -311,15 +312,23 @@ def _part_details(integral: np.ndarray, cells: tuple[np.ndarray, ...]) -> np.nda
 def _cell_means(integral: np.ndarray, cells: tuple[np.ndarray, ...]) -> np.ndarray:
     """The parts' 16x16 cell means, ``(parts, 16, 16)``, from the summed-area table and
     :func:`_part_cells` (either form: the same sums, in the same order)."""
+    # In place where it can be: arrays of this size come fresh from the system each time,
+    # and touching new pages cost more than the arithmetic.
     flat = integral.ravel()
     if len(cells) == 2:
         corners, area = cells
         grid = flat.take(corners)
-        sums = grid[:, 1:, 1:] - grid[:, :-1, 1:] - grid[:, 1:, :-1] + grid[:, :-1, :-1]
+        sums = np.subtract(grid[:, 1:, 1:], grid[:, :-1, 1:])
+        sums -= grid[:, 1:, :-1]
+        sums += grid[:, :-1, :-1]
     else:
         bottom_right, top_right, bottom_left, top_left, area = cells
-        sums = flat.take(bottom_right) - flat.take(top_right) - flat.take(bottom_left) + flat.take(top_left)
-    return sums / area
+        sums = flat.take(bottom_right)
+        sums -= flat.take(top_right)
+        sums -= flat.take(bottom_left)
+        sums += flat.take(top_left)
+    sums /= area
+    return sums
 
 
 def _part_scores(integral: np.ndarray, cells: tuple[np.ndarray, ...], detail: np.ndarray) -> np.ndarray:
