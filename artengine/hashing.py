@@ -276,8 +276,9 @@ def _pass(pixels: np.ndarray, coefficients: np.ndarray, axis: int) -> np.ndarray
     """One pass of Pillow's 8-bit resampling along ``axis`` (1: rows, 0: columns) of a
     ``float64`` array of whole grey levels: each output the integer sum of the inputs
     times the coefficients plus half a unit, shifted down by :data:`_RESAMPLE_BITS` and
-    clipped to 0-255 (Pillow's ``clip8``). Every product and sum is a whole number below
-    2**40, which ``float64`` holds exactly, so one matrix product gives Pillow's integers."""
+    clipped to 0-255 (Pillow's ``clip8``). Every product and partial sum is a whole number
+    far below 2**53 (255 times at most 2**23, a few hundred terms), which ``float64``
+    holds exactly in any order, so one matrix product gives Pillow's integers."""
     sums = pixels @ coefficients.T if axis == 1 else coefficients @ pixels
     sums += 1 << (_RESAMPLE_BITS - 1)
     sums *= 1.0 / (1 << _RESAMPLE_BITS)  # a power of two: exact
