@@ -1,7 +1,7 @@
 """Generation pipeline throughput against its stages measured alone (issue 7).
 
 Run: python benchmarks/bench_generation.py [--count 1024] [--margin 8] [--rounds 5] [--run RUN]
-     [--size PX] [--clip-model ViT-B-32 --clip-pretrained FILE|random]
+     [--registry DB] [--size PX] [--clip-model ViT-B-32 --clip-pretrained FILE|random]
 
 It trains a tiny class-conditional model when --run is not given (the benchmark is about
 the pipeline, not image quality), makes keys in a temporary folder, registers a few
@@ -101,6 +101,9 @@ def main() -> None:
                              "the pipeline holds in flight)")
     parser.add_argument("--chunk", type=int, default=0, help="images per chunk (default: the job default)")
     parser.add_argument("--run", type=Path)
+    parser.add_argument("--registry", type=Path,
+                        help="search this reference registry instead of 16 flat colours (e.g. the demo's, of "
+                             "the training images --run's model resembles: what a studio's job searches)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of stages-alone + pipeline, interleaved")
     parser.add_argument("--size", type=int, help="output side in pixels (default: the job default)")
     parser.add_argument("--clip-model", help="open_clip architecture for the audits' CLIP features "
@@ -134,6 +137,8 @@ def main() -> None:
     torch.set_num_threads(1)
     threadpool_limits(limits=1, user_api="blas")
     tmp, run, registry = generation_setup("bench-gen-", args.run)
+    if args.registry is not None:
+        registry = args.registry
     clip_pretrained = args.clip_pretrained
     if clip_pretrained == "random":
         clip_pretrained = str(random_clip_weights(args.clip_model, tmp))
