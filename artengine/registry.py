@@ -754,12 +754,10 @@ class ReferenceRegistry:
         missing = [a for a in ALGORITHMS if a not in thresholds]
         if missing:
             raise ValueError(f"thresholds missing for {missing}")
-        max_sum = thresholds.get("sum")
         max_colour = thresholds.get("colour")
         max_saturated = thresholds.get("saturated")
         contrast = float(thresholds.get("colour_contrast", 1.0))
         close_phash = thresholds.get("close_phash", -1)
-        close_phash_dhash = thresholds.get("close_phash_dhash", -1)
         min_correlation = thresholds.get("correlation")
         if hashes.luma is None or (min_correlation is not None and min_correlation > 1):
             min_correlation = None
@@ -798,31 +796,19 @@ class ReferenceRegistry:
         parts: dict[tuple[int, str], tuple[float, str] | None] = {}
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         codes = index.variants[rows]
-        # What the loop below decides from the distances and the thumbnails' correlation
-        # alone, decided for every pair at once: the loop then sees only the pairs it may
-        # keep (thousands fewer against a registry of look-alikes) and decides each of them
-        # again, as before.
-        kept = self._pairs_worth_a_look(
+        # What the distances (and the thumbnails' correlation, where it is clearly below
+        # the bound) decide, decided for every pair at once: the loop below sees only the
+        # pairs that may count (thousands fewer against a registry of look-alikes).
+        kept, within_of, verify_of, confirm_of = self._pair_decisions(
             hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band, confirmed, use_bands,
             min_correlation, min_part, query_detail)
         others = [apart_by[a][kept].tolist() for a in rest]
-        for q, row, ref_id, code, d, *other in zip(qi[kept].tolist(), rows[kept].tolist(), pair_refs[kept].tolist(),
-                                                   codes[kept].tolist(), dist[kept].tolist(), *others):
+        for q, row, ref_id, code, d, within, verify, confirm, *other in zip(
+                qi[kept].tolist(), rows[kept].tolist(), pair_refs[kept].tolist(), codes[kept].tolist(),
+                dist[kept].tolist(), within_of[kept].tolist(), verify_of[kept].tolist(), confirm_of[kept].tolist(),
+                *others):
             band = band_of_code[code]
-            if band != query_band[q] or (band is not None and not use_bands):
-                continue
             distances = {first: d, **dict(zip(rest, other))}
-            close = band is None and d <= close_phash and distances["dhash"] <= close_phash_dhash
-            within = close or (all(distances[a] <= thresholds[a] for a in ALGORITHMS)
-                               and (max_sum is None or sum(distances.values()) <= max_sum))
-            # A whole-image pair within the pHash bound may still be a copy whose other
-            # hashes a brightness or contrast change moved: the thumbnails decide.
-            verify = band is None and min_correlation is not None and d <= thresholds[first]
-            confirm = confirmed[q]  # a flipped or turned image: the thumbnails must agree
-            if not verify and (not within or confirm):
-                continue
-            if band is not None and sum(distances.values()) > band_sum:
-                continue
             variant = hashes.variants[q]
             reference_variant = index.variant_names[code]
             correlation = None
@@ -880,18 +866,30 @@ class ReferenceRegistry:
                     best[ref_id] = found
         return sorted(best.values(), key=_match_order)
 
-    def _pairs_worth_a_look(self, hashes: ImageHashes, thresholds: Mapping[str, Any], qi: np.ndarray,
-                            codes: np.ndarray, pair_refs: np.ndarray, apart_by: Mapping[str, np.ndarray],
-                            band_of_code: Sequence[str | None], query_band: Sequence[str | None],
-                            confirmed: Sequence[bool], use_bands: bool, min_correlation: float | None,
-                            min_part: float | None, query_detail: dict[str, np.ndarray]) -> np.ndarray:
-        """The indices of the pairs :meth:`search` must look at: every pair but those its
-        loop would pass over on the distances alone (a band against another band or a
-        whole image, bands not in use; outside every bound and not to be verified; a
-        band's sum too large), or on a whole-thumbnail correlation clearly below the bound
-        where no part may be searched. The correlations here are one product per pair
-        over the same details; the loop computes each it needs again, so a pair within
-        1e-9 of the bound is left to it."""
+    #: A whole-thumbnail correlation is taken as below the bound in :meth:`_pair_decisions`
+    #: only when it is below it by more than this: the loop computes each correlation it
+    #: needs again (another order of the same sum), and decides a pair that close.
+    CORRELATION_MARGIN = 1e-9
+
+    def _pair_decisions(self, hashes: ImageHashes, thresholds: Mapping[str, Any], qi: np.ndarray,
+                        codes: np.ndarray, pair_refs: np.ndarray, apart_by: Mapping[str, np.ndarray],
+                        band_of_code: Sequence[str | None], query_band: Sequence[str | None],
+                        confirmed: Sequence[bool], use_bands: bool, min_correlation: float | None,
+                        min_part: float | None, query_detail: dict[str, np.ndarray],
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What :meth:`search` decides of each pair (query variant ``qi``, reference row)
+        before the thumbnails, for every pair at once: the indices of the pairs it looks
+        at, and, per pair, whether the distances are within the bounds (or the pHashes
+        close), whether the thumbnails are to verify it (a whole-image pair within the
+        pHash bound, with the correlation on) and whether they must confirm it (a
+        :data:`~artengine.hashing.CONFIRMED_VARIANTS` query variant).
+
+        A pair is passed over when it is a band against another band or a whole image, or
+        a band with bands not in use; when it is neither within the bounds (and not to be
+        confirmed) nor to be verified; when it is a band whose sum is too large; or when
+        it counts only by its whole-thumbnail correlation, no part of the reference may be
+        searched, and that correlation (one product per pair over the same details) is
+        below the bound by more than :attr:`CORRELATION_MARGIN`."""
         first = ALGORITHMS[0]
         names = (None, *BAND_VARIANTS)
         band = np.array([names.index(b) for b in band_of_code])[codes]
@@ -907,29 +905,30 @@ class ReferenceRegistry:
             within &= total <= thresholds["sum"]
         within |= (whole & (apart_by[first] <= thresholds.get("close_phash", -1))
                    & (apart_by["dhash"] <= thresholds.get("close_phash_dhash", -1)))
+        # A whole-image pair within the pHash bound may still be a copy whose other hashes
+        # a brightness or contrast change moved: the thumbnails decide.
         verify = whole & (apart_by[first] <= thresholds[first]) if min_correlation is not None \
             else np.zeros(len(qi), dtype=bool)
-        confirm = np.asarray(confirmed, dtype=bool)[qi]
+        confirm = np.asarray(confirmed, dtype=bool)[qi]  # a flipped or turned image: the thumbnails must agree
         keep &= verify | (within & ~confirm)
         if use_bands:
             keep &= whole | (total <= thresholds["band_sum"])
-        if min_correlation is None:
-            return np.flatnonzero(keep)
-        droppable = np.array([(min_part is None or v not in PART_VARIANTS) and v not in hashes.variant_box
-                            for v in hashes.variants])
-        doubtful = np.flatnonzero(keep & verify & (~within | confirm) & droppable[qi])
-        if len(doubtful):
-            refs, ref_at = np.unique(pair_refs[doubtful], return_inverse=True)
-            variants, variant_at = np.unique(qi[doubtful], return_inverse=True)
-            for q in variants.tolist():
-                name = hashes.variants[q]
-                if name not in query_detail:
-                    query_detail[name] = _query_detail(hashes.luma, name, hashes.variant_luma)
-            theirs = np.stack([self._detail(int(r)) for r in refs.tolist()])
-            ours = np.stack([query_detail[hashes.variants[q]] for q in variants.tolist()])
-            approx = np.einsum("ij,ij->i", theirs[ref_at], ours[variant_at])
-            keep[doubtful[approx < min_correlation - 1e-9]] = False
-        return np.flatnonzero(keep)
+        if min_correlation is not None:
+            droppable = np.array([(min_part is None or v not in PART_VARIANTS) and v not in hashes.variant_box
+                                  for v in hashes.variants])
+            doubtful = np.flatnonzero(keep & verify & (~within | confirm) & droppable[qi])
+            if len(doubtful):
+                refs, ref_at = np.unique(pair_refs[doubtful], return_inverse=True)
+                variants, variant_at = np.unique(qi[doubtful], return_inverse=True)
+                for q in variants.tolist():
+                    name = hashes.variants[q]
+                    if name not in query_detail:
+                        query_detail[name] = _query_detail(hashes.luma, name, hashes.variant_luma)
+                theirs = np.stack([self._detail(int(r)) for r in refs.tolist()])
+                ours = np.stack([query_detail[hashes.variants[q]] for q in variants.tolist()])
+                approx = np.einsum("ij,ij->i", theirs[ref_at], ours[variant_at])
+                keep[doubtful[approx < min_correlation - self.CORRELATION_MARGIN]] = False
+        return np.flatnonzero(keep), within, verify, confirm
 
     def _detail(self, ref_id: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
         """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail

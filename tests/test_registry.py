@@ -390,12 +390,52 @@ def test_part_details_are_the_resized_parts_of_the_thumbnail():
     assert len(_part_cells(128, 128, parts)) == 2 and len(_part_cells(20, 14, parts)) == 5  # tiled / enlarged
 
 
+def _pair_decisions_one_by_one(reg, hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band,
+                               confirmed, use_bands, min_correlation, min_part):
+    """The search's decisions of each pair before the colours, one pair at a time (as its
+    loop made them before stop 39): which pairs it looks at, whether each is within the
+    bounds, to be verified, to be confirmed, and the correlation of those it passes over
+    on their correlation alone."""
+    from artengine.hashing import ALGORITHMS, PART_VARIANTS
+    from artengine.registry import _query_detail
+
+    first = ALGORITHMS[0]
+    looked, within_of, verify_of, confirm_of, by_correlation = [], {}, {}, {}, {}
+    for k, (q, code, ref_id) in enumerate(zip(qi.tolist(), codes.tolist(), pair_refs.tolist())):
+        band = band_of_code[code]
+        if band != query_band[q] or (band is not None and not use_bands):
+            continue
+        distances = {a: int(apart_by[a][k]) for a in ALGORITHMS}
+        close = (band is None and distances[first] <= thresholds.get("close_phash", -1)
+                 and distances["dhash"] <= thresholds.get("close_phash_dhash", -1))
+        within = close or (all(distances[a] <= thresholds[a] for a in ALGORITHMS)
+                           and (thresholds.get("sum") is None or sum(distances.values()) <= thresholds["sum"]))
+        verify = band is None and min_correlation is not None and distances[first] <= thresholds[first]
+        confirm = confirmed[q]
+        if not verify and (not within or confirm):
+            continue
+        if band is not None and sum(distances.values()) > thresholds["band_sum"]:
+            continue
+        variant = hashes.variants[q]
+        if verify and (not within or confirm) and (min_part is None or variant not in PART_VARIANTS):
+            detail = _query_detail(hashes.luma, variant, hashes.variant_luma)
+            correlation = float(detail @ reg._detail(ref_id, hashes.variant_box.get(variant)))
+            if correlation < min_correlation:
+                by_correlation[k] = correlation
+                continue
+        looked.append(k)
+        within_of[k], verify_of[k], confirm_of[k] = within, verify, confirm
+    return looked, within_of, verify_of, confirm_of, by_correlation
+
+
 def test_the_pairs_passed_over_at_once_are_those_the_search_would_pass_over(tmp_path, monkeypatch):
     """The search decides on arrays which pairs it need not look at (outside every bound,
     or a whole-thumbnail correlation clearly below the bound with no part to search), and
-    looks at the rest one by one: the matches must be those of looking at every pair, with
-    the part test on and off, on a registry of look-alikes (training shapes) searched by
-    other shapes and by copies of registered ones (cut, mirrored, turned, brightened)."""
+    looks at the rest one by one. Those decisions must be the ones made a pair at a time
+    (a pair whose correlation is within the margin of the bound may be looked at besides),
+    and the matches those of looking at every pair the correlation alone would pass over,
+    with the part test on and off, on a registry of look-alikes (training shapes) searched
+    by other shapes and by copies of registered ones (cut, mirrored, turned, brightened)."""
     from artengine.data import open_dataset
     from artengine.hashing import query_hashes_many
     from artengine.plugins import get_plugins
@@ -421,21 +461,37 @@ def test_the_pairs_passed_over_at_once_are_those_the_search_would_pass_over(tmp_
     looked_at: list[tuple[int, int]] = []
     with ReferenceRegistry(tmp_path / "refs.db", create=True) as reg:
         reg.add(sorted(folder.glob("*.png")))
-        everything = reg._pairs_worth_a_look
+        at_once = reg._pair_decisions
 
-        def counted(hashes, thresholds, qi, *rest):
-            kept = everything(hashes, thresholds, qi, *rest)
+        def checked(hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band, confirmed,
+                    use_bands, min_correlation, min_part, query_detail):
+            decided = at_once(hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band,
+                              confirmed, use_bands, min_correlation, min_part, query_detail)
+            kept, within, verify, confirm = decided
+            looked, one_within, one_verify, one_confirm, by_correlation = _pair_decisions_one_by_one(
+                reg, hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band, confirmed,
+                use_bands, min_correlation, min_part)
+            assert set(looked) <= set(kept.tolist())
+            for k in set(kept.tolist()) - set(looked):  # only pairs within the margin of the bound
+                assert by_correlation[k] >= min_correlation - reg.CORRELATION_MARGIN
+            for k in looked:
+                assert (bool(within[k]), bool(verify[k]), bool(confirm[k])) == (one_within[k], one_verify[k],
+                                                                                 one_confirm[k])
             looked_at.append((len(kept), len(qi)))
-            return kept
+            return decided
 
         hashes = query_hashes_many([q.convert("RGB") for q in queries])
-        for part in (0.97, 2.0):  # the part test on (its pairs are looked at) and off
-            bounds = {**thresholds, "part_correlation": part}
+        # The part test on (its pairs are looked at) and off; and the thumbnails off (a
+        # turned copy then never counts).
+        for part, correlation in ((0.97, 0.96), (2.0, 0.96), (2.0, 2.0)):
+            bounds = {**thresholds, "part_correlation": part, "correlation": correlation}
             looked_at.clear()
-            monkeypatch.setattr(reg, "_pairs_worth_a_look", counted)
+            monkeypatch.setattr(reg, "_pair_decisions", checked)
             found = [reg.search(h, bounds) for h in hashes]
-            monkeypatch.setattr(reg, "_pairs_worth_a_look", lambda hashes, thresholds, qi, *rest: np.arange(len(qi)))
-            assert [reg.search(h, bounds) for h in hashes] == found
-            assert sum(bool(f) for f in found[40:]) >= 40  # most copies are found
             kept, pairs = (sum(n) for n in zip(*looked_at))
-            assert kept < 0.5 * pairs  # most pairs passed over at once (0.34 with the part test, 0.08 without)
+            monkeypatch.setattr(reg, "CORRELATION_MARGIN", float("inf"))  # no pair passed over on its correlation
+            assert [reg.search(h, bounds) for h in hashes] == found
+            monkeypatch.undo()
+            if correlation <= 1:
+                assert sum(bool(f) for f in found[40:]) >= 40  # most copies are found
+                assert kept < 0.5 * pairs  # most pairs passed over at once (0.34 with the part test, 0.08 without)
