@@ -369,6 +369,10 @@ class ReferenceRegistry:
         # to PARTS_BYTES, and their size.
         self._parts: OrderedDict[int, np.ndarray] = OrderedDict()
         self._parts_bytes = 0
+        # The references' thumbnails in luminance last decoded, up to GRAYS_BYTES: a part
+        # test follows the colour bounds that decoded the thumbnail in the same search.
+        self._grays: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._grays_bytes = 0
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -934,19 +938,52 @@ class ReferenceRegistry:
         """:func:`~artengine.hashing.thumbnail_detail` of a reference's stored thumbnail
         (decoded once per open registry), or of the part of it in ``box`` (fractions of
         its sides, ``(left, top, right, bottom)``: what a cut-out query variant faces;
-        decoded each time, as boxes differ from image to image and are rare)."""
+        measured each time, as boxes differ from image to image and are rare, on its
+        luminance, decoded again only once let go)."""
         if box is not None:
-            image = self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id)
-            width, height = image.size
-            return thumbnail_detail(luma_thumbnail(image.crop((round(box[0] * width), round(box[1] * height),
-                                                               round(box[2] * width), round(box[3] * height)))))
+            gray = self._gray(ref_id)
+            height, width = gray.shape
+            part = Image.fromarray(gray[round(box[1] * height):round(box[3] * height),
+                                        round(box[0] * width):round(box[2] * width)])
+            return thumbnail_detail(luma_thumbnail(part))
         with self._lock:
             detail = self._details.get(ref_id)
             if detail is None:
-                ref = self.reference(ref_id)
-                detail = self._details[ref_id] = thumbnail_detail(
-                    luma_thumbnail(self._thumbnail_image(ref.thumbnail, ref_id)))
+                self._measure(ref_id)
+                detail = self._details[ref_id]
             return detail
+
+    #: Bytes of decoded thumbnails in luminance (:meth:`_measure`) an open registry keeps,
+    #: the most recently decoded: 16 KB for a 128 px thumbnail (about 500), 1 KB for a 32
+    #: px one (8,000).
+    GRAYS_BYTES = 8 * 1024 * 1024
+
+    def _gray(self, ref_id: int) -> np.ndarray:
+        """A reference's stored thumbnail in luminance (``uint8``), decoded once while kept."""
+        with self._lock:
+            gray = self._grays.get(ref_id)
+            if gray is None:
+                self._measure(ref_id)
+                gray = self._grays[ref_id]
+            else:
+                self._grays.move_to_end(ref_id)
+            return gray
+
+    def _measure(self, ref_id: int) -> None:
+        """Decode a reference's stored thumbnail once for everything the search measures
+        on it: its thumbnail detail and the colour of its coloured parts (kept while the
+        registry is open), and its luminance, kept for :meth:`part_correlation` among the
+        last :attr:`GRAYS_BYTES` decoded. Called with the lock held."""
+        image = self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id)
+        gray = image.convert("L")
+        if ref_id not in self._details:
+            self._details[ref_id] = thumbnail_detail(luma_thumbnail(gray))
+        if ref_id not in self._saturated:
+            self._saturated[ref_id] = saturated_colour(image)
+        pixels = self._grays[ref_id] = np.asarray(gray)
+        self._grays_bytes += pixels.nbytes
+        while self._grays_bytes > self.GRAYS_BYTES and len(self._grays) > 1:
+            self._grays_bytes -= self._grays.popitem(last=False)[1].nbytes
 
     def saturated_distance(self, ref_id: int, hashes: ImageHashes, variant: str = "full",
                            contrast: float = 1.0) -> float | None:
@@ -959,8 +996,7 @@ class ReferenceRegistry:
             return None
         with self._lock:
             if ref_id not in self._saturated:
-                self._saturated[ref_id] = saturated_colour(
-                    self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id))
+                self._measure(ref_id)
             theirs = self._saturated[ref_id]
         return None if theirs is None else float(colour_distance(ours, theirs, contrast))
 
@@ -987,8 +1023,7 @@ class ReferenceRegistry:
         with self._lock:
             integral = self._parts.get(ref_id)
             if integral is None:
-                luma = np.asarray(self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id).convert("L"),
-                                  dtype=np.float64)
+                luma = self._gray(ref_id).astype(np.float64)
                 integral = self._parts[ref_id] = np.pad(luma.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
                 self._parts_bytes += integral.nbytes
                 while self._parts_bytes > self.PARTS_BYTES and len(self._parts) > 1:

@@ -495,3 +495,50 @@ def test_the_pairs_passed_over_at_once_are_those_the_search_would_pass_over(tmp_
             if correlation <= 1:
                 assert sum(bool(f) for f in found[40:]) >= 40  # most copies are found
                 assert kept < 0.5 * pairs  # most pairs passed over at once (0.34 with the part test, 0.08 without)
+
+
+def test_a_reference_thumbnail_is_decoded_once_for_everything_the_search_measures(tmp_path, monkeypatch):
+    """The search measures three things on a reference's stored thumbnail (its detail, the
+    colour of its coloured parts, the summed-area table of its parts); the JPEG is decoded
+    once for all of them while the registry is open, and a part test after its luminance
+    was let go decodes it again to the same findings."""
+    from artengine.data import open_dataset
+    from artengine.hashing import query_hashes_many
+    from artengine.plugins import get_plugins
+
+    datasets = get_plugins().components("datasets")
+    training = open_dataset("shapes", image_size=32, seed=0, datasets=datasets, length=120)
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i in range(len(training)):
+        training[i].image.save(folder / f"r{i:03d}.png")
+    queries = []
+    for i in range(0, 60, 3):
+        image = training[i].image.resize((256, 256), Image.Resampling.BICUBIC)
+        queries += [image.crop((20, 30, 225, 235)).resize((256, 256)), ImageEnhance.Brightness(image).enhance(1.2),
+                    training[i + 1].image.resize((256, 256), Image.Resampling.BICUBIC).rotate(3)]
+    thresholds = {"phash": 16, "dhash": 12, "sum": 22, "colour": 0.08, "saturated": 0.2, "colour_contrast": 1.2,
+                  "close_phash": 2, "close_phash_dhash": 20, "band_sum": 16, "band_image_sum": 34,
+                  "band_min_quality": 20, "correlation": 0.96, "part_correlation": 0.97, "part_min_quality": 50}
+    hashes = query_hashes_many([q.convert("RGB") for q in queries])
+    with ReferenceRegistry(tmp_path / "refs.db", create=True) as reg:
+        reg.add(sorted(folder.glob("*.png")))
+    found = {}
+    for grays_bytes in (ReferenceRegistry.GRAYS_BYTES, 0):
+        decoded: list[int] = []
+        with ReferenceRegistry(tmp_path / "refs.db") as reg:
+            monkeypatch.setattr(reg, "GRAYS_BYTES", grays_bytes)
+            decode = reg._thumbnail_image
+            monkeypatch.setattr(reg, "_thumbnail_image", lambda data, ref_id: decoded.append(ref_id) or decode(data, ref_id))
+            part_tests = []
+            part_correlation = reg.part_correlation
+            monkeypatch.setattr(reg, "part_correlation",
+                                lambda ref_id, detail: part_tests.append(ref_id) or part_correlation(ref_id, detail))
+            found[grays_bytes] = [[m.as_dict() for m in reg.search(h, thresholds)] for h in hashes]
+        assert part_tests and decoded  # the searches reached the thumbnails and the part test
+        if grays_bytes:
+            assert len(decoded) == len(set(decoded))  # each thumbnail decoded once
+        else:
+            assert len(decoded) > len(set(decoded))  # luminance let go: decoded again for a part test
+    assert found[0] == found[ReferenceRegistry.GRAYS_BYTES]
+    assert sum(bool(f) for f in found[0]) >= 30  # the cut and brightened copies are named
