@@ -103,8 +103,9 @@ BAND_VARIANTS: tuple[str, ...] = ("band-top", "band-bottom")
 #: way a copyist may have turned it: left-right ("mirror"), top-bottom ("flip"), both
 #: ("rotate180") and by a quarter turn either way, with the transposition that makes it.
 #: The flips are hashed from the image's own resized hash inputs (flipping commutes with
-#: the symmetric Lanczos resize), the quarter turns from the turned intermediate; a copy
-#: turned over is searched for without storing turned references.
+#: the symmetric Lanczos resize), a quarter turn from the turned intermediate and the other
+#: from its inputs turned half over; a copy turned over is searched for without storing
+#: turned references.
 TURNED_VARIANTS: dict[str, Image.Transpose] = {
     "mirror": Image.Transpose.FLIP_LEFT_RIGHT,
     "flip": Image.Transpose.FLIP_TOP_BOTTOM,
@@ -707,19 +708,22 @@ _TRANSPOSED = {
 }
 
 
-def _turned(pixels: np.ndarray, whole: tuple[np.ndarray, np.ndarray],
-            method: Image.Transpose) -> tuple[np.ndarray, np.ndarray]:
-    """The hash inputs of the image turned over (a :data:`TURNED_VARIANTS` transposition).
-    A flip or half turn comes from the image's own inputs ``whole``: flipping either axis
+def _turned(pixels: np.ndarray, whole: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The hash inputs of the image turned over, in :data:`TURNED_VARIANTS` order. A flip
+    or half turn comes from the image's own inputs ``whole``: flipping either axis
     commutes with Pillow's symmetric Lanczos resize, so the turned image need not be
-    resized again. A quarter turn swaps the axes of dHash's 9x8 input, so it is resized
-    from the turned intermediate ``pixels`` (``tests/test_hashing.py`` checks the rows
-    against hashing the turned image)."""
-    turn = _TRANSPOSED[method]
-    if method in _QUARTER_TURNS:
-        return _hash_inputs(turn(pixels))
-    small, strip = whole
-    return np.ascontiguousarray(turn(small)), np.ascontiguousarray(turn(strip))
+    resized again. A quarter turn swaps the axes of dHash's 9x8 input, so the anticlockwise
+    one is resized from the turned intermediate ``pixels``, and the clockwise one, its half
+    turn, comes from its inputs (``tests/test_hashing.py`` checks the rows against hashing
+    the turned image)."""
+    out: dict[Image.Transpose, tuple[np.ndarray, np.ndarray]] = {}
+    for method in TURNED_VARIANTS.values():
+        if method in _QUARTER_TURNS:
+            continue
+        out[method] = tuple(np.ascontiguousarray(_TRANSPOSED[method](a)) for a in whole)
+    quarter = out[Image.Transpose.ROTATE_90] = _hash_inputs(np.rot90(pixels, 1))
+    out[Image.Transpose.ROTATE_270] = tuple(np.ascontiguousarray(a[::-1, ::-1]) for a in quarter)
+    return [out[method] for method in TURNED_VARIANTS.values()]
 
 
 def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
@@ -1020,8 +1024,7 @@ def query_hashes_many(images: Sequence[Image.Image]) -> list[ImageHashes]:
     for image, gray in zip(images, grays):
         pixels = np.asarray(gray)
         whole = _hash_inputs(pixels)
-        inputs += [whole, *(_turned(pixels, whole, method) for method in TURNED_VARIANTS.values()),
-                   *_band_inputs(pixels)]
+        inputs += [whole, *_turned(pixels, whole), *_band_inputs(pixels)]
         # Variants cut out of the image (the picture inside a border, the straightened
         # picture), what each one's thumbnail is taken of, its box on the reference, and
         # its own colours.
