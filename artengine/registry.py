@@ -331,22 +331,80 @@ def _cell_means(integral: np.ndarray, cells: tuple[np.ndarray, ...]) -> np.ndarr
     return sums
 
 
-def _part_scores(integral: np.ndarray, cells: tuple[np.ndarray, ...], detail: np.ndarray) -> np.ndarray:
-    """``_part_details(integral, cells) @ detail`` for an image's thumbnail detail (a unit
-    vector with no plane in it, :func:`~artengine.hashing.thumbnail_detail`), without
-    making the parts' details: a part's plane has a dot product of 0 with ``detail``, so
-    each score is the part's cell means (their mean taken off) dotted with ``detail``, over
-    the length of what is left of them once their plane is taken off, which is the
-    square root of their squared length less the squares of their dot products with the
-    planes' basis: four dot products per part instead of a projection and a division of
-    all its 256 cells."""
+def _part_norms(integral: np.ndarray, cells: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The length of each part's cell means once their plane (brightness, gradient) is
+    taken off: the square root of their squared length (their mean taken off) less the
+    squares of their dot products with the planes' basis. What a part's thumbnail detail
+    is divided by (:func:`~artengine.hashing.thumbnail_detail`), and a property of the
+    reference alone: an open registry keeps it with the summed-area table."""
     means = _cell_means(integral, cells)
     means = means.reshape(len(means), -1)
     means -= means.mean(axis=1, keepdims=True)  # the constant plane: fewer digits to cancel below
-    dots = means @ np.column_stack([detail, _PLANE.T])
-    left = np.einsum("ij,ij->i", means, means) - np.einsum("ij,ij->i", dots[:, 1:], dots[:, 1:])
-    norm = np.sqrt(np.maximum(left, 0.0))
-    return np.where(norm > 1e-3, dots[:, 0] / np.maximum(norm, 1e-12), 0.0)
+    dots = means @ _PLANE.T
+    return np.sqrt(np.maximum(np.einsum("ij,ij->i", means, means) - np.einsum("ij,ij->i", dots, dots), 0.0))
+
+
+def _corner_weights(cells: tuple[np.ndarray, ...], detail: np.ndarray) -> np.ndarray:
+    """For cells that tile their parts (:func:`_part_cells`' two-array form): the weights
+    of the 17x17 corners' values in the summed-area table, ``(parts, 289)``, whose dot
+    product with those values is the parts' cell means dotted with ``detail``. A cell's
+    sum is its four corners with signs, so each corner takes the ``detail / area`` of the
+    up to four cells it is a corner of. They depend on the image and the thumbnails' size,
+    not on the reference: made once per image for every reference of that size."""
+    corners, area = cells
+    cell = detail.reshape(LUMA_SIDE, LUMA_SIDE) / area
+    weights = np.zeros(corners.shape)
+    weights[:, 1:, 1:] += cell
+    weights[:, :-1, 1:] -= cell
+    weights[:, 1:, :-1] -= cell
+    weights[:, :-1, :-1] += cell
+    return weights.reshape(len(weights), -1)
+
+
+def _part_scores(integral: np.ndarray, cells: tuple[np.ndarray, ...], detail: np.ndarray,
+                 norms: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
+    """``_part_details(integral, cells) @ detail`` for an image's thumbnail detail (a unit
+    vector with no plane in it, :func:`~artengine.hashing.thumbnail_detail`), without
+    making the parts' details: a part's plane has a dot product of 0 with ``detail``, so
+    each score is the part's cell means dotted with ``detail``, over the part's
+    :func:`_part_norms` (pass them where they are kept). Where the cells tile the parts,
+    that dot product is the corners' values in the table dotted with their
+    :func:`_corner_weights` (pass them where they are kept): one gather and one product
+    per part, no cell made."""
+    if norms is None:
+        norms = _part_norms(integral, cells)
+    if len(cells) == 2:
+        if weights is None:
+            weights = _corner_weights(cells, detail)
+        values = integral.ravel().take(cells[0]).reshape(len(norms), -1)
+        dots = np.einsum("ij,ij->i", values, weights)
+    else:
+        dots = _cell_means(integral, cells).reshape(len(norms), -1) @ detail
+    return np.where(norms > 1e-3, dots / np.maximum(norms, 1e-12), 0.0)
+
+
+class _PartTable:
+    """What an open registry keeps of a reference for the part test: the summed-area table
+    of its thumbnail's luminance, the :func:`_part_norms` of the part grid, and those of
+    the neighbours of the grid's parts looked at more closely (by the part's index)."""
+
+    __slots__ = ("integral", "norms", "near", "nbytes")
+
+    def __init__(self, integral: np.ndarray, norms: np.ndarray) -> None:
+        self.integral, self.norms = integral, norms
+        self.near: dict[int, np.ndarray] = {}
+        self.nbytes = integral.nbytes + norms.nbytes
+
+
+@functools.lru_cache(maxsize=256)
+def _query_weights(detail: bytes, width: int, height: int, k: int | None) -> np.ndarray | None:
+    """The :func:`_corner_weights` of an image's thumbnail detail (its bytes) for the part
+    grid of a ``width`` x ``height`` thumbnail (``k`` None) or the neighbours of its part
+    ``k``; None where the cells do not tile the parts. Made once per image and size."""
+    cells = _grid_cells(width, height) if k is None else _near_cells(width, height, k)[1]
+    if len(cells) != 2:
+        return None
+    return _corner_weights(cells, np.frombuffer(detail, dtype=np.float64))
 
 
 class ReferenceRegistry:
@@ -1021,22 +1079,34 @@ class ReferenceRegistry:
         thumbnail's luminance (:func:`_part_details`), kept for the last
         :attr:`PARTS_BYTES` of them."""
         with self._lock:
-            integral = self._parts.get(ref_id)
-            if integral is None:
+            table = self._parts.get(ref_id)
+            if table is None:
                 luma = self._gray(ref_id).astype(np.float64)
-                integral = self._parts[ref_id] = np.pad(luma.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-                self._parts_bytes += integral.nbytes
+                integral = np.pad(luma.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+                height, width = luma.shape
+                table = self._parts[ref_id] = _PartTable(integral, _part_norms(integral, _grid_cells(width, height)))
+                self._parts_bytes += table.nbytes
                 while self._parts_bytes > self.PARTS_BYTES and len(self._parts) > 1:
                     self._parts_bytes -= self._parts.popitem(last=False)[1].nbytes
             else:
                 self._parts.move_to_end(ref_id)
+        integral = table.integral
         height, width = integral.shape[0] - 1, integral.shape[1] - 1
-        scores = _part_scores(integral, _grid_cells(width, height), detail)
+        key = np.asarray(detail, dtype=np.float64).tobytes()
+        scores = _part_scores(integral, _grid_cells(width, height), detail, table.norms,
+                              _query_weights(key, width, height, None))
         k = int(np.argmax(scores))
         best, part = float(scores[k]), _PART_GRID[k]
         if best >= 1 - self.PART_REFINE_FROM:
             near, cells = _near_cells(width, height, k)
-            near_scores = _part_scores(integral, cells, detail)
+            norms = table.near.get(k)
+            if norms is None:
+                norms = table.near[k] = _part_norms(integral, cells)
+                with self._lock:
+                    if self._parts.get(ref_id) is table:
+                        self._parts_bytes += norms.nbytes
+                        table.nbytes += norms.nbytes
+            near_scores = _part_scores(integral, cells, detail, norms, _query_weights(key, width, height, k))
             j = int(np.argmax(near_scores))
             if near_scores[j] > best:
                 best, part = float(near_scores[j]), near[j]

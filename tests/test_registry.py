@@ -368,7 +368,7 @@ def test_part_details_are_the_resized_parts_of_the_thumbnail():
     the same cells as Pillow's BOX resize of the part cut out (what the thumbnail
     correlation uses), on square and oblong thumbnails, shrunk and enlarged parts."""
     from artengine.hashing import crop_box, luma_thumbnail, thumbnail_detail
-    from artengine.registry import _PART_GRID, _part_cells, _part_details, _part_scores
+    from artengine.registry import _PART_GRID, _corner_weights, _part_cells, _part_details, _part_norms, _part_scores
 
     rng = np.random.default_rng(3)
     parts = [*_PART_GRID, (0.725, 0.125, 0.875), (0.925, 0.375, 0.0), (0.775, 1.0, 0.625)]
@@ -387,6 +387,10 @@ def test_part_details_are_the_resized_parts_of_the_thumbnail():
         for _ in range(3):
             image_detail = thumbnail_detail(rng.normal(size=(16, 16)))
             assert np.abs(_part_scores(integral, cells, image_detail) - got @ image_detail).max() < 1e-9
+            # The norms kept with the table and the image's corner weights give the same.
+            kept = _part_scores(integral, cells, image_detail, _part_norms(integral, cells),
+                                _corner_weights(cells, image_detail) if len(cells) == 2 else None)
+            assert np.abs(kept - got @ image_detail).max() < 1e-9
     assert len(_part_cells(128, 128, parts)) == 2 and len(_part_cells(20, 14, parts)) == 5  # tiled / enlarged
 
 
