@@ -422,7 +422,9 @@ class ReferenceRegistry:
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}
-        self._details: dict[int, np.ndarray] = {}
+        # The references' thumbnail details by id, a row each, and which rows are made.
+        self._details = np.zeros((0, LUMA_SIDE * LUMA_SIDE))
+        self._detailed = np.zeros(0, dtype=bool)
         self._saturated: dict[int, np.ndarray | None] = {}
         self._saturated_centred: dict[int, list[float]] = {}
         # The summed-area tables of the references' thumbnails in luminance last used, up
@@ -988,7 +990,7 @@ class ReferenceRegistry:
                     name = hashes.variants[q]
                     if name not in query_detail:
                         query_detail[name] = _query_detail(hashes.luma, name, hashes.variant_luma)
-                theirs = np.stack([self._detail(int(r)) for r in refs.tolist()])
+                theirs = self._details_of(refs)
                 ours = np.stack([query_detail[hashes.variants[q]] for q in variants.tolist()])
                 approx = np.einsum("ij,ij->i", theirs[ref_at], ours[variant_at])
                 keep[doubtful[approx < min_correlation - self.CORRELATION_MARGIN]] = False
@@ -1007,11 +1009,26 @@ class ReferenceRegistry:
                                         round(box[0] * width):round(box[2] * width)])
             return thumbnail_detail(luma_thumbnail(part))
         with self._lock:
-            detail = self._details.get(ref_id)
-            if detail is None:
+            if ref_id >= len(self._detailed) or not self._detailed[ref_id]:
                 self._measure(ref_id)
-                detail = self._details[ref_id]
-            return detail
+            return self._details[ref_id]
+
+    def _details_of(self, refs: np.ndarray) -> np.ndarray:
+        """:meth:`_detail` of references (an array of ids), as rows of one array."""
+        with self._lock:
+            if len(refs) and int(refs.max()) >= len(self._detailed):
+                self._grow_details(int(refs.max()) + 1)
+            for ref_id in refs[~self._detailed[refs]].tolist():
+                self._measure(ref_id)
+            return self._details[refs]
+
+    def _grow_details(self, size: int) -> None:
+        size = max(size, 2 * len(self._detailed), int(self.index().ref_ids.max(initial=0)) + 1)
+        details = np.zeros((size, self._details.shape[1]))
+        details[:len(self._details)] = self._details
+        detailed = np.zeros(size, dtype=bool)
+        detailed[:len(self._detailed)] = self._detailed
+        self._details, self._detailed = details, detailed
 
     #: Bytes of decoded thumbnails in luminance (:meth:`_measure`) an open registry keeps,
     #: the most recently decoded: 16 KB for a 128 px thumbnail (about 500), 1 KB for a 32
@@ -1036,8 +1053,11 @@ class ReferenceRegistry:
         last :attr:`GRAYS_BYTES` decoded. Called with the lock held."""
         image = self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id)
         gray = image.convert("L")
-        if ref_id not in self._details:
+        if ref_id >= len(self._detailed):
+            self._grow_details(ref_id + 1)
+        if not self._detailed[ref_id]:
             self._details[ref_id] = thumbnail_detail(luma_thumbnail(gray))
+            self._detailed[ref_id] = True
         if ref_id not in self._saturated:
             colour = self._saturated[ref_id] = saturated_colour(image)
             if colour is not None:  # as colour_distance takes it
