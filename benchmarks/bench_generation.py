@@ -136,9 +136,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     threadpool_limits(limits=1, user_api="blas")
-    tmp, run, registry = generation_setup("bench-gen-", args.run)
-    if args.registry is not None:
-        registry = args.registry
+    tmp, run, registry = generation_setup("bench-gen-", args.run, registry=args.registry)
     clip_pretrained = args.clip_pretrained
     if clip_pretrained == "random":
         clip_pretrained = str(random_clip_weights(args.clip_model, tmp))

@@ -65,11 +65,12 @@ def _fmt(value: Any) -> str:
 
 
 def generation_setup(prefix: str, run: Path | None, arch: str = "cgan",
-                     image_size: int = 32) -> tuple[Path, Path, Path]:
+                     image_size: int = 32, registry: Path | None = None) -> tuple[Path, Path, Path]:
     """A temporary folder for a generation benchmark: keys, ledger and a fixed job time in
     the environment; the model (``run``, or a tiny one of ``arch`` trained now: the
     benchmarks are about the pipeline, not image quality); and a registry of a few
-    references, so the near-duplicate audit really searches. Returns (folder, run, registry)."""
+    references, so the near-duplicate audit really searches (``registry``, when given,
+    instead). Returns (folder, run, registry)."""
     import os
     import tempfile
 
@@ -89,6 +90,8 @@ def generation_setup(prefix: str, run: Path | None, arch: str = "cgan",
         labels = {"label_attribute": "colour"} if arch == "cgan" else {}
         train(TrainOptions(out=run, arch=arch, data="shapes", steps=2, batch_size=16, data_length=64,
                            image_size=image_size, progress=False, checkpoint_every=2, sample_every=2, **labels))
+    if registry is not None:
+        return tmp, run, registry
     refs = tmp / "refs"
     refs.mkdir()
     for i in range(16):
