@@ -430,9 +430,9 @@ class ReferenceRegistry:
         self._detailed = np.zeros(0, dtype=bool)
         self._saturated: dict[int, np.ndarray | None] = {}
         self._saturated_centred: dict[int, list[float]] = {}
-        # The summed-area tables of the references' thumbnails in luminance last used, up
-        # to PARTS_BYTES, and their size.
-        self._parts: OrderedDict[int, np.ndarray] = OrderedDict()
+        # The part tests' tables of the references last used (summed-area tables of their
+        # thumbnails in luminance, and the parts' lengths), up to PARTS_BYTES, and their size.
+        self._parts: OrderedDict[int, _PartTable] = OrderedDict()
         self._parts_bytes = 0
         # The references' thumbnails in luminance last decoded, up to GRAYS_BYTES: a part
         # test follows the colour bounds that decoded the thumbnail in the same search.
@@ -1065,6 +1065,9 @@ class ReferenceRegistry:
             colour = self._saturated[ref_id] = saturated_colour(image)
             if colour is not None:  # as colour_distance takes it
                 self._saturated_centred[ref_id] = (np.asarray(colour, dtype=np.float64) - 1 / 3).tolist()
+        kept = self._grays.pop(ref_id, None)
+        if kept is not None:
+            self._grays_bytes -= kept.nbytes
         pixels = self._grays[ref_id] = np.asarray(gray)
         self._grays_bytes += pixels.nbytes
         while self._grays_bytes > self.GRAYS_BYTES and len(self._grays) > 1:
