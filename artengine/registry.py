@@ -424,7 +424,8 @@ class ReferenceRegistry:
         self.writable = create
         self._lock = threading.RLock()
         self._index: _Index | None = None
-        self._refs: dict[int, Reference] = {}
+        self._refs: dict[int, Reference] = {}  # the references matches named
+        self._qualities: dict[int, int] = {}
         # The references' thumbnail details by id, a row each, and which rows are made.
         self._details = np.zeros((0, LUMA_SIDE * LUMA_SIDE))
         self._detailed = np.zeros(0, dtype=bool)
@@ -751,6 +752,25 @@ class ReferenceRegistry:
                 found = self._refs[ref_id] = Reference(*row[:10], colour=tuple(row[10:13]))
             return found
 
+    def _stored(self, ref_id: int) -> tuple[bytes, int]:
+        """A reference's stored thumbnail and quality, for the search's own measures: read
+        without keeping its :class:`Reference` (with the thumbnail's bytes) for the
+        registry's lifetime, which :meth:`reference` does for the references a match names."""
+        with self._lock:
+            found = self._refs.get(ref_id)
+            if found is not None:
+                return found.thumbnail, found.quality
+            row = self._conn.execute("SELECT thumbnail, quality FROM refs WHERE id = ?", (ref_id,)).fetchone()
+            if row is None:
+                raise RegistryError(self.path, f"index names reference {ref_id}, which is gone")
+            self._qualities[ref_id] = int(row[1])
+            return row[0], int(row[1])
+
+    def _quality(self, ref_id: int) -> int:
+        """A reference's hash quality (kept per reference id met)."""
+        quality = self._qualities.get(ref_id)
+        return self._stored(ref_id)[1] if quality is None else quality
+
     def find_sha256(self, digest: str) -> Reference | None:
         """The reference whose file has this sha256, if any."""
         with self._lock:
@@ -915,7 +935,7 @@ class ReferenceRegistry:
                 if (ref_id, variant) not in parts:
                     parts[ref_id, variant] = (
                         self.part_correlation(ref_id, detail)
-                        if min(hashes.quality, self.reference(ref_id).quality) >= part_min_quality else None)
+                        if min(hashes.quality, self._quality(ref_id)) >= part_min_quality else None)
                 part = parts[ref_id, variant]
                 if part is None or part[0] < min_part:
                     continue
@@ -1054,7 +1074,7 @@ class ReferenceRegistry:
         on it: its thumbnail detail and the colour of its coloured parts (kept while the
         registry is open), and its luminance, kept for :meth:`part_correlation` among the
         last :attr:`GRAYS_BYTES` decoded. Called with the lock held."""
-        image = self._thumbnail_image(self.reference(ref_id).thumbnail, ref_id)
+        image = self._thumbnail_image(self._stored(ref_id)[0], ref_id)
         gray = image.convert("L")
         if ref_id >= len(self._detailed):
             self._grow_details(ref_id + 1)

@@ -538,7 +538,11 @@ def test_a_reference_thumbnail_is_decoded_once_for_everything_the_search_measure
             part_correlation = reg.part_correlation
             monkeypatch.setattr(reg, "part_correlation",
                                 lambda ref_id, detail: part_tests.append(ref_id) or part_correlation(ref_id, detail))
-            found[grays_bytes] = [[m.as_dict() for m in reg.search(h, thresholds)] for h in hashes]
+            matches = [reg.search(h, thresholds) for h in hashes]
+            found[grays_bytes] = [[m.as_dict() for m in f] for f in matches]
+            # The records kept for the registry's lifetime (with their thumbnails' bytes) are
+            # only those of the references the matches name, not of every reference met.
+            assert set(reg._refs) == {m.reference.id for f in matches for m in f}
         assert part_tests and decoded  # the searches reached the thumbnails and the part test
         if grays_bytes:
             assert len(decoded) == len(set(decoded))  # each thumbnail decoded once
