@@ -113,9 +113,6 @@ TURNED_VARIANTS: dict[str, Image.Transpose] = {
     "rotate90": Image.Transpose.ROTATE_90,  # a quarter turn anticlockwise
     "rotate270": Image.Transpose.ROTATE_270,
 }
-#: Turns that swap the axes: dHash's 9x8 input is not square, so these are resized from
-#: the turned intermediate instead of turning the image's own inputs.
-_QUARTER_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
 #: The query variant of the picture inside a border, flat (a mount, a letterbox or
 #: pillarbox bar) or mirroring the picture (padding by reflection): the image with every
 #: side's border cut off (:func:`border_box`). Hashed
@@ -697,33 +694,32 @@ def _row_coefficients(width: int) -> np.ndarray:
     return np.concatenate([_lanczos_coefficients(width, EQUALISED_SIDE), _lanczos_coefficients(width, DHASH_SIZE + 1)])
 
 
-#: Each :data:`TURNED_VARIANTS` transposition on a 2-D array (``Image.transpose``'s
-#: ROTATE_90 turns anticlockwise, as ``numpy.rot90`` does).
-_TRANSPOSED = {
+#: The :data:`TURNED_VARIANTS` that keep the axes, on a 2-D array: they commute with
+#: Pillow's symmetric Lanczos resize, so they turn an image's hash inputs as they are.
+_FLIPPED = {
     Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
     Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
     Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
-    Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
-    Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
 }
 
 
 def _turned(pixels: np.ndarray, whole: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The hash inputs of the image turned over, in :data:`TURNED_VARIANTS` order. A flip
-    or half turn comes from the image's own inputs ``whole``: flipping either axis
-    commutes with Pillow's symmetric Lanczos resize, so the turned image need not be
-    resized again. A quarter turn swaps the axes of dHash's 9x8 input, so the anticlockwise
-    one is resized from the turned intermediate ``pixels``, and the clockwise one, its half
-    turn, comes from its inputs (``tests/test_hashing.py`` checks the rows against hashing
-    the turned image)."""
-    out: dict[Image.Transpose, tuple[np.ndarray, np.ndarray]] = {}
-    for method in TURNED_VARIANTS.values():
-        if method in _QUARTER_TURNS:
-            continue
-        out[method] = tuple(np.ascontiguousarray(_TRANSPOSED[method](a)) for a in whole)
-    quarter = out[Image.Transpose.ROTATE_90] = _hash_inputs(np.rot90(pixels, 1))
-    out[Image.Transpose.ROTATE_270] = tuple(np.ascontiguousarray(a[::-1, ::-1]) for a in quarter)
-    return [out[method] for method in TURNED_VARIANTS.values()]
+    or half turn comes from the image's own inputs ``whole`` (:data:`_FLIPPED`), so the
+    turned image need not be resized again. A quarter turn swaps the axes of dHash's 9x8
+    input, so the anticlockwise one is resized from the turned intermediate ``pixels``
+    (``Image.transpose``'s ROTATE_90 turns anticlockwise, as ``numpy.rot90`` does), and the
+    clockwise one is its half turn (``tests/test_hashing.py`` checks the rows against
+    hashing the turned image)."""
+    def flipped(inputs: tuple[np.ndarray, np.ndarray], method: Image.Transpose) -> tuple[np.ndarray, np.ndarray]:
+        small, strip = (np.ascontiguousarray(_FLIPPED[method](a)) for a in inputs)
+        return small, strip
+
+    quarter = _hash_inputs(np.rot90(pixels, 1))
+    quarters = {Image.Transpose.ROTATE_90: quarter,
+                Image.Transpose.ROTATE_270: flipped(quarter, Image.Transpose.ROTATE_180)}
+    return [quarters[method] if method in quarters else flipped(whole, method)
+            for method in TURNED_VARIANTS.values()]
 
 
 def border_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
