@@ -455,12 +455,11 @@ def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.n
     ``b - 1/3``: a pair that differs only by such a scale is at distance 0, another hue
     still far.
     """
-    a = np.asarray(a, dtype=np.float64) - 1 / 3
-    b = np.asarray(b, dtype=np.float64) - 1 / 3
+    a, b = _centred(a), _centred(b)
+    if a.shape == b.shape == (3,):  # one pair (the search compares one at a time)
+        return centred_colour_distance(a.tolist(), b.tolist(), contrast)
     if contrast <= 1.0:
         return np.abs(a - b).max(axis=-1).astype(np.float32)
-    if a.shape == b.shape == (3,):  # one pair (the search compares one at a time)
-        return np.float32(_contrast_distance(a.tolist(), b.tolist(), contrast))
     a, b = np.broadcast_arrays(a, b)
     # max_i |s a_i - b_i| is convex and piecewise linear in s: its minimum over the
     # interval is at an end or where two of its pieces cross (s a_i - b_i = +-(s a_j - b_j),
@@ -479,7 +478,30 @@ def colour_distance(a: np.ndarray, b: np.ndarray, contrast: float = 1.0) -> np.n
     return apart.min(axis=-1).astype(np.float32)
 
 
-def _contrast_distance(a: list[float], b: list[float], contrast: float) -> float:
+def _centred(colour: Any) -> np.ndarray:
+    """Colour signatures as :func:`colour_distance` compares them: each channel's share
+    less grey's (1/3), in ``float64``."""
+    return np.asarray(colour, dtype=np.float64) - 1 / 3
+
+
+def centred_colour(colour: Any) -> list[float]:
+    """A colour signature's channels less grey's, in Python floats: what
+    :func:`centred_colour_distance` takes (a caller comparing one signature with many
+    centres each once)."""
+    return _centred(colour).tolist()
+
+
+def centred_colour_distance(a: Sequence[float], b: Sequence[float], contrast: float = 1.0) -> np.float32:
+    """:func:`colour_distance` of one pair of 3-channel signatures given centred
+    (:func:`centred_colour`), the same value, in Python floats: the search compares pairs
+    one at a time, and numpy's overhead per call makes the array form several times
+    slower for one pair."""
+    if contrast <= 1.0:
+        return np.float32(max(abs(x - y) for x, y in zip(a, b)))
+    return np.float32(_contrast_distance(a, b, contrast))
+
+
+def _contrast_distance(a: Sequence[float], b: Sequence[float], contrast: float) -> float:
     """:func:`colour_distance` of one pair of 3-channel signatures with a contrast
     allowance, in Python floats: the same candidate scales (each distinct one once: the
     crossing of channels i and j is that of j and i, and a channel with itself gives lo

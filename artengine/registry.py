@@ -62,8 +62,9 @@ from .hashing import (
     REFERENCE_VARIANTS,
     TURNED_VARIANTS,
     _PLANE,
-    _contrast_distance,
     ImageHashes,
+    centred_colour,
+    centred_colour_distance,
     colour_distance,
     colour_signature,
     crop_box,
@@ -1083,8 +1084,8 @@ class ReferenceRegistry:
             self._detailed[ref_id] = True
         if ref_id not in self._saturated:
             colour = self._saturated[ref_id] = saturated_colour(image)
-            if colour is not None:  # as colour_distance takes it
-                self._saturated_centred[ref_id] = (np.asarray(colour, dtype=np.float64) - 1 / 3).tolist()
+            if colour is not None:
+                self._saturated_centred[ref_id] = centred_colour(colour)
         kept = self._grays.pop(ref_id, None)
         if kept is not None:
             self._grays_bytes -= kept.nbytes
@@ -1108,10 +1109,7 @@ class ReferenceRegistry:
             theirs = self._saturated[ref_id]
         if theirs is None:
             return None
-        if contrast > 1.0:  # colour_distance's own path for one pair, without its array handling
-            return float(np.float32(_contrast_distance((np.asarray(ours, dtype=np.float64) - 1 / 3).tolist(),
-                                                       self._saturated_centred[ref_id], contrast)))
-        return float(colour_distance(ours, theirs, contrast))
+        return float(centred_colour_distance(centred_colour(ours), self._saturated_centred[ref_id], contrast))
 
     #: Bytes of summed-area tables (:meth:`part_correlation`) an open registry keeps, the
     #: most recently used: 0.13 MB for a 128 px thumbnail (about 240 of them), 9 KB for a

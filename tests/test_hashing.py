@@ -481,7 +481,7 @@ def test_colour_comparison_allows_for_a_contrast_change_but_not_another_hue():
     pairs = rng.dirichlet([4, 4, 4], size=(400, 2)).astype(np.float32)
     pairs[::4, 1] = pairs[::4, 0]  # the same colour
     pairs[1::4, 0, 1] = pairs[1::4, 0, 2]  # two channels alike
-    for contrast in (1.2, 1.5, 4.0):
+    for contrast in (1.0, 1.2, 1.5, 4.0):
         together = colour_distance(pairs[:, 0], pairs[:, 1], contrast)
         assert [colour_distance(a, b, contrast) for a, b in pairs] == together.tolist()
     assert colour_distance(swapped, original, 1.2) <= colour_distance(swapped, original)
