@@ -390,12 +390,48 @@ class _PartTable:
     of its thumbnail's luminance, the :func:`_part_norms` of the part grid, and those of
     the neighbours of the grid's parts looked at more closely (by the part's index)."""
 
-    __slots__ = ("integral", "norms", "near", "nbytes")
+    __slots__ = ("integral", "norms", "near")
 
     def __init__(self, integral: np.ndarray, norms: np.ndarray) -> None:
         self.integral, self.norms = integral, norms
         self.near: dict[int, np.ndarray] = {}
-        self.nbytes = integral.nbytes + norms.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.integral.nbytes + self.norms.nbytes + sum(n.nbytes for n in self.near.values())
+
+
+class _KeptBySize:
+    """Values by reference id, the most recently used last, up to a number of bytes in all
+    (each value's ``nbytes``; the last one kept whatever its size)."""
+
+    def __init__(self) -> None:
+        self._values: OrderedDict[int, Any] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: int) -> Any:
+        """The value kept for ``key`` (now the most recently used), or None."""
+        value = self._values.get(key)
+        if value is not None:
+            self._values.move_to_end(key)
+        return value
+
+    def put(self, key: int, value: Any, limit: int) -> Any:
+        """Keep ``value`` for ``key`` (replacing any), then let the least recently used go
+        while the values come to more than ``limit`` bytes."""
+        kept = self._values.pop(key, None)
+        if kept is not None:
+            self.nbytes -= kept.nbytes
+        self._values[key] = value
+        self.nbytes += value.nbytes
+        while self.nbytes > limit and len(self._values) > 1:
+            self.nbytes -= self._values.popitem(last=False)[1].nbytes
+        return value
+
+    def grew(self, key: int, value: Any, nbytes: int) -> None:
+        """Count ``nbytes`` more for ``value``, which has grown by them, if it is kept."""
+        if self._values.get(key) is value:
+            self.nbytes += nbytes
 
 
 @functools.lru_cache(maxsize=128)
@@ -433,13 +469,11 @@ class ReferenceRegistry:
         self._saturated: dict[int, np.ndarray | None] = {}
         self._saturated_centred: dict[int, list[float]] = {}
         # The part tests' tables of the references last used (summed-area tables of their
-        # thumbnails in luminance, and the parts' lengths), up to PARTS_BYTES, and their size.
-        self._parts: OrderedDict[int, _PartTable] = OrderedDict()
-        self._parts_bytes = 0
-        # The references' thumbnails in luminance last decoded, up to GRAYS_BYTES: a part
+        # thumbnails in luminance, and the parts' lengths), up to PARTS_BYTES.
+        self._parts = _KeptBySize()
+        # The references' thumbnails in luminance last used, up to GRAYS_BYTES: a part
         # test follows the colour bounds that decoded the thumbnail in the same search.
-        self._grays: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._grays_bytes = 0
+        self._grays = _KeptBySize()
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -1065,9 +1099,7 @@ class ReferenceRegistry:
             gray = self._grays.get(ref_id)
             if gray is None:
                 self._measure(ref_id)
-                gray = self._grays[ref_id]
-            else:
-                self._grays.move_to_end(ref_id)
+                gray = self._grays.get(ref_id)
             return gray
 
     def _measure(self, ref_id: int) -> None:
@@ -1086,13 +1118,7 @@ class ReferenceRegistry:
             colour = self._saturated[ref_id] = saturated_colour(image)
             if colour is not None:
                 self._saturated_centred[ref_id] = centred_colour(colour)
-        kept = self._grays.pop(ref_id, None)
-        if kept is not None:
-            self._grays_bytes -= kept.nbytes
-        pixels = self._grays[ref_id] = np.asarray(gray)
-        self._grays_bytes += pixels.nbytes
-        while self._grays_bytes > self.GRAYS_BYTES and len(self._grays) > 1:
-            self._grays_bytes -= self._grays.popitem(last=False)[1].nbytes
+        self._grays.put(ref_id, np.asarray(gray), self.GRAYS_BYTES)
 
     def saturated_distance(self, ref_id: int, hashes: ImageHashes, variant: str = "full",
                            contrast: float = 1.0) -> float | None:
@@ -1137,12 +1163,8 @@ class ReferenceRegistry:
                 luma = self._gray(ref_id).astype(np.float64)
                 integral = np.pad(luma.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
                 height, width = luma.shape
-                table = self._parts[ref_id] = _PartTable(integral, _part_norms(integral, _grid_cells(width, height)))
-                self._parts_bytes += table.nbytes
-                while self._parts_bytes > self.PARTS_BYTES and len(self._parts) > 1:
-                    self._parts_bytes -= self._parts.popitem(last=False)[1].nbytes
-            else:
-                self._parts.move_to_end(ref_id)
+                table = self._parts.put(ref_id, _PartTable(integral, _part_norms(integral, _grid_cells(width, height))),
+                                        self.PARTS_BYTES)
         integral = table.integral
         height, width = integral.shape[0] - 1, integral.shape[1] - 1
         key = np.asarray(detail, dtype=np.float64).tobytes()
@@ -1154,11 +1176,12 @@ class ReferenceRegistry:
             near, cells = _near_cells(width, height, k)
             norms = table.near.get(k)
             if norms is None:
-                norms = table.near[k] = _part_norms(integral, cells)
+                norms = _part_norms(integral, cells)
                 with self._lock:
-                    if self._parts.get(ref_id) is table:
-                        self._parts_bytes += norms.nbytes
-                        table.nbytes += norms.nbytes
+                    if k not in table.near:
+                        table.near[k] = norms
+                        self._parts.grew(ref_id, table, norms.nbytes)
+                    norms = table.near[k]
             near_scores = _part_scores(integral, cells, detail, norms, _query_weights(key, width, height, k))
             j = int(np.argmax(near_scores))
             if near_scores[j] > best:
