@@ -113,7 +113,6 @@ def main() -> None:
                                                   "compute as trained ones: for timing only, as no hub is reachable)")
     args = parser.parse_args()
 
-    import torch
     from PIL import Image
 
     from artengine import generation
@@ -132,10 +131,7 @@ def main() -> None:
 
     # The stages alone run as a job's workers run them: one thread for torch and one for
     # the BLAS under numpy (idle OpenBLAS threads spin, and would count as the stage's CPU).
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    threadpool_limits(limits=1, user_api="blas")
+    generation._one_thread_each()
     tmp, run, registry = generation_setup("bench-gen-", args.run, registry=args.registry)
     clip_pretrained = args.clip_pretrained
     if clip_pretrained == "random":

@@ -59,14 +59,10 @@ def main() -> None:
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         sys.exit("bench_generator_share.py needs Linux and 2 cores")
 
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from artengine import generation
     from artengine.plugins import get_plugins
 
-    torch.set_num_threads(1)
-    threadpool_limits(limits=1, user_api="blas")
+    generation._one_thread_each()  # as a job's worker processes run
     tmp, run, registry = generation_setup("bench-share-", args.run)
     options = generation.GenerateOptions(model=str(run), count=256, out=tmp / "job", policy="publication",
                                          registries=[str(registry)], progress=False)
