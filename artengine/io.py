@@ -403,6 +403,105 @@ def _encode_png_up(image: Image.Image, text: Mapping[str, str], level: int, stra
     return b"".join(parts)
 
 
+def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, str]] | None:
+    """The ``(H, W, 3)`` uint8 pixels and the text of a PNG laid out exactly as
+    :func:`encode_image` writes an RGB image with ``png_filter="up"``, read with ISA-L's
+    inflate: about half the time of Pillow's decode, for the check of every image a job
+    encodes. None for any other file, which :func:`open_image` then reads.
+
+    Accepted: the signature; IHDR (8-bit RGB, not interlaced, at most ``max_pixels`` or
+    Pillow's limit); uncompressed iTXt chunks with neither language nor translated
+    keyword, each keyword once, UTF-8 text; IDAT chunks; an empty IEND that ends the
+    data. Every chunk's CRC must hold, the compressed stream must end exactly with the
+    pixels and every row must use filter type 2 (Up). On such a file Pillow reads the
+    same pixels and text; anything else, including a damaged copy, goes to Pillow and
+    gets its verdict."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    limit = min(max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS,
+                Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS)
+    view = memoryview(data)
+    pos, end_of_data = len(_PNG_SIGNATURE), len(data)
+    size: tuple[int, int] | None = None
+    text: dict[str, str] = {}
+    text_bytes = 0
+    idat: list[memoryview] = []
+    idat_follows = False  # the last chunk was an IDAT: IDAT chunks must be consecutive
+    while True:
+        if pos + 12 > end_of_data:
+            return None
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > end_of_data:
+            return None
+        body = view[pos + 8: end - 4]
+        if zlib.crc32(body, zlib.crc32(kind)) != struct.unpack_from(">I", data, end - 4)[0]:
+            return None
+        pos = end
+        if size is None:  # IHDR first
+            if kind != b"IHDR" or length != 13:
+                return None
+            width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
+            if (depth, colour, compression, filtering, interlace) != (8, 2, 0, 0, 0) \
+                    or not width or not height or width * height > limit:
+                return None
+            size = (width, height)
+        elif kind == b"iTXt" and not idat:
+            chunk = bytes(body)
+            keyword, nul, rest = chunk.partition(b"\0")
+            key = keyword.decode("latin-1")
+            text_bytes += len(rest)
+            if not nul or not 1 <= len(keyword) <= 79 or not rest.startswith(b"\0\0\0\0") or key in text \
+                    or text_bytes > PngImagePlugin.MAX_TEXT_MEMORY:
+                return None
+            try:
+                text[key] = rest[4:].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        elif kind == b"IDAT" and (not idat or idat_follows):
+            idat.append(body)
+        elif kind == b"IEND" and idat and length == 0 and pos == end_of_data:
+            break
+        else:
+            return None
+        idat_follows = kind == b"IDAT"
+    from isal import isal_zlib
+
+    width, height = size
+    stride = 3 * width + 1
+    expected = height * stride
+    inflate = isal_zlib.decompressobj()
+    try:
+        raw = inflate.decompress(b"".join(idat) if len(idat) > 1 else idat[0], expected + 1)
+    except isal_zlib.error:
+        return None
+    if len(raw) != expected or not inflate.eof or inflate.unused_data:
+        return None
+    rows = np.frombuffer(bytearray(raw), np.uint8).reshape(height, stride)
+    if not (rows[:, 0] == 2).all():
+        return None
+    _undo_up(rows)
+    return np.ascontiguousarray(rows[:, 1:]).reshape(height, width, 3), text
+
+
+def _undo_up(rows: np.ndarray) -> None:
+    """Undo PNG's Up filter in place: each row plus the decoded row above it, mod 256 (a
+    running sum down the columns). In blocks of about sqrt(height) rows: the blocks' rows
+    summed within their block side by side, then each block given the last row of the one
+    above; some 2 sqrt(height) numpy calls instead of a call per row."""
+    height = rows.shape[0]
+    rows_per_block = max(1, int(height ** 0.5))
+    blocks_count = height // rows_per_block
+    whole = blocks_count * rows_per_block
+    blocks = rows[:whole].reshape(blocks_count, rows_per_block, -1)
+    for i in range(1, rows_per_block):
+        blocks[:, i] += blocks[:, i - 1]  # uint8 arithmetic wraps mod 256
+    for j in range(1, blocks_count):
+        blocks[j] += blocks[j - 1, -1]
+    for k in range(whole, height):
+        rows[k] += rows[k - 1]
+
+
 def encode_image(
     image: Image.Image,
     *,

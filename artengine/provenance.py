@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ArtengineError, ImageLoadError, InputError
-from .io import LoadedImage, atomic_save_image, atomic_write_bytes, open_image, restore_alpha, to_rgb
+from .io import LoadedImage, atomic_save_image, atomic_write_bytes, decode_png_up, open_image, restore_alpha, to_rgb
 from .watermark import Watermark, WatermarkReading
 
 MANIFEST_KEY = "artengine.manifest"  # PNG iTXt keyword
@@ -624,22 +624,40 @@ def check_encoded(data: bytes, manifest: Mapping[str, Any], *, scheme: Watermark
     ``pixels``: the ``(H, W, 3)`` uint8 pixels whose :func:`pixels_sha256` the manifest
     holds, where the caller has them (it hashed them to build the manifest). The decoded
     pixels are then compared with them, which proves the same as hashing the decoded
-    pixels again, for a tenth of the time."""
-    _check_loaded(open_image(data, name=name), manifest, scheme=scheme, name=name, pixels=pixels)
+    pixels again, for a tenth of the time.
+
+    The bytes of an RGB PNG as a job encodes them are read with :func:`decode_png_up`
+    (ISA-L's inflate; the same pixels and text as Pillow's decode, in half the time);
+    any other file with :func:`open_image`."""
+    own = decode_png_up(data)
+    if own is None:
+        _check_loaded(open_image(data, name=name), manifest, scheme=scheme, name=name, pixels=pixels)
+        return
+    rgb, text = own
+    _check_read(text, rgb, rgb, manifest, scheme=scheme, name=name, pixels=pixels)
 
 
 def _check_loaded(loaded: LoadedImage, manifest: Mapping[str, Any], *, scheme: Watermark, name: str,
                   pixels: np.ndarray | None = None) -> None:
-    embedded = loaded.text.get(MANIFEST_KEY)
+    rgb = np.asarray(loaded.rgb) if loaded.alpha is None else None
+    _check_read(loaded.text, rgb, loaded, manifest, scheme=scheme, name=name, pixels=pixels)
+
+
+def _check_read(text: Mapping[str, str], rgb: np.ndarray | None, read: np.ndarray | LoadedImage,
+                manifest: Mapping[str, Any], *, scheme: Watermark, name: str, pixels: np.ndarray | None) -> None:
+    """The checks of :func:`check_written` on what was read: its ``text``, its RGB pixels
+    (None when it has transparency) and ``read`` itself, hashed when ``pixels`` is not
+    given."""
+    embedded = text.get(MANIFEST_KEY)
     if embedded is None or embedded != canonical_json(manifest).decode("utf-8"):
         raise ProvenanceError(f"{name}: the manifest did not survive the save")
     if pixels is not None:
-        same = loaded.alpha is None and np.array_equal(np.asarray(loaded.rgb), pixels)
+        same = rgb is not None and np.array_equal(rgb, pixels)
     else:
-        same = pixels_sha256(loaded) == manifest["image"]["pixels_sha256"]
+        same = pixels_sha256(read) == manifest["image"]["pixels_sha256"]
     if not same:
         raise ProvenanceError(f"{name}: the saved pixels differ from the signed ones")
-    reading = scheme.detect(loaded.rgb, search=False)
+    reading = scheme.detect(read.rgb, search=False) if rgb is None else scheme.detect_array(rgb, search=False)
     if not reading.detected or reading.payload_hex != manifest["watermark"]["payload"]:
         raise ProvenanceError(f"{name}: the watermark did not survive the save ({reading.reason or 'wrong payload'})")
 

@@ -334,6 +334,101 @@ def test_isal_takes_the_up_filter_and_levels_0_to_3_only():
         encode_image(Image.new("RGB", (8, 8)), strategy="isal", png_filter="up", compress_level=6)
 
 
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """A PNG's chunks as (type, body), in order."""
+    out, pos = [], 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos: pos + 4], "big")
+        out.append((data[pos + 4: pos + 8], data[pos + 8: pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """A PNG of these chunks, every CRC right."""
+    import struct
+    import zlib
+
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        for kind, body in chunks)
+
+
+@pytest.mark.parametrize("height", [1, 2, 15, 16, 17, 63, 300])
+def test_the_own_png_reader_reads_what_pillow_reads(height):
+    """The check of every image a job encodes reads it with decode_png_up: for the files
+    encode_image writes (RGB, Up filter; ISA-L at levels 0-3 or zlib), the same pixels and
+    text as Pillow, at heights around its blocks of rows; also with the pixels split over
+    several IDAT chunks."""
+    from artengine.io import decode_png_up, encode_image
+
+    pixels = np.random.default_rng(height).integers(0, 256, (height, 37, 3), dtype=np.uint8)
+    pixels[height // 2:] //= 8  # a run of darker rows, for deflate's matches
+    text = {"artengine.manifest": '{"a": "ü", "b": 1}', "k": "välue"}
+    for strategy, level in [("isal", 0), ("isal", 1), ("isal", 3), ("rle", 1), ("default", 6)]:
+        data = encode_image(Image.fromarray(pixels), text=text, compress_level=level, strategy=strategy,
+                            png_filter="up")
+        read = decode_png_up(data)
+        assert read is not None, (strategy, level)
+        back = Image.open(io.BytesIO(data))
+        assert np.array_equal(read[0], pixels) and np.array_equal(np.asarray(back), pixels)
+        assert read[1] == back.text == text
+        assert read[0].flags.c_contiguous and read[0].shape == (height, 37, 3)
+    chunks = _chunks(data)
+    at = [kind for kind, _ in chunks].index(b"IDAT")
+    idat = chunks[at][1]
+    split = chunks[:at] + [(b"IDAT", idat[:5]), (b"IDAT", idat[5:9]), (b"IDAT", idat[9:])] + chunks[at + 1:]
+    read = decode_png_up(_png(split))
+    assert read is not None and np.array_equal(read[0], pixels) and read[1] == text
+
+
+def test_the_own_png_reader_leaves_every_other_file_to_pillow():
+    """decode_png_up reads only the layout it was written for; anything else (other
+    writers, modes, filters, damaged or trailing bytes, compressed or repeated text, too
+    many pixels) is None, and open_image, as before, gives its verdict."""
+    import zlib
+
+    from artengine.io import decode_png_up, encode_image
+
+    pixels = np.random.default_rng(8).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    good = encode_image(image, text={"k": "v"}, compress_level=1, strategy="isal", png_filter="up")
+    assert decode_png_up(good) is not None and decode_png_up(good, max_pixels=20 * 24) is not None
+    chunks = _chunks(good)
+    kinds = [kind for kind, _ in chunks]
+    idat = chunks[kinds.index(b"IDAT")][1]
+    rows = bytearray(zlib.decompress(idat))
+    rows[7 * (3 * 24 + 1)] = 0  # row 7 unfiltered: a valid PNG whose pixels differ
+    refiltered = [(k, zlib.compress(bytes(rows)) if k == b"IDAT" else b) for k, b in chunks]
+    itxt = next(b for k, b in chunks if k == b"iTXt")
+    others = {
+        "Pillow's own PNG (adaptive filter)": _encode(image, "PNG"),
+        "RGBA": encode_image(image.convert("RGBA"), compress_level=1, png_filter="up"),
+        "greyscale": encode_image(image.convert("L"), compress_level=1, png_filter="up"),
+        "another row filter": _png(refiltered),
+        "compressed iTXt": _png([c for c in chunks if c[0] != b"iTXt"][:1]
+                                + [(b"iTXt", b"k\0\x01\x00\0\0" + zlib.compress(b"v"))]
+                                + [c for c in chunks if c[0] != b"iTXt"][1:]),
+        "repeated keyword": _png(chunks[:2] + [(b"iTXt", itxt)] + chunks[2:]),
+        "text after the pixels": _png([c for c in chunks if c[0] != b"IEND"] + [(b"iTXt", itxt), (b"IEND", b"")]),
+        "another chunk": _png(chunks[:1] + [(b"gAMA", (45455).to_bytes(4, "big"))] + chunks[1:]),
+        "interlaced header": _png([(b"IHDR", chunks[0][1][:12] + b"\x01")] + chunks[1:]),
+        "trailing bytes": good + b"\0",
+        "truncated": good[:-5],
+        "a flipped bit in the pixels": good[:60] + bytes([good[60] ^ 4]) + good[61:],
+        "a bad CRC": good[:-1] + bytes([good[-1] ^ 1]),
+        "extra data after the stream": _png([(k, b + b"\0" if k == b"IDAT" else b) for k, b in chunks]),
+    }
+    assert good.index(b"IDAT") < 60 < len(good) - 12
+    for what, data in others.items():
+        assert decode_png_up(data) is None, what
+    assert decode_png_up(good, max_pixels=20 * 24 - 1) is None
+    # That file is valid: Pillow reads row 7 as stored (filter None), not as the pixels.
+    row7 = np.frombuffer(bytes(rows), np.uint8).reshape(20, 3 * 24 + 1)[7, 1:].reshape(24, 3)
+    assert np.array_equal(np.asarray(open_image(_png(refiltered)).rgb)[7], row7)
+    assert not np.array_equal(row7, pixels[7])
+
+
 def test_up_filter_refuses_what_it_cannot_write():
     from artengine.io import encode_image
 

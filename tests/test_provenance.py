@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
-from artengine import InputError, ProvenanceError, get_plugins, open_image
+from artengine import ImageLoadError, InputError, ProvenanceError, get_plugins, open_image
 from artengine import provenance as pv
 from artengine.cli import cli
 from artengine_plugins.shapes import ShapesSet
@@ -214,7 +214,7 @@ def test_post_write_check_catches_what_did_not_survive(tmp_path, keys, scheme):
 def test_check_of_encoded_bytes_against_the_signed_pixels(keys, scheme):
     """The pipeline's check before writing: given the pixels it signed, the decoded pixels
     must equal them; one changed grey level anywhere is caught, as by the hash."""
-    from artengine.io import encode_image
+    from artengine.io import decode_png_up, encode_image
 
     stamped = stamp(keys, scheme)
     signed = np.asarray(stamped.image.convert("RGB"))
@@ -229,6 +229,15 @@ def test_check_of_encoded_bytes_against_the_signed_pixels(keys, scheme):
     for given in (signed, None):
         with pytest.raises(ProvenanceError, match="x.png: the saved pixels differ"):
             pv.check_encoded(other, stamped.manifest, scheme=scheme, name="x.png", pixels=given)
+    # Bytes the job's own reader leaves to Pillow (another writer's layout) are checked
+    # the same way; damaged bytes fail either way.
+    pillows = encode_image(Image.fromarray(signed), text=text, compress_level=1)
+    assert decode_png_up(png) is not None and decode_png_up(pillows) is None
+    pv.check_encoded(pillows, stamped.manifest, scheme=scheme, name="x.png", pixels=signed)
+    at = png.index(b"IDAT") + 40
+    damaged = png[:at] + bytes([png[at] ^ 16]) + png[at + 1:]
+    with pytest.raises((ProvenanceError, ImageLoadError), match="x.png"):
+        pv.check_encoded(damaged, stamped.manifest, scheme=scheme, name="x.png", pixels=signed)
 
 
 PIPELINE_SCRIPT = """
