@@ -92,6 +92,12 @@ def open_image(
     limit = max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
     _refuse_bomb_warnings()
     try:
+        own = _own_png(source, limit)
+        if own is not None:  # as a job writes them: the same pixels and text as Pillow's
+            pixels, text = own
+            height, width = pixels.shape[:2]
+            return LoadedImage(path=label, rgb=Image.fromarray(pixels, mode="RGB"), alpha=None, format="PNG",
+                               mode="RGB", text=text, full_size=(width, height))
         fp: Any = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
         with Image.open(fp, formats=ALLOWED_FORMATS) as im:
             width, height = im.size
@@ -133,6 +139,27 @@ def open_image(
         # Truncated data, corrupt chunks, bad headers.
         raise ImageLoadError(label, f"corrupt or truncated image: {exc}") from None
     return LoadedImage(path=label, rgb=rgb, alpha=alpha, format=fmt, mode=mode, text=text, full_size=full_size)
+
+
+#: IHDR of an 8-bit RGB PNG that is not interlaced, after the signature: length 13, type,
+#: then width and height (bytes 16-23), then these five bytes.
+_RGB_IHDR = (b"\0\0\0\x0dIHDR", b"\x08\x02\x00\x00\x00")
+
+
+def _own_png(source: str | os.PathLike[str] | bytes, limit: int) -> tuple[np.ndarray, dict[str, str]] | None:
+    """:func:`decode_png_up` of ``source`` (bytes or a file), or None. A file is read
+    whole only when its first 33 bytes are the signature and an 8-bit RGB header: any
+    other file costs one short read before Pillow opens it."""
+    if isinstance(source, bytes):
+        data = source
+    else:
+        with open(source, "rb") as f:
+            data = f.read(33)
+            if data[:16] != _PNG_SIGNATURE + _RGB_IHDR[0] or data[24:29] != _RGB_IHDR[1] \
+                    or int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big") > _OWN_PNG_PIXELS:
+                return None
+            data += f.read()
+    return decode_png_up(data, max_pixels=limit)
 
 
 def usable_cores() -> int:
@@ -403,6 +430,12 @@ def _encode_png_up(image: Image.Image, text: Mapping[str, str], level: int, stra
     return b"".join(parts)
 
 
+#: Larger images go to Pillow, whose decode holds one copy of the pixels; this reader holds
+#: the compressed file, the filtered rows and the pixels at once (a 16-megapixel image:
+#: about 100 MB at most).
+_OWN_PNG_PIXELS = 1 << 24
+
+
 def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, str]] | None:
     """The ``(H, W, 3)`` uint8 pixels and the text of a PNG laid out exactly as
     :func:`encode_image` writes an RGB image with ``png_filter="up"``, read with ISA-L's
@@ -410,7 +443,7 @@ def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.nda
     encodes. None for any other file, which :func:`open_image` then reads.
 
     Accepted: the signature; IHDR (8-bit RGB, not interlaced, at most ``max_pixels`` or
-    Pillow's limit); uncompressed iTXt chunks with neither language nor translated
+    Pillow's limit, and at most 16 megapixels); uncompressed iTXt chunks with neither language nor translated
     keyword, each keyword once, UTF-8 text; IDAT chunks; an empty IEND that ends the
     data. Every chunk's CRC must hold, the compressed stream must end exactly with the
     pixels and every row must use filter type 2 (Up). On such a file Pillow reads the
@@ -443,7 +476,7 @@ def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.nda
                 return None
             width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
             if (depth, colour, compression, filtering, interlace) != (8, 2, 0, 0, 0) \
-                    or not width or not height or width * height > limit:
+                    or not width or not height or width * height > min(limit, _OWN_PNG_PIXELS):
                 return None
             size = (width, height)
         elif kind == b"iTXt" and not idat:
@@ -472,12 +505,17 @@ def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.nda
     expected = height * stride
     inflate = isal_zlib.decompressobj()
     try:
-        raw = inflate.decompress(b"".join(idat) if len(idat) > 1 else idat[0], expected + 1)
+        # The first row alone first: another writer's PNG (adaptive filters) is turned
+        # away before the rest is inflated for nothing.
+        raw = bytearray(inflate.decompress(b"".join(idat) if len(idat) > 1 else idat[0], stride))
+        if len(raw) != stride or raw[0] != 2:
+            return None
+        raw += inflate.decompress(inflate.unconsumed_tail, expected + 1 - stride)
     except isal_zlib.error:
         return None
-    if len(raw) != expected or not inflate.eof or inflate.unused_data:
+    if len(raw) != expected or not inflate.eof or inflate.unused_data or inflate.unconsumed_tail:
         return None
-    rows = np.frombuffer(bytearray(raw), np.uint8).reshape(height, stride)
+    rows = np.frombuffer(raw, np.uint8).reshape(height, stride)
     if not (rows[:, 0] == 2).all():
         return None
     _undo_up(rows)

@@ -429,6 +429,46 @@ def test_the_own_png_reader_leaves_every_other_file_to_pillow():
     assert not np.array_equal(row7, pixels[7])
 
 
+def test_open_image_reads_a_jobs_pngs_with_the_own_reader(tmp_path, monkeypatch):
+    """open_image reads a PNG as a job writes it (file or bytes) with decode_png_up,
+    without Pillow's decoder, to the same LoadedImage; every other file, and every fault
+    (a truncated copy, too many pixels, a missing file), still gets Pillow's path and its
+    message."""
+    import artengine.io as aio
+    from artengine.io import encode_image
+
+    pixels = np.random.default_rng(9).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    data = encode_image(Image.fromarray(pixels), text={"k": "välue"}, compress_level=1, strategy="isal",
+                        png_filter="up")
+    (tmp_path / "job.png").write_bytes(data)
+    (tmp_path / "cut.png").write_bytes(data[:-30])
+    (tmp_path / "pillow.png").write_bytes(_encode(Image.fromarray(pixels), "PNG"))
+    by_pillow = {name: open_image(tmp_path / name) for name in ("job.png", "pillow.png")}
+
+    def refused(*args, **kwargs):
+        raise AssertionError("Pillow's decoder was called")
+    monkeypatch.setattr(aio.Image, "open", refused)
+    for source in (tmp_path / "job.png", str(tmp_path / "job.png"), data):
+        loaded = open_image(source, name="job.png")
+        assert np.array_equal(np.asarray(loaded.rgb), pixels) and loaded.rgb.mode == "RGB"
+        assert (loaded.alpha, loaded.format, loaded.mode, loaded.full_size, loaded.size) == (None, "PNG", "RGB",
+                                                                                             (30, 40), (30, 40))
+        assert loaded.text == by_pillow["job.png"].text == {"k": "välue"}
+    with pytest.raises(AssertionError, match="Pillow's decoder"):
+        open_image(tmp_path / "pillow.png")
+    monkeypatch.undo()
+    assert np.array_equal(np.asarray(by_pillow["pillow.png"].rgb), pixels)
+    with pytest.raises(ImageLoadError, match="cut.png: corrupt or truncated"):
+        open_image(tmp_path / "cut.png")
+    with pytest.raises(ImageLoadError, match="exceeds the limit of 1199 pixels"):
+        open_image(tmp_path / "job.png", max_pixels=1199)
+    assert open_image(tmp_path / "job.png", max_pixels=1200).size == (30, 40)
+    with pytest.raises(ImageLoadError, match="file not found"):
+        open_image(tmp_path / "gone.png")
+    with pytest.raises(ImageLoadError, match="is a directory"):
+        open_image(tmp_path)
+
+
 def test_up_filter_refuses_what_it_cannot_write():
     from artengine.io import encode_image
 
