@@ -35,6 +35,23 @@ def main() -> None:
                 lambda: open_image(path), lambda: Image.open(path).convert("RGB"), repeat=15, number=10)
             rows.append({"stage": f"load 512x512 {fmt}", "engine_ms": engine_s * 1e3,
                          "bare_ms": bare_s * 1e3, "ratio": engine_s / bare_s, "target": "<= 1.10"})
+        # A job's own PNGs (docs/generation.md, step 6): marked images, ISA-L at level 1, every
+        # row filtered Up, a manifest-sized iTXt chunk. open_image reads these with
+        # decode_png_up; the bare baseline is Pillow's decode of the same file.
+        from artengine.io import encode_image
+        from artengine_plugins.watermark import SpreadTransformWatermark
+
+        scheme = SpreadTransformWatermark(bytes(range(32)))
+        for side in (256, 512):
+            smooth = Image.fromarray(base).resize((side, side), Image.Resampling.LANCZOS)
+            marked = scheme.embed(smooth, bytes(6))
+            path = folder / f"job-{side}.png"
+            path.write_bytes(encode_image(marked, text={"artengine.manifest": "{" + "x" * 2000 + "}"},
+                                          compress_level=1, strategy="isal", png_filter="up"))
+            engine_s, bare_s = side_by_side(
+                lambda: open_image(path), lambda: Image.open(path).convert("RGB"), repeat=15, number=20)
+            rows.append({"stage": f"load a job's {side}x{side} PNG", "engine_ms": engine_s * 1e3,
+                         "bare_ms": bare_s * 1e3, "ratio": engine_s / bare_s, "target": "-"})
         out_engine, out_bare = folder / "a.png", folder / "b.png"
         engine_s, bare_s = side_by_side(
             lambda: atomic_save_image(out_engine, image), lambda: image.save(out_bare), repeat=9, number=3)
