@@ -443,9 +443,9 @@ def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.nda
     encodes. None for any other file, which :func:`open_image` then reads.
 
     Accepted: the signature; IHDR (8-bit RGB, not interlaced, at most ``max_pixels`` or
-    Pillow's limit, and at most 16 megapixels); uncompressed iTXt chunks with neither language nor translated
-    keyword, each keyword once, UTF-8 text; IDAT chunks; an empty IEND that ends the
-    data. Every chunk's CRC must hold, the compressed stream must end exactly with the
+    Pillow's limit, and at most 16 megapixels); uncompressed iTXt chunks with neither
+    language nor translated keyword, each keyword once, UTF-8 text; IDAT chunks; an empty
+    IEND that ends the data. Every chunk's CRC must hold, the compressed stream must end exactly with the
     pixels and every row must use filter type 2 (Up). On such a file Pillow reads the
     same pixels and text; anything else, including a damaged copy, goes to Pillow and
     gets its verdict."""
