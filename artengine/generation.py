@@ -452,27 +452,29 @@ class Producer:
         spec = self.spec
         size = int(spec["size"])
         items: list[AuditItem] = []
-        marked_images: list[Image.Image] = []
+        marked_images: list[tuple[Image.Image, np.ndarray]] = []
         payloads: list[bytes] = []
         for index, pixels in zip(indices, raw):
             image = Image.fromarray(pixels, mode="RGB")
             if image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.LANCZOS)
             payload = derive_payload(self.secret, index, size=self.scheme.payload_bytes)
-            marked = self.scheme.embed(image, payload).convert("RGB")
+            # The marked pixels are kept as the array the mark returns: they are what is
+            # signed, and the image the audits see is made from them once.
+            signed_pixels = self.scheme.embed_array(np.asarray(image), payload)
+            marked = Image.fromarray(signed_pixels, mode="RGB")
             name = image_name(index)
             loaded = LoadedImage(path=name, rgb=marked, alpha=None, format="PNG", mode="RGB", text={})
             items.append(AuditItem(key=name, image=loaded, meta=self.meta(index)))
-            marked_images.append(marked)
+            marked_images.append((marked, signed_pixels))
             payloads.append(payload)
         results = self.runner.check_images(items)
         out: list[Produced] = []
-        for index, item, marked, payload in zip(indices, items, marked_images, payloads):
+        for index, item, (marked, signed_pixels), payload in zip(indices, items, marked_images, payloads):
             findings = results[item.key]
             verdict = judge(item.key, findings, self.policy)
             audits = {d.finding.audit: d.status for d in verdict.decisions}
             meta = item.meta
-            signed_pixels = np.asarray(marked)
             manifest = build_manifest(
                 payload=payload, created=spec["created"], pixels=pixels_sha256(signed_pixels), size=marked.size,
                 scheme=self.scheme.name, scheme_version=self.scheme.version, engine=self.engine,

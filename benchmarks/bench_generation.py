@@ -113,6 +113,7 @@ def main() -> None:
                                                   "compute as trained ones: for timing only, as no hub is reachable)")
     args = parser.parse_args()
 
+    import numpy as np
     from PIL import Image
 
     from artengine import generation
@@ -174,7 +175,7 @@ def main() -> None:
             for i, px in zip(indices, raw):
                 img = Image.fromarray(px).resize((size, size), Image.Resampling.LANCZOS)
                 payload = derive_payload(producer.secret, i, size=producer.scheme.payload_bytes)
-                out.append(producer.scheme.embed(img, payload).convert("RGB"))
+                out.append(Image.fromarray(producer.scheme.embed_array(np.asarray(img), payload), mode="RGB"))
             return out
         marked: list = []
         t_mark, c_mark = timed(lambda: marked.extend(mark_all()))
