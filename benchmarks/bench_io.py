@@ -3,7 +3,9 @@
 artengine reads every image through a format allowlist, a pixel limit, EXIF transposition
 and one RGB normalisation path, and writes through temp file + fsync + os.replace. This
 measures what that safety costs against ``Image.open(p).convert("RGB")`` and a plain
-``image.save(p)``. Target: loading <= 1.10x bare; atomic PNG write <= 1.10x bare.
+``image.save(p)``. Target: loading <= 1.10x bare; atomic PNG write <= 1.10x bare. It also
+measures the load of a job's own PNGs, which open_image reads with its own reader
+(``io.decode_png_up``), against Pillow's decode of the same files.
 """
 from __future__ import annotations
 
