@@ -398,6 +398,30 @@ def test_full_disk_is_one_line_and_resume_completes_the_job(tiny_run, env, tmp_p
     assert len(images(job)) == 8
 
 
+def test_a_file_that_reads_back_different_is_quarantined_with_an_error(tiny_run, env, tmp_path, monkeypatch):
+    """The writer reads every image file back: one whose stored bytes differ from those
+    checked and signed (a disk or filesystem that corrupts them) is moved to quarantine
+    with an error naming the file, and blocks; the others are placed as usual."""
+    real_write = generation.atomic_write_bytes
+
+    def corrupting_write(path, data, **options):
+        if Path(path).name == "000001.png":  # one flipped bit on the way to the disk
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        return real_write(path, data, **options)
+
+    monkeypatch.setattr(generation, "atomic_write_bytes", corrupting_write)
+    job = tmp_path / "job"
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "3", "--out", str(job), "--json")
+    assert code == 1, out
+    assert json.loads(out)["approved"] == 2 and json.loads(out)["quarantined"] == 1
+    assert sorted(images(job)) == ["approved/000000.png", "approved/000002.png", "quarantine/000001.png"]
+    record = next(r for r in iter_records(job) if r["type"] == "image" and r["name"] == "000001.png")
+    assert record["verdict"] == "error" and record["folder"] == "quarantine"
+    assert any(f["outcome"] == "error" and "000001.png: the file reads back different from the bytes written"
+               in f["message"] for f in record["findings"])
+    assert (job / "quarantine" / "000001.png.manifest.json").is_file()
+
+
 @pytest.mark.parametrize("failing", ["report.json", "report.html"])
 def test_a_full_disk_while_writing_the_report_keeps_a_whole_report_and_the_job_unfinished(
         tiny_run, env, tmp_path, monkeypatch, failing):
