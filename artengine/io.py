@@ -141,11 +141,6 @@ def open_image(
     return LoadedImage(path=label, rgb=rgb, alpha=alpha, format=fmt, mode=mode, text=text, full_size=full_size)
 
 
-#: IHDR of an 8-bit RGB PNG that is not interlaced, after the signature: length 13, type,
-#: then width and height (bytes 16-23), then these five bytes.
-_RGB_IHDR = (b"\0\0\0\x0dIHDR", b"\x08\x02\x00\x00\x00")
-
-
 def _own_png(source: str | os.PathLike[str] | bytes, limit: int) -> tuple[np.ndarray, dict[str, str]] | None:
     """:func:`decode_png_up` of ``source`` (bytes or a file), or None. A file is read
     whole only when its first 33 bytes are the signature and an 8-bit RGB header: any
@@ -154,9 +149,9 @@ def _own_png(source: str | os.PathLike[str] | bytes, limit: int) -> tuple[np.nda
         data = source
     else:
         with open(source, "rb") as f:
-            data = f.read(33)
-            if data[:16] != _PNG_SIGNATURE + _RGB_IHDR[0] or data[24:29] != _RGB_IHDR[1] \
-                    or int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big") > _OWN_PNG_PIXELS:
+            data = f.read(33)  # the signature and the IHDR chunk
+            if len(data) < 33 or data[:16] != _PNG_SIGNATURE + b"\0\0\0\x0dIHDR" \
+                    or _own_size(data[16:29], limit) is None:
                 return None
             data += f.read()
     return decode_png_up(data, max_pixels=limit)
@@ -436,6 +431,17 @@ def _encode_png_up(image: Image.Image, text: Mapping[str, str], level: int, stra
 _OWN_PNG_PIXELS = 1 << 24
 
 
+def _own_size(ihdr: bytes | memoryview, limit: int) -> tuple[int, int] | None:
+    """``(width, height)`` from the 13 bytes of an IHDR chunk when it is one
+    :func:`decode_png_up` reads (8-bit RGB, not interlaced, at most ``limit`` and
+    :data:`_OWN_PNG_PIXELS` pixels), else None."""
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", ihdr)
+    if (depth, colour, compression, filtering, interlace) != (8, 2, 0, 0, 0) \
+            or not width or not height or width * height > min(limit, _OWN_PNG_PIXELS):
+        return None
+    return width, height
+
+
 def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, str]] | None:
     """The ``(H, W, 3)`` uint8 pixels and the text of a PNG laid out exactly as
     :func:`encode_image` writes an RGB image with ``png_filter="up"``, read with ISA-L's
@@ -472,13 +478,9 @@ def decode_png_up(data: bytes, *, max_pixels: int | None = None) -> tuple[np.nda
             return None
         pos = end
         if size is None:  # IHDR first
-            if kind != b"IHDR" or length != 13:
+            size = _own_size(body, limit) if kind == b"IHDR" and length == 13 else None
+            if size is None:
                 return None
-            width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
-            if (depth, colour, compression, filtering, interlace) != (8, 2, 0, 0, 0) \
-                    or not width or not height or width * height > min(limit, _OWN_PNG_PIXELS):
-                return None
-            size = (width, height)
         elif kind == b"iTXt" and not idat:
             chunk = bytes(body)
             keyword, nul, rest = chunk.partition(b"\0")

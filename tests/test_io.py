@@ -481,6 +481,7 @@ def test_open_image_reads_a_jobs_pngs_with_the_own_reader(tmp_path, monkeypatch)
                         png_filter="up")
     (tmp_path / "job.png").write_bytes(data)
     (tmp_path / "cut.png").write_bytes(data[:-30])
+    (tmp_path / "header.png").write_bytes(data[:20])  # cut inside the header the reader looks at first
     (tmp_path / "pillow.png").write_bytes(_encode(Image.fromarray(pixels), "PNG"))
     by_pillow = {name: open_image(tmp_path / name) for name in ("job.png", "pillow.png")}
 
@@ -499,6 +500,8 @@ def test_open_image_reads_a_jobs_pngs_with_the_own_reader(tmp_path, monkeypatch)
     assert np.array_equal(np.asarray(by_pillow["pillow.png"].rgb), pixels)
     with pytest.raises(ImageLoadError, match="cut.png: corrupt or truncated"):
         open_image(tmp_path / "cut.png")
+    with pytest.raises(ImageLoadError, match="header.png: corrupt or truncated"):
+        open_image(tmp_path / "header.png")
     with pytest.raises(ImageLoadError, match="exceeds the limit of 1199 pixels"):
         open_image(tmp_path / "job.png", max_pixels=1199)
     assert open_image(tmp_path / "job.png", max_pixels=1200).size == (30, 40)
