@@ -634,20 +634,19 @@ def check_encoded(data: bytes, manifest: Mapping[str, Any], *, scheme: Watermark
         _check_loaded(open_image(data, name=name), manifest, scheme=scheme, name=name, pixels=pixels)
         return
     rgb, text = own
-    _check_read(text, rgb, rgb, manifest, scheme=scheme, name=name, pixels=pixels)
+    _check_read(text, rgb, manifest, scheme=scheme, name=name, pixels=pixels)
 
 
 def _check_loaded(loaded: LoadedImage, manifest: Mapping[str, Any], *, scheme: Watermark, name: str,
                   pixels: np.ndarray | None = None) -> None:
-    rgb = np.asarray(loaded.rgb) if loaded.alpha is None else None
-    _check_read(loaded.text, rgb, loaded, manifest, scheme=scheme, name=name, pixels=pixels)
+    _check_read(loaded.text, loaded, manifest, scheme=scheme, name=name, pixels=pixels)
 
 
-def _check_read(text: Mapping[str, str], rgb: np.ndarray | None, read: np.ndarray | LoadedImage,
-                manifest: Mapping[str, Any], *, scheme: Watermark, name: str, pixels: np.ndarray | None) -> None:
-    """The checks of :func:`check_written` on what was read: its ``text``, its RGB pixels
-    (None when it has transparency) and ``read`` itself, hashed when ``pixels`` is not
-    given."""
+def _check_read(text: Mapping[str, str], read: np.ndarray | LoadedImage, manifest: Mapping[str, Any], *,
+                scheme: Watermark, name: str, pixels: np.ndarray | None) -> None:
+    """The checks of :func:`check_written` on what was read: its ``text`` and its pixels,
+    ``read`` (RGB pixels, or a loaded image, which may have transparency)."""
+    rgb = read if isinstance(read, np.ndarray) else np.asarray(read.rgb) if read.alpha is None else None
     embedded = text.get(MANIFEST_KEY)
     if embedded is None or embedded != canonical_json(manifest).decode("utf-8"):
         raise ProvenanceError(f"{name}: the manifest did not survive the save")
