@@ -443,26 +443,32 @@ class Producer:
         assert self.source is not None, "a producer built with generates=False does not generate"
         return self.source.pixels(indices)
 
+    def mark(self, index: int, pixels: np.ndarray) -> tuple[Image.Image, np.ndarray, bytes]:
+        """Image ``index``'s generator output upsampled to the job's size and marked: the
+        marked image, its pixels (the array the mark returns: what is signed; the image the
+        audits see is made from it once) and the mark's payload."""
+        from .provenance import derive_payload
+
+        size = int(self.spec["size"])
+        image = Image.fromarray(pixels, mode="RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        payload = derive_payload(self.secret, index, size=self.scheme.payload_bytes)
+        signed_pixels = self.scheme.embed_array(np.asarray(image), payload)
+        return Image.fromarray(signed_pixels, mode="RGB"), signed_pixels, payload
+
     def finish(self, indices: Sequence[int], raw: np.ndarray) -> list[Produced]:
         """Everything after the generator: upsample, mark, audit, sign, encode, and check
         the encoded bytes (manifest, pixels and mark must read back)."""
         from .provenance import MANIFEST_KEY, ProvenanceError, build_manifest, canonical_json, check_encoded, \
-            derive_payload, pixels_sha256, sign_manifest
+            pixels_sha256, sign_manifest
 
         spec = self.spec
-        size = int(spec["size"])
         items: list[AuditItem] = []
         marked_images: list[tuple[Image.Image, np.ndarray]] = []
         payloads: list[bytes] = []
         for index, pixels in zip(indices, raw):
-            image = Image.fromarray(pixels, mode="RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.LANCZOS)
-            payload = derive_payload(self.secret, index, size=self.scheme.payload_bytes)
-            # The marked pixels are kept as the array the mark returns: they are what is
-            # signed, and the image the audits see is made from them once.
-            signed_pixels = self.scheme.embed_array(np.asarray(image), payload)
-            marked = Image.fromarray(signed_pixels, mode="RGB")
+            marked, signed_pixels, payload = self.mark(index, pixels)
             name = image_name(index)
             loaded = LoadedImage(path=name, rgb=marked, alpha=None, format="PNG", mode="RGB", text={})
             items.append(AuditItem(key=name, image=loaded, meta=self.meta(index)))

@@ -113,14 +113,10 @@ def main() -> None:
                                                   "compute as trained ones: for timing only, as no hub is reachable)")
     args = parser.parse_args()
 
-    import numpy as np
-    from PIL import Image
-
     from artengine import generation
     from artengine.audit import AuditItem
     from artengine.io import LoadedImage
     from artengine.plugins import get_plugins
-    from artengine.provenance import derive_payload
 
     n = args.count
     chunk = args.chunk or generation.GenerateOptions(model="", count=0, out=Path()).chunk
@@ -170,13 +166,8 @@ def main() -> None:
         raw = [px for c in chunks for px in producer.pixels(c)]
         t_gen, c_gen = timed(lambda: [producer.pixels(c) for c in chunks])  # bare generator inference
 
-        def mark_all() -> list:  # upsample + watermark
-            out = []
-            for i, px in zip(indices, raw):
-                img = Image.fromarray(px).resize((size, size), Image.Resampling.LANCZOS)
-                payload = derive_payload(producer.secret, i, size=producer.scheme.payload_bytes)
-                out.append(Image.fromarray(producer.scheme.embed_array(np.asarray(img), payload), mode="RGB"))
-            return out
+        def mark_all() -> list:  # upsample + watermark, as a job's finishing makes them
+            return [producer.mark(i, px)[0] for i, px in zip(indices, raw)]
         marked: list = []
         t_mark, c_mark = timed(lambda: marked.extend(mark_all()))
 
