@@ -20,7 +20,7 @@ from artengine import (
     to_rgb,
 )
 from artengine_plugins.shapes import ShapesSet
-from crafted_files import png_claiming
+from crafted_files import png_chunk, png_chunks, png_claiming, png_of
 
 
 def _encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -319,8 +319,7 @@ def test_isal_deflate_is_a_plain_zlib_stream_near_zlibs_level_1_in_size():
     assert encode_image(image, compress_level=1, strategy="isal", png_filter="up") == isal  # deterministic
 
     def idat(data: bytes) -> bytes:
-        at = data.index(b"IDAT")
-        return data[at + 4: at + 4 + int.from_bytes(data[at - 4: at], "big")]
+        return next(body for kind, body in png_chunks(data) if kind == b"IDAT")
     assert zlib.decompress(idat(isal)) == zlib.decompress(idat(rle))  # the same filtered rows
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(isal)).convert("RGB")), np.asarray(image))
 
@@ -332,26 +331,6 @@ def test_isal_takes_the_up_filter_and_levels_0_to_3_only():
         encode_image(Image.new("RGB", (8, 8)), strategy="isal", png_filter="adaptive")
     with pytest.raises(ValueError, match="compress_level 0-3"):
         encode_image(Image.new("RGB", (8, 8)), strategy="isal", png_filter="up", compress_level=6)
-
-
-def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """A PNG's chunks as (type, body), in order."""
-    out, pos = [], 8
-    while pos < len(data):
-        length = int.from_bytes(data[pos: pos + 4], "big")
-        out.append((data[pos + 4: pos + 8], data[pos + 8: pos + 8 + length]))
-        pos += 12 + length
-    return out
-
-
-def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
-    """A PNG of these chunks, every CRC right."""
-    import struct
-    import zlib
-
-    return b"\x89PNG\r\n\x1a\n" + b"".join(
-        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        for kind, body in chunks)
 
 
 @pytest.mark.parametrize("height", [1, 2, 15, 16, 17, 63, 300])
@@ -374,11 +353,11 @@ def test_the_own_png_reader_reads_what_pillow_reads(height):
         assert np.array_equal(read[0], pixels) and np.array_equal(np.asarray(back), pixels)
         assert read[1] == back.text == text
         assert read[0].flags.c_contiguous and read[0].shape == (height, 37, 3)
-    chunks = _chunks(data)
+    chunks = png_chunks(data)
     at = [kind for kind, _ in chunks].index(b"IDAT")
     idat = chunks[at][1]
     split = chunks[:at] + [(b"IDAT", idat[:5]), (b"IDAT", idat[5:9]), (b"IDAT", idat[9:])] + chunks[at + 1:]
-    read = decode_png_up(_png(split))
+    read = decode_png_up(png_of(split))
     assert read is not None and np.array_equal(read[0], pixels) and read[1] == text
 
 
@@ -394,7 +373,7 @@ def test_the_own_png_reader_leaves_every_other_file_to_pillow():
     image = Image.fromarray(pixels)
     good = encode_image(image, text={"k": "v"}, compress_level=1, strategy="isal", png_filter="up")
     assert decode_png_up(good) is not None and decode_png_up(good, max_pixels=20 * 24) is not None
-    chunks = _chunks(good)
+    chunks = png_chunks(good)
     kinds = [kind for kind, _ in chunks]
     idat = chunks[kinds.index(b"IDAT")][1]
     rows = bytearray(zlib.decompress(idat))
@@ -405,19 +384,19 @@ def test_the_own_png_reader_leaves_every_other_file_to_pillow():
         "Pillow's own PNG (adaptive filter)": _encode(image, "PNG"),
         "RGBA": encode_image(image.convert("RGBA"), compress_level=1, png_filter="up"),
         "greyscale": encode_image(image.convert("L"), compress_level=1, png_filter="up"),
-        "another row filter": _png(refiltered),
-        "compressed iTXt": _png([c for c in chunks if c[0] != b"iTXt"][:1]
+        "another row filter": png_of(refiltered),
+        "compressed iTXt": png_of([c for c in chunks if c[0] != b"iTXt"][:1]
                                 + [(b"iTXt", b"k\0\x01\x00\0\0" + zlib.compress(b"v"))]
                                 + [c for c in chunks if c[0] != b"iTXt"][1:]),
-        "repeated keyword": _png(chunks[:2] + [(b"iTXt", itxt)] + chunks[2:]),
-        "text after the pixels": _png([c for c in chunks if c[0] != b"IEND"] + [(b"iTXt", itxt), (b"IEND", b"")]),
-        "another chunk": _png(chunks[:1] + [(b"gAMA", (45455).to_bytes(4, "big"))] + chunks[1:]),
-        "interlaced header": _png([(b"IHDR", chunks[0][1][:12] + b"\x01")] + chunks[1:]),
+        "repeated keyword": png_of(chunks[:2] + [(b"iTXt", itxt)] + chunks[2:]),
+        "text after the pixels": png_of([c for c in chunks if c[0] != b"IEND"] + [(b"iTXt", itxt), (b"IEND", b"")]),
+        "another chunk": png_of(chunks[:1] + [(b"gAMA", (45455).to_bytes(4, "big"))] + chunks[1:]),
+        "interlaced header": png_of([(b"IHDR", chunks[0][1][:12] + b"\x01")] + chunks[1:]),
         "trailing bytes": good + b"\0",
         "truncated": good[:-5],
         "a flipped bit in the pixels": good[:60] + bytes([good[60] ^ 4]) + good[61:],
         "a bad CRC": good[:-1] + bytes([good[-1] ^ 1]),
-        "extra data after the stream": _png([(k, b + b"\0" if k == b"IDAT" else b) for k, b in chunks]),
+        "extra data after the stream": png_of([(k, b + b"\0" if k == b"IDAT" else b) for k, b in chunks]),
     }
     assert good.index(b"IDAT") < 60 < len(good) - 12
     for what, data in others.items():
@@ -425,7 +404,7 @@ def test_the_own_png_reader_leaves_every_other_file_to_pillow():
     assert decode_png_up(good, max_pixels=20 * 24 - 1) is None
     # That file is valid: Pillow reads row 7 as stored (filter None), not as the pixels.
     row7 = np.frombuffer(bytes(rows), np.uint8).reshape(20, 3 * 24 + 1)[7, 1:].reshape(24, 3)
-    assert np.array_equal(np.asarray(open_image(_png(refiltered)).rgb)[7], row7)
+    assert np.array_equal(np.asarray(open_image(png_of(refiltered)).rgb)[7], row7)
     assert not np.array_equal(row7, pixels[7])
 
 
@@ -434,8 +413,6 @@ def test_whatever_the_own_png_reader_accepts_pillow_reads_the_same():
     changed in any chunk, cut short): the reader turns most away, and every one it accepts
     Pillow reads to the same pixels and text (a fuzz of 1,500 copies; 20,000 + 20,000 when
     it was written: 22 and 2,797 accepted, none read differently)."""
-    import zlib
-
     from artengine.io import decode_png_up, encode_image
 
     rng = np.random.default_rng(12)
@@ -445,17 +422,16 @@ def test_whatever_the_own_png_reader_accepts_pillow_reads_the_same():
                         strategy="isal", png_filter="up")
     accepted = 0
     for trial in range(1500):
-        chunks = [(kind, bytearray(body)) for kind, body in _chunks(good)]
+        chunks = [(kind, bytearray(body)) for kind, body in png_chunks(good)]
         kind, body = chunks[rng.integers(0, len(chunks))]
         for _ in range(rng.integers(1, 4)):
             if body:
                 body[rng.integers(0, len(body))] = rng.integers(0, 256)
         if trial % 2:  # the CRCs made right again
-            data = _png([(k, bytes(b)) for k, b in chunks])
+            data = png_of([(k, bytes(b)) for k, b in chunks])
         else:  # the CRCs as they were: the changed chunk's no longer holds (unless a byte kept its value)
-            data = b"\x89PNG\r\n\x1a\n" + b"".join(
-                len(b).to_bytes(4, "big") + k + bytes(b) + zlib.crc32(k + was).to_bytes(4, "big")
-                for (k, b), (_, was) in zip(chunks, _chunks(good)))
+            data = good[:8] + b"".join(png_chunk(k, bytes(b), crc_of=was)
+                                       for (k, b), (_, was) in zip(chunks, png_chunks(good)))
         if trial % 7 == 0:
             data = data[: rng.integers(8, len(data))]
         read = decode_png_up(data)
