@@ -184,6 +184,20 @@ def test_decoder_rejects_corrupted_codewords():
             assert stdm._decode(layout, clean) == payload
 
 
+def test_a_valid_reed_solomon_word_with_a_wrong_tag_is_not_read():
+    """A word Reed-Solomon takes as it stands (every syndrome zero) whose keyed tag is
+    wrong (a mark made with another key, or forged) reads as nothing, not as its payload."""
+    layout = stdm._layout(KEY)
+    payload = b"\xde\xad\xbe\xef\x00\x01"
+    right = stdm._tag(layout.tag_key, payload)
+    for wrong in (bytes(b ^ 1 for b in right), stdm._tag(b"another key", payload)):
+        word = bytes(stdm._RS.encode(payload + wrong))
+        assert stdm._RS.check(word)[0]  # a codeword as far as Reed-Solomon can tell
+        soft = 1.0 - 2.0 * (np.unpackbits(np.frombuffer(word, np.uint8)) ^ layout.scramble)
+        assert stdm._decode(layout, soft) is None
+    assert stdm._decode(layout, 1.0 - 2.0 * stdm._codeword_bits(layout, payload)) == payload
+
+
 def test_alpha_is_set_aside_and_restored(scheme):
     rgba = shapes(256, 6).convert("RGBA")
     alpha = Image.linear_gradient("L").resize(rgba.size)
