@@ -490,7 +490,7 @@ class Producer:
                 reference=spec["style_ref"]["sha256"] if spec.get("style_ref") else None,
                 audits=audits, extra={"job": spec["job_id"], "index": index, "policy": spec["policy"]["name"]})
             signed = sign_manifest(manifest, self.signing_key)
-            png = encode_image(marked, text={MANIFEST_KEY: canonical_json(signed).decode("utf-8")},
+            png = encode_image(signed_pixels, text={MANIFEST_KEY: canonical_json(signed).decode("utf-8")},
                                compress_level=int(spec["compress_level"]), strategy=spec["png_strategy"],
                                png_filter=spec["png_filter"])
             try:

@@ -388,19 +388,29 @@ PNG_FILTERS = ("adaptive", "up")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {"RGB": 2, "RGBA": 6, "L": 0, "LA": 4}
+_ARRAY_MODES = {(2, 1): "L", (3, 2): "LA", (3, 3): "RGB", (3, 4): "RGBA"}  # (ndim, channels) -> mode
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _encode_png_up(image: Image.Image, text: Mapping[str, str], level: int, strategy: str) -> bytes:
+def _encode_png_up(image: Image.Image | np.ndarray, text: Mapping[str, str], level: int, strategy: str) -> bytes:
     """A PNG whose rows all use filter type 2 (Up), deflated in one call (zlib's with
     ``strategy``, or ISA-L's; both release the GIL). Text goes into uncompressed iTXt
-    chunks, as Pillow writes them."""
-    if image.mode not in _PNG_COLOUR_TYPES:
-        raise ValueError(f"PNG filter 'up' takes RGB, RGBA, L or LA images, not mode {image.mode}")
-    pixels = np.asarray(image)
+    chunks, as Pillow writes them. ``image``: a Pillow image, or its pixels as an array
+    (see :func:`encode_image`)."""
+    if isinstance(image, np.ndarray):
+        pixels, mode = image, _ARRAY_MODES.get((image.ndim, image.shape[-1] if image.ndim == 3 else 1))
+        if image.dtype != np.uint8 or mode is None:
+            raise ValueError(f"PNG filter 'up' takes (H, W), (H, W, 2), (H, W, 3) or (H, W, 4) uint8 pixels, "
+                             f"not {image.shape} {image.dtype}")
+    else:
+        pixels, mode = None, image.mode
+    if mode not in _PNG_COLOUR_TYPES:
+        raise ValueError(f"PNG filter 'up' takes RGB, RGBA, L or LA images, not mode {mode}")
+    if pixels is None:
+        pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, -1)
     filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
@@ -415,7 +425,7 @@ def _encode_png_up(image: Image.Image, text: Mapping[str, str], level: int, stra
         deflate = zlib.compressobj(level, zlib.DEFLATED, 15, 9, ZLIB_STRATEGIES[strategy])
         idat = deflate.compress(filtered) + deflate.flush()
     parts = [_PNG_SIGNATURE,
-             _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[image.mode], 0, 0, 0))]
+             _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[mode], 0, 0, 0))]
     for key, value in text.items():
         keyword = key.encode("latin-1")
         if not 1 <= len(keyword) <= 79 or b"\0" in keyword:
@@ -543,7 +553,7 @@ def _undo_up(rows: np.ndarray) -> None:
 
 
 def encode_image(
-    image: Image.Image,
+    image: Image.Image | np.ndarray,
     *,
     format: str = "PNG",
     text: Mapping[str, str] | None = None,
@@ -556,8 +566,13 @@ def encode_image(
     is zlib's for PNG (``default``, ``filtered``, ``huffman``, ``rle``, ``fixed``): ``rle``
     suits PNG's filtered rows and at level 1 is faster and smaller than the default; or
     ``isal``, ISA-L's deflate at ``compress_level`` 0-3 (with ``png_filter="up"`` only).
-    ``png_filter`` is one of :data:`PNG_FILTERS`."""
+    ``png_filter`` is one of :data:`PNG_FILTERS`.
+
+    ``image`` may also be uint8 pixels, ``(H, W)`` or ``(H, W, C)`` (L, LA, RGB or RGBA by
+    C): the Up filter encodes them as they are, without a copy of a Pillow image's."""
     fmt = format.upper()
+    if isinstance(image, np.ndarray) and not (fmt == "PNG" and png_filter == "up"):
+        image = Image.fromarray(image)
     buf = io.BytesIO()
     if fmt == "PNG":
         if strategy not in PNG_STRATEGIES:

@@ -283,6 +283,20 @@ def test_up_filtered_png_keeps_every_mode_exactly(mode):
     assert back.mode == mode and np.array_equal(np.asarray(back), np.asarray(image))
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
+@pytest.mark.parametrize("png_filter", ["up", "adaptive"])
+def test_pixels_encode_as_their_pillow_image_does(mode, png_filter):
+    """A job encodes the marked pixels it holds as an array: the same file as from the
+    Pillow image of those pixels, in every mode the Up filter writes."""
+    from artengine.io import encode_image
+
+    rng = np.random.default_rng(6)
+    image = Image.fromarray(rng.integers(0, 256, (19, 23, 3), dtype=np.uint8)).convert(mode)
+    for strategy in (("isal", "rle") if png_filter == "up" else ("default",)):
+        options = dict(text={"k": "v"}, compress_level=1, strategy=strategy, png_filter=png_filter)
+        assert encode_image(np.asarray(image), **options) == encode_image(image, **options)
+
+
 def _generated_like_image() -> Image.Image:
     """A smooth 256 px shape with a faint mark's texture (uniform noise of +-2)."""
     from PIL import ImageDraw
@@ -496,6 +510,9 @@ def test_up_filter_refuses_what_it_cannot_write():
         encode_image(Image.new("RGB", (8, 8)), png_filter="paeth")
     with pytest.raises(ValueError, match="text key"):
         encode_image(Image.new("RGB", (8, 8)), text={"": "x"}, png_filter="up")
+    for pixels in (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 5), np.uint8), np.zeros((2, 8, 8, 3), np.uint8)):
+        with pytest.raises(ValueError, match=r"uint8 pixels, not \("):
+            encode_image(pixels, png_filter="up")
 
 
 def test_unknown_png_strategy_is_refused():
