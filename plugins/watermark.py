@@ -172,17 +172,16 @@ def _mask(means: np.ndarray) -> np.ndarray:
         padded = np.concatenate((rows[:, r - 1::-1], rows, rows[:, :-r - 1:-1]), 1)
     else:
         padded = np.pad(means, r, mode="symmetric")
-    m1 = _box(padded, MASK_WINDOW)
-    m2 = _box(padded ** 2, MASK_WINDOW)
+    m1, m2 = _box(np.stack((padded, padded ** 2)), MASK_WINDOW)  # the same sums as one at a time
     var = np.maximum(m2 - m1 ** 2, 0)
     return np.sqrt(var + MASK_FLOOR_REL ** 2 * var.mean() + MASK_FLOOR_ABS ** 2)
 
 
 def _box(a: np.ndarray, k: int) -> np.ndarray:
-    """Mean over every k x k window (valid positions)."""
-    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
-    np.cumsum(np.cumsum(a, 0), 1, out=c[1:, 1:])
-    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+    """Mean over every k x k window (valid positions) of the last two axes."""
+    c = np.zeros((*a.shape[:-2], a.shape[-2] + 1, a.shape[-1] + 1))
+    np.cumsum(np.cumsum(a, -2), -1, out=c[..., 1:, 1:])
+    return (c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]) / (k * k)
 
 
 def _cells(canvas: np.ndarray, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -293,13 +292,16 @@ def embed_pixels(rgb: np.ndarray, payload: bytes, key: bytes) -> np.ndarray:
 # ------------------------------------------------------------------------------ detection
 
 
+_STEP_SCALES = np.exp(np.linspace(-0.3, 0.3, 61))  # the lattice scales tried, around the expected one
+
+
 def _lattice_read(proj: np.ndarray, mask: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, float]:
     """Per cell of the ``valid`` blocks, how close it sits to a 0-lattice point (+1) or a
     1-lattice point (-1); and the lattice fit. The lattice scale is re-fitted within
     +-35 % (the mask estimate drifts a little under heavy processing)."""
     ratio = (proj / mask[..., None])[valid]
     base = _step(mask[valid], (1 - TEMPLATE_SHARE) * _mse(PSNR_DB))
-    steps = base * np.exp(np.linspace(-0.3, 0.3, 61))
+    steps = base * _STEP_SCALES
     # The scan only picks the step, so it runs in float32: numpy's float64 cosine is about
     # ten times slower here and took most of a detection's time. The chosen step's fit and
     # reads are float64, as before.
