@@ -385,6 +385,21 @@ def _part_scores(integral: np.ndarray, cells: tuple[np.ndarray, ...], detail: np
     return np.where(norms > 1e-3, dots / np.maximum(norms, 1e-12), 0.0)
 
 
+def _part_scores_of(integrals: Sequence[np.ndarray], cells: tuple[np.ndarray, ...], detail: np.ndarray,
+                    norms: Sequence[np.ndarray], weights: np.ndarray | None) -> np.ndarray:
+    """:func:`_part_scores` of several references' summed-area tables of one size (with
+    their norms), ``(len(integrals), parts)``: the same values, where the cells tile the
+    parts from one gather of every table's corners and one product (each row summed as
+    :func:`_part_scores` sums it)."""
+    if len(cells) != 2 or weights is None:
+        return np.stack([_part_scores(integral, cells, detail, n, weights) for integral, n in zip(integrals, norms)])
+    stacked = np.stack([integral.ravel() for integral in integrals])
+    values = stacked.take(cells[0].ravel(), axis=1).reshape(len(integrals), weights.shape[0], -1)
+    dots = np.einsum("rij,ij->ri", values, weights)
+    kept = np.stack(norms)
+    return np.where(kept > 1e-3, dots / np.maximum(kept, 1e-12), 0.0)
+
+
 class _PartTable:
     """What an open registry keeps of a reference for the part test: the summed-area table
     of its thumbnail's luminance, the :func:`_part_norms` of the part grid, and those of
@@ -918,6 +933,8 @@ class ReferenceRegistry:
         correlations: dict[tuple[int, str], float] = {}
         # Per reference and part variant: its best part, if it may be searched.
         parts: dict[tuple[int, str], tuple[float, str] | None] = {}
+        wanted: dict[tuple[int, str], None] = {}  # (reference, variant) pairs to part-test, in the order met
+        passed: list[tuple[Any, ...]] = []  # the pairs that passed every test before the part test
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         codes = index.variants[rows]
         # What the distances (and the thumbnails' correlation, where it is clearly below
@@ -966,11 +983,25 @@ class ReferenceRegistry:
                 saturated = saturated_apart[key]
                 if saturated is not None and saturated > max_saturated:
                     continue
+            if detail is not None and (ref_id, variant) not in parts and (ref_id, variant) not in wanted:
+                if min(hashes.quality, self._quality(ref_id)) >= part_min_quality:
+                    wanted[ref_id, variant] = None
+                else:
+                    parts[ref_id, variant] = None
+            passed.append((q, row, ref_id, band, distances, variant, reference_variant, correlation, detail,
+                           apart, saturated))
+        # The part tests the pairs left need, a variant's against all their references at
+        # once; then those pairs decided in the order met, as if each test had been made
+        # where the pair met it (the tests depend on nothing decided in between).
+        by_variant: dict[str, list[int]] = {}
+        for ref_id, variant in wanted:
+            by_variant.setdefault(variant, []).append(ref_id)
+        for variant, refs in by_variant.items():
+            parts.update(zip(((ref_id, variant) for ref_id in refs),
+                             self.part_correlations(refs, query_detail[variant])))
+        for q, row, ref_id, band, distances, variant, reference_variant, correlation, detail, apart, saturated \
+                in passed:
             if detail is not None:
-                if (ref_id, variant) not in parts:
-                    parts[ref_id, variant] = (
-                        self.part_correlation(ref_id, detail)
-                        if min(hashes.quality, self._quality(ref_id)) >= part_min_quality else None)
                 part = parts[ref_id, variant]
                 if part is None or part[0] < min_part:
                     continue
@@ -1157,6 +1188,50 @@ class ReferenceRegistry:
         (:data:`~artengine.hashing.PART_REFINE`); all from a summed-area table of the
         thumbnail's luminance (:func:`_part_details`), kept for the last
         :attr:`PARTS_BYTES` of them."""
+        return self.part_correlations([ref_id], detail)[0]
+
+    #: References whose parts :meth:`part_correlations` scores in one array operation: a
+    #: grid's corner values for 32 of them take 7 MB.
+    PARTS_AT_ONCE = 32
+
+    def part_correlations(self, ref_ids: Sequence[int], detail: np.ndarray) -> list[tuple[float, str]]:
+        """:meth:`part_correlation` of one image's thumbnail detail against each reference
+        of ``ref_ids``, the same values: the references whose thumbnails have one size are
+        scored :attr:`PARTS_AT_ONCE` at a time, one gather and one product for all of them
+        (a search of look-alikes part-tests tens of references per image variant, and one
+        reference at a time cost several times the arithmetic in calls)."""
+        tables = [self._part_table(ref_id) for ref_id in ref_ids]
+        key = np.asarray(detail, dtype=np.float64).tobytes()
+        out: list[tuple[float, str]] = [(0.0, "")] * len(tables)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, table in enumerate(tables):
+            by_size.setdefault(table.integral.shape, []).append(i)
+        for shape, members in by_size.items():
+            height, width = shape[0] - 1, shape[1] - 1
+            for start in range(0, len(members), self.PARTS_AT_ONCE):
+                group = members[start:start + self.PARTS_AT_ONCE]
+                scores = _part_scores_of([tables[i].integral for i in group], _grid_cells(width, height), detail,
+                                         [tables[i].norms for i in group], _query_weights(key, width, height, None))
+                grid_best = np.argmax(scores, axis=1).tolist()
+                closer: dict[int, list[int]] = {}  # a grid part -> the rows whose best it is, to look at more closely
+                for row, (i, k) in enumerate(zip(group, grid_best)):
+                    out[i] = (float(scores[row, k]), _PART_GRID[k])
+                    if out[i][0] >= 1 - self.PART_REFINE_FROM:
+                        closer.setdefault(k, []).append(i)
+                for k, near_members in closer.items():
+                    near, cells = _near_cells(width, height, k)
+                    near_scores = _part_scores_of(
+                        [tables[i].integral for i in near_members], cells, detail,
+                        [self._near_norms(ref_ids[i], tables[i], k, cells) for i in near_members],
+                        _query_weights(key, width, height, k))
+                    for row, i in enumerate(near_members):
+                        j = int(np.argmax(near_scores[row]))
+                        if near_scores[row, j] > out[i][0]:
+                            out[i] = (float(near_scores[row, j]), near[j])
+        return [(best, f"part{part[0]:.3g}@{part[1]:g},{part[2]:g}") for best, part in out]
+
+    def _part_table(self, ref_id: int) -> _PartTable:
+        """The :class:`_PartTable` of a reference, made now if it is not kept."""
         with self._lock:
             table = self._parts.get(ref_id)
             if table is None:
@@ -1165,28 +1240,20 @@ class ReferenceRegistry:
                 height, width = luma.shape
                 table = self._parts.put(ref_id, _PartTable(integral, _part_norms(integral, _grid_cells(width, height))),
                                         self.PARTS_BYTES)
-        integral = table.integral
-        height, width = integral.shape[0] - 1, integral.shape[1] - 1
-        key = np.asarray(detail, dtype=np.float64).tobytes()
-        scores = _part_scores(integral, _grid_cells(width, height), detail, table.norms,
-                              _query_weights(key, width, height, None))
-        k = int(np.argmax(scores))
-        best, part = float(scores[k]), _PART_GRID[k]
-        if best >= 1 - self.PART_REFINE_FROM:
-            near, cells = _near_cells(width, height, k)
-            norms = table.near.get(k)
-            if norms is None:
-                norms = _part_norms(integral, cells)
-                with self._lock:
-                    if k not in table.near:
-                        table.near[k] = norms
-                        self._parts.grew(ref_id, table, norms.nbytes)
-                    norms = table.near[k]
-            near_scores = _part_scores(integral, cells, detail, norms, _query_weights(key, width, height, k))
-            j = int(np.argmax(near_scores))
-            if near_scores[j] > best:
-                best, part = float(near_scores[j]), near[j]
-        return best, f"part{part[0]:.3g}@{part[1]:g},{part[2]:g}"
+            return table
+
+    def _near_norms(self, ref_id: int, table: _PartTable, k: int, cells: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The :func:`_part_norms` of the neighbours of grid part ``k`` of a reference's
+        table (``cells``: theirs), kept with the table once made."""
+        norms = table.near.get(k)
+        if norms is None:
+            norms = _part_norms(table.integral, cells)
+            with self._lock:
+                if k not in table.near:
+                    table.near[k] = norms
+                    self._parts.grew(ref_id, table, norms.nbytes)
+                norms = table.near[k]
+        return norms
 
     #: Parts are looked at more closely only when the best of the grid correlates at least
     #: 1 minus this. On the benchmark's calibration corpus (seed 1), each of the 1,233 of

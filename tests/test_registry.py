@@ -394,6 +394,36 @@ def test_part_details_are_the_resized_parts_of_the_thumbnail():
     assert len(_part_cells(128, 128, parts)) == 2 and len(_part_cells(20, 14, parts)) == 5  # tiled / enlarged
 
 
+def test_part_tests_of_many_references_at_once_are_each_ones_own(tmp_path, monkeypatch):
+    """A search part-tests all the references an image variant needs at once, in groups
+    of one thumbnail size: each reference's best part and its correlation are what it gets
+    tested alone, whatever the group (thumbnails of four sizes, shrunk and enlarged
+    parts, groups of two and of all, and parts looked at more closely)."""
+    from artengine.hashing import crop_box, luma_thumbnail, thumbnail_detail
+
+    rng = np.random.default_rng(8)
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i, (width, height) in enumerate([(128, 128)] * 3 + [(200, 133)] * 2 + [(20, 14)] * 2 + [(32, 32)] * 3):
+        small = Image.fromarray(rng.integers(0, 256, (height // 6 + 2, width // 6 + 2, 3), dtype=np.uint8))
+        small.resize((width, height), Image.Resampling.BICUBIC).save(folder / f"r{i}.png")
+    # A copy of the first a little brighter: its part looked at closely is the same one.
+    Image.eval(Image.open(folder / "r0.png"), lambda v: min(255, v + 3)).save(folder / "r0-brighter.png")
+    with ReferenceRegistry(tmp_path / "refs.db", create=True) as reg:
+        reg.add(sorted(folder.glob("*.png")))
+    with ReferenceRegistry(tmp_path / "refs.db") as reg:
+        ids = sorted(set(reg.index().ref_ids.tolist()))
+        first = reg._thumbnail_image(reg._stored(ids[0])[0], ids[0]).convert("L")
+        details = [thumbnail_detail(luma_thumbnail(first.crop(crop_box(first.size, 0.825, 0.375, 0.625)))),
+                   *(thumbnail_detail(rng.normal(size=(16, 16))) for _ in range(2))]
+        for at_once in (2, 32):
+            monkeypatch.setattr(reg, "PARTS_AT_ONCE", at_once)
+            for detail in details:
+                together = reg.part_correlations(ids[::-1], detail)
+                assert together == [reg.part_correlation(i, detail) for i in ids[::-1]]
+        assert max(best for best, _ in reg.part_correlations(ids, details[0])) > 0.99  # the crop, found by the closer look (it lies between the grid's parts)
+
+
 def _pair_decisions_one_by_one(reg, hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band,
                                confirmed, use_bands, min_correlation, min_part):
     """The search's decisions of each pair before the colours, one pair at a time (as its
@@ -535,9 +565,9 @@ def test_a_reference_thumbnail_is_decoded_once_for_everything_the_search_measure
             decode = reg._thumbnail_image
             monkeypatch.setattr(reg, "_thumbnail_image", lambda data, ref_id: decoded.append(ref_id) or decode(data, ref_id))
             part_tests = []
-            part_correlation = reg.part_correlation
-            monkeypatch.setattr(reg, "part_correlation",
-                                lambda ref_id, detail: part_tests.append(ref_id) or part_correlation(ref_id, detail))
+            part_correlations = reg.part_correlations
+            monkeypatch.setattr(reg, "part_correlations",
+                                lambda ref_ids, detail: part_tests.extend(ref_ids) or part_correlations(ref_ids, detail))
             matches = [reg.search(h, thresholds) for h in hashes]
             found[grays_bytes] = [[m.as_dict() for m in f] for f in matches]
             # The records kept for the registry's lifetime (with their thumbnails' bytes) are
