@@ -136,7 +136,8 @@ _RS = reedsolo.RSCodec(PARITY_BYTES)
 
 
 def _luma(rgb: np.ndarray) -> Image.Image:
-    return Image.fromarray(rgb.astype(np.float32) @ _LUMA, mode="F")
+    """The luma plane of ``(H, W, 3)`` pixels (uint8, or already float32)."""
+    return Image.fromarray(np.asarray(rgb, dtype=np.float32) @ _LUMA, mode="F")
 
 
 _LUMA_ROWS = 1 << 20  # pixels converted at a time by _luma_in_rows
@@ -254,7 +255,8 @@ def embed_pixels(rgb: np.ndarray, payload: bytes, key: bytes) -> np.ndarray:
     height, width, _ = rgb.shape
     mse = _mse(PSNR_DB)
     template = np.sqrt(TEMPLATE_SHARE * mse) * layout.template
-    host = _working(_luma(rgb)) + template
+    base = rgb.astype(np.float32)
+    host = _working(_luma(base)) + template
     proj, mask = _cells(host, layout)
     step = _step(mask, (1 - TEMPLATE_SHARE) * mse)
     bits = _codeword_bits(layout, payload)[layout.cell_bit]
@@ -266,7 +268,6 @@ def embed_pixels(rgb: np.ndarray, payload: bytes, key: bytes) -> np.ndarray:
                   .resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     # Rounding to integers adds about 1/12 of squared error; the rest is the mark's.
     up *= np.float32(np.sqrt((mse - 1 / 12) / np.mean(np.square(up, dtype=np.float64))))
-    base = rgb.astype(np.float32)
     rounded = np.empty_like(base)
     for _ in range(4):
         # The same float32 operations as clip(rint(base + up)), in place. The mark is
