@@ -1202,7 +1202,7 @@ class ReferenceRegistry:
         reference at a time cost several times the arithmetic in calls)."""
         tables = [self._part_table(ref_id) for ref_id in ref_ids]
         key = np.asarray(detail, dtype=np.float64).tobytes()
-        out: list[tuple[float, str]] = [(0.0, "")] * len(tables)
+        out: list[tuple[float, tuple[float, float, float]]] = [(0.0, _PART_GRID[0])] * len(tables)  # best, part
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, table in enumerate(tables):
             by_size.setdefault(table.integral.shape, []).append(i)
