@@ -372,30 +372,26 @@ def _part_scores(integral: np.ndarray, cells: tuple[np.ndarray, ...], detail: np
     :func:`_part_norms` (pass them where they are kept). Where the cells tile the parts,
     that dot product is the corners' values in the table dotted with their
     :func:`_corner_weights` (pass them where they are kept): one gather and one product
-    per part, no cell made."""
-    if norms is None:
-        norms = _part_norms(integral, cells)
-    if len(cells) == 2:
-        if weights is None:
-            weights = _corner_weights(cells, detail)
-        values = integral.ravel().take(cells[0]).reshape(len(norms), -1)
-        dots = np.einsum("ij,ij->i", values, weights)
-    else:
-        dots = _cell_means(integral, cells).reshape(len(norms), -1) @ detail
-    return np.where(norms > 1e-3, dots / np.maximum(norms, 1e-12), 0.0)
+    per part, no cell made. :func:`_part_scores_of` for one table."""
+    return _part_scores_of([integral], cells, detail,
+                           [_part_norms(integral, cells) if norms is None else norms], weights)[0]
 
 
 def _part_scores_of(integrals: Sequence[np.ndarray], cells: tuple[np.ndarray, ...], detail: np.ndarray,
-                    norms: Sequence[np.ndarray], weights: np.ndarray | None) -> np.ndarray:
-    """:func:`_part_scores` of several references' summed-area tables of one size (with
-    their norms), ``(len(integrals), parts)``: the same values, where the cells tile the
-    parts from one gather of every table's corners and one product (each row summed as
-    :func:`_part_scores` sums it)."""
-    if len(cells) != 2 or weights is None:
-        return np.stack([_part_scores(integral, cells, detail, n, weights) for integral, n in zip(integrals, norms)])
-    stacked = np.stack([integral.ravel() for integral in integrals])
-    values = stacked.take(cells[0].ravel(), axis=1).reshape(len(integrals), weights.shape[0], -1)
-    dots = np.einsum("rij,ij->ri", values, weights)
+                    norms: Sequence[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_part_scores` of several references' summed-area tables of one size, with
+    their norms: ``(len(integrals), parts)``. Where the cells tile the parts, one gather
+    of every table's corners and one product for all of them (each row summed as for one
+    table alone)."""
+    if len(cells) == 2:
+        if weights is None:
+            weights = _corner_weights(cells, detail)
+        stacked = np.stack([integral.ravel() for integral in integrals])
+        values = stacked.take(cells[0].ravel(), axis=1).reshape(len(integrals), len(weights), -1)
+        dots = np.einsum("rij,ij->ri", values, weights)
+    else:
+        dots = np.stack([_cell_means(integral, cells).reshape(len(n), -1) @ detail
+                         for integral, n in zip(integrals, norms)])
     kept = np.stack(norms)
     return np.where(kept > 1e-3, dots / np.maximum(kept, 1e-12), 0.0)
 
