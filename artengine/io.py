@@ -405,12 +405,10 @@ def _encode_png_up(image: Image.Image | np.ndarray, text: Mapping[str, str], lev
         if image.dtype != np.uint8 or mode is None:
             raise ValueError(f"PNG filter 'up' takes (H, W), (H, W, 2), (H, W, 3) or (H, W, 4) uint8 pixels, "
                              f"not {image.shape} {image.dtype}")
+    elif image.mode in _PNG_COLOUR_TYPES:
+        pixels, mode = np.asarray(image), image.mode
     else:
-        pixels, mode = None, image.mode
-    if mode not in _PNG_COLOUR_TYPES:
-        raise ValueError(f"PNG filter 'up' takes RGB, RGBA, L or LA images, not mode {mode}")
-    if pixels is None:
-        pixels = np.asarray(image)
+        raise ValueError(f"PNG filter 'up' takes RGB, RGBA, L or LA images, not mode {image.mode}")
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, -1)
     filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
