@@ -929,7 +929,7 @@ class ReferenceRegistry:
         correlations: dict[tuple[int, str], float] = {}
         # Per reference and part variant: its best part, if it may be searched.
         parts: dict[tuple[int, str], tuple[float, str] | None] = {}
-        wanted: dict[tuple[int, str], None] = {}  # (reference, variant) pairs to part-test, in the order met
+        wanted: dict[str, dict[int, None]] = {}  # per variant, the references to part-test, in the order met
         passed: list[tuple[Any, ...]] = []  # the pairs that passed every test before the part test
         query_detail: dict[str, np.ndarray] = {}  # the image's thumbnail detail, per turn
         codes = index.variants[rows]
@@ -979,9 +979,9 @@ class ReferenceRegistry:
                 saturated = saturated_apart[key]
                 if saturated is not None and saturated > max_saturated:
                     continue
-            if detail is not None and (ref_id, variant) not in parts and (ref_id, variant) not in wanted:
+            if detail is not None and (ref_id, variant) not in parts and ref_id not in wanted.get(variant, ()):
                 if min(hashes.quality, self._quality(ref_id)) >= part_min_quality:
-                    wanted[ref_id, variant] = None
+                    wanted.setdefault(variant, {})[ref_id] = None
                 else:
                     parts[ref_id, variant] = None
             passed.append((q, row, ref_id, band, distances, variant, reference_variant, correlation, detail,
@@ -989,12 +989,9 @@ class ReferenceRegistry:
         # The part tests the pairs left need, a variant's against all their references at
         # once; then those pairs decided in the order met, as if each test had been made
         # where the pair met it (the tests depend on nothing decided in between).
-        by_variant: dict[str, list[int]] = {}
-        for ref_id, variant in wanted:
-            by_variant.setdefault(variant, []).append(ref_id)
-        for variant, refs in by_variant.items():
+        for variant, refs in wanted.items():
             parts.update(zip(((ref_id, variant) for ref_id in refs),
-                             self.part_correlations(refs, query_detail[variant])))
+                             self.part_correlations(list(refs), query_detail[variant])))
         for q, row, ref_id, band, distances, variant, reference_variant, correlation, detail, apart, saturated \
                 in passed:
             if detail is not None:
@@ -1080,7 +1077,8 @@ class ReferenceRegistry:
                 # Every reference met against every variant in one matrix product, then each
                 # pair's entry: not a row of each per pair gathered first (the demo's searches
                 # held 470 pairs of 130 references and 4 variants). A sum in another order
-                # than the loop's, which the margin allows for (they differ by 1e-15 at most on the demo's searches).
+                # than the loop's, which the margin allows for (they differ by 1e-15 at most
+                # on the demo's searches).
                 approx = (theirs @ ours.T)[ref_at, variant_at]
                 keep[doubtful[approx < min_correlation - self.CORRELATION_MARGIN]] = False
         return np.flatnonzero(keep), within, verify, confirm
