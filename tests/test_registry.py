@@ -421,7 +421,8 @@ def test_part_tests_of_many_references_at_once_are_each_ones_own(tmp_path, monke
             for detail in details:
                 together = reg.part_correlations(ids[::-1], detail)
                 assert together == [reg.part_correlation(i, detail) for i in ids[::-1]]
-        assert max(best for best, _ in reg.part_correlations(ids, details[0])) > 0.99  # the crop, found by the closer look (it lies between the grid's parts)
+        # The crop is found by the closer look: it lies between the grid's parts.
+        assert max(best for best, _ in reg.part_correlations(ids, details[0])) > 0.99
 
 
 def _pair_decisions_one_by_one(reg, hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band,
