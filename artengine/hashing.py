@@ -723,6 +723,11 @@ _FLIPPED = {
     Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
     Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
 }
+#: Every one of the :data:`TURNED_VARIANTS` on a 2-D array, as ``Image.transpose`` moves
+#: the pixels (its ROTATE_90 turns anticlockwise, as ``numpy.rot90`` does): views, the
+#: values as they are.
+TURNED_ARRAYS = {**_FLIPPED, Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
+                 Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1)}
 
 
 def _turned(pixels: np.ndarray, whole: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:

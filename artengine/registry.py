@@ -60,6 +60,7 @@ from .hashing import (
     PART_SCALES,
     PART_VARIANTS,
     REFERENCE_VARIANTS,
+    TURNED_ARRAYS,
     TURNED_VARIANTS,
     _PLANE,
     ImageHashes,
@@ -234,7 +235,7 @@ def _query_detail(luma: np.ndarray, variant: str, variant_luma: Mapping[str, np.
         return thumbnail_detail(variant_luma[variant])
     method = TURNED_VARIANTS.get(variant)
     if method is not None:
-        luma = np.asarray(Image.fromarray(luma).transpose(method))
+        luma = TURNED_ARRAYS[method](luma)  # the values Image.transpose moves, without an image
     return thumbnail_detail(luma)
 
 
@@ -479,6 +480,9 @@ class ReferenceRegistry:
         self._detailed = np.zeros(0, dtype=bool)
         self._saturated: dict[int, np.ndarray | None] = {}
         self._saturated_centred: dict[int, list[float]] = {}
+        # The same colours as rows by id beside the details (NaN where a reference has too
+        # little colour), for a search to compare the references it meets at once.
+        self._saturated_rows = np.zeros((0, 3))
         # The part tests' tables of the references last used (summed-area tables of their
         # thumbnails in luminance, and the parts' lengths), up to PARTS_BYTES.
         self._parts = _KeptBySize()
@@ -916,16 +920,7 @@ class ReferenceRegistry:
         # of one element of the memory-mapped columns at a time.
         apart_by = {first: dist, **{a: np.bitwise_count(index.columns[a][rows] ^ hashes[a][qi]) for a in rest}}
         best: dict[int, Match] = {}
-        # Per reference and the query's colours compared: the image's, or a cut-out
-        # variant's own (the picture inside a border, without the border's colour). The
-        # image's own against every reference of a pair, at once.
         pair_refs = index.ref_ids[rows]
-        refs_met, first_rows = np.unique(pair_refs, return_index=True)
-        colour_apart: dict[tuple[int, str | None], float] = dict(zip(
-            ((int(r), None) for r in refs_met),
-            colour_distance(np.asarray(hashes.colour, dtype=np.float32), index.colours[rows[first_rows]],
-                            contrast).tolist()))
-        saturated_apart: dict[tuple[int, str | None], float | None] = {}
         correlations: dict[tuple[int, str], float] = {}
         # Per reference and part variant: its best part, if it may be searched.
         parts: dict[tuple[int, str], tuple[float, str] | None] = {}
@@ -939,6 +934,21 @@ class ReferenceRegistry:
         kept, within_of, verify_of, confirm_of = self._pair_decisions(
             hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band, confirmed, use_bands,
             min_correlation, min_part, query_detail)
+        # Per reference and the query's colours compared: the image's, or a cut-out
+        # variant's own (the picture inside a border, without the border's colour). The
+        # image's own against every reference of a pair looked at below, at once; then the
+        # colours of the coloured parts of those within the colour bound.
+        refs_kept, first_rows = np.unique(pair_refs[kept], return_index=True)
+        colour_apart: dict[tuple[int, str | None], float] = dict(zip(
+            ((ref_id, None) for ref_id in refs_kept.tolist()),
+            colour_distance(np.asarray(hashes.colour, dtype=np.float32), index.colours[rows[kept[first_rows]]],
+                            contrast).tolist()))
+        saturated_apart: dict[tuple[int, str | None], float | None] = {}
+        if max_saturated is not None:
+            if max_colour is not None:
+                refs_kept = refs_kept[np.array([colour_apart[ref_id, None] <= max_colour
+                                                for ref_id in refs_kept.tolist()], dtype=bool)]
+            saturated_apart.update(self._saturated_apart(refs_kept, hashes.saturated, contrast))
         others = [apart_by[a][kept].tolist() for a in rest]
         for q, row, ref_id, code, d, within, verify, confirm, *other in zip(
                 qi[kept].tolist(), rows[kept].tolist(), pair_refs[kept].tolist(), codes[kept].tolist(),
@@ -1115,7 +1125,9 @@ class ReferenceRegistry:
         details[:len(self._details)] = self._details
         detailed = np.zeros(size, dtype=bool)
         detailed[:len(self._detailed)] = self._detailed
-        self._details, self._detailed = details, detailed
+        saturated = np.zeros((size, 3))
+        saturated[:len(self._saturated_rows)] = self._saturated_rows
+        self._details, self._detailed, self._saturated_rows = details, detailed, saturated
 
     #: Bytes of decoded thumbnails in luminance (:meth:`_measure`) an open registry keeps,
     #: the most recently decoded: 16 KB for a 128 px thumbnail (about 500), 1 KB for a 32
@@ -1140,14 +1152,33 @@ class ReferenceRegistry:
         gray = image.convert("L")
         if ref_id >= len(self._detailed):
             self._grow_details(ref_id + 1)
+        if ref_id not in self._saturated:  # first: a reference with its detail made has this too
+            colour = self._saturated[ref_id] = saturated_colour(image)
+            self._saturated_rows[ref_id] = np.nan if colour is None else colour
+            if colour is not None:
+                self._saturated_centred[ref_id] = centred_colour(colour)
         if not self._detailed[ref_id]:
             self._details[ref_id] = thumbnail_detail(luma_thumbnail(gray))
             self._detailed[ref_id] = True
-        if ref_id not in self._saturated:
-            colour = self._saturated[ref_id] = saturated_colour(image)
-            if colour is not None:
-                self._saturated_centred[ref_id] = centred_colour(colour)
         self._grays.put(ref_id, np.asarray(gray), self.GRAYS_BYTES)
+
+    def _saturated_apart(self, refs: np.ndarray, ours: np.ndarray | None,
+                         contrast: float) -> list[tuple[tuple[int, None], float | None]]:
+        """:meth:`saturated_distance` of the image's own coloured parts (``ours``: its
+        :func:`~artengine.hashing.saturated_colour`) and the references among ``refs``
+        whose thumbnails were measured, in one array operation, as ``((ref_id, None),
+        distance)`` items (a call per reference took an eighth of a search of the demo's
+        registry). The others are measured when a pair reaches their colours."""
+        if ours is None:
+            return [((ref_id, None), None) for ref_id in refs.tolist()]
+        with self._lock:
+            refs = refs[refs < len(self._detailed)]
+            refs = refs[self._detailed[refs]]
+            theirs = self._saturated_rows[refs]
+        coloured = ~np.isnan(theirs[:, 0])
+        apart = colour_distance(ours, theirs[coloured], contrast).tolist()
+        return [*zip(((ref_id, None) for ref_id in refs[coloured].tolist()), apart),
+                *(((ref_id, None), None) for ref_id in refs[~coloured].tolist())]
 
     def saturated_distance(self, ref_id: int, hashes: ImageHashes, variant: str = "full",
                            contrast: float = 1.0) -> float | None:

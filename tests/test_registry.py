@@ -581,3 +581,71 @@ def test_a_reference_thumbnail_is_decoded_once_for_everything_the_search_measure
             assert len(decoded) > len(set(decoded))  # luminance let go: decoded again for a part test
     assert found[0] == found[ReferenceRegistry.GRAYS_BYTES]
     assert sum(bool(f) for f in found[0]) >= 30  # the cut and brightened copies are named
+
+
+def test_the_image_turned_as_a_variant_faces_the_reference_as_pillow_turns_it():
+    """A match of a turned variant is verified on the image's thumbnail turned the same
+    way: numpy's views give the values Pillow's transpose gives, to the bit."""
+    from artengine.hashing import TURNED_VARIANTS, thumbnail_detail
+    from artengine.registry import _query_detail
+
+    luma = np.random.default_rng(3).random((16, 16), dtype=np.float32) * 255
+    for variant, method in TURNED_VARIANTS.items():
+        turned = np.asarray(Image.fromarray(luma).transpose(method))
+        assert _query_detail(luma, variant).tobytes() == thumbnail_detail(turned).tobytes(), variant
+    assert not np.array_equal(_query_detail(luma, "rotate90"), _query_detail(luma, "rotate270"))
+
+
+def test_the_colours_of_the_coloured_parts_compared_at_once_are_each_ones_own(tmp_path, monkeypatch):
+    """The search compares the colour of the image's coloured parts with those of the
+    references it has measured in one array operation. Every match, and every pair the
+    bound refuses, must be as when each reference is compared when a pair reaches it, on a
+    registry of look-alikes searched by copies in other colours and by other shapes."""
+    from artengine.data import open_dataset
+    from artengine.hashing import query_hashes_many
+    from artengine.plugins import get_plugins
+
+    datasets = get_plugins().components("datasets")
+    training = open_dataset("shapes", image_size=32, seed=0, datasets=datasets, length=120)
+    others = open_dataset("shapes", image_size=32, seed=1, datasets=datasets, length=30)
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i in range(len(training)):
+        training[i].image.save(folder / f"r{i:03d}.png")
+    queries = [others[i].image.resize((256, 256), Image.Resampling.BICUBIC) for i in range(len(others))]
+    for i in range(0, 60, 2):
+        image = training[i].image.resize((256, 256), Image.Resampling.BICUBIC)
+        queries += [image.convert("RGB").split()[::-1][0].convert("RGB") if i % 4 else image,  # grey or as it is
+                    Image.merge("RGB", image.convert("RGB").split()[::-1]),  # red and blue swapped
+                    ImageEnhance.Brightness(image).enhance(1.15)]
+    thresholds = {"phash": 16, "dhash": 12, "sum": 22, "colour": 0.08, "saturated": 0.2, "colour_contrast": 1.2,
+                  "close_phash": 2, "close_phash_dhash": 20, "band_sum": 16, "band_image_sum": 34,
+                  "band_min_quality": 20, "correlation": 0.96, "part_correlation": 0.97, "part_min_quality": 50}
+    hashes = query_hashes_many([q.convert("RGB") for q in queries])
+    with ReferenceRegistry(tmp_path / "refs.db", create=True) as reg:
+        reg.add(sorted(folder.glob("*.png")))
+        one_at_a_time = reg.saturated_distance
+        compared: list[bool] = []  # per reference compared one at a time: on a variant's own colours?
+
+        def each_one(ref_id, hashes, variant, contrast):
+            compared.append(variant in hashes.variant_colour)
+            return one_at_a_time(ref_id, hashes, variant, contrast)
+
+        monkeypatch.setattr(reg, "saturated_distance", each_one)
+
+        def search_all(bounds):
+            return [[m.as_dict() for m in reg.search(h, bounds)] for h in hashes]
+
+        monkeypatch.setattr(reg, "_saturated_apart", lambda refs, ours, contrast: [])
+        each = search_all(thresholds)  # every reference compared as a pair reaches it; all measured now
+        assert compared
+        monkeypatch.undo()
+        monkeypatch.setattr(reg, "saturated_distance", each_one)
+        compared.clear()
+        assert search_all(thresholds) == each
+        # The image's own colours against every reference a pair reached at once (all had
+        # been measured); only a cut-out variant's own colours one at a time.
+        assert all(compared)
+        # The bound decides here: without it, more images match.
+        assert search_all({**thresholds, "saturated": 1.0}) != each
+    assert sum(bool(f) for f in each) >= 20
