@@ -9,6 +9,10 @@
   (``query_hashes_many``), against ``query_hashes`` image by image on the same images.
 * One query against 1e6 and 1e7 ``uint64`` hashes: ``hamming_within`` (chunked, shared
   buffers) vs a naive numpy expression. Targets: <= 2 ms at 1e6, <= 15 ms at 1e7.
+* A search's first step against registries of 2,000, 20,000, 100,000 and (without
+  ``--quick``) 500,000 references of 21 rows each: an image's 6 whole variants and 2 bands within pHash
+  16 (the publication policy's bound), ``_Index.pairs_within`` (each band's queries scan only
+  that band's rows) vs ``hamming_within`` over every row, the same pairs.
 
     .venv/bin/python benchmarks/bench_hashing.py [--quick]
 """
@@ -26,7 +30,15 @@ from common import print_table, side_by_side, timeit  # noqa: E402
 from photos import photo_patches  # noqa: E402
 
 from artengine import query_hashes, query_hashes_many, reference_hashes  # noqa: E402
-from artengine.hashing import COLUMNS, QUERY_VARIANTS, REFERENCE_VARIANTS, hamming_within, phash  # noqa: E402
+from artengine.hashing import (  # noqa: E402
+    BAND_VARIANTS,
+    COLUMNS,
+    QUERY_VARIANTS,
+    REFERENCE_VARIANTS,
+    hamming_within,
+    phash,
+)
+from artengine.registry import _Index  # noqa: E402
 
 
 def main() -> None:
@@ -86,6 +98,23 @@ def main() -> None:
                             f"engine_{len(QUERY_VARIANTS)}_queries_ms": e4 * 1e3,
                             "target_ms": 2.0 if size == 1_000_000 else 15.0})
     print_table("Hamming search, one 64-bit query, radius 10", search_rows)
+
+    registry_rows = []
+    kinds = [None] * 6 + list(BAND_VARIANTS)  # the image, mirrored, flipped, turned 3 ways; its bands
+    for refs in (2_000, 20_000, 100_000) if args.quick else (2_000, 20_000, 100_000, 500_000):
+        n = refs * len(REFERENCE_VARIANTS)
+        columns = {a: rng.integers(0, 2**63, size=n, dtype=np.uint64) for a in COLUMNS}
+        variants = np.tile(np.arange(len(REFERENCE_VARIANTS), dtype=np.uint8), refs)
+        index = _Index("bench", 1, columns, np.repeat(np.arange(refs), len(REFERENCE_VARIANTS)), variants,
+                       REFERENCE_VARIANTS, np.zeros((n, 3), np.float32))
+        queries = columns["phash"][rng.integers(0, n, len(kinds))] ^ np.uint64(0b1011)
+        index.pairs_within(queries, kinds, True, 16)  # its band rows gathered once per open index
+        e, b = side_by_side(lambda: index.pairs_within(queries, kinds, True, 16),
+                            lambda: hamming_within(columns["phash"], queries, 16), repeat=9 if refs < 500_000 else 5,
+                            number=20 if refs <= 2_000 else 1)
+        registry_rows.append({"references": refs, "rows": n, "by_kind_ms": e * 1e3, "every_row_ms": b * 1e3,
+                              "ratio": e / b})
+    print_table("a search's first step, 6 whole variants and 2 bands, pHash <= 16", registry_rows)
 
 
 if __name__ == "__main__":

@@ -648,4 +648,42 @@ def test_the_colours_of_the_coloured_parts_compared_at_once_are_each_ones_own(tm
         assert all(compared)
         # The bound decides here: without it, more images match.
         assert search_all({**thresholds, "saturated": 1.0}) != each
+        # Each band's queries scanning only its rows (an index of many rows): the same.
+        from artengine.registry import _Index
+        monkeypatch.setattr(_Index, "BANDS_APART_FROM", 1)
+        assert search_all(thresholds) == each
     assert sum(bool(f) for f in each) >= 20
+
+
+def test_each_band_scans_only_its_own_rows_and_the_pairs_come_as_a_scan_of_every_row(monkeypatch):
+    """The first step of a search: every (query variant, row) pair within the pHash bound.
+    A band's queries scan only that band's rows; the pairs must be those of a scan of
+    every row, less the pairs a search never compares (a band and another kind of row, a
+    whole image and a band, bands when they are not in use), in the same order, across
+    several chunks of the scan."""
+    from artengine.hashing import BAND_VARIANTS, COLUMNS, REFERENCE_VARIANTS, hamming_within
+    from artengine.registry import _Index
+
+    rng = np.random.default_rng(5)
+    refs, per_ref = 300, len(REFERENCE_VARIANTS)
+    n = refs * per_ref
+    # Hashes of a few bits each, so that many pairs of every kind fall within the bound.
+    columns = {a: (rng.random((n, 64)) < 0.08).astype(np.uint64) @ (np.uint64(1) << np.arange(64, dtype=np.uint64))
+               for a in COLUMNS}
+    variants = np.tile(np.arange(per_ref, dtype=np.uint8), refs)
+    index = _Index("u", 1, columns, np.repeat(np.arange(refs), per_ref), variants, REFERENCE_VARIANTS,
+                   np.zeros((n, 3), np.float32))
+    monkeypatch.setattr(_Index, "SCAN_CHUNK", 1000)  # 7 chunks
+    monkeypatch.setattr(_Index, "BANDS_APART_FROM", 1000)
+    kinds = [None, "band-top", None, "band-bottom", None, "band-top"]
+    queries = columns["phash"][rng.integers(0, n, len(kinds))] ^ np.uint64(1)
+    row_kind = np.array([name if name in BAND_VARIANTS else None for name in REFERENCE_VARIANTS], dtype=object)[variants]
+    for use_bands in (True, False):
+        qi, rows, dist = hamming_within(columns["phash"], queries, 9, chunk=1000)
+        keep = np.array([row_kind[r] == kinds[q] and (kinds[q] is None or use_bands)
+                         for q, r in zip(qi.tolist(), rows.tolist())], dtype=bool)
+        found = index.pairs_within(queries, kinds, use_bands, 9)
+        assert len(found[0]) == keep.sum() > 500
+        for ours, every_row in zip(found, (qi[keep], rows[keep], dist[keep])):
+            assert ours.tolist() == every_row.tolist()
+        assert {kinds[q] for q in found[0].tolist()} == ({None, *BAND_VARIANTS} if use_bands else {None})
