@@ -1400,8 +1400,8 @@ class _Index:
         variants' first hashes (``kinds``: each one's band, or None for a whole image),
         less the pairs a search never compares: a band and a row of any other kind, a
         whole image and a band, any band without ``use_bands``. Each band's queries scan
-        only that band's rows (2 of the 21 rows of a reference), not all of them: about
-        a quarter less to scan for an image's usual 6 whole variants and 2 bands. The
+        only that band's rows (2 of the 21 rows of a reference), not all of them: a
+        fifth less to scan for an image's usual 6 whole variants and 2 bands. The
         pairs in the order of a scan of every row (chunk by chunk, in each chunk query
         by query). An index of fewer than :attr:`BANDS_APART_FROM` rows gives every pair
         of a scan of every row, each query's, as it is."""
