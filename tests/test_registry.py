@@ -425,6 +425,28 @@ def test_part_tests_of_many_references_at_once_are_each_ones_own(tmp_path, monke
         assert max(best for best, _ in reg.part_correlations(ids, details[0])) > 0.99
 
 
+#: The search's bounds in the publication policy, the part test on.
+PUBLICATION_BOUNDS = {"phash": 16, "dhash": 12, "sum": 22, "colour": 0.08, "saturated": 0.2, "colour_contrast": 1.2,
+                      "close_phash": 2, "close_phash_dhash": 20, "band_sum": 16, "band_image_sum": 34,
+                      "band_min_quality": 20, "correlation": 0.96, "part_correlation": 0.97, "part_min_quality": 50}
+
+
+def _shapes_folder(tmp_path, length: int, others: int = 0):
+    """``length`` training shapes of 32 px saved as a folder of references (a registry of
+    look-alikes), and ``others`` shapes of another seed; returns (training, folder, others)."""
+    from artengine.data import open_dataset
+    from artengine.plugins import get_plugins
+
+    datasets = get_plugins().components("datasets")
+    training = open_dataset("shapes", image_size=32, seed=0, datasets=datasets, length=length)
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i in range(len(training)):
+        training[i].image.save(folder / f"r{i:03d}.png")
+    other = open_dataset("shapes", image_size=32, seed=1, datasets=datasets, length=others) if others else []
+    return training, folder, other
+
+
 def _pair_decisions_one_by_one(reg, hashes, thresholds, qi, codes, pair_refs, apart_by, band_of_code, query_band,
                                confirmed, use_bands, min_correlation, min_part):
     """The search's decisions of each pair before the colours, one pair at a time (as its
@@ -471,17 +493,9 @@ def test_the_pairs_passed_over_at_once_are_those_the_search_would_pass_over(tmp_
     and the matches those of looking at every pair the correlation alone would pass over,
     with the part test on and off, on a registry of look-alikes (training shapes) searched
     by other shapes and by copies of registered ones (cut, mirrored, turned, brightened)."""
-    from artengine.data import open_dataset
     from artengine.hashing import query_hashes_many
-    from artengine.plugins import get_plugins
 
-    datasets = get_plugins().components("datasets")
-    training = open_dataset("shapes", image_size=32, seed=0, datasets=datasets, length=160)
-    others = open_dataset("shapes", image_size=32, seed=1, datasets=datasets, length=40)
-    folder = tmp_path / "refs"
-    folder.mkdir()
-    for i in range(len(training)):
-        training[i].image.save(folder / f"r{i:03d}.png")
+    training, folder, others = _shapes_folder(tmp_path, 160, 40)
     rng = np.random.default_rng(9)
     queries = [others[i].image.resize((256, 256), Image.Resampling.BICUBIC) for i in range(len(others))]
     for i in range(0, 40, 2):
@@ -537,24 +551,15 @@ def test_a_reference_thumbnail_is_decoded_once_for_everything_the_search_measure
     colour of its coloured parts, the summed-area table of its parts); the JPEG is decoded
     once for all of them while the registry is open, and a part test after its luminance
     was let go decodes it again to the same findings."""
-    from artengine.data import open_dataset
     from artengine.hashing import query_hashes_many
-    from artengine.plugins import get_plugins
 
-    datasets = get_plugins().components("datasets")
-    training = open_dataset("shapes", image_size=32, seed=0, datasets=datasets, length=120)
-    folder = tmp_path / "refs"
-    folder.mkdir()
-    for i in range(len(training)):
-        training[i].image.save(folder / f"r{i:03d}.png")
+    training, folder, _ = _shapes_folder(tmp_path, 120)
     queries = []
     for i in range(0, 60, 3):
         image = training[i].image.resize((256, 256), Image.Resampling.BICUBIC)
         queries += [image.crop((20, 30, 225, 235)).resize((256, 256)), ImageEnhance.Brightness(image).enhance(1.2),
                     training[i + 1].image.resize((256, 256), Image.Resampling.BICUBIC).rotate(3)]
-    thresholds = {"phash": 16, "dhash": 12, "sum": 22, "colour": 0.08, "saturated": 0.2, "colour_contrast": 1.2,
-                  "close_phash": 2, "close_phash_dhash": 20, "band_sum": 16, "band_image_sum": 34,
-                  "band_min_quality": 20, "correlation": 0.96, "part_correlation": 0.97, "part_min_quality": 50}
+    thresholds = PUBLICATION_BOUNDS
     hashes = query_hashes_many([q.convert("RGB") for q in queries])
     with ReferenceRegistry(tmp_path / "refs.db", create=True) as reg:
         reg.add(sorted(folder.glob("*.png")))
@@ -601,26 +606,16 @@ def test_the_colours_of_the_coloured_parts_compared_at_once_are_each_ones_own(tm
     references it has measured in one array operation. Every match, and every pair the
     bound refuses, must be as when each reference is compared when a pair reaches it, on a
     registry of look-alikes searched by copies in other colours and by other shapes."""
-    from artengine.data import open_dataset
     from artengine.hashing import query_hashes_many
-    from artengine.plugins import get_plugins
 
-    datasets = get_plugins().components("datasets")
-    training = open_dataset("shapes", image_size=32, seed=0, datasets=datasets, length=120)
-    others = open_dataset("shapes", image_size=32, seed=1, datasets=datasets, length=30)
-    folder = tmp_path / "refs"
-    folder.mkdir()
-    for i in range(len(training)):
-        training[i].image.save(folder / f"r{i:03d}.png")
+    training, folder, others = _shapes_folder(tmp_path, 120, 30)
     queries = [others[i].image.resize((256, 256), Image.Resampling.BICUBIC) for i in range(len(others))]
     for i in range(0, 60, 2):
         image = training[i].image.resize((256, 256), Image.Resampling.BICUBIC)
         queries += [image.convert("RGB").split()[::-1][0].convert("RGB") if i % 4 else image,  # grey or as it is
                     Image.merge("RGB", image.convert("RGB").split()[::-1]),  # red and blue swapped
                     ImageEnhance.Brightness(image).enhance(1.15)]
-    thresholds = {"phash": 16, "dhash": 12, "sum": 22, "colour": 0.08, "saturated": 0.2, "colour_contrast": 1.2,
-                  "close_phash": 2, "close_phash_dhash": 20, "band_sum": 16, "band_image_sum": 34,
-                  "band_min_quality": 20, "correlation": 0.96, "part_correlation": 0.97, "part_min_quality": 50}
+    thresholds = PUBLICATION_BOUNDS
     hashes = query_hashes_many([q.convert("RGB") for q in queries])
     with ReferenceRegistry(tmp_path / "refs.db", create=True) as reg:
         reg.add(sorted(folder.glob("*.png")))
