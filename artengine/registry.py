@@ -475,14 +475,13 @@ class ReferenceRegistry:
         self._index: _Index | None = None
         self._refs: dict[int, Reference] = {}  # the references matches named
         self._qualities: dict[int, int] = {}
-        # The references' thumbnail details by id, a row each, and which rows are made.
+        # The references' thumbnail details by id, a row each, and which rows are made
+        # (which references are measured, :meth:`_measure`).
         self._details = np.zeros((0, LUMA_SIDE * LUMA_SIDE))
         self._detailed = np.zeros(0, dtype=bool)
-        self._saturated: dict[int, np.ndarray | None] = {}
-        self._saturated_centred: dict[int, list[float]] = {}
-        # The same colours as rows by id beside the details (NaN where a reference has too
+        # Beside them, the colours of their coloured parts (NaN where a reference has too
         # little colour), for a search to compare the references it meets at once.
-        self._saturated_rows = np.zeros((0, 3))
+        self._saturated = np.zeros((0, 3))
         # The part tests' tables of the references last used (summed-area tables of their
         # thumbnails in luminance, and the parts' lengths), up to PARTS_BYTES.
         self._parts = _KeptBySize()
@@ -945,10 +944,9 @@ class ReferenceRegistry:
                             contrast).tolist()))
         saturated_apart: dict[tuple[int, str | None], float | None] = {}
         if max_saturated is not None:
-            if max_colour is not None:
-                refs_kept = refs_kept[np.array([colour_apart[ref_id, None] <= max_colour
-                                                for ref_id in refs_kept.tolist()], dtype=bool)]
-            saturated_apart.update(self._saturated_apart(refs_kept, hashes.saturated, contrast))
+            within_colour = refs_kept if max_colour is None else refs_kept[np.array(
+                [colour_apart[ref_id, None] <= max_colour for ref_id in refs_kept.tolist()], dtype=bool)]
+            saturated_apart.update(self._saturated_apart(within_colour, hashes.saturated, contrast))
         others = [apart_by[a][kept].tolist() for a in rest]
         for q, row, ref_id, code, d, within, verify, confirm, *other in zip(
                 qi[kept].tolist(), rows[kept].tolist(), pair_refs[kept].tolist(), codes[kept].tolist(),
@@ -1106,8 +1104,7 @@ class ReferenceRegistry:
                                         round(box[0] * width):round(box[2] * width)])
             return thumbnail_detail(luma_thumbnail(part))
         with self._lock:
-            if ref_id >= len(self._detailed) or not self._detailed[ref_id]:
-                self._measure(ref_id)
+            self._measured(ref_id)
             return self._details[ref_id]
 
     def _details_of(self, refs: np.ndarray) -> np.ndarray:
@@ -1126,8 +1123,8 @@ class ReferenceRegistry:
         detailed = np.zeros(size, dtype=bool)
         detailed[:len(self._detailed)] = self._detailed
         saturated = np.zeros((size, 3))
-        saturated[:len(self._saturated_rows)] = self._saturated_rows
-        self._details, self._detailed, self._saturated_rows = details, detailed, saturated
+        saturated[:len(self._saturated)] = self._saturated
+        self._details, self._detailed, self._saturated = details, detailed, saturated
 
     #: Bytes of decoded thumbnails in luminance (:meth:`_measure`) an open registry keeps,
     #: the most recently decoded: 16 KB for a 128 px thumbnail (about 500), 1 KB for a 32
@@ -1152,15 +1149,17 @@ class ReferenceRegistry:
         gray = image.convert("L")
         if ref_id >= len(self._detailed):
             self._grow_details(ref_id + 1)
-        if ref_id not in self._saturated:  # first: a reference with its detail made has this too
-            colour = self._saturated[ref_id] = saturated_colour(image)
-            self._saturated_rows[ref_id] = np.nan if colour is None else colour
-            if colour is not None:
-                self._saturated_centred[ref_id] = centred_colour(colour)
         if not self._detailed[ref_id]:
+            colour = saturated_colour(image)
+            self._saturated[ref_id] = np.nan if colour is None else colour
             self._details[ref_id] = thumbnail_detail(luma_thumbnail(gray))
             self._detailed[ref_id] = True
         self._grays.put(ref_id, np.asarray(gray), self.GRAYS_BYTES)
+
+    def _measured(self, ref_id: int) -> None:
+        """:meth:`_measure` a reference not measured yet. Called with the lock held."""
+        if ref_id >= len(self._detailed) or not self._detailed[ref_id]:
+            self._measure(ref_id)
 
     def _saturated_apart(self, refs: np.ndarray, ours: np.ndarray | None,
                          contrast: float) -> list[tuple[tuple[int, None], float | None]]:
@@ -1174,7 +1173,7 @@ class ReferenceRegistry:
         with self._lock:
             refs = refs[refs < len(self._detailed)]
             refs = refs[self._detailed[refs]]
-            theirs = self._saturated_rows[refs]
+            theirs = self._saturated[refs]
         coloured = ~np.isnan(theirs[:, 0])
         apart = colour_distance(ours, theirs[coloured], contrast).tolist()
         return [*zip(((ref_id, None) for ref_id in refs[coloured].tolist()), apart),
@@ -1190,12 +1189,11 @@ class ReferenceRegistry:
         if ours is None:
             return None
         with self._lock:
-            if ref_id not in self._saturated:
-                self._measure(ref_id)
+            self._measured(ref_id)
             theirs = self._saturated[ref_id]
-        if theirs is None:
+        if np.isnan(theirs[0]):
             return None
-        return float(centred_colour_distance(centred_colour(ours), self._saturated_centred[ref_id], contrast))
+        return float(centred_colour_distance(centred_colour(ours), centred_colour(theirs), contrast))
 
     #: Bytes of summed-area tables (:meth:`part_correlation`) an open registry keeps, the
     #: most recently used: 0.13 MB for a 128 px thumbnail (about 240 of them), 9 KB for a
