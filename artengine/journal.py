@@ -69,10 +69,10 @@ def read_journal(folder: Path, spec: dict[str, Any]) -> JobState:
     path = folder / JOURNAL_FILE
     if path.exists():
         data = path.read_bytes()
-        lines = data.split(b"\n")
-        if lines and lines[-1] != b"":
+        read = data.split(b"\n")
+        if read[-1] != b"":
             torn = True  # no newline at the end: the last write did not complete
-        for raw in lines[:-1]:
+        for raw in read[:-1]:
             if not raw.strip():
                 continue
             try:
