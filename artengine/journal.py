@@ -119,16 +119,25 @@ class Journal:
 
     def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[bytes]:
         """Append records in one write and one fsync (a group commit). A crash part-way
-        leaves whole lines plus at most one torn line, which reading drops. Returns the
-        lines written (see :func:`encode_record`)."""
+        leaves whole lines plus at most one torn line, which reading drops; so does a full
+        disk, whose error names the journal. Returns the lines written (see
+        :func:`encode_record`)."""
         lines = [encode_record(r) for r in records]
         if not lines:
             return lines
         data = b"".join(line + b"\n" for line in lines)
-        written = os.write(self._fd, data)  # one write on O_APPEND: never interleaved
-        if written != len(data):
-            raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
-        os.fsync(self._fd)
+        try:
+            rest = memoryview(data)
+            while rest:  # one write on O_APPEND; a short one (the disk filling) goes on, to its error
+                written = os.write(self._fd, rest)
+                if written <= 0:
+                    raise OSError(f"{self.path}: nothing written of {len(rest)} bytes")
+                rest = rest[written:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.filename is None and exc.errno is not None:  # a full disk: name the journal
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
+            raise
         return lines
 
     def close(self) -> None:

@@ -872,6 +872,46 @@ def test_a_model_converted_from_an_opted_in_pickle_is_named_so_in_the_report(tin
     assert "pickle_opt_in" not in job(tiny_run, "from-run")
 
 
+def test_a_journal_write_cut_short_by_a_full_disk_goes_on_to_its_error_and_names_the_journal(tmp_path, monkeypatch):
+    """A write the disk can only take part of returns short; the rest is written (a short
+    write that a retry finishes leaves whole lines) or fails with the disk's own error,
+    which names the journal."""
+    from artengine import journal
+
+    real_write = os.write
+    room = {"bytes": 10}
+
+    def filling_write(fd, data):
+        if room["bytes"] is None:
+            return real_write(fd, data)
+        if room["bytes"] == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = real_write(fd, bytes(data[:room["bytes"]]))
+        room["bytes"] -= taken
+        return taken
+
+    monkeypatch.setattr(journal.os, "write", filling_write)
+    with journal.Journal(tmp_path) as log:
+        with pytest.raises(OSError) as caught:
+            log.append_many([{"type": "image", "index": 0, "name": "000000.png"}])
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "journal.jsonl")
+    assert journal.read_journal(tmp_path, {}).torn  # the part written is dropped on resume
+
+    (tmp_path / "journal.jsonl").unlink()
+    room["bytes"] = None
+    calls = {"n": 0}
+
+    def short_once(fd, data):
+        calls["n"] += 1
+        return real_write(fd, bytes(data[:7]) if calls["n"] == 1 else data)
+
+    monkeypatch.setattr(journal.os, "write", short_once)
+    with journal.Journal(tmp_path) as log:
+        log.append_many([{"type": "image", "index": i, "name": f"{i:06d}.png"} for i in range(3)])
+    state = journal.read_journal(tmp_path, {})
+    assert sorted(state.done) == [0, 1, 2] and not state.torn and calls["n"] == 2
+
+
 def test_journaled_features_read_back_exactly():
     embedding = np.random.default_rng(0).standard_normal(128).astype(np.float32)
     stored = {name: generation._journal_feature(value) for name, value in

@@ -232,9 +232,10 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporaries(tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as caught:
         atomic_write_json(target, {"version": 2})
     monkeypatch.undo()
+    assert caught.value.errno == 28 and caught.value.filename == str(target)  # the error line names the file
     assert target.read_text().strip().startswith("{")
     assert '"version": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
