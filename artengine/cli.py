@@ -35,6 +35,16 @@ class CLIError(click.ClickException):
     exit_code = 2
 
 
+class CLIInterrupted(click.ClickException):
+    """Ctrl-C: one line and exit code 130 (128 + SIGINT, as a shell reports it), not
+    click's "Aborted!" and 1, which says the policy blocked something."""
+
+    exit_code = 130
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
 def _os_error_line(exc: OSError) -> str:
     where = exc.filename or ""
     what = exc.strerror or str(exc)
@@ -56,6 +66,9 @@ class ArtengineGroup(click.Group):
             raise _usage_line(exc, ctx.command_path) from None
         except OSError as exc:
             raise CLIError(_os_error_line(exc)) from None
+        except KeyboardInterrupt:
+            name = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            raise CLIInterrupted(f"{name}: interrupted") from None
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
@@ -778,7 +791,14 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
         ledger=str(ledger) if ledger else None, clip_model=clip_model, clip_pretrained=clip_pretrained,
         progress=not as_json,
     )
-    result = run_job(options, plugins)
+    try:
+        result = run_job(options, plugins)
+    except KeyboardInterrupt:
+        from .journal import iter_records
+
+        done = len({r["index"] for r in iter_records(out) if r.get("type") == "image"})
+        kept = f"{done} of {count} images are done and kept in {out}" if done else "no image was done yet"
+        raise CLIInterrupted(f"artengine generate: interrupted; {kept}; the same command resumes") from None
     if as_json:
         click.echo(json.dumps({"out": str(result.out), "count": result.count, "approved": result.approved,
                                "quarantined": result.quarantined, "verdict": result.verdict,

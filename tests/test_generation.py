@@ -358,6 +358,41 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
         assert not _processes_tagged(tag)
 
 
+def test_ctrl_c_stops_a_job_with_one_line_and_exit_130_and_the_same_command_resumes(tiny_run, env, tmp_path):
+    """Ctrl-C is not "the policy blocked something" (exit 1) nor click's "Aborted!": the
+    job stops, its worker processes with it, says what it kept, and resumes."""
+    tag = f"{os.getpid()}-sigint"
+    env = {**env, "ARTENGINE_TEST_TAG": tag}
+    args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5", "--workers", "2"]
+    reference = tmp_path / "reference"
+    code, out = run_cli(*args, "--out", str(reference))
+    assert code == 0, out
+
+    job = tmp_path / "job"
+    command = [sys.executable, "-m", "artengine", *args, "--out", str(job)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and _journal_lines(job) < 3:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the job finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "Aborted" not in err, err
+    assert "interrupted;" in err and f"of 14 images are done and kept in {job}" in err
+    assert "the same command resumes" in err
+    deadline = time.monotonic() + 30  # its worker processes end with it
+    while time.monotonic() < deadline and _processes_tagged(tag):
+        time.sleep(0.2)
+    assert not _processes_tagged(tag)
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert images(job) == images(reference)
+    assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(14))
+
+
 def test_a_job_whose_later_images_were_journaled_first_resumes(tiny_run, env, tmp_path):
     """Chunks finish in any order (Ray actors, worker processes): a job killed when its
     journal holds images 3-5 and not 0-2 resumes, makes 0-2 and ends byte-identical to a
