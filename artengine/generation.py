@@ -1226,7 +1226,14 @@ def _unwrap(future: Future) -> Any:
 
 
 class _Ray:
-    """``--executor ray``: the same producers as Ray actors (local instance or a cluster)."""
+    """``--executor ray``: the same producers as Ray actors (local instance or a cluster).
+
+    An actor whose process dies (a node lost, a worker killed for memory) is started again
+    and its chunk run again, up to :attr:`RESTARTS` times each: a chunk's bytes depend on
+    its indices alone, so the job goes on with the same bytes. An error a chunk raises is
+    not retried: it would raise again."""
+
+    RESTARTS = 3
 
     def __init__(self, spec: dict[str, Any], workers: int, address: str | None) -> None:
         try:
@@ -1245,7 +1252,7 @@ class _Ray:
                 raise InputError(f"--ray-address {address or '(local)'}: cannot start or reach Ray: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
             self.started = True
-        actor = ray.remote(num_cpus=1)(_RayProducer)
+        actor = ray.remote(num_cpus=1, max_restarts=self.RESTARTS, max_task_retries=self.RESTARTS)(_RayProducer)
         self.actors = [actor.remote(spec) for _ in range(max(workers, 1))]
         self.seconds = {"generator": 0.0, "generator cpu": 0.0, "finishing": 0.0}  # summed over the actors
 

@@ -702,6 +702,43 @@ def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
     assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
 
 
+@pytest.mark.slow
+def test_a_ray_worker_that_dies_is_started_again_and_the_job_ends_with_the_same_bytes(tiny_run, env, tmp_path):
+    """A Ray actor's process killed mid-job (a lost node, the OOM killer): its chunk runs
+    again on the restarted actor; the job finishes, exit 0, the bytes of a local job."""
+    pytest.importorskip("ray")
+    local = tmp_path / "local"
+    generation.generate(generation.GenerateOptions(model=str(tiny_run), count=24, out=local, chunk=4,
+                                                   progress=False))
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_a_busy_actor() -> None:
+        while not stop.is_set() and not killed:
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    if cmdline.read_bytes().startswith(b"ray::_RayProducer.produce"):
+                        os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                        killed.append(int(cmdline.parent.name))
+                        break
+                except (OSError, ValueError):
+                    continue
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_busy_actor, daemon=True)
+    killer.start()
+    try:
+        on_ray = tmp_path / "ray"
+        result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=24, out=on_ray, chunk=4,
+                                                                workers=2, executor="ray", progress=False))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no actor was seen at work"
+    assert result.exit_code == 0 and images(on_ray) == images(local)
+    assert sorted(r["index"] for r in iter_records(on_ray) if r["type"] == "image") == list(range(24))
+
+
 def _batch_policy(tmp_path: Path, max_share: float):
     """Plugins with the test's gate plugin, and a policy whose batch audit blocks when more
     than ``max_share`` of the images are bright (-1: always)."""
