@@ -61,7 +61,7 @@ from .gate import ENGINE, judge
 from .hookspecs import HOOK_API_VERSION
 from .io import LoadedImage, atomic_write_bytes, atomic_write_json, available_memory, encode_image, fsync_dir, \
     open_image, remove_stray_temps, sha256_file, usable_cores
-from .journal import JOB_FILE, Journal, JobState, start_job
+from .journal import JOB_FILE, Journal, JobLock, JobState, start_job
 from .plugins import Plugins, get_plugins
 from .records import Finding
 
@@ -1463,14 +1463,16 @@ def generate(options: GenerateOptions, plugins: Plugins | None = None,
              on_image: Callable[[dict[str, Any]], None] | None = None) -> GenerateResult:
     """Run (or resume) a generation job. See the module docstring."""
     heap = _FrozenHeap()
+    lock = JobLock(Path(options.out))
     try:
-        return _generate(options, plugins, on_image, heap)
+        return _generate(options, plugins, on_image, heap, lock)
     finally:
+        lock.release()
         heap.thaw()
 
 
 def _generate(options: GenerateOptions, plugins: Plugins | None,
-              on_image: Callable[[dict[str, Any]], None] | None, heap: _FrozenHeap) -> GenerateResult:
+              on_image: Callable[[dict[str, Any]], None] | None, heap: _FrozenHeap, lock: JobLock) -> GenerateResult:
     from tqdm import tqdm
 
     from .policy import load_policy, parse_override
@@ -1504,6 +1506,8 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     # The count is not part of what an image is (image i depends on the model, the seed,
     # i and the conditioning only), so a job may be given a new --count: it grows, or
     # shrinks as long as no image at or past the new count is made.
+    out.mkdir(parents=True, exist_ok=True)
+    lock.acquire()  # before the journal is read: a run already working here refuses this one
     state = start_job(out, spec, compare=(*(key for key in DEFINING if key != "count"), "job_id"))
     count_before = _recount(out, state, int(spec["count"]))
     spec = state.spec

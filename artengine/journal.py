@@ -10,8 +10,11 @@ So after a crash the journal names exactly the images that are complete; a torn 
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,51 @@ from .io import atomic_write_bytes, atomic_write_json
 
 JOB_FILE = "job.json"
 JOURNAL_FILE = "journal.jsonl"
+LOCK_FILE = ".artengine-lock"
+
+log = logging.getLogger(__name__)
+
+
+class JobLock:
+    """One run at a time in a job folder: a second run of the same command while the first
+    works (a CI retry racing it, a second terminal) is refused in one line, instead of
+    making every image again and journaling it twice. A POSIX record lock on
+    ``LOCK_FILE``, which holds the runner's host and process id for the message: the system
+    lets it go when that process ends, however it ends (``kill -9`` included), and the
+    processes a job forks do not hold it, so a resume right after a kill is never refused.
+    Where the file system has no locks, the run goes on unlocked, with a warning."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._fd = -1
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise InputError(f"{self.path.parent}: another run is working in this job folder"
+                                 f"{f' ({holder})' if holder else ''}; wait for it to end or stop it, "
+                                 "then run the command again") from None
+            log.warning("%s: cannot lock the job folder (%s); running without the lock", self.path,
+                        exc.strerror or exc)
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()}, process {os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the lock go (closing the file does); idempotent."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @dataclass

@@ -393,6 +393,29 @@ def test_ctrl_c_stops_a_job_with_one_line_and_exit_130_and_the_same_command_resu
     assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(14))
 
 
+def test_a_second_run_of_a_job_while_the_first_works_is_refused_in_one_line(tiny_run, env, tmp_path):
+    """A CI retry racing the first run, or a second terminal: the second run is refused
+    (exit 2, one line naming the folder and the run at work) instead of making every image
+    again and journaling it twice; the first finishes as if alone."""
+    args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5"]
+    job = tmp_path / "job"
+    first = subprocess.Popen([sys.executable, "-m", "artengine", *args, "--out", str(job)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None and _journal_lines(job) < 1:
+        time.sleep(0.005)
+    assert first.poll() is None, "the first run finished before a second could start"
+    code, out = run_cli(*args, "--out", str(job))
+    assert code == 2 and len(out.strip().splitlines()) == 1, out
+    assert f"{job}: another run is working in this job folder (host " in out and f"process {first.pid})" in out
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(14))
+
+    code, out = run_cli(*args, "--out", str(job))  # once it has ended, the folder is free again
+    assert code == 0, out
+
+
 def test_a_job_whose_later_images_were_journaled_first_resumes(tiny_run, env, tmp_path):
     """Chunks finish in any order (Ray actors, worker processes): a job killed when its
     journal holds images 3-5 and not 0-2 resumes, makes 0-2 and ends byte-identical to a
