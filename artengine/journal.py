@@ -39,8 +39,9 @@ class JobLock:
     processes a job forks do not hold it, so a resume right after a kill is never refused.
     Where the file system has no locks, the run goes on unlocked, with a warning."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, what: str = "job folder") -> None:
         self.path = Path(folder) / LOCK_FILE
+        self.what = what
         self._fd = -1
 
     def acquire(self) -> None:
@@ -55,10 +56,10 @@ class JobLock:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip()
             os.close(fd)
             if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise InputError(f"{self.path.parent}: another run is working in this job folder"
+                raise InputError(f"{self.path.parent}: another run is working in this {self.what}"
                                  f"{f' ({holder})' if holder else ''}; wait for it to end or stop it, "
                                  "then run the command again") from None
-            log.warning("%s: cannot lock the job folder (%s); running without the lock", self.path,
+            log.warning("%s: cannot lock the %s (%s); running without the lock", self.path, self.what,
                         exc.strerror or exc)
             return
         os.ftruncate(fd, 0)

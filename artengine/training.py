@@ -53,6 +53,7 @@ from .checkpoints import (
     CHECKPOINT_FORMAT,
     check_torch_version,
     checkpoint_path,
+    list_checkpoints,
     load_latest_checkpoint,
     pack_module,
     pack_optimizer,
@@ -65,6 +66,7 @@ from .data import factor_sizes, open_dataset
 from .errors import ArtengineError, InputError, ModelLoadError, check_seed
 from .hookspecs import HOOK_API_VERSION
 from .io import atomic_save_image, atomic_write_json, available_memory, iter_image_files, sha256_file
+from .journal import LOCK_FILE, JobLock
 from .plugins import Plugins, get_plugins
 from .runs import (
     RUN_CONFIG,
@@ -600,7 +602,7 @@ class Trainer:
         if self.resuming and not options.resume:
             raise InputError(f"--out {self.run_dir}: already holds a training run; pass --resume to "
                              "continue it, or choose a new folder")
-        if not self.resuming and self.run_dir.exists() and any(self.run_dir.iterdir()):
+        if not self.resuming and self.run_dir.exists() and any(p.name != LOCK_FILE for p in self.run_dir.iterdir()):
             raise InputError(f"--out {self.run_dir}: folder is not empty and holds no run")
         if self.resuming:
             stored = read_run_config(self.run_dir)
@@ -962,7 +964,37 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train until ``options.steps`` (total, including resumed steps), a time budget
-        or a stop signal; checkpoint on the way out."""
+        or a stop signal; checkpoint on the way out.
+
+        One run trains in a run folder at a time (:class:`~artengine.journal.JobLock`,
+        taken by the main process before it writes anything): a second one, started
+        while the first loads or trains, is refused in one line instead of writing
+        checkpoints beside it; so is one that finds, once it holds the folder, a run
+        begun or a checkpoint written there since it looked."""
+        lock = JobLock(self.run_dir, "run folder") if self.dist.is_main else None
+        if lock is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        try:
+            if lock is not None:
+                self._check_unchanged()
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _check_unchanged(self) -> None:
+        """The run folder as it was when this run looked at it (another run may have
+        written there while this one loaded its data and networks)."""
+        if not self.resuming and is_run_dir(self.run_dir):
+            raise InputError(f"--out {self.run_dir}: a training run was started in this folder while this one "
+                             "was loading; pass --resume to continue it, or choose a new folder")
+        newest = max((step for step, _ in list_checkpoints(self.run_dir)), default=0)
+        if self.resuming and newest > self.step:
+            raise InputError(f"--out {self.run_dir}: another run wrote the checkpoint of step {newest} while this "
+                             f"one was resuming from step {self.step}; run the command again to resume from it")
+
+    def _run(self) -> TrainResult:
         options = self.options
         total = int(options.steps)
         self._write_run_files()

@@ -141,6 +141,42 @@ def test_existing_run_needs_resume_and_keeps_its_options(tmp_path):
         train(TrainOptions(out=out, steps=2, resume=True, settings={"lr_g": 0.1}, progress=False))
 
 
+def test_one_run_trains_in_a_run_folder_at_a_time(tmp_path):
+    """A second training run started beside a first (a CI retry, a second terminal) is
+    refused in one line instead of writing checkpoints beside it: while the first holds
+    the folder, and when the first began the run or wrote a newer checkpoint while the
+    second was loading."""
+    from artengine.training import Trainer
+
+    out = tmp_path / "run"
+    first, second = Trainer(tiny_options(out, "dcgan", steps=3)), Trainer(tiny_options(out, "dcgan", steps=3))
+    first.run()  # both looked at an empty folder; the first began the run meanwhile
+    with pytest.raises(InputError, match="a training run was started in this folder while this one was loading"):
+        second.run()
+
+    early, late = Trainer(resume_options(out, steps=6)), Trainer(resume_options(out, steps=9))
+    early.run()  # both resumed from step 3; the first wrote step 6's checkpoint
+    with pytest.raises(InputError, match="another run wrote the checkpoint of step 6 while this one was resuming "
+                                         "from step 3; run the command again"):
+        late.run()
+
+    holder = subprocess.Popen(  # another process at work in the folder
+        [sys.executable, "-c", "import sys; from pathlib import Path; from artengine.journal import JobLock; "
+         "JobLock(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--steps", "9"])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"{out}: another run is working in this run folder (host " in result.output
+        assert f"process {holder.pid})" in result.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert train(resume_options(out, steps=9)).step == 9  # once it has ended, the folder is free again
+    assert [step for step, _ in list_checkpoints(out)][-1] == 9
+
+
 def test_bad_options_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="unknown setting"):
         train(TrainOptions(out=tmp_path / "a", arch="dcgan", data="shapes", settings={"ngff": 3}, progress=False))
