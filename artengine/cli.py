@@ -7,6 +7,7 @@ become one line on stderr and exit code 2, never a traceback. Exit codes: 0 pass
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -43,6 +44,34 @@ class CLIInterrupted(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(self.format_message(), err=True)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (a CI job cancelled, ``docker stop``, a scheduler) stops a job as Ctrl-C
+    does: its workers with it, one line, exit 130, as ``train`` stops on it. Processes the
+    job forks keep the handler; in them it ends the process as the signal would."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def terminated(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _os_error_line(exc: OSError) -> str:
@@ -792,7 +821,8 @@ def generate(model: str, count: int, out: Path, seed: int, labels: tuple[str, ..
         progress=not as_json,
     )
     try:
-        result = run_job(options, plugins)
+        with _terminate_as_interrupt():
+            result = run_job(options, plugins)
     except KeyboardInterrupt:
         from .journal import iter_records
 

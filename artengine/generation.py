@@ -1243,6 +1243,12 @@ class _Ray:
         self.ray = ray
         self.started = False
         if not ray.is_initialized():
+            import signal
+            import threading
+
+            # Ray's driver takes SIGTERM for itself (a crash report, exit 1); the job's
+            # process keeps the handler it had (the command line stops the job cleanly on it).
+            terminate = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
             try:
                 if address:
                     ray.init(address=address, log_to_driver=False)
@@ -1251,6 +1257,9 @@ class _Ray:
             except Exception as exc:  # a bad address or a cluster that is down
                 raise InputError(f"--ray-address {address or '(local)'}: cannot start or reach Ray: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
+            finally:
+                if terminate is not None:
+                    signal.signal(signal.SIGTERM, terminate)
             self.started = True
         actor = ray.remote(num_cpus=1, max_restarts=self.RESTARTS, max_task_retries=self.RESTARTS)(_RayProducer)
         self.actors = [actor.remote(spec) for _ in range(max(workers, 1))]

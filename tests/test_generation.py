@@ -358,10 +358,12 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
         assert not _processes_tagged(tag)
 
 
-def test_ctrl_c_stops_a_job_with_one_line_and_exit_130_and_the_same_command_resumes(tiny_run, env, tmp_path):
-    """Ctrl-C is not "the policy blocked something" (exit 1) nor click's "Aborted!": the
-    job stops, its worker processes with it, says what it kept, and resumes."""
-    tag = f"{os.getpid()}-sigint"
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_a_job_with_one_line_and_exit_130_and_the_same_command_resumes(tiny_run, env, tmp_path, stop):
+    """Ctrl-C (and SIGTERM: a CI job cancelled, ``docker stop``) is not "the policy blocked
+    something" (exit 1) nor click's "Aborted!": the job stops, its worker processes with
+    it, says what it kept, and resumes."""
+    tag = f"{os.getpid()}-{stop}"
     env = {**env, "ARTENGINE_TEST_TAG": tag}
     args = ["generate", "--model", str(tiny_run), "--count", "14", "--seed", "5", "--workers", "2"]
     reference = tmp_path / "reference"
@@ -376,7 +378,7 @@ def test_ctrl_c_stops_a_job_with_one_line_and_exit_130_and_the_same_command_resu
     while time.monotonic() < deadline and proc.poll() is None and _journal_lines(job) < 3:
         time.sleep(0.005)
     assert proc.poll() is None, "the job finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "Aborted" not in err, err
