@@ -37,8 +37,9 @@ class CLIError(click.ClickException):
 
 
 class CLIInterrupted(click.ClickException):
-    """Ctrl-C: one line and exit code 130 (128 + SIGINT, as a shell reports it), not
-    click's "Aborted!" and 1, which says the policy blocked something."""
+    """Ctrl-C (and, for a job, SIGTERM): one line and exit code 130 (128 + SIGINT, as a
+    shell reports it; ``train`` exits so too), not click's "Aborted!" and 1, which says the
+    policy blocked something."""
 
     exit_code = 130
 
