@@ -349,14 +349,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, sync_dir: b
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if exc.filename is None or exc.filename == str(tmp):  # a write, an fsync (a full disk), the
-            # temporary's creation (a folder not writable): name the file it was for
+        # A write, an fsync (a full disk), the temporary's creation (a folder not
+        # writable): the error names the file it was for.
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
             raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
         raise
     if sync_dir:
         fsync_dir(target.parent)

@@ -989,8 +989,10 @@ class Trainer:
         if not self.resuming and is_run_dir(self.run_dir):
             raise InputError(f"--out {self.run_dir}: a training run was started in this folder while this one "
                              "was loading; pass --resume to continue it, or choose a new folder")
+        if not self.resuming:
+            return
         newest = max((step for step, _ in list_checkpoints(self.run_dir)), default=0)
-        if self.resuming and newest > self.step:
+        if newest > self.step:
             raise InputError(f"--out {self.run_dir}: another run wrote the checkpoint of step {newest} while this "
                              f"one was resuming from step {self.step}; run the command again to resume from it")
 
