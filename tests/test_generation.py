@@ -313,6 +313,22 @@ def _journal_lines(job: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+def _journaling(proc: subprocess.Popen, job: Path, lines: int) -> None:
+    """Wait until the job run by ``proc`` has journaled ``lines`` lines, and is still at work."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and _journal_lines(job) < lines:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the job finished before the test could act on it"
+
+
+def _outlived_by_none(tag: str) -> None:
+    """The processes of a job that ended (its generator, finishing or worker processes) end too."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _processes_tagged(tag):
+        time.sleep(0.2)
+    assert not _processes_tagged(tag)
+
+
 @pytest.mark.parametrize("kill_after, generator_process, workers", [(0, "0", 1), (3, "1", 1), (9, "0", 1),
                                                                    (0, "0", 2)])
 def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, env, tmp_path, kill_after,
@@ -352,10 +368,7 @@ def test_kill_9_then_resume_is_byte_identical_to_an_uninterrupted_run(tiny_run, 
     assert done_before <= 14
     assert not list(job.rglob("*.artengine-tmp"))
     if (generator_process == "1" or workers > 1) and sys.platform.startswith("linux"):
-        deadline = time.monotonic() + 30  # the killed job's generator, finishing or worker processes do not outlive it
-        while time.monotonic() < deadline and _processes_tagged(tag):
-            time.sleep(0.2)
-        assert not _processes_tagged(tag)
+        _outlived_by_none(tag)  # the killed job's generator, finishing or worker processes
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
@@ -374,20 +387,14 @@ def test_ctrl_c_stops_a_job_with_one_line_and_exit_130_and_the_same_command_resu
     command = [sys.executable, "-m", "artengine", *args, "--out", str(job)]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and _journal_lines(job) < 3:
-        time.sleep(0.005)
-    assert proc.poll() is None, "the job finished before it could be interrupted"
+    _journaling(proc, job, 3)
     proc.send_signal(getattr(signal, stop))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "Aborted" not in err, err
     assert "interrupted;" in err and f"of 14 images are done and kept in {job}" in err
     assert "the same command resumes" in err
-    deadline = time.monotonic() + 30  # its worker processes end with it
-    while time.monotonic() < deadline and _processes_tagged(tag):
-        time.sleep(0.2)
-    assert not _processes_tagged(tag)
+    _outlived_by_none(tag)  # its worker processes end with it
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -403,10 +410,7 @@ def test_a_second_run_of_a_job_while_the_first_works_is_refused_in_one_line(tiny
     job = tmp_path / "job"
     first = subprocess.Popen([sys.executable, "-m", "artengine", *args, "--out", str(job)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None and _journal_lines(job) < 1:
-        time.sleep(0.005)
-    assert first.poll() is None, "the first run finished before a second could start"
+    _journaling(first, job, 1)
     code, out = run_cli(*args, "--out", str(job))
     assert code == 2 and len(out.strip().splitlines()) == 1, out
     assert f"{job}: another run is working in this job folder (host " in out and f"process {first.pid})" in out
