@@ -70,6 +70,7 @@ from .registry import (
     ReferenceRegistry,
     RegistryError,
     open_registries,
+    registry_version,
     search_registries,
 )
 from .watermark import Watermark, WatermarkReading
@@ -172,6 +173,7 @@ __all__ = [
     "reference_store_path",
     "load_keys",
     "open_registries",
+    "registry_version",
     "query_hashes",
     "query_hashes_many",
     "reference_hashes",

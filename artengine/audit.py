@@ -156,3 +156,16 @@ class Audit:
     def check_batch(self, items: Sequence[AuditItem], findings: Sequence[Finding]) -> list[Finding]:
         """Audit the batch as a whole (statistics); ``findings`` are the per-image ones."""
         return []
+
+    @classmethod
+    def versions_now(cls, names: Sequence[str]) -> dict[str, str | None]:
+        """The current versions of inputs this audit checks against, which may change
+        between runs (a reference registry that grows).
+
+        A per-image finding names the versions it was checked against in
+        ``details["versions"]`` (input name -> version). A resumed job asks for the
+        versions of those names now, and makes and audits again every journaled image
+        whose finding names one that differs (None: cannot be read now). Names left out
+        of the result count as unchanged; the default is an audit with no such inputs.
+        """
+        return {}

@@ -1415,6 +1415,42 @@ def _missing_placed(out: Path, done: Mapping[int, Mapping[str, Any]]) -> list[in
     return sorted(gone)
 
 
+def _checked_against_changed(done: Mapping[int, Mapping[str, Any]], plugins: Plugins) -> tuple[list[int], str]:
+    """Journaled images whose findings were checked against inputs that have changed
+    since (a reference registry grown while the job was stopped; :meth:`Audit.versions_now`),
+    and a line naming the first change. Each audit is asked once, for every name its
+    findings give."""
+    classes = plugins.components("audits")
+    names: dict[str, set[str]] = {}
+    for record in done.values():
+        for finding in record["findings"]:
+            versions = finding.get("details", {}).get("versions")
+            if versions and finding["audit"] in classes:
+                names.setdefault(finding["audit"], set()).update(versions)
+    now: dict[str, Mapping[str, str | None]] = {}
+    for audit, asked in names.items():
+        try:
+            now[audit] = classes[audit].versions_now(sorted(asked))
+        except Exception as exc:  # a plugin that cannot tell: its images are checked again
+            now[audit] = {name: f"not known ({type(exc).__name__}: {exc})" for name in asked}
+    stale: list[int] = []
+    first = ""
+    for index, record in done.items():
+        for finding in record["findings"]:
+            versions = finding.get("details", {}).get("versions")
+            if not versions or finding["audit"] not in now:
+                continue
+            current = now[finding["audit"]]
+            changed = [name for name, then in versions.items() if current.get(name, then) != then]
+            if changed:
+                stale.append(index)
+                name = changed[0]
+                first = first or (f"{finding['audit']}: {name} was {versions[name] or 'unreadable'}, "
+                                  f"is {current[name] or 'unreadable'} now")
+                break
+    return sorted(stale), first
+
+
 def _clean_unjournaled(out: Path, done: Mapping[int, Mapping[str, Any]]) -> int:
     """Remove temporaries and files written but never journaled (a crash in between)."""
     from .provenance import SIDECAR_SUFFIX
@@ -1527,6 +1563,12 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
         log.warning("%d journaled image(s) no longer in %s (first: %s): making them again",
                     len(gone), out, state.done[gone[0]]["name"])
         for index in gone:
+            del state.done[index]
+    changed, first = _checked_against_changed(state.done, plugins)
+    if changed:  # their files go as unjournaled; a crash before they are made again finds them gone
+        log.warning("%d journaled image(s) were audited against what has changed since (%s): making and "
+                    "auditing them again", len(changed), first)
+        for index in changed:
             del state.done[index]
     removed = _clean_unjournaled(out, state.done)
     if removed:

@@ -447,8 +447,11 @@ class LedgerRecord:
 class Ledger:
     """The provenance ledger: SQLite (WAL, synchronous=FULL), one row per payload.
 
-    Recording is idempotent, so a resumed batch can record the same image again; a
-    different manifest under a payload already taken raises :class:`ProvenanceError`.
+    Recording is idempotent, so a resumed batch can record the same image again. The
+    same image (pixels and signing key) signed again with a new manifest, as when it is
+    audited again against a grown registry, replaces its record: the ledger gives an
+    image's latest manifest. Another image under a payload already taken raises
+    :class:`ProvenanceError`.
     One instance may be used from several threads (calls are serialised); processes
     share the file through SQLite's own locking.
     """
@@ -496,14 +499,21 @@ class Ledger:
                 try:
                     for text, manifest, image in rows:
                         payload = manifest["watermark"]["payload"]
-                        self._db.execute(
-                            "INSERT INTO manifests (payload, pixels_sha256, key_id, created, scheme, image, manifest)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(payload) DO NOTHING",
-                            (payload, manifest["image"]["pixels_sha256"], manifest["signature"]["key_id"],
-                             manifest["created"], manifest["watermark"]["scheme"], image, text))
-                        row = self._db.execute("SELECT manifest FROM manifests WHERE payload = ?",
-                                               (payload,)).fetchone()
-                        if row[0] != text:
+                        fields = (manifest["image"]["pixels_sha256"], manifest["signature"]["key_id"],
+                                  manifest["created"], manifest["watermark"]["scheme"], image, text)
+                        row = self._db.execute("SELECT manifest, pixels_sha256, key_id FROM manifests "
+                                               "WHERE payload = ?", (payload,)).fetchone()
+                        if row is None:
+                            self._db.execute(
+                                "INSERT INTO manifests (pixels_sha256, key_id, created, scheme, image, manifest,"
+                                " payload) VALUES (?, ?, ?, ?, ?, ?, ?)", (*fields, payload))
+                        elif row[0] == text:
+                            continue
+                        elif tuple(row[1:]) == fields[:2]:  # the same image signed again (audited again)
+                            self._db.execute(
+                                "UPDATE manifests SET pixels_sha256 = ?, key_id = ?, created = ?, scheme = ?,"
+                                " image = ?, manifest = ? WHERE payload = ?", (*fields, payload))
+                        else:
                             clash = payload
                             break
                 except BaseException:

@@ -755,6 +755,14 @@ class ReferenceRegistry:
         with self._lock:
             return int(self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
 
+    def version(self) -> str:
+        """Which state of the registry the last search used, as :func:`registry_version`
+        gives it: the registry's id and the generation of the index searched (before any
+        search, the current generation)."""
+        with self._lock:
+            generation = self._index.generation if self._index is not None else self.generation()
+            return _version(self._meta["uuid"], generation)
+
     def info(self) -> dict[str, Any]:
         """Counts, scheme, versions and sizes, as a JSON-ready dict."""
         with self._lock:
@@ -1514,6 +1522,24 @@ def open_registries(paths: Sequence[str | os.PathLike[str]]) -> list[ReferenceRe
             r.close()
         raise
     return opened
+
+
+def _version(uuid_hex: str, generation: int) -> str:
+    return f"generation {generation} of {uuid_hex}"
+
+
+def registry_version(path: str | os.PathLike[str]) -> str | None:
+    """The registry at ``path`` as it is now: its id and generation, which moves on with
+    every change to its references ("generation 12 of 3f0c..."); None when it cannot be
+    opened (missing, corrupt, incompatible)."""
+    try:
+        registry = ReferenceRegistry(path)
+    except ArtengineError:
+        return None
+    try:
+        return _version(registry._meta["uuid"], registry.generation())
+    finally:
+        registry.close()
 
 
 def search_registries(registries: Sequence[ReferenceRegistry], hashes: ImageHashes,

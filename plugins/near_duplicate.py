@@ -66,6 +66,7 @@ from artengine import (
     TRIMMED,
     hookimpl,
     open_registries,
+    registry_version,
     query_hashes_many,
     search_registries,
     sha256_file,
@@ -265,6 +266,8 @@ class NearDuplicateAudit(Audit):
         self.paths = self._registry_paths()
         self.registries: list[Any] = []
         self.problem: str | None = None
+        self.versions: dict[str, str | None] = {}
+        self._named: list[tuple[str, Any]] = []
         if not self.paths:
             self.problem = ("no reference registry given (--registry, the policy's registries, "
                             "or a style's): cannot check for near-duplicates")
@@ -273,6 +276,13 @@ class NearDuplicateAudit(Audit):
             self.registries = open_registries(self.paths)
         except ArtengineError as exc:
             self.problem = str(exc)
+            # what could and could not be opened: a resumed job audits again once it can
+            self.versions = {str(Path(p).resolve()): registry_version(p) for p in self.paths}
+        self._named = [(str(Path(r.path).resolve()), r) for r in self.registries]
+
+    @classmethod
+    def versions_now(cls, names: Sequence[str]) -> dict[str, str | None]:
+        return {name: registry_version(name) for name in names}
 
     def _registry_paths(self) -> list[str]:
         base = Path(self.context.policy_path).parent if self.context.policy_path else Path.cwd()
@@ -287,13 +297,15 @@ class NearDuplicateAudit(Audit):
     def check_image(self, item: AuditItem) -> Finding:
         if self.problem is not None:
             return Finding(audit=self.name, outcome="error", item=item.key, message=self.problem,
-                           details={"registries": self.paths})
+                           details={"registries": self.paths, "versions": dict(self.versions)})
         hashes: ImageHashes = item.features["hashes"]
         exact = _exact_copy(self.registries, item.image.path)
         outcome, matches = classify(hashes, self.registries, self.thresholds, self.settings["min_quality"],
                                     self.settings["low_detail_quality"])
         details: dict[str, Any] = {"quality": hashes.quality, "thresholds": self.thresholds,
-                                   "registries": self.paths, "hashes": hashes.as_dict()}
+                                   "registries": self.paths, "hashes": hashes.as_dict(),
+                                   # the registries as searched: a job resumed after one changed audits again
+                                   "versions": {path: registry.version() for path, registry in self._named}}
         if exact is not None:
             outcome, matches = "fail", [exact, *[m for m in matches if m.reference.sha256 != exact.reference.sha256]]
         if matches:

@@ -950,6 +950,60 @@ def test_images_gone_from_a_finished_job_are_made_again_by_the_same_command(tiny
     assert (third.exit_code, third.resumed) == (0, 5) and "no longer in" not in caplog.text
 
 
+def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(tiny_run, env, tmp_path, caplog):
+    """References added while a job is stopped, or after it finished: the same command
+    audits the images it made before against them, and a near-copy of a new reference is
+    quarantined, never left approved from the registry as it was."""
+    from PIL import Image
+
+    from artengine import Plugins, ReferenceRegistry
+    from artengine.provenance import Ledger
+
+    plugins = Plugins.discover()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[policy]\nname = "copies"\nversion = 1\n\n[audits.near_duplicate]\n\n[audits.provenance]\n')
+    unrelated = tmp_path / "unrelated.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(unrelated)
+    registry = tmp_path / "refs.db"
+    with ReferenceRegistry(registry, create=True) as refs:
+        refs.add([unrelated])
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=4, out=job, policy=str(policy),
+                                         registries=[str(registry)], progress=False)
+    first = generation.generate(options, plugins)
+    assert (first.exit_code, first.approved) == (0, 4)
+    placed = images(job)
+
+    with ReferenceRegistry(registry) as refs:
+        before = refs.generation()
+    with ReferenceRegistry(registry, create=True) as refs:
+        refs.add([job / "approved" / "000002.png"], licence="all rights reserved")
+        after, uuid = refs.generation(), refs.info()["uuid"]
+    again = generation.generate(options, plugins)
+    assert f"4 journaled image(s) were audited against what has changed since (near_duplicate: " \
+           f"{registry} was generation {before} of" in caplog.text and f"is generation {after} of" in caplog.text
+    assert (again.exit_code, again.approved, again.quarantined, again.resumed) == (1, 3, 1, 0)
+    now = images(job)
+    assert set(now) == set(placed) - {"approved/000002.png"} | {"quarantine/000002.png"}
+    assert {k: v for k, v in now.items() if "000002" not in k} == \
+        {k: v for k, v in placed.items() if "000002" not in k}  # the others: the same bytes
+    report = json.loads(again.report_json.read_text())
+    entry = {e["key"]: e for e in report["images"]}["000002.png"]
+    assert entry["location"] == "quarantine" and not entry["publishable"]
+    found = {f["audit"]: f for f in entry["findings"]}["near_duplicate"]
+    assert found["outcome"] == "fail" and found["details"]["versions"] == {str(registry): f"generation {after} of {uuid}"}
+    # The image's embedded manifest and the ledger's (for copies stripped of it) say so too.
+    manifest = json.loads((job / "quarantine" / "000002.png.manifest.json").read_text())
+    assert manifest["audits"]["near_duplicate"] == "block"
+    with Ledger(env["ARTENGINE_LEDGER"], create=False) as ledger:
+        assert ledger.lookup(manifest["watermark"]["payload"]).manifest == manifest
+
+    caplog.clear()
+    third = generation.generate(options, plugins)  # the registry as they were audited: nothing made again
+    assert (third.exit_code, third.resumed) == (1, 4) and "changed since" not in caplog.text
+    assert images(job) == now
+
+
 def test_a_model_converted_from_an_opted_in_pickle_is_named_so_in_the_report(tiny_run, env, tmp_path):
     """Row 11: a pickle loads only with an explicit opt-in, which the report records; the
     opt-in survives the conversion to safetensors, so a job made from those weights says so."""

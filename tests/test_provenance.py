@@ -168,6 +168,16 @@ def test_ledger_records_idempotently_and_refuses_collisions(tmp_path, keys, sche
         other = stamp(keys, scheme, index=2)  # same payload, another image
         with pytest.raises(ProvenanceError, match="already recorded"):
             db.record(other.manifest, image="b.png")
+        # The same image audited again (a grown registry) and signed with its new verdicts:
+        # the ledger gives its latest manifest, still one row.
+        again = stamp(keys, scheme, audits={"near_duplicate": "fail"})
+        assert again.manifest["image"] == first.manifest["image"]
+        db.record(again.manifest, image="a.png")
+        assert len(db) == 1
+        assert db.lookup(bytes.fromhex("102030405060")).manifest["audits"] == {"near_duplicate": "fail"}
+        with pytest.raises(ProvenanceError, match="already recorded"):  # still refused after it
+            db.record(other.manifest, image="b.png")
+        first = again
     with pv.Ledger(path, create=False) as db:  # durable, WAL
         assert db.lookup(bytes.fromhex("102030405060")).manifest == first.manifest
         assert db.lookup("ffffffffffff") is None
