@@ -45,7 +45,7 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1415,40 +1415,61 @@ def _missing_placed(out: Path, done: Mapping[int, Mapping[str, Any]]) -> list[in
     return sorted(gone)
 
 
-def _checked_against_changed(done: Mapping[int, Mapping[str, Any]], plugins: Plugins) -> tuple[list[int], str]:
-    """Journaled images whose findings were checked against inputs that have changed
-    since (a reference registry grown while the job was stopped; :meth:`Audit.versions_now`),
-    and a line naming the first change. Each audit is asked once, for every name its
-    findings give."""
-    classes = plugins.components("audits")
-    names: dict[str, set[str]] = {}
-    for record in done.values():
+class _AuditedAgainst:
+    """What a job's images were audited against, where that can change between runs (a
+    reference registry that grows): the versions their findings name
+    (``details["versions"]``), and which of them have moved on since
+    (:meth:`Audit.versions_now`, each audit asked once for all its names)."""
+
+    def __init__(self, plugins: Plugins) -> None:
+        self.classes = plugins.components("audits")
+        self.seen: set[tuple[str, str, str | None]] = set()  # (audit, name, version)
+
+    def note(self, record: Mapping[str, Any]) -> None:
         for finding in record["findings"]:
-            versions = finding.get("details", {}).get("versions")
-            if versions and finding["audit"] in classes:
-                names.setdefault(finding["audit"], set()).update(versions)
-    now: dict[str, Mapping[str, str | None]] = {}
-    for audit, asked in names.items():
-        try:
-            now[audit] = classes[audit].versions_now(sorted(asked))
-        except Exception as exc:  # a plugin that cannot tell: its images are checked again
-            now[audit] = {name: f"not known ({type(exc).__name__}: {exc})" for name in asked}
-    stale: list[int] = []
-    first = ""
-    for index, record in done.items():
-        for finding in record["findings"]:
-            versions = finding.get("details", {}).get("versions")
-            if not versions or finding["audit"] not in now:
-                continue
-            current = now[finding["audit"]]
-            changed = [name for name, then in versions.items() if current.get(name, then) != then]
-            if changed:
-                stale.append(index)
-                name = changed[0]
-                first = first or (f"{finding['audit']}: {name} was {versions[name] or 'unreadable'}, "
-                                  f"is {current[name] or 'unreadable'} now")
-                break
-    return sorted(stale), first
+            versions = (finding.get("details") or {}).get("versions")
+            if versions and finding["audit"] in self.classes:
+                self.seen.update((finding["audit"], name, version) for name, version in versions.items())
+
+    def now(self) -> dict[str, Mapping[str, str | None]]:
+        names: dict[str, set[str]] = {}
+        for audit, name, _ in self.seen:
+            names.setdefault(audit, set()).add(name)
+        now: dict[str, Mapping[str, str | None]] = {}
+        for audit, asked in names.items():
+            try:
+                now[audit] = self.classes[audit].versions_now(sorted(asked))
+            except Exception as exc:  # a plugin that cannot tell: its images are audited again
+                now[audit] = {name: f"not known ({type(exc).__name__}: {exc})" for name in asked}
+        return now
+
+    def moved(self, now: Mapping[str, Mapping[str, str | None]]) -> bool:
+        """Whether a version seen has moved on; the ones that have not are kept."""
+        current = {(a, n, v) for a, n, v in self.seen if now.get(a, {}).get(n, v) == v}
+        moved, self.seen = current != self.seen, current
+        return moved
+
+    @staticmethod
+    def stale(records: Iterable[tuple[int, Mapping[str, Any]]],
+              now: Mapping[str, Mapping[str, str | None]]) -> tuple[list[int], str]:
+        """The images among ``records`` audited against a version that has moved on, and a
+        line naming the first change."""
+        stale: list[int] = []
+        first = ""
+        for index, record in records:
+            for finding in record["findings"]:
+                versions = (finding.get("details") or {}).get("versions")
+                current = now.get(finding["audit"])
+                if not versions or current is None:
+                    continue
+                changed = [name for name, then in versions.items() if current.get(name, then) != then]
+                if changed:
+                    stale.append(index)
+                    name = changed[0]
+                    first = first or (f"{finding['audit']}: {name} was {versions[name] or 'unreadable'}, "
+                                      f"is {current[name] or 'unreadable'} now")
+                    break
+        return sorted(stale), first
 
 
 def _clean_unjournaled(out: Path, done: Mapping[int, Mapping[str, Any]]) -> int:
@@ -1564,7 +1585,11 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
                     len(gone), out, state.done[gone[0]]["name"])
         for index in gone:
             del state.done[index]
-    changed, first = _checked_against_changed(state.done, plugins)
+    against = _AuditedAgainst(plugins)
+    for record in state.done.values():
+        against.note(record)
+    now = against.now()
+    changed, first = against.stale(state.done.items(), now) if against.moved(now) else ([], "")
     if changed:  # their files go as unjournaled; a crash before they are made again finds them gone
         log.warning("%d journaled image(s) were audited against what has changed since (%s): making and "
                     "auditing them again", len(changed), first)
@@ -1639,6 +1664,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
                 seconds["writing"] += time.perf_counter() - begin
                 for item, (record, line) in zip(produced, committed):
                     records[item.index] = line
+                    against.note(record)
                     batch_features[item.index] = item.features
                     counts["quarantined" if record["folder"] == "quarantine" else "approved"] += 1
                     bar.set_postfix(counts, refresh=False)
@@ -1650,6 +1676,11 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
             executor.close()
             seconds.update(getattr(executor, "seconds", {}))
             seconds["writing"] -= seconds.get("writer waiting", 0.0)  # that is counted on its own
+    now = against.now()
+    if against.moved(now):  # a registry changed while the job ran: said, and left to the next run
+        moved, first = against.stale(((i, json.loads(line)) for i, line in records.items()), now)
+        log.warning("%d image(s) were audited against what changed while the job ran (%s): the same "
+                    "command audits them again", len(moved), first)
     try:
         begin = time.perf_counter()
         result = _finish(out, spec, options, plugins, policy, records, batch_features, writer, resumed)

@@ -1004,6 +1004,47 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     assert images(job) == now
 
 
+def test_a_registry_changed_while_a_job_runs_is_said_and_the_same_command_audits_again(tiny_run, env, tmp_path,
+                                                                                         caplog):
+    """References added while a job works: the job says how many of its images were
+    audited against the registry as it was, and the same command audits those again."""
+    from PIL import Image
+
+    from artengine import Plugins, ReferenceRegistry
+
+    plugins = Plugins.discover()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[policy]\nname = "copies"\nversion = 1\n\n[audits.near_duplicate]\n\n[audits.provenance]\n')
+    registry = tmp_path / "refs.db"
+    noise = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    for i, pixels in enumerate(noise):
+        Image.fromarray(pixels).save(tmp_path / f"unrelated{i}.png")
+    with ReferenceRegistry(registry, create=True) as refs:
+        refs.add([tmp_path / "unrelated0.png"])
+
+    def add_a_reference(record):  # after the first image is written, the others may be made
+        if record["index"] == 0:
+            with ReferenceRegistry(registry, create=True) as refs:
+                refs.add([tmp_path / "unrelated1.png"])
+
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=6, out=job, policy=str(policy),
+                                         registries=[str(registry)], progress=False, chunk=2)
+    first = generation.generate(options, plugins, on_image=add_a_reference)
+    found = re.search(r"(\d) image\(s\) were audited against what changed while the job ran \(near_duplicate: "
+                      + re.escape(str(registry)) + " was generation 22 of [0-9a-f]+, is generation 44 of", caplog.text)
+    assert found and first.exit_code == 0, caplog.text
+    assert 1 <= int(found[1]) <= 6  # image 0 at least: it was audited before the reference was added
+    placed = images(job)
+
+    caplog.clear()
+    again = generation.generate(options, plugins)
+    assert f"{found[1]} journaled image(s) were audited against what has changed since" in caplog.text
+    assert (again.exit_code, again.resumed) == (0, 6 - int(found[1]))
+    assert images(job) == placed  # unrelated references: audited again, the same verdicts and bytes
+    assert "while the job ran" not in caplog.text
+
+
 def test_a_model_converted_from_an_opted_in_pickle_is_named_so_in_the_report(tiny_run, env, tmp_path):
     """Row 11: a pickle loads only with an explicit opt-in, which the report records; the
     opt-in survives the conversion to safetensors, so a job made from those weights says so."""
