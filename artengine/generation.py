@@ -1424,6 +1424,7 @@ class _AuditedAgainst:
     def __init__(self, plugins: Plugins) -> None:
         self.classes = plugins.components("audits")
         self.seen: set[tuple[str, str, str | None]] = set()  # (audit, name, version)
+        self.failed: dict[str, str] = {}  # audit -> why its versions_now raised
 
     def note(self, record: Mapping[str, Any]) -> None:
         for finding in record["findings"]:
@@ -1439,9 +1440,20 @@ class _AuditedAgainst:
         for audit, asked in names.items():
             try:
                 now[audit] = self.classes[audit].versions_now(sorted(asked))
-            except Exception as exc:  # a plugin that cannot tell: its images are audited again
-                now[audit] = {name: f"not known ({type(exc).__name__}: {exc})" for name in asked}
+            except Exception as exc:  # a plugin that cannot tell: as if nothing could be read
+                now[audit] = dict.fromkeys(asked)
+                self.failed[audit] = f"{type(exc).__name__}: {exc}"
         return now
+
+    def unreadable(self, now: Mapping[str, Mapping[str, str | None]]) -> str | None:
+        """A line naming an input images were audited against that cannot be read now (a
+        registry moved away, a disk not mounted), if any: such a job is refused, rather than
+        its images made again with errors."""
+        for audit, name, version in sorted(self.seen, key=str):
+            if version is not None and name in now.get(audit, {}) and now[audit][name] is None:
+                why = f" ({self.failed[audit]})" if audit in self.failed else ""
+                return f"{audit}: {name} cannot be read now{why}; the job's images were audited against it"
+        return None
 
     def moved(self, now: Mapping[str, Mapping[str, str | None]]) -> bool:
         """Whether a version seen has moved on; the ones that have not are kept."""
@@ -1589,6 +1601,9 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     for record in state.done.values():
         against.note(record)
     now = against.now()
+    problem = against.unreadable(now)
+    if problem is not None:
+        raise InputError(f"{problem}: make it readable again, or use a new --out folder")
     changed, first = against.stale(state.done.items(), now) if against.moved(now) else ([], "")
     if changed:  # their files go as unjournaled; a crash before they are made again finds them gone
         log.warning("%d journaled image(s) were audited against what has changed since (%s): making and "

@@ -960,16 +960,16 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     from artengine.provenance import Ledger
 
     plugins = Plugins.discover()
-    policy = tmp_path / "policy.toml"
-    policy.write_text('[policy]\nname = "copies"\nversion = 1\n\n[audits.near_duplicate]\n\n[audits.provenance]\n')
+    registry = tmp_path / "refs.db"
+    policy = tmp_path / "policy.toml"  # the registry named by the policy (--registry would do as well)
+    policy.write_text(f'[policy]\nname = "copies"\nversion = 1\n\n[audits.near_duplicate]\n'
+                      f'registries = [{str(registry)!r}]\n\n[audits.provenance]\n')
     unrelated = tmp_path / "unrelated.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(unrelated)
-    registry = tmp_path / "refs.db"
     with ReferenceRegistry(registry, create=True) as refs:
         refs.add([unrelated])
     job = tmp_path / "job"
-    options = generation.GenerateOptions(model=str(tiny_run), count=4, out=job, policy=str(policy),
-                                         registries=[str(registry)], progress=False)
+    options = generation.GenerateOptions(model=str(tiny_run), count=4, out=job, policy=str(policy), progress=False)
     first = generation.generate(options, plugins)
     assert (first.exit_code, first.approved) == (0, 4)
     placed = images(job)
@@ -1001,6 +1001,14 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     caplog.clear()
     third = generation.generate(options, plugins)  # the registry as they were audited: nothing made again
     assert (third.exit_code, third.resumed) == (1, 4) and "changed since" not in caplog.text
+    assert images(job) == now
+
+    # A registry that cannot be read now (moved away, a disk not mounted) refuses the job in
+    # one line: its images are not made again with errors, and nothing changes.
+    registry.rename(tmp_path / "moved.db")
+    with pytest.raises(InputError, match=re.escape(f"near_duplicate: {registry} cannot be read now; the job's "
+                                                   "images were audited against it: make it readable again")):
+        generation.generate(options, plugins)
     assert images(job) == now
 
 
