@@ -37,7 +37,7 @@ class CLIError(click.ClickException):
 
 
 class CLIInterrupted(click.ClickException):
-    """Ctrl-C (and, for a job, SIGTERM): one line and exit code 130 (128 + SIGINT, as a
+    """Ctrl-C (and, for a job or an audit, SIGTERM): one line and exit code 130 (128 + SIGINT, as a
     shell reports it; ``train`` exits so too), not click's "Aborted!" and 1, which says the
     policy blocked something."""
 
@@ -366,7 +366,8 @@ def audit(folder: Path, policy_spec: str, registries: tuple[Path, ...], referenc
         clip_pretrained=clip_pretrained,
     )
     runner = AuditRunner(policy, plugins, context)
-    outcome = audit_folder(folder, runner, exclude=[report_dir], progress=not as_json)
+    with _terminate_as_interrupt():  # a cancelled CI job: one line and 130, as for a job
+        outcome = audit_folder(folder, runner, exclude=[report_dir], progress=not as_json)
     engine, versions = _versions(plugins)
     doc = build_report(
         kind="audit", images=outcome.images, batch=outcome.batch, policy=policy.as_dict(),

@@ -402,6 +402,42 @@ def test_ctrl_c_stops_a_job_with_one_line_and_exit_130_and_the_same_command_resu
     assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(14))
 
 
+def _reading_under(proc: subprocess.Popen, folder: Path) -> None:
+    """Wait until ``proc`` has a file of ``folder`` open (it is at work on it)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith(str(folder)) for fd in fds):
+                return
+        except OSError:  # an fd closed between listing and reading it
+            pass
+        time.sleep(0.005)
+    raise AssertionError(f"{proc.args} never opened a file of {folder} (exit {proc.poll()})")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_an_audit_with_one_line_and_exit_130(tiny_run, env, tmp_path):
+    """A cancelled CI job's `artengine audit`: exit 130 and one line, as Ctrl-C gives,
+    not the signal's bare 143 that reads as a crash."""
+    code, out = run_cli("generate", "--model", str(tiny_run), "--count", "8", "--out", str(tmp_path / "job"))
+    assert code == 0, out
+    folder = tmp_path / "to-audit"
+    folder.mkdir()
+    for i in range(600):  # long enough to be stopped at work
+        (folder / f"{i:04d}.png").write_bytes((tmp_path / "job" / "approved" / f"{i % 8:06d}.png").read_bytes())
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[policy]\nname = "marks"\nversion = 1\n\n[audits.provenance]\n')
+    proc = subprocess.Popen([sys.executable, "-m", "artengine", "audit", str(folder), "--policy", str(policy),
+                             "--report", str(tmp_path / "r")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _reading_under(proc, folder)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == "artengine audit: interrupted", err
+
+
 def test_a_second_run_of_a_job_while_the_first_works_is_refused_in_one_line(tiny_run, env, tmp_path):
     """A CI retry racing the first run, or a second terminal: the second run is refused
     (exit 2, one line naming the folder and the run at work) instead of making every image
