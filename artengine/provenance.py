@@ -719,7 +719,8 @@ class Verification:
     (nothing trustworthy found). ``code`` is the precise reason, for programs: verified,
     metadata-stripped, pixels-edited, manifest-invalid, mark-mismatch, untrusted-key,
     mark-unreadable, low-confidence, no-ledger-record, ledger-invalid, no-provenance,
-    unreadable-image.
+    unreadable-image, and audited-again (verified, but the ledger holds a later manifest of
+    the image in which an audit blocks it: not to be published).
     """
 
     path: str
@@ -731,17 +732,21 @@ class Verification:
     signature: str | None = None
     pixels_match: bool | None = None
     reading: WatermarkReading | None = None
+    #: The ledger's later manifest of this image, when it was audited again since it was
+    #: signed with other verdicts (code ``audited-again`` when one of them blocks).
+    later_manifest: dict[str, Any] | None = None
 
     @property
     def verified(self) -> bool:
-        return self.status == "verified"
+        """Trusted provenance, and no later audit of the image blocks it."""
+        return self.status == "verified" and self.code != "audited-again"
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "status": self.status, "code": self.code, "message": self.message,
                 "manifest_source": self.manifest_source, "signature": self.signature,
                 "pixels_match": self.pixels_match,
                 "watermark": self.reading.as_dict() if self.reading is not None else None,
-                "manifest": self.manifest}
+                "manifest": self.manifest, "later_manifest": self.later_manifest}
 
 
 def find_manifest(image: LoadedImage) -> tuple[Any, str] | None:
@@ -826,9 +831,18 @@ def verify_image(
             return Verification(path, "tampered", "mark-mismatch",
                                 f"the mark carries {reading.payload_hex}, the manifest says {expected}",
                                 doc, source, signature, True, reading)
-        return Verification(path, "verified", "verified",
-                            f"signature valid (key {doc['signature']['key_id']}), pixels match, "
-                            f"mark {expected} agrees", doc, source, signature, True, reading)
+        message = f"signature valid (key {doc['signature']['key_id']}), pixels match, mark {expected} agrees"
+        later = _audited_again(ledger, doc, keys) if ledger is not None else None
+        if later is None:
+            return Verification(path, "verified", "verified", message, doc, source, signature, True, reading)
+        changed = {name: verdict for name, verdict in sorted(later["audits"].items())
+                   if (doc.get("audits") or {}).get(name) != verdict}
+        blocked = any(verdict in BLOCKING_VERDICTS for verdict in changed.values())
+        return Verification(path, "verified", "audited-again" if blocked else "verified",
+                            f"{message}; audited again since, the ledger's manifest of this image says: "
+                            + ", ".join(f"{name} {verdict}" for name, verdict in changed.items())
+                            + (" (not to be published)" if blocked else ""),
+                            doc, source, signature, True, reading, later_manifest=later)
 
     reading = read(None)
     if reading is None:
@@ -857,6 +871,28 @@ def verify_image(
     return Verification(path, "watermark-only", "metadata-stripped",
                         f"metadata stripped; mark {reading.payload_hex} matches the ledger record{where}; {note}",
                         record.manifest, "ledger", signature, same, reading)
+
+
+#: Audit verdicts in a manifest that keep an image from publication.
+BLOCKING_VERDICTS = ("block", "error")
+
+
+def _audited_again(ledger: Ledger, doc: Mapping[str, Any], keys: Keys) -> dict[str, Any] | None:
+    """The ledger's later manifest of the image ``doc`` signed (the same payload, pixels
+    and a trusted signature), when its audit verdicts differ: the image was audited again
+    since (a job run again after its registry grew)."""
+    try:
+        record = ledger.lookup(str(_field(doc, "watermark", "payload") or ""))
+    except (ProvenanceError, ValueError):
+        return None
+    if record is None or record.manifest == doc:
+        return None
+    later = record.manifest
+    if (_field(later, "image", "pixels_sha256") != _field(doc, "image", "pixels_sha256")
+            or check_signature(later, keys.trusted) != "valid" or not isinstance(later.get("audits"), dict)
+            or later["audits"] == doc.get("audits")):
+        return None
+    return later
 
 
 def _field(doc: Mapping[str, Any], section: str, name: str) -> Any:

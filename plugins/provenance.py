@@ -7,7 +7,8 @@ else the default ledger when it exists). The gate then sees:
 * ``pass``: verified (trusted signature, pixels match, the mark agrees); also a
   watermark-only image when ``require_manifest = false``;
 * ``fail``: tampered pixels or manifest; no mark and no manifest when either is required;
-  metadata stripped when a manifest is required;
+  metadata stripped when a manifest is required; a copy of an image the ledger says was
+  audited again since it was signed, with a verdict that blocks it;
 * ``unknown``: a mark read with low confidence, a signature by an untrusted key, a mark
   that cannot be read with this key, or a mark without a ledger record. Never a pass;
 * ``error``: no keys to check with.
@@ -80,7 +81,7 @@ class ProvenanceAudit(Audit):
     def _outcome(self, code: str) -> str:
         if code == "verified":
             return "pass"
-        if code in ("pixels-edited", "manifest-invalid", "mark-mismatch"):
+        if code in ("pixels-edited", "manifest-invalid", "mark-mismatch", "audited-again"):
             return "fail"
         if code == "metadata-stripped":
             return "fail" if self.settings["require_manifest"] else "pass"

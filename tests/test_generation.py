@@ -1009,6 +1009,9 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     first = generation.generate(options, plugins)
     assert (first.exit_code, first.approved) == (0, 4)
     placed = images(job)
+    published = tmp_path / "published" / "000002.png"  # a copy that left before the references came
+    published.parent.mkdir()
+    published.write_bytes(placed["approved/000002.png"])
 
     with ReferenceRegistry(registry) as refs:
         before = refs.generation()
@@ -1033,6 +1036,12 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     assert manifest["audits"]["near_duplicate"] == "block"
     with Ledger(env["ARTENGINE_LEDGER"], create=False) as ledger:
         assert ledger.lookup(manifest["watermark"]["payload"]).manifest == manifest
+    code, out = run_cli("verify", str(published))  # the copy's own manifest says pass; the ledger knows better
+    assert code == 1 and "near_duplicate block (not to be published)" in out, out
+    marks = tmp_path / "marks.toml"
+    marks.write_text('[policy]\nname = "marks"\nversion = 1\n\n[audits.provenance]\n')
+    code, out = run_cli("audit", str(published.parent), "--policy", str(marks), "--report", str(tmp_path / "r"))
+    assert code == 1 and "provenance: verified: signature valid" in out and "not to be published" in out, out
 
     caplog.clear()
     third = generation.generate(options, plugins)  # the registry as they were audited: nothing made again

@@ -355,6 +355,28 @@ def test_verified(tmp_path, keys, ledger, scheme):
     assert result.pixels_match and result.reading.payload_hex == "102030405060"
 
 
+def test_a_copy_signed_before_its_image_was_audited_again_is_flagged_by_the_ledger(tmp_path, keys, ledger, scheme):
+    """A published copy carries the manifest it was signed with; when a job later audits
+    the image again (its registry grew) the ledger holds the new manifest, and verify says
+    so: a later verdict that blocks makes the copy not verified (exit 1)."""
+    published = written(tmp_path, keys, scheme, ledger, audits={"near_duplicate": "pass", "bias": "pass"})
+    assert pv.verify_image(published, keys=keys, schemes=schemes(), ledger=ledger).code == "verified"
+
+    blocked = stamp(keys, scheme, audits={"near_duplicate": "block", "bias": "pass"})
+    ledger.record(blocked.manifest, image="quarantine/out.png")
+    result = pv.verify_image(published, keys=keys, schemes=schemes(), ledger=ledger)
+    assert (result.status, result.code, result.verified) == ("verified", "audited-again", False)
+    assert result.message.endswith("audited again since, the ledger's manifest of this image says: "
+                                   "near_duplicate block (not to be published)")
+    assert result.later_manifest == blocked.manifest and result.as_dict()["later_manifest"] == blocked.manifest
+    assert pv.verify_image(published, keys=keys, schemes=schemes()).verified  # no ledger: nothing to compare
+
+    cleared = stamp(keys, scheme, audits={"near_duplicate": "pass", "bias": "warn"})  # audited again, not blocked
+    ledger.record(cleared.manifest, image="approved/out.png")
+    result = pv.verify_image(published, keys=keys, schemes=schemes(), ledger=ledger)
+    assert (result.code, result.verified) == ("verified", True) and result.message.endswith("says: bias warn")
+
+
 def test_sidecar_manifest_verifies_a_png_whose_chunk_was_stripped(tmp_path, keys, ledger, scheme):
     path = written(tmp_path, keys, scheme, ledger)
     Image.open(path).save(tmp_path / "copy.png")  # Pillow drops the iTXt chunk
