@@ -1134,56 +1134,99 @@ class _LocalProcesses:
     workers' finishing, instead of sharing one with the writer."""
 
     WRITER_WAITS = True  # False: the writer writes through generator passes (for comparisons)
+    #: Times the workers are started again after one dies (killed, out of memory), as Ray
+    #: actors are (:attr:`_Ray.RESTARTS`): a chunk's bytes depend on its indices alone.
+    RESTARTS = 3
 
     def __init__(self, spec: dict[str, Any], workers: int, producer: Producer | None = None,
                  head_start: _HeadStart | None = None) -> None:
-        import multiprocessing
-
         self.head_start = head_start
         self.passes: _Passes | None = None
         self.seconds = {"generator": 0.0, "generator cpu": 0.0, "finishing": 0.0}  # summed over the processes
-        if producer is not None:
-            context = multiprocessing.get_context("fork")
-            if self.WRITER_WAITS and workers >= usable_cores():
-                self.passes = _Passes(context)
-                self.seconds["writer waiting"] = 0.0  # in the job's process
-            self.pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_init_forked_worker,
-                initargs=(spec, producer.plugins, producer.policy, producer.source, self.passes))
-        else:
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(spec,))
-        self.workers = workers
+        self.spec, self.producer, self.workers = spec, producer, workers
+        self.restarts = 0
+        self.pool = self._start()
         self._pending: set[Future] = set()  # submitted chunks
         self._ready: list[Future] = []  # chunks finished, not yet handed to the writer
+        self._chunks: dict[Future, list[int]] = {}  # each submitted chunk's indices
+
+    def _start(self) -> ProcessPoolExecutor:
+        import multiprocessing
+
+        producer = self.producer
+        if producer is None:
+            return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(self.spec,))
+        context = multiprocessing.get_context("fork")
+        if self.WRITER_WAITS and self.workers >= usable_cores():
+            if self.passes is not None:  # a worker that died in a pass may hold its lock: a new one
+                self.passes.close()
+            self.passes = _Passes(context)
+            self.seconds.setdefault("writer waiting", 0.0)  # in the job's process
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=_init_forked_worker,
+            initargs=(self.spec, producer.plugins, producer.policy, producer.source, self.passes))
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
+        from concurrent.futures.process import BrokenProcessPool
+
         todo = list(chunks)
-        generated: dict[int, np.ndarray] = {}
+        generated: dict[int, np.ndarray] = {}  # a head start's passes, by their chunk's first index
         if self.head_start is not None:
-            generated = self.head_start.take()
+            generated = {todo[position][0]: raw for position, raw in self.head_start.take().items()}
             for stage, value in self.head_start.seconds.items():
                 self.seconds[stage] += value
             self.seconds["head start"] = self.head_start.seconds["generator"]  # of "generator"
-        position = 0
         while todo or self._pending or self._ready:
             # Two chunks per worker submitted and not finished: finished ones the writer has
             # not taken yet do not count, so that the workers do not run dry while it sits out
             # a pass; at most three per worker held in all.
             while todo and len(self._pending) - self._finished() < 2 * self.workers \
                     and len(self._pending) + len(self._ready) < 3 * self.workers:
-                future = self.pool.submit(_work, todo.pop(0), generated.pop(position, None))
-                position += 1
+                chunk = todo.pop(0)
+                try:
+                    future = self.pool.submit(_work, chunk, generated.pop(chunk[0], None))
+                except BrokenProcessPool:  # a worker died since the pool was last looked at
+                    todo[:0] = self._restart(also=[chunk])
+                    continue
+                self._chunks[future] = chunk
                 if self.passes is not None:
                     future.add_done_callback(lambda _f, passes=self.passes: passes.wake())
                 self._pending.add(future)
             if not self._ready:
                 done, self._pending = wait(self._pending, return_when=FIRST_COMPLETED)
                 self._ready = list(done)
-            produced, seconds = _unwrap(self._ready.pop(0))
+            try:
+                produced, seconds = _unwrap(self._ready[0])
+            except _WorkerDied:
+                todo[:0] = self._restart()
+                continue
+            del self._chunks[self._ready.pop(0)]
             for stage, value in seconds.items():
                 self.seconds[stage] += value
             yield produced
+
+    def _restart(self, also: Sequence[list[int]] = ()) -> list[list[int]]:
+        """After a worker died: new workers (forked again from the job's process), and the
+        chunks to run again (those that had not finished with a result, and ``also``); up to
+        :attr:`RESTARTS` times, then the job stops (a worker killed for memory each time)."""
+        if self.restarts >= self.RESTARTS:
+            raise ArtengineError(f"a generation worker died (out of memory or killed) again, after "
+                                 f"{self.RESTARTS} restart(s); run the same command again to resume")
+        self.restarts += 1
+        kept: list[Future] = []
+        again: list[list[int]] = list(also)  # chunks not submitted yet, but taken from those to do
+        for future in [*self._ready, *self._pending]:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                kept.append(future)
+            else:
+                again.append(self._chunks.pop(future))
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = self._start()
+        self._ready, self._pending = kept, set()
+        log.warning("a generation worker died (out of memory or killed): workers started again (%d of %d "
+                    "restarts), %d chunk(s) run again", self.restarts, self.RESTARTS, len(again))
+        return sorted(again, key=lambda chunk: chunk[0])
 
     def _finished(self) -> int:
         return sum(future.done() for future in self._pending)
@@ -1215,14 +1258,18 @@ class _LocalProcesses:
             self.passes = None
 
 
+class _WorkerDied(ArtengineError):
+    """A worker process of the job ended without its result (killed, out of memory)."""
+
+
 def _unwrap(future: Future) -> Any:
     from concurrent.futures.process import BrokenProcessPool
 
     try:
         return future.result()
     except BrokenProcessPool:
-        raise ArtengineError("a generation worker died (out of memory or killed); run the same "
-                             "command again to resume") from None
+        raise _WorkerDied("a generation worker died (out of memory or killed); run the same "
+                          "command again to resume") from None
 
 
 class _Ray:

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from artengine import generation
 from artengine.cli import cli
-from artengine.errors import InputError
+from artengine.errors import ArtengineError, InputError
 from artengine.journal import iter_records
 from artengine.training import TrainOptions, train
 
@@ -768,6 +768,61 @@ def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
 
 
 @pytest.mark.slow
+def _worker_processes() -> list[int]:
+    """This process's children forked from it (a local job's workers), by their command line."""
+    own = Path("/proc/self/cmdline").read_bytes()
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid() and \
+                    (stat.parent / "cmdline").read_bytes() == own:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not generation.forks_workers(),
+                    reason="forked workers, found through /proc")
+@pytest.mark.parametrize("kills, restarts", [(1, 3), (2, 1)])
+def test_a_local_worker_that_dies_is_started_again_and_the_job_ends_with_the_same_bytes(
+        tiny_run, env, tmp_path, monkeypatch, kills, restarts):
+    """A worker process killed mid-job (the OOM killer, a stray kill): the workers are
+    started again and the chunks that had not finished run again, so the job ends, the
+    bytes of a job left alone, each image once. Killed more often than the restarts allow,
+    the job stops in one line, and the same command resumes."""
+    monkeypatch.setattr(generation._LocalProcesses, "RESTARTS", restarts)
+    count = 96
+    reference = tmp_path / "reference"
+    generation.generate(generation.GenerateOptions(model=str(tiny_run), count=count, out=reference, chunk=4,
+                                                   progress=False))
+    killed: list[int] = []
+    seen: set[int] = set()  # workers there at the last kill: the next kill is of one started since
+
+    def kill_a_worker(record) -> None:  # once an image is written, and again once workers started again
+        workers = [pid for pid in _worker_processes() if pid not in seen]
+        if len(killed) < kills and workers:
+            seen.update(_worker_processes())
+            os.kill(workers[0], signal.SIGKILL)
+            killed.append(workers[0])
+
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=count, out=job, chunk=4, workers=2,
+                                         progress=False)
+    if kills <= restarts:
+        result = generation.generate(options, on_image=kill_a_worker)
+        assert len(killed) == kills and result.exit_code == 0
+    else:
+        with pytest.raises(ArtengineError, match=r"^a generation worker died \(out of memory or killed\) again, "
+                                                 rf"after {restarts} restart\(s\); run the same command again to "
+                                                 "resume$"):
+            generation.generate(options, on_image=kill_a_worker)
+        assert len(killed) == kills
+        generation.generate(options)
+    assert images(job) == images(reference)
+    assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(count))
+
+
 def test_a_ray_worker_that_dies_is_started_again_and_the_job_ends_with_the_same_bytes(tiny_run, env, tmp_path):
     """A Ray actor's process killed mid-job (a lost node, the OOM killer): its chunk runs
     again on the restarted actor; the job finishes, exit 0, the bytes of a local job."""
