@@ -99,6 +99,17 @@ class ArtengineGroup(click.Group):
         except KeyboardInterrupt:
             name = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
             raise CLIInterrupted(f"{name}: interrupted") from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            # A fault of artengine's or a library's, not of the input: its traceback, for a
+            # report, then exit 2 ("error"), never Python's 1, which says the policy blocked something.
+            import traceback
+
+            traceback.print_exc()
+            name = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            raise CLIError(f"{name}: internal error ({type(exc).__name__}: {exc}); the traceback above is for a "
+                           "bug report") from None
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:

@@ -79,6 +79,23 @@ def test_data_preview_writes_a_sheet(tmp_path):
     assert Image.open(out).size == (8 * 32 + 9 * 2, 32 + 2 * 2)
 
 
+def test_a_fault_of_the_program_is_exit_2_with_its_traceback_never_the_blocked_code(monkeypatch):
+    """A crash (a bug, a library failing) must not exit 1, which CI reads as "the policy
+    blocked something": its traceback for a report, and the error code 2."""
+    import artengine.cli as cli_module
+
+    def broken():
+        raise RuntimeError("the registry of plugins fell over")
+
+    monkeypatch.setattr(cli_module, "get_plugins", broken)
+    result = CliRunner().invoke(cli, ["plugins"], prog_name="artengine")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("Traceback") and "RuntimeError: the registry of plugins fell over" in result.output
+    assert lines[-1] == ("Error: artengine plugins: internal error (RuntimeError: the registry of plugins fell over); "
+                         "the traceback above is for a bug report")
+
+
 def test_bad_input_is_one_line_and_exit_2_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "artengine", "data", "preview", str(tmp_path / "missing"),
