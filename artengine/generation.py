@@ -1081,6 +1081,10 @@ class _InProcess:
                         return
                 put(("done", None))
             except BaseException as exc:  # handed on to the writer, which raises it
+                from concurrent.futures.process import BrokenProcessPool
+
+                if isinstance(exc, BrokenProcessPool):  # the generator or finishing process died
+                    exc = _WorkerDied(_WorkerDied.MESSAGE)
                 put(("error", exc))
 
         from threadpoolctl import threadpool_limits
@@ -1261,6 +1265,8 @@ class _LocalProcesses:
 class _WorkerDied(ArtengineError):
     """A worker process of the job ended without its result (killed, out of memory)."""
 
+    MESSAGE = "a generation worker died (out of memory or killed); run the same command again to resume"
+
 
 def _unwrap(future: Future) -> Any:
     from concurrent.futures.process import BrokenProcessPool
@@ -1268,8 +1274,7 @@ def _unwrap(future: Future) -> Any:
     try:
         return future.result()
     except BrokenProcessPool:
-        raise _WorkerDied("a generation worker died (out of memory or killed); run the same "
-                          "command again to resume") from None
+        raise _WorkerDied(_WorkerDied.MESSAGE) from None
 
 
 class _Ray:
