@@ -66,8 +66,8 @@ from artengine import (
     TRIMMED,
     hookimpl,
     open_registries,
-    registry_version,
     query_hashes_many,
+    registry_version,
     search_registries,
     sha256_file,
 )
