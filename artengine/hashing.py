@@ -194,7 +194,9 @@ def _plane_basis(side: int) -> np.ndarray:
     return basis.T
 
 
-_PLANE = _plane_basis(LUMA_SIDE)
+#: The planes (brightness, gradient) of a LUMA_SIDE thumbnail, as an orthonormal basis
+#: (3, LUMA_SIDE ** 2): what thumbnail details are taken off, here and in the registry.
+PLANE_BASIS = _plane_basis(LUMA_SIDE)
 
 
 def reference_variant_names() -> tuple[str, ...]:
@@ -541,7 +543,7 @@ def thumbnail_detail(luma: np.ndarray) -> np.ndarray:
     to compare); broadcasts over leading axes. The dot product of two is their
     :func:`thumbnail_correlation`: search keeps these, one per reference."""
     v = np.asarray(luma, dtype=np.float64).reshape(*np.shape(luma)[:-2], -1)
-    v = v - (v @ _PLANE.T) @ _PLANE
+    v = v - (v @ PLANE_BASIS.T) @ PLANE_BASIS
     norm = np.linalg.norm(v, axis=-1, keepdims=True)
     return np.where(norm > 1e-3, v / np.maximum(norm, 1e-12), 0.0)
 

@@ -59,10 +59,10 @@ from .hashing import (
     PART_REFINE,
     PART_SCALES,
     PART_VARIANTS,
+    PLANE_BASIS,
     REFERENCE_VARIANTS,
     TURNED_ARRAYS,
     TURNED_VARIANTS,
-    _PLANE,
     ImageHashes,
     centred_colour,
     centred_colour_distance,
@@ -343,7 +343,7 @@ def _part_norms(integral: np.ndarray, cells: tuple[np.ndarray, ...]) -> np.ndarr
     means = _cell_means(integral, cells)
     means = means.reshape(len(means), -1)
     means -= means.mean(axis=1, keepdims=True)  # the constant plane: fewer digits to cancel below
-    dots = means @ _PLANE.T
+    dots = means @ PLANE_BASIS.T
     return np.sqrt(np.maximum(np.einsum("ij,ij->i", means, means) - np.einsum("ij,ij->i", dots, dots), 0.0))
 
 
