@@ -767,7 +767,6 @@ def test_ray_executor_makes_the_same_bytes_as_local(tiny_run, env, tmp_path):
     assert result.stage_seconds["generator"] > 0 and result.stage_seconds["finishing"] > 0
 
 
-@pytest.mark.slow
 def _worker_processes() -> list[int]:
     """This process's children forked from it (a local job's workers), by their command line."""
     own = Path("/proc/self/cmdline").read_bytes()
@@ -823,6 +822,7 @@ def test_a_local_worker_that_dies_is_started_again_and_the_job_ends_with_the_sam
     assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(count))
 
 
+@pytest.mark.slow
 def test_a_ray_worker_that_dies_is_started_again_and_the_job_ends_with_the_same_bytes(tiny_run, env, tmp_path):
     """A Ray actor's process killed mid-job (a lost node, the OOM killer): its chunk runs
     again on the restarted actor; the job finishes, exit 0, the bytes of a local job."""
