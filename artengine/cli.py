@@ -569,7 +569,8 @@ def verify(images: tuple[Path, ...], keys_dir: Path | None, ledger_path: Path | 
                                   min_confidence=min_confidence, search=not no_search)
             results.append(result)
             if not as_json:
-                click.echo(f"{result.status:<14} {image}: {result.message}")
+                label = result.code if result.code == "audited-again" else result.status  # verified, yet blocked
+                click.echo(f"{label:<14} {image}: {result.message}")
     finally:
         if ledger is not None:
             ledger.close()

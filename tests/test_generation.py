@@ -1092,7 +1092,8 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     with Ledger(env["ARTENGINE_LEDGER"], create=False) as ledger:
         assert ledger.lookup(manifest["watermark"]["payload"]).manifest == manifest
     code, out = run_cli("verify", str(published))  # the copy's own manifest says pass; the ledger knows better
-    assert code == 1 and "near_duplicate block (not to be published)" in out, out
+    assert code == 1 and out.startswith(f"audited-again  {published}: signature valid") and \
+        "near_duplicate block (not to be published)" in out, out
     marks = tmp_path / "marks.toml"
     marks.write_text('[policy]\nname = "marks"\nversion = 1\n\n[audits.provenance]\n')
     code, out = run_cli("audit", str(published.parent), "--policy", str(marks), "--report", str(tmp_path / "r"))
