@@ -163,9 +163,10 @@ class Audit:
         between runs (a reference registry that grows).
 
         A per-image finding names the versions it was checked against in
-        ``details["versions"]`` (input name -> version). A resumed job asks for the
+        ``details["versions"]`` (input name -> version). A job run again asks for the
         versions of those names now, and makes and audits again every journaled image
-        whose finding names one that differs (None: cannot be read now). Names left out
-        of the result count as unchanged; the default is an audit with no such inputs.
+        whose finding names one that differs; one that cannot be read now (None), or this
+        method raising, refuses the run in one line. Names left out of the result count
+        as unchanged; the default is an audit with no such inputs.
         """
         return {}
