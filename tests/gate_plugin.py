@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -97,6 +98,24 @@ class BrightShare(Audit):
                              "high": min(1, share + 0.1), "reference": self.settings["max_share"]}]}})]
 
 
+class MarkerFile(Audit):
+    """Passes every image, checked against a file whose text is its version: an outside
+    input that can change between runs of a job, as a reference registry can."""
+
+    name = "marker_file"
+    settings_schema = {"path": Setting(str, "", "the file checked against")}
+
+    def check_image(self, item):
+        path = str(Path(self.settings["path"]).resolve())
+        return Finding(audit=self.name, outcome="pass", item=item.key, message="checked",
+                       details={"versions": self.versions_now([path])})
+
+    @classmethod
+    def versions_now(cls, names):
+        # A missing file raises (FileNotFoundError); a file saying so cannot be read (None).
+        return {name: None if (text := Path(name).read_text()) == "unreadable" else text for name in names}
+
+
 @hookimpl
 def artengine_feature_extractors():
     return [MeanBrightness]
@@ -104,4 +123,4 @@ def artengine_feature_extractors():
 
 @hookimpl
 def artengine_audits():
-    return [TooBright, TooDark, Raises, ReturnsNone, Hangs, Unsure, BrightShare]
+    return [TooBright, TooDark, Raises, ReturnsNone, Hangs, Unsure, BrightShare, MarkerFile]

@@ -1154,6 +1154,43 @@ def test_a_registry_changed_while_a_job_runs_is_said_and_the_same_command_audits
     assert "while the job ran" not in caplog.text
 
 
+def test_any_audit_plugin_can_have_a_job_audit_again_when_what_it_checks_against_changes(tiny_run, env, tmp_path,
+                                                                                           caplog):
+    """The contract for plugins (docs/plugins.md): a finding's ``details["versions"]`` and
+    the audit's ``versions_now``. A version moved on: the images are audited again. One
+    that cannot be read now, or a ``versions_now`` that raises: the run is refused in one
+    line naming the audit, and nothing changes."""
+    import gate_plugin
+    from artengine import Plugins
+
+    plugins = Plugins.discover()
+    assert plugins.register(gate_plugin, "gate_plugin").loaded
+    marker = tmp_path / "marker.txt"
+    marker.write_text("list of 1 December")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[policy]\nname = "marked"\nversion = 1\n\n[audits.marker_file]\npath = {str(marker)!r}\n'
+                      '\n[audits.provenance]\n')
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=4, out=job, policy=str(policy), progress=False)
+    assert generation.generate(options, plugins).exit_code == 0
+    placed = images(job)
+
+    marker.write_text("list of 8 December")
+    again = generation.generate(options, plugins)
+    assert (f"4 journaled image(s) were audited against what has changed since (marker_file: {marker} was "
+            "list of 1 December, is list of 8 December now)") in caplog.text
+    assert (again.exit_code, again.resumed) == (0, 0) and images(job) == placed
+
+    marker.write_text("unreadable")
+    with pytest.raises(InputError, match=re.escape(f"marker_file: {marker} cannot be read now; the job's images "
+                                                   "were audited against it")):
+        generation.generate(options, plugins)
+    marker.unlink()
+    with pytest.raises(InputError, match=re.escape(f"marker_file: {marker} cannot be read now (FileNotFoundError: ")):
+        generation.generate(options, plugins)
+    assert images(job) == placed
+
+
 def test_a_model_converted_from_an_opted_in_pickle_is_named_so_in_the_report(tiny_run, env, tmp_path):
     """Row 11: a pickle loads only with an explicit opt-in, which the report records; the
     opt-in survives the conversion to safetensors, so a job made from those weights says so."""
