@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1047,32 +1048,47 @@ class _InProcess:
 
         def to_process() -> bool:
             """Whether the next chunk goes to the finishing process."""
-            if self.finishing is None:
+            finishing = self.finishing
+            if finishing is None:
                 return False
-            ready = self.finishing[1]
-            if always:
-                return bool(_unwrap(ready))
-            if not ready.done() or not _unwrap(ready):
+            ready = finishing[1]
+            try:
+                if always:
+                    return bool(_unwrap(ready))
+                if not ready.done() or not _unwrap(ready):
+                    return False
+            except _WorkerDied:  # it died before it was ready
+                self._lose_finishing()
                 return False
             here[:] = [f for f in here if not f.done()]
             there[:] = [f for f in there if not f.done()]
             return len(here) >= self.finishers and len(there) < self.PROCESS_CHUNKS
 
         def feed() -> None:
+            nonlocal generator_pool
             try:
                 todo = deque(chunks)
                 running: deque = deque()
                 while todo or running:
                     while todo and len(running) < (self.LOOKAHEAD if generator_pool is not None else 1):
                         indices = todo.popleft()
-                        running.append((indices, submit(indices)))
+                        try:
+                            running.append((indices, submit(indices)))
+                        except BrokenProcessPool:  # the generator process died since its last pass
+                            todo.appendleft(indices)
+                            generator_pool = self._lose_generator(running, todo)
                     indices, future = running.popleft()
-                    raw, seconds = _unwrap(future)
+                    try:
+                        raw, seconds = _unwrap(future)
+                    except _WorkerDied:
+                        todo.appendleft(indices)
+                        generator_pool = self._lose_generator(running, todo)
+                        continue
                     self.seconds["generator"] += seconds
-                    if to_process():
-                        item = self.finishing[0].submit(_finish_chunk, indices, raw)
+                    item = self._to_finishing(indices, raw) if to_process() else None
+                    if item is not None:
                         there.append(item)
-                        handing = ("process", item)
+                        handing = ("process", (item, indices, raw))
                     else:
                         item = finish_pool.submit(finish, indices, raw)
                         here.append(item)
@@ -1081,10 +1097,6 @@ class _InProcess:
                         return
                 put(("done", None))
             except BaseException as exc:  # handed on to the writer, which raises it
-                from concurrent.futures.process import BrokenProcessPool
-
-                if isinstance(exc, BrokenProcessPool):  # the generator or finishing process died
-                    exc = _WorkerDied(_WorkerDied.MESSAGE)
                 put(("error", exc))
 
         from threadpoolctl import threadpool_limits
@@ -1104,7 +1116,13 @@ class _InProcess:
                 if kind == "error":
                     raise value
                 if kind == "process":
-                    produced, seconds = _unwrap(value)
+                    future, indices, raw = value
+                    try:
+                        produced, seconds = _unwrap(future)
+                    except _WorkerDied:  # the finishing process died: this chunk is finished here
+                        self._lose_finishing()
+                        yield finish(indices, raw)
+                        continue
                     self.seconds["finishing"] += seconds
                     self.seconds["finishing in a process"] += seconds
                     yield produced
@@ -1117,6 +1135,40 @@ class _InProcess:
             self.close()
             torch.set_num_threads(threads_before)
             blas.restore_original_limits()
+
+    def _lose_generator(self, running: Any, todo: Any) -> None:  # -> the generator pool now: none
+        """The generator process died (killed, out of memory): the chunks it was given go
+        back to ``todo``, and the job generates here from now on (None: no generator
+        pool). A chunk's bytes depend on its indices alone."""
+        for indices, _ in reversed(running):
+            todo.appendleft(indices)
+        running.clear()
+        if self.generator_pool is not None:
+            self.generator_pool.shutdown(wait=False, cancel_futures=True)
+            self.generator_pool = None
+        log.warning("the generator process died (out of memory or killed): the job generates in its own "
+                    "process from here on")
+        return None
+
+    def _to_finishing(self, indices: list[int], raw: np.ndarray) -> Future | None:
+        """The chunk handed to the finishing process, or None if it has died meanwhile."""
+        finishing = self.finishing
+        if finishing is None:
+            return None
+        try:
+            return finishing[0].submit(_finish_chunk, indices, raw)
+        except BrokenProcessPool:
+            self._lose_finishing()
+            return None
+
+    def _lose_finishing(self) -> None:
+        """The finishing process died: every chunk is finished here from now on (those it
+        held, by the writer, as it meets them)."""
+        finishing, self.finishing = self.finishing, None
+        if finishing is not None:
+            finishing[0].shutdown(wait=False, cancel_futures=True)
+            log.warning("the finishing process died (out of memory or killed): the job finishes every "
+                        "chunk in its own process from here on")
 
     def close(self) -> None:
         if self.generator_pool is not None:
@@ -1172,8 +1224,6 @@ class _LocalProcesses:
             initargs=(self.spec, producer.plugins, producer.policy, producer.source, self.passes))
 
     def run(self, chunks: Sequence[list[int]]) -> Iterator[list[Produced]]:
-        from concurrent.futures.process import BrokenProcessPool
-
         todo = list(chunks)
         generated: dict[int, np.ndarray] = {}  # a head start's passes, by their chunk's first index
         if self.head_start is not None:
@@ -1269,8 +1319,6 @@ class _WorkerDied(ArtengineError):
 
 
 def _unwrap(future: Future) -> Any:
-    from concurrent.futures.process import BrokenProcessPool
-
     try:
         return future.result()
     except BrokenProcessPool:

@@ -822,6 +822,35 @@ def test_a_local_worker_that_dies_is_started_again_and_the_job_ends_with_the_sam
     assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(count))
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not generation.forks_workers(),
+                    reason="forked processes, found through /proc")
+def test_a_one_worker_job_whose_generator_and_finishing_processes_die_ends_with_the_same_bytes(
+        tiny_run, env, tmp_path, monkeypatch, caplog):
+    """``--workers 1`` with a generator process and a finishing process, both killed
+    mid-job: the job generates and finishes in its own process from there on, and ends
+    with the bytes of a job left alone, each image once."""
+    reference = tmp_path / "reference"
+    generation.generate(generation.GenerateOptions(model=str(tiny_run), count=96, out=reference, chunk=4,
+                                                   progress=False))
+    monkeypatch.setenv("ARTENGINE_GENERATOR_PROCESS", "1")
+    monkeypatch.setenv("ARTENGINE_FINISHING_PROCESS", "always")
+    killed: list[int] = []  # at the first image written: the generator has most of the job ahead
+
+    def kill_both(record) -> None:
+        if not killed:
+            killed.extend(_worker_processes())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    job = tmp_path / "job"
+    result = generation.generate(generation.GenerateOptions(model=str(tiny_run), count=96, out=job, chunk=4,
+                                                            workers=1, progress=False), on_image=kill_both)
+    assert len(killed) == 2 and result.exit_code == 0
+    assert "the generator process died" in caplog.text and "the finishing process died" in caplog.text
+    assert images(job) == images(reference)
+    assert sorted(r["index"] for r in iter_records(job) if r["type"] == "image") == list(range(96))
+
+
 @pytest.mark.slow
 def test_a_ray_worker_that_dies_is_started_again_and_the_job_ends_with_the_same_bytes(tiny_run, env, tmp_path):
     """A Ray actor's process killed mid-job (a lost node, the OOM killer): its chunk runs
