@@ -986,6 +986,7 @@ class _InProcess:
         self.seconds = {"generator": 0.0, "finishing": 0.0, "finishing in a process": 0.0}
         self.generator_pool = generator_pool  # from start_generator_process; None: a thread
         self.finishing = finishing  # from start_finishing_process; None: threads only
+        self._losing = threading.Lock()  # the finishing process let go of once
 
     @staticmethod
     def finishing_process() -> str:
@@ -1076,13 +1077,15 @@ class _InProcess:
                             running.append((indices, submit(indices)))
                         except BrokenProcessPool:  # the generator process died since its last pass
                             todo.appendleft(indices)
-                            generator_pool = self._lose_generator(running, todo)
+                            self._lose_generator(running, todo)
+                            generator_pool = None
                     indices, future = running.popleft()
                     try:
                         raw, seconds = _unwrap(future)
                     except _WorkerDied:
                         todo.appendleft(indices)
-                        generator_pool = self._lose_generator(running, todo)
+                        self._lose_generator(running, todo)
+                        generator_pool = None
                         continue
                     self.seconds["generator"] += seconds
                     item = self._to_finishing(indices, raw) if to_process() else None
@@ -1136,10 +1139,10 @@ class _InProcess:
             torch.set_num_threads(threads_before)
             blas.restore_original_limits()
 
-    def _lose_generator(self, running: Any, todo: Any) -> None:  # -> the generator pool now: none
+    def _lose_generator(self, running: Any, todo: Any) -> None:
         """The generator process died (killed, out of memory): the chunks it was given go
-        back to ``todo``, and the job generates here from now on (None: no generator
-        pool). A chunk's bytes depend on its indices alone."""
+        back to ``todo``, and the job generates here from now on. A chunk's bytes depend
+        on its indices alone."""
         for indices, _ in reversed(running):
             todo.appendleft(indices)
         running.clear()
@@ -1148,7 +1151,6 @@ class _InProcess:
             self.generator_pool = None
         log.warning("the generator process died (out of memory or killed): the job generates in its own "
                     "process from here on")
-        return None
 
     def _to_finishing(self, indices: list[int], raw: np.ndarray) -> Future | None:
         """The chunk handed to the finishing process, or None if it has died meanwhile."""
@@ -1163,8 +1165,10 @@ class _InProcess:
 
     def _lose_finishing(self) -> None:
         """The finishing process died: every chunk is finished here from now on (those it
-        held, by the writer, as it meets them)."""
-        finishing, self.finishing = self.finishing, None
+        held, by the writer, as it meets them). The feeder and the writer may both meet
+        the death: one of them says it."""
+        with self._losing:
+            finishing, self.finishing = self.finishing, None
         if finishing is not None:
             finishing[0].shutdown(wait=False, cancel_futures=True)
             log.warning("the finishing process died (out of memory or killed): the job finishes every "
