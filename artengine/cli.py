@@ -75,6 +75,11 @@ def _terminate_as_interrupt() -> Any:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _command_name(ctx: click.Context) -> str:
+    """The command as typed ("artengine generate"), for a line about it."""
+    return " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+
+
 def _os_error_line(exc: OSError) -> str:
     where = exc.filename or ""
     what = exc.strerror or str(exc)
@@ -97,8 +102,7 @@ class ArtengineGroup(click.Group):
         except OSError as exc:
             raise CLIError(_os_error_line(exc)) from None
         except KeyboardInterrupt:
-            name = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
-            raise CLIInterrupted(f"{name}: interrupted") from None
+            raise CLIInterrupted(f"{_command_name(ctx)}: interrupted") from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
@@ -107,8 +111,7 @@ class ArtengineGroup(click.Group):
             import traceback
 
             traceback.print_exc()
-            name = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
-            raise CLIError(f"{name}: internal error ({type(exc).__name__}: {exc}); the traceback above is for a "
+            raise CLIError(f"{_command_name(ctx)}: internal error ({type(exc).__name__}: {exc}); the traceback above is for a "
                            "bug report") from None
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,

@@ -1083,7 +1083,7 @@ class _InProcess:
                     try:
                         raw, seconds = _unwrap(future)
                     except _WorkerDied:
-                        todo.appendleft(indices)
+                        running.appendleft((indices, future))  # first again, before those after it
                         self._lose_generator(running, todo)
                         generator_pool = None
                         continue
@@ -1141,8 +1141,8 @@ class _InProcess:
 
     def _lose_generator(self, running: Any, todo: Any) -> None:
         """The generator process died (killed, out of memory): the chunks it was given go
-        back to ``todo``, and the job generates here from now on. A chunk's bytes depend
-        on its indices alone."""
+        back to the front of ``todo``, in order, and the job generates here from now on.
+        A chunk's bytes depend on its indices alone."""
         for indices, _ in reversed(running):
             todo.appendleft(indices)
         running.clear()
@@ -1319,14 +1319,13 @@ class _LocalProcesses:
 class _WorkerDied(ArtengineError):
     """A worker process of the job ended without its result (killed, out of memory)."""
 
-    MESSAGE = "a generation worker died (out of memory or killed); run the same command again to resume"
-
 
 def _unwrap(future: Future) -> Any:
     try:
         return future.result()
     except BrokenProcessPool:
-        raise _WorkerDied(_WorkerDied.MESSAGE) from None
+        raise _WorkerDied("a generation worker died (out of memory or killed); run the same command "
+                          "again to resume") from None
 
 
 class _Ray:
@@ -1530,9 +1529,14 @@ class _AuditedAgainst:
         self.seen: set[tuple[str, str, str | None]] = set()  # (audit, name, version)
         self.failed: dict[str, str] = {}  # audit -> why its versions_now raised
 
+    @staticmethod
+    def versions(finding: Mapping[str, Any]) -> Mapping[str, str | None] | None:
+        """What a journaled finding says it was checked against, if anything."""
+        return (finding.get("details") or {}).get("versions")
+
     def note(self, record: Mapping[str, Any]) -> None:
         for finding in record["findings"]:
-            versions = (finding.get("details") or {}).get("versions")
+            versions = self.versions(finding)
             if versions and finding["audit"] in self.classes:
                 self.seen.update((finding["audit"], name, version) for name, version in versions.items())
 
@@ -1574,7 +1578,7 @@ class _AuditedAgainst:
         first = ""
         for index, record in records:
             for finding in record["findings"]:
-                versions = (finding.get("details") or {}).get("versions")
+                versions = _AuditedAgainst.versions(finding)
                 current = now.get(finding["audit"])
                 if not versions or current is None:
                     continue
@@ -1688,8 +1692,8 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     # The count is not part of what an image is (image i depends on the model, the seed,
     # i and the conditioning only), so a job may be given a new --count: it grows, or
     # shrinks as long as no image at or past the new count is made.
-    out.mkdir(parents=True, exist_ok=True)
-    lock.acquire()  # before the journal is read: a run already working here refuses this one
+    # Before the journal is read (out exists: _check_writable): a run already working here refuses this one.
+    lock.acquire()
     state = start_job(out, spec, compare=(*(key for key in DEFINING if key != "count"), "job_id"))
     count_before = _recount(out, state, int(spec["count"]))
     spec = state.spec

@@ -971,17 +971,16 @@ class Trainer:
         while the first loads or trains, is refused in one line instead of writing
         checkpoints beside it; so is one that finds, once it holds the folder, a run
         begun or a checkpoint written there since it looked."""
-        lock = JobLock(self.run_dir, "run folder") if self.dist.is_main else None
-        if lock is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
+        if not self.dist.is_main:  # the main process holds the folder for the run
+            return self._run()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = JobLock(self.run_dir, "run folder")
+        lock.acquire()
         try:
-            if lock is not None:
-                self._check_unchanged()
+            self._check_unchanged()
             return self._run()
         finally:
-            if lock is not None:
-                lock.release()
+            lock.release()
 
     def _check_unchanged(self) -> None:
         """The run folder as it was when this run looked at it (another run may have
