@@ -572,7 +572,8 @@ def verify(images: tuple[Path, ...], keys_dir: Path | None, ledger_path: Path | 
                                   min_confidence=min_confidence, search=not no_search)
             results.append(result)
             if not as_json:
-                label = result.code if result.code == "audited-again" else result.status  # verified, yet blocked
+                # verified provenance, yet an audit verdict blocks it: the code says which kind
+                label = result.code if result.status == "verified" and not result.verified else result.status
                 click.echo(f"{label:<14} {image}: {result.message}")
     finally:
         if ledger is not None:

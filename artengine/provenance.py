@@ -719,8 +719,10 @@ class Verification:
     (nothing trustworthy found). ``code`` is the precise reason, for programs: verified,
     metadata-stripped, pixels-edited, manifest-invalid, mark-mismatch, untrusted-key,
     mark-unreadable, low-confidence, no-ledger-record, ledger-invalid, no-provenance,
-    unreadable-image, and audited-again (verified, but the ledger holds a later manifest of
-    the image in which an audit blocks it: not to be published).
+    unreadable-image, audited-again (verified, but the ledger holds a later manifest of
+    the image in which an audit blocks it: not to be published) and audit-blocked
+    (verified, but the image's manifest records a verdict that blocked it: the gate
+    quarantined it; not to be published).
     """
 
     path: str
@@ -738,15 +740,25 @@ class Verification:
 
     @property
     def verified(self) -> bool:
-        """Trusted provenance, and no later audit of the image blocks it."""
-        return self.status == "verified" and self.code != "audited-again"
+        """Trusted provenance, and no audit verdict of the image (its own manifest's, or a
+        later one's in the ledger) keeps it from publication."""
+        return self.status == "verified" and self.code == "verified"
+
+    @property
+    def blocking(self) -> dict[str, str]:
+        """The audit verdicts that keep this image from publication, from the trusted
+        manifest that speaks for it (the ledger's later one, else its own; the ledger's
+        record for a watermark-only copy); empty when none does or nothing is trusted."""
+        if self.status not in ("verified", "watermark-only"):
+            return {}
+        return blocking_verdicts(self.later_manifest or self.manifest)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "status": self.status, "code": self.code, "message": self.message,
                 "manifest_source": self.manifest_source, "signature": self.signature,
                 "pixels_match": self.pixels_match,
                 "watermark": self.reading.as_dict() if self.reading is not None else None,
-                "manifest": self.manifest, "later_manifest": self.later_manifest}
+                "manifest": self.manifest, "later_manifest": self.later_manifest, "blocking": self.blocking}
 
 
 def find_manifest(image: LoadedImage) -> tuple[Any, str] | None:
@@ -833,16 +845,20 @@ def verify_image(
                                 doc, source, signature, True, reading)
         message = f"signature valid (key {doc['signature']['key_id']}), pixels match, mark {expected} agrees"
         later = _audited_again(ledger, doc, keys) if ledger is not None else None
-        if later is None:
-            return Verification(path, "verified", "verified", message, doc, source, signature, True, reading)
-        changed = {name: verdict for name, verdict in sorted(later["audits"].items())
-                   if (doc.get("audits") or {}).get(name) != verdict}
-        blocked = any(verdict in BLOCKING_VERDICTS for verdict in changed.values())
-        return Verification(path, "verified", "audited-again" if blocked else "verified",
-                            f"{message}; audited again since, the ledger's manifest of this image says: "
-                            + ", ".join(f"{name} {verdict}" for name, verdict in changed.items())
-                            + (" (not to be published)" if blocked else ""),
-                            doc, source, signature, True, reading, later_manifest=later)
+        changed = {} if later is None else {name: verdict for name, verdict in sorted(later["audits"].items())
+                                            if _audits(doc).get(name) != verdict}
+        if changed:
+            message += "; audited again since, the ledger's manifest of this image says: " + _listed(changed)
+        code = "verified"
+        if any(verdict in BLOCKING_VERDICTS for verdict in changed.values()):
+            code = "audited-again"
+        elif blocking_verdicts(later or doc):
+            code = "audit-blocked"
+            message += _blocked_note(later or doc)
+        if code != "verified":
+            message += " (not to be published)"
+        return Verification(path, "verified", code, message, doc, source, signature, True, reading,
+                            later_manifest=later)
 
     reading = read(None)
     if reading is None:
@@ -868,13 +884,34 @@ def verify_image(
     same = pixels_sha256(loaded) == _field(record.manifest, "image", "pixels_sha256")
     note = "pixels identical to the signed image" if same else "pixels changed since signing (re-encoded, resized or cropped)"
     where = f" of {record.image}" if record.image else ""
+    blocked = f"{_blocked_note(record.manifest)} (not to be published)" if blocking_verdicts(record.manifest) else ""
     return Verification(path, "watermark-only", "metadata-stripped",
-                        f"metadata stripped; mark {reading.payload_hex} matches the ledger record{where}; {note}",
-                        record.manifest, "ledger", signature, same, reading)
+                        f"metadata stripped; mark {reading.payload_hex} matches the ledger record{where}; {note}"
+                        + blocked, record.manifest, "ledger", signature, same, reading)
 
 
 #: Audit verdicts in a manifest that keep an image from publication.
 BLOCKING_VERDICTS = ("block", "error")
+
+
+def _audits(doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A manifest's ``audits`` table (name -> verdict), empty when it has none."""
+    audits = doc.get("audits") if isinstance(doc, Mapping) else None
+    return dict(audits) if isinstance(audits, Mapping) else {}
+
+
+def blocking_verdicts(doc: Mapping[str, Any] | None) -> dict[str, str]:
+    """The verdicts of a manifest's audits that keep its image from publication (the gate
+    quarantined it when it was signed): name -> ``block`` or ``error``, sorted by name."""
+    return {name: verdict for name, verdict in sorted(_audits(doc).items()) if verdict in BLOCKING_VERDICTS}
+
+
+def _listed(verdicts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {verdict}" for name, verdict in verdicts.items())
+
+
+def _blocked_note(doc: Mapping[str, Any]) -> str:
+    return f"; its manifest records audit verdicts that keep it from publication: {_listed(blocking_verdicts(doc))}"
 
 
 def _audited_again(ledger: Ledger, doc: Mapping[str, Any], keys: Keys) -> dict[str, Any] | None:

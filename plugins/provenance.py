@@ -70,9 +70,11 @@ class ProvenanceAudit(Audit):
         result = verify_image(item.image, keys=self._keys, schemes=self._schemes, ledger=self._ledger,
                               manifest=item.meta.get("manifest"),
                               min_confidence=self.settings["min_confidence"], search=self.settings["search"])
-        outcome = self._outcome(result.code)
+        # An image whose trusted manifest records a verdict that blocked it was quarantined
+        # when it was made (or audited again since): never a pass, whatever else holds.
+        outcome = "fail" if result.blocking else self._outcome(result.code)
         details = {"status": result.status, "code": result.code, "manifest_source": result.manifest_source,
-                   "signature": result.signature, "pixels_match": result.pixels_match}
+                   "signature": result.signature, "pixels_match": result.pixels_match, "blocking": result.blocking}
         if result.reading is not None:
             details.update(payload=result.reading.payload_hex, confidence=round(result.reading.confidence, 3))
         return Finding(audit=self.name, outcome=outcome, item=item.key,
@@ -81,7 +83,7 @@ class ProvenanceAudit(Audit):
     def _outcome(self, code: str) -> str:
         if code == "verified":
             return "pass"
-        if code in ("pixels-edited", "manifest-invalid", "mark-mismatch", "audited-again"):
+        if code in ("pixels-edited", "manifest-invalid", "mark-mismatch", "audited-again", "audit-blocked"):
             return "fail"
         if code == "metadata-stripped":
             return "fail" if self.settings["require_manifest"] else "pass"

@@ -1123,6 +1123,9 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     code, out = run_cli("verify", str(published))  # the copy's own manifest says pass; the ledger knows better
     assert code == 1 and out.startswith(f"audited-again  {published}: signature valid") and \
         "near_duplicate block (not to be published)" in out, out
+    code, out = run_cli("verify", str(job / "quarantine" / "000002.png"))  # the quarantined image itself
+    assert code == 1 and out.startswith("audit-blocked") and out.rstrip().endswith(
+        "keep it from publication: near_duplicate block (not to be published)"), out
     marks = tmp_path / "marks.toml"
     marks.write_text('[policy]\nname = "marks"\nversion = 1\n\n[audits.provenance]\n')
     code, out = run_cli("audit", str(published.parent), "--policy", str(marks), "--report", str(tmp_path / "r"))

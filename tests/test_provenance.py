@@ -377,6 +377,46 @@ def test_a_copy_signed_before_its_image_was_audited_again_is_flagged_by_the_ledg
     assert (result.code, result.verified) == ("verified", True) and result.message.endswith("says: bias warn")
 
 
+def test_an_image_its_own_manifest_says_was_blocked_is_not_verified(tmp_path, keys, ledger, scheme, monkeypatch):
+    """A quarantined image carries a genuine manifest whose audit verdicts blocked it:
+    its provenance is intact, but verify must not answer "verified" (exit 0) for it, nor
+    the provenance audit pass it; the same for a copy stripped of that manifest, whose
+    ledger record says so."""
+    quarantined = written(tmp_path, keys, scheme, ledger, name="q.png",
+                          audits={"bias": "pass", "near_duplicate": "block", "watermark": "error"})
+    result = pv.verify_image(quarantined, keys=keys, schemes=schemes(), ledger=ledger)
+    assert (result.status, result.code, result.verified) == ("verified", "audit-blocked", False)
+    assert result.message.endswith("agrees; its manifest records audit verdicts that keep it from publication: "
+                                   "near_duplicate block, watermark error (not to be published)")
+    assert result.blocking == result.as_dict()["blocking"] == {"near_duplicate": "block", "watermark": "error"}
+    warned = written(tmp_path, keys, scheme, ledger, name="w.png", payload=b"\x10\x20\x30\x40\x50\x61",
+                     audits={"bias": "warn", "near_duplicate": "pass"})
+    assert pv.verify_image(warned, keys=keys, schemes=schemes(), ledger=ledger).verified  # warn publishes
+
+    Image.open(quarantined).convert("RGB").save(tmp_path / "stripped.jpg", quality=90)
+    stripped = pv.verify_image(tmp_path / "stripped.jpg", keys=keys, schemes=schemes(), ledger=ledger)
+    assert (stripped.status, stripped.code) == ("watermark-only", "metadata-stripped")
+    assert stripped.message.endswith("near_duplicate block, watermark error (not to be published)")
+    assert stripped.blocking == {"near_duplicate": "block", "watermark": "error"}
+
+    # The provenance audit fails both, even where a stripped copy would otherwise pass.
+    monkeypatch.setenv("ARTENGINE_KEYS", keys.source)
+    monkeypatch.setenv("ARTENGINE_LEDGER", str(ledger.path))
+    policy = tmp_path / "lenient.toml"
+    policy.write_text('[policy]\nname = "t"\nversion = 1\n\n[audits.provenance]\nrequire_manifest = false\n')
+    outcome = CliRunner().invoke(cli, ["audit", str(tmp_path), "--policy", str(policy), "--report",
+                                       str(tmp_path / "report"), "--json"])
+    report = json.loads(outcome.output)
+    found = {e["key"]: [f for f in e["findings"] if f["audit"] == "provenance"][0] for e in report["images"]}
+    assert {key: f["outcome"] for key, f in found.items()} == {"q.png": "fail", "stripped.jpg": "fail", "w.png": "pass"}
+    assert found["q.png"]["details"]["blocking"] == {"near_duplicate": "block", "watermark": "error"}
+    assert outcome.exit_code == 1
+
+    outcome = CliRunner().invoke(cli, ["verify", str(quarantined), str(warned)])
+    assert outcome.exit_code == 1 and outcome.output.startswith(f"audit-blocked  {quarantined}: signature valid")
+    assert CliRunner().invoke(cli, ["verify", str(warned)]).exit_code == 0
+
+
 def test_sidecar_manifest_verifies_a_png_whose_chunk_was_stripped(tmp_path, keys, ledger, scheme):
     path = written(tmp_path, keys, scheme, ledger)
     Image.open(path).save(tmp_path / "copy.png")  # Pillow drops the iTXt chunk
