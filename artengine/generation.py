@@ -369,14 +369,49 @@ def _finding_from_dict(doc: Mapping[str, Any]) -> Finding:
                    attachments=dict(doc.get("attachments") or {}))
 
 
+@dataclass
+class Restored:
+    """A chunk some of whose images a run before made, to be audited again (see
+    :class:`PixelSource`): ``marked`` holds, per index of the chunk, the pixels read back
+    from its file (marked, as signed), or None where it is generated again; ``raw`` is
+    the generator's output for the latter, in their order (None if there are none)."""
+
+    marked: list[np.ndarray | None]
+    raw: np.ndarray | None
+
+
+def _read_back(path: str, sha256: str, size: int) -> np.ndarray | None:
+    """The pixels of a job's image file, when it still holds exactly the bytes journaled
+    (the ones checked against the signed pixels when they were written) in the job's own
+    PNG layout at its size; None otherwise (gone, changed, another layout)."""
+    from .io import decode_png_up
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    decoded = decode_png_up(data)
+    if decoded is None or decoded[0].shape != (size, size, 3):
+        return None
+    return decoded[0]
+
+
 class PixelSource:
     """The generator side of a job: the model and its conditioning, turning image indices
-    into uint8 pixels. Small enough to live in its own process (see :class:`_InProcess`)."""
+    into uint8 pixels. Small enough to live in its own process (see :class:`_InProcess`).
+
+    ``spec["read_back"]`` (index -> [path, sha256]) names images a run before made whose
+    audits are to be made again (a registry they were checked against changed): their
+    pixels are read back from their files, where these still hold the journaled bytes,
+    instead of generated and marked again (the same pixels; :class:`Restored`)."""
 
     def __init__(self, spec: Mapping[str, Any], plugins: Plugins | None = None) -> None:
         from .models import load_model
 
         self.spec = dict(spec)
+        self.read_back: Mapping[str, Sequence[str]] = self.spec.pop("read_back", None) or {}
         model_spec = spec["model"]
         self.model = load_model(model_spec["path"], plugins=plugins or get_plugins())
         if self.model.info.weights_sha256 != model_spec["weights_sha256"]:
@@ -387,7 +422,17 @@ class PixelSource:
         if spec.get("style_ref"):
             self.styles = self.model.style_from_image(open_image(spec["style_ref"]["path"]))
 
-    def pixels(self, indices: Sequence[int]) -> np.ndarray:
+    def pixels(self, indices: Sequence[int]) -> np.ndarray | Restored:
+        """Generator output for ``indices`` at the model's size, uint8 NHWC; a
+        :class:`Restored` where some of them are read back instead."""
+        if self.read_back and any(str(i) in self.read_back for i in indices):
+            size = int(self.spec["size"])
+            marked = [_read_back(*entry, size) if (entry := self.read_back.get(str(i))) else None for i in indices]
+            made = [i for i, pixels in zip(indices, marked) if pixels is None]
+            return Restored(marked, self.generate(made) if made else None)
+        return self.generate(indices)
+
+    def generate(self, indices: Sequence[int]) -> np.ndarray:
         """Generator output for ``indices`` at the model's size, uint8 NHWC."""
         spec = self.spec
         latents = self.model.latents(spec["seed"], indices)
@@ -439,8 +484,9 @@ class Producer:
                 "style": label if conditioning == "style" else (
                     Path(spec["style_ref"]["path"]).name if spec.get("style_ref") else None)}
 
-    def pixels(self, indices: Sequence[int]) -> np.ndarray:
-        """Generator output for ``indices`` at the model's size, uint8 NHWC."""
+    def pixels(self, indices: Sequence[int]) -> np.ndarray | Restored:
+        """Generator output for ``indices`` at the model's size, uint8 NHWC (or
+        :class:`Restored`: see :class:`PixelSource`)."""
         assert self.source is not None, "a producer built with generates=False does not generate"
         return self.source.pixels(indices)
 
@@ -458,7 +504,25 @@ class Producer:
         signed_pixels = self.scheme.embed_array(np.asarray(image), payload)
         return Image.fromarray(signed_pixels, mode="RGB"), signed_pixels, payload
 
-    def finish(self, indices: Sequence[int], raw: np.ndarray) -> list[Produced]:
+    def _marked(self, indices: Sequence[int], raw: np.ndarray | Restored
+                ) -> Iterator[tuple[int, tuple[Image.Image, np.ndarray, bytes]]]:
+        """Each image of a chunk marked: made from the generator's output, or, for one
+        read back from its file (:class:`Restored`), as it was signed."""
+        from .provenance import derive_payload
+
+        if not isinstance(raw, Restored):
+            for index, pixels in zip(indices, raw):
+                yield index, self.mark(index, pixels)
+            return
+        generated = iter(raw.raw if raw.raw is not None else ())
+        for index, signed_pixels in zip(indices, raw.marked):
+            if signed_pixels is None:
+                yield index, self.mark(index, next(generated))
+            else:
+                yield index, (Image.fromarray(signed_pixels, mode="RGB"), signed_pixels,
+                              derive_payload(self.secret, index, size=self.scheme.payload_bytes))
+
+    def finish(self, indices: Sequence[int], raw: np.ndarray | Restored) -> list[Produced]:
         """Everything after the generator: upsample, mark, audit, sign, encode, and check
         the encoded bytes (manifest, pixels and mark must read back)."""
         from .provenance import MANIFEST_KEY, ProvenanceError, build_manifest, canonical_json, check_encoded, \
@@ -468,8 +532,7 @@ class Producer:
         items: list[AuditItem] = []
         marked_images: list[tuple[Image.Image, np.ndarray]] = []
         payloads: list[bytes] = []
-        for index, pixels in zip(indices, raw):
-            marked, signed_pixels, payload = self.mark(index, pixels)
+        for index, (marked, signed_pixels, payload) in self._marked(indices, raw):
             name = image_name(index)
             loaded = LoadedImage(path=name, rgb=marked, alpha=None, format="PNG", mode="RGB", text={})
             items.append(AuditItem(key=name, image=loaded, meta=self.meta(index)))
@@ -676,8 +739,8 @@ class _HeadStart:
         room, held = max(1, self.MAX_BYTES // per_image), 0
         self.chunks: list[list[int]] = []
         for chunk in chunks:
-            if held + len(chunk) > room:
-                break
+            if held + len(chunk) > room or any(str(i) in source.read_back for i in chunk):
+                break  # (images read back from their files are the workers' to read)
             self.chunks.append(list(chunk))
             held += len(chunk)
         self.buffer: mmap.mmap | None = mmap.mmap(-1, max(1, held * per_image))  # shared with the fork
@@ -735,7 +798,7 @@ def _run_head_start(source: PixelSource, chunks: Sequence[list[int]], shape: tup
     for position, chunk in enumerate(chunks):
         begin, cpu = time.perf_counter(), time.thread_time()
         try:
-            pixels = source.pixels(chunk)
+            pixels = source.generate(chunk)
         except BaseException:  # noqa: BLE001 - the workers meet it again and report it
             return
         if pixels.shape != (len(chunk), *shape) or pixels.dtype != np.uint8:
@@ -853,7 +916,7 @@ def _warm_up() -> None:
     choices, buffers) are paid while the parent is still starting up, not in the first
     chunk. Outputs depend on nothing but their own index, so this changes no image."""
     assert _SOURCE is not None
-    _SOURCE.pixels([0])
+    _SOURCE.generate([0])
 
 
 def start_generator_process(spec: Mapping[str, Any], source: PixelSource | None = None) -> ProcessPoolExecutor:
@@ -1592,6 +1655,20 @@ class _AuditedAgainst:
         return sorted(stale), first
 
 
+def _replaced(out: Path, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Remove an image's file and sidecar from where its earlier record put them, once its
+    new record (audited again) is journaled, unless the new ones took their place. A crash
+    before this leaves them to :func:`_clean_unjournaled`, or to the final placement,
+    which moves a pending image last."""
+    from .provenance import sidecar_path
+
+    old = _placed(out, before)
+    if old == out / now["folder"] / now["name"]:
+        return
+    for path in (old, sidecar_path(old)):
+        path.unlink(missing_ok=True)
+
+
 def _clean_unjournaled(out: Path, done: Mapping[int, Mapping[str, Any]]) -> int:
     """Remove temporaries and files written but never journaled (a crash in between)."""
     from .provenance import SIDECAR_SUFFIX
@@ -1713,12 +1790,16 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     if problem is not None:
         raise InputError(f"{problem}: make it readable again, or use a new --out folder")
     changed, first = against.stale(state.done.items(), now) if against.moved(now) else ([], "")
-    if changed:  # their files go as unjournaled; a crash before they are made again finds them gone
-        log.warning("%d journaled image(s) were audited against what has changed since (%s): making and "
-                    "auditing them again", len(changed), first)
-        for index in changed:
-            del state.done[index]
-    removed = _clean_unjournaled(out, state.done)
+    # Audited again: their files stay until their new ones are journaled (a crash before
+    # finds them still stale), and are read back, where they hold the bytes journaled,
+    # instead of made again.
+    again = {index: state.done.pop(index) for index in changed}
+    read_back = {str(index): [str(_placed(out, record)), record["sha256"]]
+                 for index, record in again.items() if record.get("sha256")}
+    if changed:
+        log.warning("%d journaled image(s) were audited against what has changed since (%s): auditing them "
+                    "again", len(changed), first)
+    removed = _clean_unjournaled(out, {**state.done, **again})
     if removed:
         log.info("removed %d stray or unjournaled file(s) from an interrupted run", removed)
 
@@ -1731,6 +1812,8 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     generator_process = in_process and runs and _InProcess.uses_process(len(todo))
     if generator_process and not forks_workers():
         generator_pool = start_generator_process(spec)  # spawned now: its start-up overlaps the job's
+    if read_back:  # to every process that makes pixels (PixelSource), not to job.json
+        spec = {**spec, "read_back": read_back}
     try:
         policy = load_policy(spec["policy"]["path"], audits=plugins.components("audits"),
                              features=plugins.components("feature_extractors"))
@@ -1786,6 +1869,8 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
                 committed = writer.commit(produced, pause=getattr(executor, "pause", None))
                 seconds["writing"] += time.perf_counter() - begin
                 for item, (record, line) in zip(produced, committed):
+                    if item.index in again:  # its new file journaled: the one it replaces goes
+                        _replaced(out, again.pop(item.index), record)
                     records[item.index] = line
                     against.note(record)
                     batch_features[item.index] = item.features
@@ -1916,7 +2001,9 @@ def _finish(out: Path, spec: Mapping[str, Any], options: GenerateOptions, plugin
                 # now have a batch verdict of the other way)
                 folder = "quarantine" if batch_blocks else "approved"
                 other = "approved" if batch_blocks else "quarantine"
-                for source in ("pending", other):
+                # pending/ last: a file there is the latest made (an image audited again
+                # whose earlier file a crash left in the other folder)
+                for source in (other, "pending"):
                     _move_with_sidecar(out / source / record["name"], out / folder / record["name"])
             path = out / folder / record["name"]
             tally["approved" if folder == "approved" else "quarantined"] += 1

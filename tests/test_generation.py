@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1142,6 +1143,56 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     with pytest.raises(InputError, match=re.escape(f"near_duplicate: {registry} cannot be read now; the job's "
                                                    "images were audited against it: make it readable again")):
         generation.generate(options, plugins)
+    assert images(job) == now
+
+
+def test_images_audited_again_are_read_back_from_their_files_not_made_again(tiny_run, env, tmp_path, monkeypatch):
+    """Auditing a job's images again after its registry grew reads their pixels back from
+    the files (where they still hold the bytes journaled) instead of generating and marking
+    them again; a file changed since is made again. Either way the job ends with the bytes
+    of a job made against the grown registry from the start."""
+    from PIL import Image
+
+    from artengine import Plugins, ReferenceRegistry
+
+    plugins = Plugins.discover()
+    registry = tmp_path / "refs.db"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[policy]\nname = "copies"\nversion = 1\n\n[audits.near_duplicate]\n'
+                      f'registries = [{str(registry)!r}]\n')
+    unrelated = tmp_path / "unrelated.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(unrelated)
+    with ReferenceRegistry(registry, create=True) as refs:
+        refs.add([unrelated])
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=6, out=job, policy=str(policy), progress=False,
+                                         workers=1)
+    assert generation.generate(options, plugins).approved == 6
+    with ReferenceRegistry(registry, create=True) as refs:
+        refs.add([job / "approved" / "000002.png"])
+    edited = job / "approved" / "000004.png"
+    edited.write_bytes(edited.read_bytes() + b"edited")  # no longer the bytes journaled
+
+    made: list[int] = []
+    generate_pixels = generation.PixelSource.generate
+
+    def counted(source, indices):
+        made.extend(indices)
+        return generate_pixels(source, indices)
+
+    monkeypatch.setattr(generation.PixelSource, "generate", counted)
+    again = generation.generate(options, plugins)
+    assert (again.approved, again.quarantined) == (5, 1) and made == [4]  # the rest read back
+    now = images(job)
+    assert set(now) == {f"approved/00000{i}.png" for i in (0, 1, 3, 4, 5)} | {"quarantine/000002.png"}
+    assert not (job / "approved" / "000002.png.manifest.json").exists()
+
+    # A job made against the grown registry from the start: the same bytes.
+    shutil.rmtree(job)
+    monkeypatch.setenv("ARTENGINE_LEDGER", str(tmp_path / "another-ledger.sqlite"))
+    made.clear()
+    fresh = generation.generate(options, plugins)
+    assert (fresh.approved, fresh.quarantined) == (5, 1) and made == list(range(6))
     assert images(job) == now
 
 
