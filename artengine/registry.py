@@ -122,6 +122,16 @@ _TRIGGERS = "".join(
     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'; END;\n"
     for table in ("refs", "hashes") for op in ("INSERT", "UPDATE", "DELETE")
 )
+# A change other than references added above the highest id (an edit, a delete, a row put
+# in below the top) also moves ``rewrites`` on: an index made before one is built again
+# from every row; one made before references were only added takes the new rows alone
+# (:meth:`ReferenceRegistry._extended`).
+_REWRITE_TRIGGERS = "".join(
+    f"CREATE TRIGGER IF NOT EXISTS rewrite_{table}_{op.lower()} AFTER {op} ON {table} {when}BEGIN "
+    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'rewrites'; END;\n"
+    for table, key in (("refs", "NEW.id"), ("hashes", "NEW.ref_id"))
+    for op, when in (("UPDATE", ""), ("DELETE", ""), ("INSERT", f"WHEN {key} < (SELECT MAX(id) FROM refs) "))
+)
 
 
 class RegistryError(ArtengineError):
@@ -519,7 +529,7 @@ class ReferenceRegistry:
             conn.execute("PRAGMA foreign_keys = ON")
             if create:
                 if not conn.execute("SELECT name FROM sqlite_master").fetchall():
-                    conn.executescript("PRAGMA journal_mode = WAL;\n" + _SCHEMA + _TRIGGERS)
+                    conn.executescript("PRAGMA journal_mode = WAL;\n" + _SCHEMA + _TRIGGERS + _REWRITE_TRIGGERS)
                     self._init_meta(conn)
         except sqlite3.DatabaseError as exc:
             raise RegistryError(where, f"not a readable registry (SQLite: {exc})") from None
@@ -535,6 +545,7 @@ class ReferenceRegistry:
             "variants": json.dumps(list(REFERENCE_VARIANTS)),
             "uuid": uuid.uuid4().hex,
             "generation": "0",
+            "rewrites": "0",
             "created_at": _utcnow(),
             "versions": json.dumps(library_versions(), sort_keys=True),
         }
@@ -572,6 +583,13 @@ class ReferenceRegistry:
                                 "`artengine registry add`")
         if not meta.get("uuid") or not str(meta.get("generation", "")).isdigit():
             raise RegistryError(self.path, "corrupt registry: metadata is incomplete")
+        if self.writable and "rewrites" not in meta:  # made before it was kept: kept from now on
+            try:
+                with self._lock, self._conn:
+                    self._conn.executescript(_REWRITE_TRIGGERS)
+                    self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('rewrites', '0')")
+            except sqlite3.DatabaseError as exc:
+                raise RegistryError(self.path, f"cannot add the rewrite triggers (SQLite: {exc})") from None
         return meta
 
     def _upgrade_from_v1(self) -> None:
@@ -847,8 +865,11 @@ class ReferenceRegistry:
                                     "`artengine registry add`)")
             path = self._index_path()
             index = _Index.load(path, self._meta["uuid"], generation) if path is not None else None
+            if index is None:  # references only added since an index we have: their rows alone
+                base = self._index or (_Index.load(path, self._meta["uuid"]) if path is not None else None)
+                index = self._extended(base, path) if base is not None else None
             if index is None:
-                index = self._build_index(generation)
+                index = self._build_index()
             self._index = index
             return index
 
@@ -1334,15 +1355,33 @@ class ReferenceRegistry:
             return None
         return cache / f"{self._meta['uuid']}.index" if os.access(cache, os.W_OK) else None
 
-    def _build_index(self, generation: int) -> "_Index":
+    def _rows(self, above: int = 0) -> tuple[int, int | None, str | None, str | None, list[tuple[Any, ...]]]:
+        """The generation, the rewrites count (None where the registry does not keep one),
+        the sha256 of the reference with id ``above`` and of the highest one, and the hash
+        rows of the references with an id above ``above``, in index order, read in one
+        snapshot: the rows are those of that generation exactly."""
         with self._lock:
-            # The join drops hashes orphaned by a delete made without foreign keys on.
-            rows = self._conn.execute(
-                f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in COLUMNS)}, "
-                "r.colour_r, r.colour_g, r.colour_b FROM hashes h "
-                "JOIN refs r ON r.id = h.ref_id ORDER BY h.ref_id, h.variant"
-            ).fetchall()
-        variant_names = sorted({r[1] for r in rows})
+            self._conn.execute("BEGIN")
+            try:
+                meta = dict(self._conn.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('generation', 'rewrites')").fetchall())
+                at = self._conn.execute("SELECT sha256 FROM refs WHERE id = ?", (above,)).fetchone()
+                top = self._conn.execute("SELECT sha256 FROM refs ORDER BY id DESC LIMIT 1").fetchone()
+                # The join drops hashes orphaned by a delete made without foreign keys on.
+                rows = self._conn.execute(
+                    f"SELECT h.ref_id, h.variant, {', '.join('h.' + a for a in COLUMNS)}, "
+                    "r.colour_r, r.colour_g, r.colour_b FROM hashes h "
+                    "JOIN refs r ON r.id = h.ref_id WHERE h.ref_id > ? ORDER BY h.ref_id, h.variant", (above,)
+                ).fetchall()
+            finally:
+                self._conn.rollback()
+        rewrites = meta.get("rewrites")
+        return (int(meta["generation"]), int(rewrites) if rewrites is not None else None,
+                at[0] if at else None, top[0] if top else None, rows)
+
+    @staticmethod
+    def _arrays_of(rows: Sequence[tuple[Any, ...]], variant_names: Sequence[str]
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         code = {v: i for i, v in enumerate(variant_names)}
         columns = {a: np.fromiter((int(r[2 + j], 16) for r in rows), dtype=np.uint64, count=len(rows))
                    for j, a in enumerate(COLUMNS)}
@@ -1350,16 +1389,53 @@ class ReferenceRegistry:
         variants = np.fromiter((code[r[1]] for r in rows), dtype=np.uint16, count=len(rows))
         k = 2 + len(COLUMNS)
         colours = np.array([r[k:k + 3] for r in rows], dtype=np.float32).reshape(len(rows), 3)
-        index = _Index(self._meta["uuid"], generation, columns, ref_ids, variants, tuple(variant_names), colours)
-        path = self._index_path()
+        return columns, ref_ids, variants, colours
+
+    def _build_index(self) -> "_Index":
+        generation, rewrites, _, top, rows = self._rows()
+        variant_names = sorted({r[1] for r in rows})
+        columns, ref_ids, variants, colours = self._arrays_of(rows, variant_names)
+        index = _Index(self._meta["uuid"], generation, columns, ref_ids, variants, tuple(variant_names), colours,
+                       rewrites=rewrites, top=top)
+        return self._written(index, self._index_path())
+
+    def _written(self, index: "_Index", path: Path | None) -> "_Index":
+        """``index`` stored at ``path`` for the registry's other readers, and read back
+        memory-mapped; as it is where that cannot be."""
         if path is not None:
             try:
                 index.write(path)
-                written = _Index.load(path, self._meta["uuid"], generation)
+                written = _Index.load(path, self._meta["uuid"], index.generation)
                 if written is not None:
                     return written
             except OSError:
                 pass  # a read-only place: search from memory
+        return index
+
+    #: An index extended by at least this share of its rows is stored again (smaller
+    #: extensions are cheap for each reader to make: a few rows per reference added).
+    STORE_EXTENSION = 0.05
+
+    def _extended(self, base: "_Index", path: Path | None) -> "_Index | None":
+        """``base`` with the rows of the references added since it was made, when nothing
+        else changed since (no edit, delete or row put in below the top: the registry's
+        ``rewrites`` count is the one ``base`` was made at, and its highest reference is
+        still there); None otherwise."""
+        if base.rewrites is None or base.top is None or not len(base.ref_ids):
+            return None
+        above = int(base.ref_ids[-1])
+        generation, rewrites, at, top, rows = self._rows(above)
+        if rewrites != base.rewrites or generation < base.generation or at != base.top:
+            return None
+        names = base.variant_names
+        if any(r[1] not in names for r in rows):
+            return None  # a new kind of row: the codes of every row change
+        columns, ref_ids, variants, colours = self._arrays_of(rows, names)
+        index = _Index(base.uuid, generation, {a: np.concatenate([base.columns[a], columns[a]]) for a in COLUMNS},
+                       np.concatenate([base.ref_ids, ref_ids]), np.concatenate([base.variants, variants]),
+                       names, np.concatenate([base.colours, colours]), rewrites=rewrites, top=top)
+        if len(rows) >= self.STORE_EXTENSION * max(1, len(base.ref_ids)):
+            return self._written(index, path)
         return index
 
 
@@ -1390,6 +1466,10 @@ class _Index:
     variants: np.ndarray
     variant_names: tuple[str, ...]
     colours: np.ndarray  # (rows, 3) float32
+    #: The registry's rewrites count the rows were read at (None: it kept none then), and
+    #: the sha256 of its highest reference then.
+    rewrites: int | None = None
+    top: str | None = None
     #: Per band: its rows and their first hashes, a copy (:meth:`pairs_within`); made on
     #: first use (12 bytes per band row: about 1.2 per row of the index).
     _bands: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
@@ -1453,7 +1533,9 @@ class _Index:
         for name, arr in arrays.items():
             layout[name] = {"offset": offset, "dtype": arr.dtype.str, "count": int(arr.shape[0])}
             offset += -(-arr.nbytes // _ALIGN) * _ALIGN
-        header = json.dumps({"uuid": self.uuid, "generation": self.generation, "scheme": HASH_SCHEME,
+        header = json.dumps({"uuid": self.uuid, "generation": self.generation, "rewrites": self.rewrites,
+                             "top": self.top,
+                             "scheme": HASH_SCHEME,
                              "schema_version": SCHEMA_VERSION,
                              "variant_names": list(self.variant_names), "arrays": layout,
                              "data_bytes": offset}).encode()
@@ -1468,8 +1550,9 @@ class _Index:
         atomic_write_bytes(path, bytes(buf))
 
     @classmethod
-    def load(cls, path: Path, uuid_: str, generation: int) -> "_Index | None":
-        """The index at ``path`` if it is intact and current for this registry, else None."""
+    def load(cls, path: Path, uuid_: str, generation: int | None = None) -> "_Index | None":
+        """The index at ``path`` if it is intact and of this registry at ``generation``
+        (None: at whatever generation it was made), else None."""
         try:
             with open(path, "rb") as fh:
                 if fh.read(8) != _INDEX_MAGIC:
@@ -1482,7 +1565,8 @@ class _Index:
         except (OSError, ValueError):
             return None
         head_len = -(-(16 + header_len) // _ALIGN) * _ALIGN
-        if (header.get("uuid") != uuid_ or header.get("generation") != generation
+        if (header.get("uuid") != uuid_ or (generation is not None and header.get("generation") != generation)
+                or not isinstance(header.get("generation"), int)
                 or header.get("scheme") != HASH_SCHEME or header.get("schema_version") != SCHEMA_VERSION
                 or size != head_len + header.get("data_bytes", -1)):
             return None
@@ -1497,8 +1581,10 @@ class _Index:
             colours = arrays["colours"].reshape(-1, 3)
             if colours.shape[0] != arrays["ref_ids"].shape[0]:
                 return None
-            return cls(uuid_, generation, columns, arrays["ref_ids"], arrays["variants"],
-                       tuple(header["variant_names"]), colours)
+            rewrites, top = header.get("rewrites"), header.get("top")
+            return cls(uuid_, header["generation"], columns, arrays["ref_ids"], arrays["variants"],
+                       tuple(header["variant_names"]), colours, rewrites=rewrites if isinstance(rewrites, int) else None,
+                       top=top if isinstance(top, str) else None)
         except (KeyError, ValueError, TypeError, OSError):
             return None
 

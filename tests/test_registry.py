@@ -147,6 +147,62 @@ def test_index_is_rebuilt_when_the_registry_changes(registry_path, tmp_path):
         assert reader.search(query, THRESHOLDS) == []
 
 
+def test_references_added_extend_the_index_and_any_other_change_rebuilds_it(registry_path, tmp_path, monkeypatch):
+    """A reader of a registry that only grew since its index was made reads the new rows
+    alone (a reference added to 100,000 must not cost every job's worker a rebuild of
+    2.1 million rows); after an edit, a delete or a row put in below the top it reads every
+    row again. Either way its index holds exactly what a rebuild would."""
+    from artengine.registry import _Index
+
+    def same(a: _Index, b: _Index) -> bool:
+        return (a.generation == b.generation and a.variant_names == b.variant_names
+                and all(np.array_equal(a.columns[k], b.columns[k]) for k in a.columns)
+                and np.array_equal(a.ref_ids, b.ref_ids) and np.array_equal(a.variants, b.variants)
+                and np.array_equal(a.colours, b.colours))
+
+    newcomers = []
+    for seed in (555, 556, 557):
+        newcomers.append(tmp_path / f"new{seed}.png")
+        artwork(seed, 256).save(newcomers[-1])
+    query = query_hashes(Image.open(newcomers[0]).convert("RGB"))
+    builds = []
+    build = ReferenceRegistry._build_index
+    monkeypatch.setattr(ReferenceRegistry, "_build_index", lambda reg: builds.append(reg.path) or build(reg))
+    with ReferenceRegistry(registry_path) as reader:
+        assert reader.search(query, THRESHOLDS) == [] and len(builds) == 1  # made at first use
+        with ReferenceRegistry(registry_path, create=True) as writer:
+            writer.add(newcomers[:2])
+        found = reader.search(query, THRESHOLDS)
+        assert [m.reference.source_path for m in found] == [str(newcomers[0].resolve())] and len(builds) == 1
+        with ReferenceRegistry(registry_path) as fresh:  # a new reader extends the stored index too
+            assert len(fresh.search(query, THRESHOLDS)) == 1 and len(builds) == 1
+            assert same(fresh.index(), build(fresh)) and same(reader.index(), build(fresh))
+
+        # A delete, an edit and a row put in below the top each make the next reader read every row.
+        with sqlite3.connect(registry_path) as conn:
+            deleted_id = conn.execute("SELECT id FROM refs WHERE source_path = ?",
+                                      (str(newcomers[0].resolve()),)).fetchone()[0]
+            conn.execute("DELETE FROM hashes WHERE ref_id = ?", (deleted_id,))
+            conn.execute("DELETE FROM refs WHERE id = ?", (deleted_id,))
+        assert reader.search(query, THRESHOLDS) == [] and len(builds) == 2
+        with sqlite3.connect(registry_path) as conn:
+            conn.execute("UPDATE refs SET licence = 'withdrawn' WHERE id = 1")
+        reader.index()
+        assert len(builds) == 3
+        with ReferenceRegistry(registry_path, create=True) as writer:
+            writer.add(newcomers[2:])
+        reader.index()
+        assert len(builds) == 3  # an add again: extended
+        with sqlite3.connect(registry_path) as conn:  # the deleted reference's id, taken by hand
+            conn.execute("INSERT INTO refs (id, sha256, source_path, width, height, quality, added_at, thumbnail, "
+                         "colour_r, colour_g, colour_b) SELECT ?, sha256 || '-copy', source_path, width, height, "
+                         "quality, added_at, thumbnail, colour_r, colour_g, colour_b FROM refs WHERE id = ?",
+                         (deleted_id, deleted_id + 1))
+            conn.execute("INSERT INTO hashes SELECT ?, variant, phash, dhash, phash_eq FROM hashes WHERE ref_id = ?",
+                         (deleted_id, deleted_id + 1))
+        assert same(reader.index(), build(reader)) and len(builds) == 4
+
+
 def test_a_damaged_index_file_is_rebuilt(registry_path, ref_folder):
     query = query_hashes(Image.open(ref_folder / "ref0.png").convert("RGB"))
     with ReferenceRegistry(registry_path) as reg:
