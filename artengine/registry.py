@@ -871,6 +871,7 @@ class ReferenceRegistry:
             if index is None:
                 index = self._build_index()
             self._index = index
+            self._seed(index)
             return index
 
     def search(self, hashes: ImageHashes, thresholds: dict[str, float],
@@ -1146,7 +1147,9 @@ class ReferenceRegistry:
             return self._details[refs]
 
     def _grow_details(self, size: int) -> None:
-        size = max(size, 2 * len(self._detailed), int(self.index().ref_ids.max(initial=0)) + 1)
+        self._resize_details(max(size, 2 * len(self._detailed), int(self.index().ref_ids.max(initial=0)) + 1))
+
+    def _resize_details(self, size: int) -> None:
         details = np.zeros((size, self._details.shape[1]))
         details[:len(self._details)] = self._details
         detailed = np.zeros(size, dtype=bool)
@@ -1174,16 +1177,33 @@ class ReferenceRegistry:
         on it: its thumbnail detail and the colour of its coloured parts (kept while the
         registry is open), and its luminance, kept for :meth:`part_correlation` among the
         last :attr:`GRAYS_BYTES` decoded. Called with the lock held."""
-        image = self._thumbnail_image(self._stored(ref_id)[0], ref_id)
-        gray = image.convert("L")
+        gray, detail, colour = _measures(self._thumbnail_image(self._stored(ref_id)[0], ref_id))
         if ref_id >= len(self._detailed):
             self._grow_details(ref_id + 1)
         if not self._detailed[ref_id]:
-            colour = saturated_colour(image)
-            self._saturated[ref_id] = np.nan if colour is None else colour
-            self._details[ref_id] = thumbnail_detail(luma_thumbnail(gray))
+            self._saturated[ref_id] = colour
+            self._details[ref_id] = detail
             self._detailed[ref_id] = True
         self._grays.put(ref_id, np.asarray(gray), self.GRAYS_BYTES)
+
+    def _seed(self, index: "_Index") -> None:
+        """Take the measures an index carries (every reference's thumbnail detail, the
+        colour of its coloured parts, its quality) for the references not measured here
+        yet, instead of decoding their thumbnails one by one as searches meet them. Called
+        with the lock held, once the index is this registry's."""
+        if index.measured_ids is None or not len(index.measured_ids):
+            return
+        ids = index.measured_ids
+        if int(ids[-1]) >= len(self._detailed):
+            self._resize_details(max(int(ids[-1]) + 1, 2 * len(self._detailed)))
+        new = np.flatnonzero(~self._detailed[ids])
+        if not len(new):
+            return
+        ids_new = ids[new]
+        self._details[ids_new] = index.details[new]
+        self._saturated[ids_new] = index.saturated[new]
+        self._detailed[ids_new] = True
+        self._qualities.update(zip(ids_new.tolist(), index.qualities[new].tolist()))
 
     def _measured(self, ref_id: int) -> None:
         """:meth:`_measure` a reference not measured yet. Called with the lock held."""
@@ -1355,14 +1375,29 @@ class ReferenceRegistry:
             return None
         return cache / f"{self._meta['uuid']}.index" if os.access(cache, os.W_OK) else None
 
-    def _rows(self, above: int = 0) -> tuple[int, int | None, str | None, str | None, list[tuple[Any, ...]]]:
+    def _rows(self, above: int = 0) -> tuple[int, int | None, str | None, str | None, list[tuple[Any, ...]],
+                                             tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """The generation, the rewrites count (None where the registry does not keep one),
-        the sha256 of the reference with id ``above`` and of the highest one, and the hash
-        rows of the references with an id above ``above``, in index order, read in one
-        snapshot: the rows are those of that generation exactly."""
+        the sha256 of the reference with id ``above`` and of the highest one, the hash
+        rows of the references with an id above ``above``, in index order, and those
+        references' measures (ids, thumbnail details, colours of their coloured parts,
+        qualities: :meth:`_seed`), read in one snapshot: they are those of that generation
+        exactly."""
         with self._lock:
             self._conn.execute("BEGIN")
             try:
+                ids: list[int] = []
+                details: list[np.ndarray] = []
+                colours: list[np.ndarray] = []
+                qualities: list[int] = []
+                for ref_id, thumbnail, quality in self._conn.execute(
+                        "SELECT id, thumbnail, quality FROM refs WHERE id > ? ORDER BY id", (above,)):
+                    gray, detail, colour = _measures(self._thumbnail_image(thumbnail, ref_id))
+                    self._grays.put(ref_id, np.asarray(gray), self.GRAYS_BYTES)  # for a part test soon after
+                    ids.append(ref_id)
+                    details.append(detail)
+                    colours.append(colour)
+                    qualities.append(int(quality))
                 meta = dict(self._conn.execute(
                     "SELECT key, value FROM meta WHERE key IN ('generation', 'rewrites')").fetchall())
                 at = self._conn.execute("SELECT sha256 FROM refs WHERE id = ?", (above,)).fetchone()
@@ -1376,8 +1411,11 @@ class ReferenceRegistry:
             finally:
                 self._conn.rollback()
         rewrites = meta.get("rewrites")
+        measures = (np.asarray(ids, dtype=np.int64),
+                    np.asarray(details, dtype=np.float64).reshape(len(ids), LUMA_SIDE * LUMA_SIDE),
+                    np.asarray(colours, dtype=np.float64).reshape(len(ids), 3), np.asarray(qualities, dtype=np.int64))
         return (int(meta["generation"]), int(rewrites) if rewrites is not None else None,
-                at[0] if at else None, top[0] if top else None, rows)
+                at[0] if at else None, top[0] if top else None, rows, measures)
 
     @staticmethod
     def _arrays_of(rows: Sequence[tuple[Any, ...]], variant_names: Sequence[str]
@@ -1392,11 +1430,12 @@ class ReferenceRegistry:
         return columns, ref_ids, variants, colours
 
     def _build_index(self) -> "_Index":
-        generation, rewrites, _, top, rows = self._rows()
+        generation, rewrites, _, top, rows, measures = self._rows()
         variant_names = sorted({r[1] for r in rows})
         columns, ref_ids, variants, colours = self._arrays_of(rows, variant_names)
         index = _Index(self._meta["uuid"], generation, columns, ref_ids, variants, tuple(variant_names), colours,
-                       rewrites=rewrites, top=top)
+                       rewrites=rewrites, top=top, measured_ids=measures[0], details=measures[1],
+                       saturated=measures[2], qualities=measures[3])
         return self._written(index, self._index_path())
 
     def _written(self, index: "_Index", path: Path | None) -> "_Index":
@@ -1421,10 +1460,10 @@ class ReferenceRegistry:
         else changed since (no edit, delete or row put in below the top: the registry's
         ``rewrites`` count is the one ``base`` was made at, and its highest reference is
         still there); None otherwise."""
-        if base.rewrites is None or base.top is None or not len(base.ref_ids):
+        if base.rewrites is None or base.top is None or not len(base.ref_ids) or base.measured_ids is None:
             return None
         above = int(base.ref_ids[-1])
-        generation, rewrites, at, top, rows = self._rows(above)
+        generation, rewrites, at, top, rows, measures = self._rows(above)
         if rewrites != base.rewrites or generation < base.generation or at != base.top:
             return None
         names = base.variant_names
@@ -1433,10 +1472,21 @@ class ReferenceRegistry:
         columns, ref_ids, variants, colours = self._arrays_of(rows, names)
         index = _Index(base.uuid, generation, {a: np.concatenate([base.columns[a], columns[a]]) for a in COLUMNS},
                        np.concatenate([base.ref_ids, ref_ids]), np.concatenate([base.variants, variants]),
-                       names, np.concatenate([base.colours, colours]), rewrites=rewrites, top=top)
+                       names, np.concatenate([base.colours, colours]), rewrites=rewrites, top=top,
+                       **{name: np.concatenate([getattr(base, name), new])
+                          for name, new in zip(("measured_ids", "details", "saturated", "qualities"), measures)})
         if len(rows) >= self.STORE_EXTENSION * max(1, len(base.ref_ids)):
             return self._written(index, path)
         return index
+
+
+def _measures(image: Image.Image) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """What the search measures on a reference's stored thumbnail (RGB): its luminance,
+    its thumbnail detail and the colour of its coloured parts (NaN where it has too
+    little colour)."""
+    gray = image.convert("L")
+    colour = saturated_colour(image)
+    return gray, thumbnail_detail(luma_thumbnail(gray)), np.full(3, np.nan) if colour is None else colour
 
 
 def _rank(distances: dict[str, int]) -> tuple[int, int]:
@@ -1470,6 +1520,14 @@ class _Index:
     #: the sha256 of its highest reference then.
     rewrites: int | None = None
     top: str | None = None
+    #: Per reference (sorted ids; None in an index made before stop 46): the measures
+    #: the search takes of its stored thumbnail, made once for every reader
+    #: (:meth:`ReferenceRegistry._seed`): thumbnail detail (refs, LUMA_SIDE ** 2), the
+    #: colour of its coloured parts (refs, 3; NaN for none), hash quality.
+    measured_ids: np.ndarray | None = None
+    details: np.ndarray | None = None
+    saturated: np.ndarray | None = None
+    qualities: np.ndarray | None = None
     #: Per band: its rows and their first hashes, a copy (:meth:`pairs_within`); made on
     #: first use (12 bytes per band row: about 1.2 per row of the index).
     _bands: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
@@ -1523,9 +1581,12 @@ class _Index:
         return qi[order], rows[order], dist[order]
 
     def _arrays(self) -> dict[str, np.ndarray]:
+        measures = {} if self.measured_ids is None else {
+            "measured_ids": self.measured_ids, "details": np.ascontiguousarray(self.details).reshape(-1),
+            "saturated": np.ascontiguousarray(self.saturated).reshape(-1), "qualities": self.qualities}
         return {**{f"hash:{a}": c for a, c in self.columns.items()},
                 "ref_ids": self.ref_ids, "variants": self.variants,
-                "colours": np.ascontiguousarray(self.colours, dtype=np.float32).reshape(-1)}
+                "colours": np.ascontiguousarray(self.colours, dtype=np.float32).reshape(-1), **measures}
 
     def write(self, path: Path) -> None:
         arrays = self._arrays()
@@ -1582,9 +1643,17 @@ class _Index:
             if colours.shape[0] != arrays["ref_ids"].shape[0]:
                 return None
             rewrites, top = header.get("rewrites"), header.get("top")
+            measures: dict[str, np.ndarray] = {}
+            if "measured_ids" in arrays:
+                refs = len(arrays["measured_ids"])
+                measures = {"measured_ids": arrays["measured_ids"], "qualities": arrays["qualities"],
+                            "details": arrays["details"].reshape(-1, LUMA_SIDE * LUMA_SIDE),
+                            "saturated": arrays["saturated"].reshape(-1, 3)}
+                if not (len(measures["details"]) == len(measures["saturated"]) == len(measures["qualities"]) == refs):
+                    return None
             return cls(uuid_, header["generation"], columns, arrays["ref_ids"], arrays["variants"],
                        tuple(header["variant_names"]), colours, rewrites=rewrites if isinstance(rewrites, int) else None,
-                       top=top if isinstance(top, str) else None)
+                       top=top if isinstance(top, str) else None, **measures)
         except (KeyError, ValueError, TypeError, OSError):
             return None
 

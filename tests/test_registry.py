@@ -203,6 +203,38 @@ def test_references_added_extend_the_index_and_any_other_change_rebuilds_it(regi
         assert same(reader.index(), build(reader)) and len(builds) == 4
 
 
+def test_the_index_carries_each_references_measures_so_no_reader_decodes_them_again(registry_path, tmp_path,
+                                                                                      monkeypatch):
+    """The thumbnail measures a search compares (detail, the colour of the coloured parts,
+    quality) are made once, with the index, for every reader: a job's workers against a
+    registry of 100,000 references each decoded hundreds of thumbnails per image. They are
+    the measures a reader would make itself; references added later are measured as the
+    index is extended."""
+    from artengine.registry import _measures
+
+    with ReferenceRegistry(registry_path) as first:
+        first.index()  # made and stored
+    newcomer = tmp_path / "new.png"
+    artwork(558, 256).save(newcomer)
+    with ReferenceRegistry(registry_path, create=True) as writer:
+        writer.add([newcomer])
+    with ReferenceRegistry(registry_path) as reader:
+        decoded: list[int] = []
+        decode = reader._thumbnail_image
+        monkeypatch.setattr(reader, "_thumbnail_image", lambda data, ref_id: decoded.append(ref_id) or decode(data, ref_id))
+        index = reader.index()  # the stored index, extended by the newcomer
+        ids = [int(i) for i in index.measured_ids]
+        assert ids == sorted(set(int(i) for i in index.ref_ids)) and len(ids) == 5 and decoded == [ids[-1]]
+        details = reader._details_of(np.asarray(ids))
+        qualities = [reader._quality(i) for i in ids]
+        assert decoded == [ids[-1]]  # nothing measured again
+        for row, ref_id in enumerate(ids):
+            thumbnail, quality = reader._stored(ref_id)
+            _, detail, colour = _measures(decode(thumbnail, ref_id))
+            assert np.array_equal(details[row], detail) and qualities[row] == quality
+            assert np.array_equal(reader._saturated[ref_id], colour, equal_nan=True)
+
+
 def test_a_damaged_index_file_is_rebuilt(registry_path, ref_folder):
     query = query_hashes(Image.open(ref_folder / "ref0.png").convert("RGB"))
     with ReferenceRegistry(registry_path) as reg:
