@@ -26,6 +26,7 @@ searches as "no match".
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -866,7 +867,11 @@ class ReferenceRegistry:
             path = self._index_path()
             index = _Index.load(path, self._meta["uuid"], generation) if path is not None else None
             if index is None:  # references only added since an index we have: their rows alone
-                base = self._index or (_Index.load(path, self._meta["uuid"]) if path is not None else None)
+                base = self._index
+                if base is None and path is not None:
+                    base = _Index.load(path, self._meta["uuid"])
+                    if base is not None:
+                        self._seed(base)  # its measures, before it is extended
                 index = self._extended(base, path) if base is not None else None
             if index is None:
                 index = self._build_index()
@@ -1470,14 +1475,30 @@ class ReferenceRegistry:
         if any(r[1] not in names for r in rows):
             return None  # a new kind of row: the codes of every row change
         columns, ref_ids, variants, colours = self._arrays_of(rows, names)
+        # The new references' measures alone: the others' are this reader's already (taken
+        # from ``base``), and copying them all again at each reference added cost a second
+        # per reader at 100,000 references.
         index = _Index(base.uuid, generation, {a: np.concatenate([base.columns[a], columns[a]]) for a in COLUMNS},
                        np.concatenate([base.ref_ids, ref_ids]), np.concatenate([base.variants, variants]),
                        names, np.concatenate([base.colours, colours]), rewrites=rewrites, top=top,
-                       **{name: np.concatenate([getattr(base, name), new])
-                          for name, new in zip(("measured_ids", "details", "saturated", "qualities"), measures)})
+                       measured_ids=measures[0], details=measures[1], saturated=measures[2], qualities=measures[3],
+                       measures_added=True)
         if len(rows) >= self.STORE_EXTENSION * max(1, len(base.ref_ids)):
-            return self._written(index, path)
+            self._seed(index)
+            return self._written(self._with_every_measure(index), path)
         return index
+
+    def _with_every_measure(self, index: "_Index") -> "_Index":
+        """An extended index with the measures of every reference, from this reader's
+        (which holds them all: taken from the index extended, and from the extension)."""
+        if not index.measures_added:
+            return index
+        ids = np.unique(index.ref_ids)
+        with self._lock:
+            return dataclasses.replace(index, measured_ids=ids, details=self._details[ids],
+                                       saturated=self._saturated[ids],
+                                       qualities=np.asarray([self._qualities[i] for i in ids.tolist()], dtype=np.int64),
+                                       measures_added=False)
 
 
 def _measures(image: Image.Image) -> tuple[Image.Image, np.ndarray, np.ndarray]:
@@ -1528,6 +1549,9 @@ class _Index:
     details: np.ndarray | None = None
     saturated: np.ndarray | None = None
     qualities: np.ndarray | None = None
+    #: True in an index extended in memory: its measures are those of the references
+    #: added alone (its reader holds the others'); never written so.
+    measures_added: bool = False
     #: Per band: its rows and their first hashes, a copy (:meth:`pairs_within`); made on
     #: first use (12 bytes per band row: about 1.2 per row of the index).
     _bands: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
@@ -1581,6 +1605,7 @@ class _Index:
         return qi[order], rows[order], dist[order]
 
     def _arrays(self) -> dict[str, np.ndarray]:
+        assert not self.measures_added, "an extended index is written with every reference's measures"
         measures = {} if self.measured_ids is None else {
             "measured_ids": self.measured_ids, "details": np.ascontiguousarray(self.details).reshape(-1),
             "saturated": np.ascontiguousarray(self.saturated).reshape(-1), "qualities": self.qualities}

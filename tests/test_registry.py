@@ -203,8 +203,9 @@ def test_references_added_extend_the_index_and_any_other_change_rebuilds_it(regi
         assert same(reader.index(), build(reader)) and len(builds) == 4
 
 
+@pytest.mark.parametrize("stored", [True, False], ids=["extension-stored", "extension-in-memory"])
 def test_the_index_carries_each_references_measures_so_no_reader_decodes_them_again(registry_path, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, stored):
     """The thumbnail measures a search compares (detail, the colour of the coloured parts,
     quality) are made once, with the index, for every reader: a job's workers against a
     registry of 100,000 references each decoded hundreds of thumbnails per image. They are
@@ -218,13 +219,18 @@ def test_the_index_carries_each_references_measures_so_no_reader_decodes_them_ag
     artwork(558, 256).save(newcomer)
     with ReferenceRegistry(registry_path, create=True) as writer:
         writer.add([newcomer])
+    # An extension of 5 % of the rows or more is stored again, with every reference's measures;
+    # a smaller one is kept in memory, with the new references' measures alone.
+    monkeypatch.setattr(ReferenceRegistry, "STORE_EXTENSION", 0.05 if stored else 100)
     with ReferenceRegistry(registry_path) as reader:
         decoded: list[int] = []
         decode = reader._thumbnail_image
         monkeypatch.setattr(reader, "_thumbnail_image", lambda data, ref_id: decoded.append(ref_id) or decode(data, ref_id))
         index = reader.index()  # the stored index, extended by the newcomer
-        ids = [int(i) for i in index.measured_ids]
-        assert ids == sorted(set(int(i) for i in index.ref_ids)) and len(ids) == 5 and decoded == [ids[-1]]
+        ids = sorted(set(int(i) for i in index.ref_ids))
+        assert len(ids) == 5 and decoded == [ids[-1]]
+        assert [int(i) for i in index.measured_ids] == (ids if stored else ids[-1:])
+        assert index.measures_added is not stored
         details = reader._details_of(np.asarray(ids))
         qualities = [reader._quality(i) for i in ids]
         assert decoded == [ids[-1]]  # nothing measured again
