@@ -1182,12 +1182,13 @@ class ReferenceRegistry:
         on it: its thumbnail detail and the colour of its coloured parts (kept while the
         registry is open), and its luminance, kept for :meth:`part_correlation` among the
         last :attr:`GRAYS_BYTES` decoded. Called with the lock held."""
-        gray, detail, colour = _measures(self._thumbnail_image(self._stored(ref_id)[0], ref_id))
+        image = self._thumbnail_image(self._stored(ref_id)[0], ref_id)
         if ref_id >= len(self._detailed):
             self._grow_details(ref_id + 1)
-        if not self._detailed[ref_id]:
-            self._saturated[ref_id] = colour
-            self._details[ref_id] = detail
+        if self._detailed[ref_id]:  # measured (or taken from the index): its luminance alone
+            gray = image.convert("L")
+        else:
+            gray, self._details[ref_id], self._saturated[ref_id] = _measures(image)
             self._detailed[ref_id] = True
         self._grays.put(ref_id, np.asarray(gray), self.GRAYS_BYTES)
 
