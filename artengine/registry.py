@@ -867,17 +867,27 @@ class ReferenceRegistry:
             path = self._index_path()
             index = _Index.load(path, self._meta["uuid"], generation) if path is not None else None
             if index is None:  # references only added since an index we have: their rows alone
-                base = self._index
-                if base is None and path is not None:
-                    base = _Index.load(path, self._meta["uuid"])
-                    if base is not None:
-                        self._seed(base)  # its measures, before it is extended
-                index = self._extended(base, path) if base is not None else None
+                base = self._index or (_Index.load(path, self._meta["uuid"]) if path is not None else None)
+                index = self._extended(base, path, held=base is self._index) if base is not None else None
             if index is None:
                 index = self._build_index()
+            previous = self._index
+            if previous is not None and (index.rewrites is None or index.rewrites != previous.rewrites):
+                self._forget_measures()  # references edited or deleted since: measured again
             self._index = index
             self._seed(index)
             return index
+
+    def _forget_measures(self) -> None:
+        """Drop what was measured on references and kept (an id may now name another
+        reference, a thumbnail may have changed). Called with the lock held."""
+        self._details = np.zeros((0, self._details.shape[1]))
+        self._detailed = np.zeros(0, dtype=bool)
+        self._saturated = np.zeros((0, 3))
+        self._qualities.clear()
+        self._refs.clear()
+        self._parts = _KeptBySize()
+        self._grays = _KeptBySize()
 
     def search(self, hashes: ImageHashes, thresholds: dict[str, float],
                accept: Callable[[Match], bool] | None = None) -> list[Match]:
@@ -1461,11 +1471,12 @@ class ReferenceRegistry:
     #: extensions are cheap for each reader to make: a few rows per reference added).
     STORE_EXTENSION = 0.05
 
-    def _extended(self, base: "_Index", path: Path | None) -> "_Index | None":
+    def _extended(self, base: "_Index", path: Path | None, held: bool) -> "_Index | None":
         """``base`` with the rows of the references added since it was made, when nothing
         else changed since (no edit, delete or row put in below the top: the registry's
         ``rewrites`` count is the one ``base`` was made at, and its highest reference is
-        still there); None otherwise."""
+        still there); None otherwise. ``held``: ``base`` is this reader's index, whose
+        measures it holds (the extension then carries the new references' alone)."""
         if base.rewrites is None or base.top is None or not len(base.ref_ids) or base.measured_ids is None:
             return None
         above = int(base.ref_ids[-1])
@@ -1476,14 +1487,16 @@ class ReferenceRegistry:
         if any(r[1] not in names for r in rows):
             return None  # a new kind of row: the codes of every row change
         columns, ref_ids, variants, colours = self._arrays_of(rows, names)
-        # The new references' measures alone: the others' are this reader's already (taken
-        # from ``base``), and copying them all again at each reference added cost a second
-        # per reader at 100,000 references.
+        # Held: the new references' measures alone (the others' are this reader's already;
+        # copying them all again at each reference added cost a second per reader at
+        # 100,000 references). Else every reference's, the stored ones and the new.
+        names_of_measures = ("measured_ids", "details", "saturated", "qualities")
         index = _Index(base.uuid, generation, {a: np.concatenate([base.columns[a], columns[a]]) for a in COLUMNS},
                        np.concatenate([base.ref_ids, ref_ids]), np.concatenate([base.variants, variants]),
                        names, np.concatenate([base.colours, colours]), rewrites=rewrites, top=top,
-                       measured_ids=measures[0], details=measures[1], saturated=measures[2], qualities=measures[3],
-                       measures_added=True)
+                       measures_added=held,
+                       **{name: new if held else np.concatenate([getattr(base, name), new])
+                          for name, new in zip(names_of_measures, measures)})
         if len(rows) >= self.STORE_EXTENSION * max(1, len(base.ref_ids)):
             self._seed(index)
             return self._written(self._with_every_measure(index), path)

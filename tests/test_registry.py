@@ -202,6 +202,17 @@ def test_references_added_extend_the_index_and_any_other_change_rebuilds_it(regi
                          (deleted_id, deleted_id + 1))
         assert same(reader.index(), build(reader)) and len(builds) == 4
 
+        # What a reader measured on a reference it met is measured again after an edit.
+        from artengine.registry import _measures
+
+        reader._details_of(np.asarray([1]))
+        with sqlite3.connect(registry_path) as conn:
+            conn.execute("UPDATE refs SET thumbnail = (SELECT thumbnail FROM refs WHERE id = 2) WHERE id = 1")
+        reader.index()
+        thumbnail = reader._stored(2)[0]
+        assert np.array_equal(reader._details_of(np.asarray([1]))[0],
+                              _measures(reader._thumbnail_image(thumbnail, 2))[1])
+
 
 @pytest.mark.parametrize("stored", [True, False], ids=["extension-stored", "extension-in-memory"])
 def test_the_index_carries_each_references_measures_so_no_reader_decodes_them_again(registry_path, tmp_path,
@@ -217,8 +228,6 @@ def test_the_index_carries_each_references_measures_so_no_reader_decodes_them_ag
         first.index()  # made and stored
     newcomer = tmp_path / "new.png"
     artwork(558, 256).save(newcomer)
-    with ReferenceRegistry(registry_path, create=True) as writer:
-        writer.add([newcomer])
     # An extension of 5 % of the rows or more is stored again, with every reference's measures;
     # a smaller one is kept in memory, with the new references' measures alone.
     monkeypatch.setattr(ReferenceRegistry, "STORE_EXTENSION", 0.05 if stored else 100)
@@ -226,7 +235,10 @@ def test_the_index_carries_each_references_measures_so_no_reader_decodes_them_ag
         decoded: list[int] = []
         decode = reader._thumbnail_image
         monkeypatch.setattr(reader, "_thumbnail_image", lambda data, ref_id: decoded.append(ref_id) or decode(data, ref_id))
-        index = reader.index()  # the stored index, extended by the newcomer
+        reader.index()  # the stored index, its measures taken
+        with ReferenceRegistry(registry_path, create=True) as writer:
+            writer.add([newcomer])
+        index = reader.index()  # extended by the newcomer
         ids = sorted(set(int(i) for i in index.ref_ids))
         assert len(ids) == 5 and decoded == [ids[-1]]
         assert [int(i) for i in index.measured_ids] == (ids if stored else ids[-1:])
