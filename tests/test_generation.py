@@ -1071,24 +1071,33 @@ def test_images_gone_from_a_finished_job_are_made_again_by_the_same_command(tiny
     assert (third.exit_code, third.resumed) == (0, 5) and "no longer in" not in caplog.text
 
 
-def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(tiny_run, env, tmp_path, caplog):
-    """References added while a job is stopped, or after it finished: the same command
-    audits the images it made before against them, and a near-copy of a new reference is
-    quarantined, never left approved from the registry as it was."""
+def copies_policy(tmp_path: Path, more: str = "") -> tuple[Path, Path]:
+    """A registry of one unrelated noise image, and a policy whose near-duplicate audit
+    names it (--registry would do as well), with ``more`` TOML after it."""
     from PIL import Image
 
-    from artengine import Plugins, ReferenceRegistry
-    from artengine.provenance import Ledger
+    from artengine import ReferenceRegistry
 
-    plugins = Plugins.discover()
     registry = tmp_path / "refs.db"
-    policy = tmp_path / "policy.toml"  # the registry named by the policy (--registry would do as well)
+    policy = tmp_path / "policy.toml"
     policy.write_text(f'[policy]\nname = "copies"\nversion = 1\n\n[audits.near_duplicate]\n'
-                      f'registries = [{str(registry)!r}]\n\n[audits.provenance]\n')
+                      f'registries = [{str(registry)!r}]\n\n{more}')
     unrelated = tmp_path / "unrelated.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(unrelated)
     with ReferenceRegistry(registry, create=True) as refs:
         refs.add([unrelated])
+    return registry, policy
+
+
+def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(tiny_run, env, tmp_path, caplog):
+    """References added while a job is stopped, or after it finished: the same command
+    audits the images it made before against them, and a near-copy of a new reference is
+    quarantined, never left approved from the registry as it was."""
+    from artengine import Plugins, ReferenceRegistry
+    from artengine.provenance import Ledger
+
+    plugins = Plugins.discover()
+    registry, policy = copies_policy(tmp_path, "[audits.provenance]\n")
     job = tmp_path / "job"
     options = generation.GenerateOptions(model=str(tiny_run), count=4, out=job, policy=str(policy), progress=False)
     first = generation.generate(options, plugins)
@@ -1151,19 +1160,10 @@ def test_images_audited_again_are_read_back_from_their_files_not_made_again(tiny
     the files (where they still hold the bytes journaled) instead of generating and marking
     them again; a file changed since is made again. Either way the job ends with the bytes
     of a job made against the grown registry from the start."""
-    from PIL import Image
-
     from artengine import Plugins, ReferenceRegistry
 
     plugins = Plugins.discover()
-    registry = tmp_path / "refs.db"
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f'[policy]\nname = "copies"\nversion = 1\n\n[audits.near_duplicate]\n'
-                      f'registries = [{str(registry)!r}]\n')
-    unrelated = tmp_path / "unrelated.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(unrelated)
-    with ReferenceRegistry(registry, create=True) as refs:
-        refs.add([unrelated])
+    registry, policy = copies_policy(tmp_path)
     job = tmp_path / "job"
     options = generation.GenerateOptions(model=str(tiny_run), count=6, out=job, policy=str(policy), progress=False,
                                          workers=1)
