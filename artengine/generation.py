@@ -1655,14 +1655,13 @@ class _AuditedAgainst:
         return sorted(stale), first
 
 
-def _replaced(out: Path, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
-    """Remove an image's file and sidecar from where its earlier record put them, once its
-    new record (audited again) is journaled, unless the new ones took their place. A crash
+def _replaced(out: Path, old: Path, now: Mapping[str, Any]) -> None:
+    """Remove an image's file and sidecar from where they were (``old``) once its new
+    record (audited again) is journaled, unless the new ones took their place. A crash
     before this leaves them to :func:`_clean_unjournaled`, or to the final placement,
     which moves a pending image last."""
     from .provenance import sidecar_path
 
-    old = _placed(out, before)
     if old == out / now["folder"] / now["name"]:
         return
     for path in (old, sidecar_path(old)):
@@ -1793,13 +1792,14 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     # Audited again: their files stay until their new ones are journaled (a crash before
     # finds them still stale), and are read back, where they hold the bytes journaled,
     # instead of made again.
-    again = {index: state.done.pop(index) for index in changed}
-    read_back = {str(index): [str(_placed(out, record)), record["sha256"]]
-                 for index, record in again.items() if record.get("sha256")}
+    stale = {index: state.done.pop(index) for index in changed}
+    again = {index: _placed(out, record) for index, record in stale.items()}  # where their files are
+    read_back = {str(index): [str(again[index]), record["sha256"]]
+                 for index, record in stale.items() if record.get("sha256")}
     if changed:
         log.warning("%d journaled image(s) were audited against what has changed since (%s): auditing them "
                     "again", len(changed), first)
-    removed = _clean_unjournaled(out, {**state.done, **again})
+    removed = _clean_unjournaled(out, {**state.done, **stale})
     if removed:
         log.info("removed %d stray or unjournaled file(s) from an interrupted run", removed)
 
@@ -1809,11 +1809,11 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     runs = bool(todo)  # False: nothing left to produce, only the report
     chunks = [todo[s:s + options.chunk] for s in range(0, len(todo), options.chunk)]
     generator_pool = finishing = head_start = None
+    if read_back:  # to every process that makes pixels (PixelSource), not to job.json
+        spec = {**spec, "read_back": read_back}
     generator_process = in_process and runs and _InProcess.uses_process(len(todo))
     if generator_process and not forks_workers():
         generator_pool = start_generator_process(spec)  # spawned now: its start-up overlaps the job's
-    if read_back:  # to every process that makes pixels (PixelSource), not to job.json
-        spec = {**spec, "read_back": read_back}
     try:
         policy = load_policy(spec["policy"]["path"], audits=plugins.components("audits"),
                              features=plugins.components("feature_extractors"))
