@@ -1408,7 +1408,10 @@ class ReferenceRegistry:
                 qualities: list[int] = []
                 for ref_id, thumbnail, quality in self._conn.execute(
                         "SELECT id, thumbnail, quality FROM refs WHERE id > ? ORDER BY id", (above,)):
-                    gray, detail, colour = _measures(self._thumbnail_image(thumbnail, ref_id))
+                    try:
+                        gray, detail, colour = _measures(self._thumbnail_image(thumbnail, ref_id))
+                    except RegistryError:  # unmeasured: a search that meets it says so, as before
+                        continue
                     self._grays.put(ref_id, np.asarray(gray), self.GRAYS_BYTES)  # for a part test soon after
                     ids.append(ref_id)
                     details.append(detail)
@@ -1509,6 +1512,8 @@ class ReferenceRegistry:
             return index
         ids = np.unique(index.ref_ids)
         with self._lock:
+            ids = ids[ids < len(self._detailed)]
+            ids = ids[self._detailed[ids]]  # (not a reference whose thumbnail cannot be read)
             return dataclasses.replace(index, measured_ids=ids, details=self._details[ids],
                                        saturated=self._saturated[ids],
                                        qualities=np.asarray([self._qualities[i] for i in ids.tolist()], dtype=np.int64),

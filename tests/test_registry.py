@@ -253,6 +253,21 @@ def test_the_index_carries_each_references_measures_so_no_reader_decodes_them_ag
             assert np.array_equal(reader._saturated[ref_id], colour, equal_nan=True)
 
 
+def test_a_thumbnail_that_cannot_be_read_fails_only_the_searches_that_meet_it(registry_path, ref_folder):
+    """Measuring every reference with the index must not make one damaged thumbnail the
+    failure of every search (and a rebuild at each): as before, a search that meets that
+    reference errors, naming it; the others go on."""
+    with sqlite3.connect(registry_path) as conn:
+        conn.execute("UPDATE refs SET thumbnail = x'00112233' WHERE id = 2")
+    with ReferenceRegistry(registry_path) as reader:
+        index = reader.index()
+        assert [int(i) for i in index.measured_ids] == [1, 3, 4]
+        query = query_hashes(Image.open(ref_folder / "ref0.png").convert("RGB"))
+        assert len(reader.search(query, THRESHOLDS)) == 1
+        with pytest.raises(RegistryError, match="thumbnail of reference 2 cannot be read"):
+            reader._details_of(np.asarray([2]))
+
+
 def test_a_damaged_index_file_is_rebuilt(registry_path, ref_folder):
     query = query_hashes(Image.open(ref_folder / "ref0.png").convert("RGB"))
     with ReferenceRegistry(registry_path) as reg:
