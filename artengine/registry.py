@@ -1774,8 +1774,9 @@ def upgrade_registry(db: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
 def add_to_registry(db: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], *,
                     licence: str = "", source: str = "", progress: bool = True) -> tuple[AddSummary, dict[str, Any]]:
     """Create or extend the registry ``db`` with images (files or folders, recursively);
-    returns what was done and the registry's :meth:`~ReferenceRegistry.info`. Rebuilds
-    the search index so the first audit does not pay for it."""
+    returns what was done and the registry's :meth:`~ReferenceRegistry.info`. Brings the
+    search index up to date (extended by the new references, or made from every row, with
+    every reference's measures) so that the first audit does not pay for it."""
     from tqdm import tqdm
 
     files = list(iter_image_files(paths))
