@@ -1588,9 +1588,17 @@ class _AuditedAgainst:
     (:meth:`Audit.versions_now`, each audit asked once for all its names)."""
 
     def __init__(self, plugins: Plugins) -> None:
+        from .audit import Audit
+
         self.classes = plugins.components("audits")
         self.seen: set[tuple[str, str, str | None]] = set()  # (audit, name, version)
         self.failed: dict[str, str] = {}  # audit -> why its versions_now raised
+        #: Audits with inputs that can change (their class answers versions_now): a finding
+        #: of one that names no versions was made before they were recorded (stop 45).
+        self.versioned = {name for name, cls in self.classes.items()
+                          if getattr(cls.versions_now, "__func__", None) is not Audit.versions_now.__func__}
+        self.unrecorded = False  # such a finding among those noted
+        self.first_unrecorded = False  # the first stale image found (stale()) is one
 
     @staticmethod
     def versions(finding: Mapping[str, Any]) -> Mapping[str, str | None] | None:
@@ -1602,6 +1610,8 @@ class _AuditedAgainst:
             versions = self.versions(finding)
             if versions and finding["audit"] in self.classes:
                 self.seen.update((finding["audit"], name, version) for name, version in versions.items())
+            elif versions is None and finding["audit"] in self.versioned:
+                self.unrecorded = True
 
     def now(self) -> dict[str, Mapping[str, str | None]]:
         names: dict[str, set[str]] = {}
@@ -1632,16 +1642,21 @@ class _AuditedAgainst:
         moved, self.seen = current != self.seen, current
         return moved
 
-    @staticmethod
-    def stale(records: Iterable[tuple[int, Mapping[str, Any]]],
+    def stale(self, records: Iterable[tuple[int, Mapping[str, Any]]],
               now: Mapping[str, Mapping[str, str | None]]) -> tuple[list[int], str]:
-        """The images among ``records`` audited against a version that has moved on, and a
-        line naming the first change."""
+        """The images among ``records`` audited against a version that has moved on, or
+        against versions not recorded (by a run before they were), and a line naming the
+        first change."""
         stale: list[int] = []
         first = ""
         for index, record in records:
             for finding in record["findings"]:
-                versions = _AuditedAgainst.versions(finding)
+                versions = self.versions(finding)
+                if versions is None and finding["audit"] in self.versioned:
+                    stale.append(index)
+                    if not first:
+                        first, self.first_unrecorded = f"{finding['audit']}: a run before stop 45", True
+                    break
                 current = now.get(finding["audit"])
                 if not versions or current is None:
                     continue
@@ -1788,7 +1803,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     problem = against.unreadable(now)
     if problem is not None:
         raise InputError(f"{problem}: make it readable again, or use a new --out folder")
-    changed, first = against.stale(state.done.items(), now) if against.moved(now) else ([], "")
+    changed, first = against.stale(state.done.items(), now) if against.moved(now) or against.unrecorded else ([], "")
     # Audited again: their files stay until their new ones are journaled (a crash before
     # finds them still stale), and are read back, where they hold the bytes journaled,
     # instead of made again.
@@ -1797,8 +1812,8 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     read_back = {str(index): [str(again[index]), record["sha256"]]
                  for index, record in stale.items() if record.get("sha256")}
     if changed:
-        log.warning("%d journaled image(s) were audited against what has changed since (%s): auditing them "
-                    "again", len(changed), first)
+        log.warning("%d journaled image(s) were audited against %s (%s): auditing them again", len(changed),
+                    "what was not recorded" if against.first_unrecorded else "what has changed since", first)
     removed = _clean_unjournaled(out, {**state.done, **stale})
     if removed:
         log.info("removed %d stray or unjournaled file(s) from an interrupted run", removed)

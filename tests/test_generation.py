@@ -1196,6 +1196,43 @@ def test_images_audited_again_are_read_back_from_their_files_not_made_again(tiny
     assert images(job) == now
 
 
+def test_images_of_a_run_that_recorded_no_registry_versions_are_audited_again_once(tiny_run, env, tmp_path, caplog,
+                                                                                   monkeypatch):
+    """A job journaled before findings named the registries' versions (before stop 45)
+    cannot tell whether its registry grew since: the same command audits its images again
+    once (read back, not made again), and they then name them."""
+    from artengine import Plugins, ReferenceRegistry
+
+    plugins = Plugins.discover()
+    registry, policy = copies_policy(tmp_path)
+    job = tmp_path / "job"
+    options = generation.GenerateOptions(model=str(tiny_run), count=4, out=job, policy=str(policy), progress=False)
+    assert generation.generate(options, plugins).approved == 4
+    placed = images(job)
+    journal = job / "journal.jsonl"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    for record in records:  # as a run before stop 45 wrote them
+        for finding in record.get("findings", []):
+            finding.get("details", {}).pop("versions", None)
+    journal.write_text("".join(json.dumps(record) + "\n" for record in records))
+    with ReferenceRegistry(registry, create=True) as refs:  # grown since, unknown to the journal
+        refs.add([job / "approved" / "000001.png"])
+
+    made: list[int] = []
+    generate_pixels = generation.PixelSource.generate
+    monkeypatch.setattr(generation.PixelSource, "generate", lambda source, indices: made.extend(indices)
+                        or generate_pixels(source, indices))
+    again = generation.generate(options, plugins)
+    assert "4 journaled image(s) were audited against what was not recorded (near_duplicate: a run before " \
+           "stop 45): auditing them again" in caplog.text
+    assert (again.approved, again.quarantined, made) == (3, 1, [])
+    assert {k: v for k, v in images(job).items() if "000001" not in k} == \
+        {k: v for k, v in placed.items() if "000001" not in k}
+    caplog.clear()
+    third = generation.generate(options, plugins)
+    assert third.resumed == 4 and "journaled image(s)" not in caplog.text
+
+
 def test_a_registry_changed_while_a_job_runs_is_said_and_the_same_command_audits_again(tiny_run, env, tmp_path,
                                                                                          caplog):
     """References added while a job works: the job says how many of its images were
