@@ -163,10 +163,12 @@ class Audit:
         between runs (a reference registry that grows).
 
         A per-image finding names the versions it was checked against in
-        ``details["versions"]`` (input name -> version). A job run again asks for the
-        versions of those names now, and makes and audits again every journaled image
-        whose finding names one that differs; one that cannot be read now (None), or this
-        method raising, refuses the run in one line. Names left out of the result count
-        as unchanged; the default is an audit with no such inputs.
+        ``details["versions"]`` (input name -> version; every finding of an audit that
+        answers this method, or its image is audited again at each run). A job run again
+        asks for the versions of those names now, and audits again every journaled image
+        whose finding names one that differs (its pixels read back from its file); one
+        that cannot be read now (None), or this method raising, refuses the run in one
+        line. Names left out of the result count as unchanged; the default is an audit
+        with no such inputs.
         """
         return {}

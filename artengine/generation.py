@@ -402,7 +402,7 @@ class PixelSource:
     """The generator side of a job: the model and its conditioning, turning image indices
     into uint8 pixels. Small enough to live in its own process (see :class:`_InProcess`).
 
-    ``spec["read_back"]`` (index -> [path, sha256]) names images a run before made whose
+    ``spec["read_back"]`` (index -> (path, sha256)) names images a run before made whose
     audits are to be made again (a registry they were checked against changed): their
     pixels are read back from their files, where these still hold the journaled bytes,
     instead of generated and marked again (the same pixels; :class:`Restored`)."""
@@ -411,7 +411,7 @@ class PixelSource:
         from .models import load_model
 
         self.spec = dict(spec)
-        self.read_back: Mapping[str, Sequence[str]] = self.spec.pop("read_back", None) or {}
+        self.read_back: Mapping[int, tuple[str, str]] = self.spec.pop("read_back", None) or {}
         model_spec = spec["model"]
         self.model = load_model(model_spec["path"], plugins=plugins or get_plugins())
         if self.model.info.weights_sha256 != model_spec["weights_sha256"]:
@@ -425,9 +425,9 @@ class PixelSource:
     def pixels(self, indices: Sequence[int]) -> np.ndarray | Restored:
         """Generator output for ``indices`` at the model's size, uint8 NHWC; a
         :class:`Restored` where some of them are read back instead."""
-        if self.read_back and any(str(i) in self.read_back for i in indices):
+        if self.read_back and any(i in self.read_back for i in indices):
             size = int(self.spec["size"])
-            marked = [_read_back(*entry, size) if (entry := self.read_back.get(str(i))) else None for i in indices]
+            marked = [_read_back(*entry, size) if (entry := self.read_back.get(i)) else None for i in indices]
             made = [i for i, pixels in zip(indices, marked) if pixels is None]
             return Restored(marked, self.generate(made) if made else None)
         return self.generate(indices)
@@ -494,13 +494,11 @@ class Producer:
         """Image ``index``'s generator output upsampled to the job's size and marked: the
         marked image, its pixels (the array the mark returns: what is signed; the image the
         audits see is made from it once) and the mark's payload."""
-        from .provenance import derive_payload
-
         size = int(self.spec["size"])
         image = Image.fromarray(pixels, mode="RGB")
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)
-        payload = derive_payload(self.secret, index, size=self.scheme.payload_bytes)
+        payload = self._payload(index)
         signed_pixels = self.scheme.embed_array(np.asarray(image), payload)
         return Image.fromarray(signed_pixels, mode="RGB"), signed_pixels, payload
 
@@ -508,8 +506,6 @@ class Producer:
                 ) -> Iterator[tuple[int, tuple[Image.Image, np.ndarray, bytes]]]:
         """Each image of a chunk marked: made from the generator's output, or, for one
         read back from its file (:class:`Restored`), as it was signed."""
-        from .provenance import derive_payload
-
         if not isinstance(raw, Restored):
             for index, pixels in zip(indices, raw):
                 yield index, self.mark(index, pixels)
@@ -519,8 +515,13 @@ class Producer:
             if signed_pixels is None:
                 yield index, self.mark(index, next(generated))
             else:
-                yield index, (Image.fromarray(signed_pixels, mode="RGB"), signed_pixels,
-                              derive_payload(self.secret, index, size=self.scheme.payload_bytes))
+                yield index, (Image.fromarray(signed_pixels, mode="RGB"), signed_pixels, self._payload(index))
+
+    def _payload(self, index: int) -> bytes:
+        """Image ``index``'s watermark payload."""
+        from .provenance import derive_payload
+
+        return derive_payload(self.secret, index, size=self.scheme.payload_bytes)
 
     def finish(self, indices: Sequence[int], raw: np.ndarray | Restored) -> list[Produced]:
         """Everything after the generator: upsample, mark, audit, sign, encode, and check
@@ -739,7 +740,7 @@ class _HeadStart:
         room, held = max(1, self.MAX_BYTES // per_image), 0
         self.chunks: list[list[int]] = []
         for chunk in chunks:
-            if held + len(chunk) > room or any(str(i) in source.read_back for i in chunk):
+            if held + len(chunk) > room or any(i in source.read_back for i in chunk):
                 break  # (images read back from their files are the workers' to read)
             self.chunks.append(list(chunk))
             held += len(chunk)
@@ -1598,7 +1599,6 @@ class _AuditedAgainst:
         self.versioned = {name for name, cls in self.classes.items()
                           if getattr(cls.versions_now, "__func__", None) is not Audit.versions_now.__func__}
         self.unrecorded = False  # such a finding among those noted
-        self.first_unrecorded = False  # the first stale image found (stale()) is one
 
     @staticmethod
     def versions(finding: Mapping[str, Any]) -> Mapping[str, str | None] | None:
@@ -1643,19 +1643,19 @@ class _AuditedAgainst:
         return moved
 
     def stale(self, records: Iterable[tuple[int, Mapping[str, Any]]],
-              now: Mapping[str, Mapping[str, str | None]]) -> tuple[list[int], str]:
+              now: Mapping[str, Mapping[str, str | None]]) -> tuple[list[int], str, bool]:
         """The images among ``records`` audited against a version that has moved on, or
-        against versions not recorded (by a run before they were), and a line naming the
-        first change."""
+        against versions not recorded (by a run before they were), a line naming the first
+        change, and whether that first is an unrecorded one."""
         stale: list[int] = []
-        first = ""
+        first, unrecorded = "", False
         for index, record in records:
             for finding in record["findings"]:
                 versions = self.versions(finding)
                 if versions is None and finding["audit"] in self.versioned:
                     stale.append(index)
                     if not first:
-                        first, self.first_unrecorded = f"{finding['audit']}: a run before stop 45", True
+                        first, unrecorded = f"{finding['audit']}: a run before stop 45", True
                     break
                 current = now.get(finding["audit"])
                 if not versions or current is None:
@@ -1667,7 +1667,7 @@ class _AuditedAgainst:
                     first = first or (f"{finding['audit']}: {name} was {versions[name] or 'unreadable'}, "
                                       f"is {current[name] or 'unreadable'} now")
                     break
-        return sorted(stale), first
+        return sorted(stale), first, unrecorded
 
 
 def _replaced(out: Path, old: Path, now: Mapping[str, Any]) -> None:
@@ -1803,17 +1803,18 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
     problem = against.unreadable(now)
     if problem is not None:
         raise InputError(f"{problem}: make it readable again, or use a new --out folder")
-    changed, first = against.stale(state.done.items(), now) if against.moved(now) or against.unrecorded else ([], "")
+    changed, first, unrecorded = (against.stale(state.done.items(), now) if against.moved(now) or against.unrecorded
+                                  else ([], "", False))
     # Audited again: their files stay until their new ones are journaled (a crash before
     # finds them still stale), and are read back, where they hold the bytes journaled,
     # instead of made again.
     stale = {index: state.done.pop(index) for index in changed}
     again = {index: _placed(out, record) for index, record in stale.items()}  # where their files are
-    read_back = {str(index): [str(again[index]), record["sha256"]]
+    read_back = {index: (str(again[index]), record["sha256"])
                  for index, record in stale.items() if record.get("sha256")}
     if changed:
         log.warning("%d journaled image(s) were audited against %s (%s): auditing them again", len(changed),
-                    "what was not recorded" if against.first_unrecorded else "what has changed since", first)
+                    "what was not recorded" if unrecorded else "what has changed since", first)
     removed = _clean_unjournaled(out, {**state.done, **stale})
     if removed:
         log.info("removed %d stray or unjournaled file(s) from an interrupted run", removed)
@@ -1901,7 +1902,7 @@ def _generate(options: GenerateOptions, plugins: Plugins | None,
             seconds["writing"] -= seconds.get("writer waiting", 0.0)  # that is counted on its own
     now = against.now()
     if against.moved(now):  # a registry changed while the job ran: said, and left to the next run
-        moved, first = against.stale(((i, json.loads(line)) for i, line in records.items()), now)
+        moved, first, _ = against.stale(((i, json.loads(line)) for i, line in records.items()), now)
         log.warning("%d image(s) were audited against what changed while the job ran (%s): the same "
                     "command audits them again", len(moved), first)
     try:

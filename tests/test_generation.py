@@ -1155,6 +1155,19 @@ def test_a_job_run_again_after_its_registry_grew_audits_its_images_against_it(ti
     assert images(job) == now
 
 
+def generated_indices(monkeypatch) -> list[int]:
+    """The indices of the images the generator makes from now on (in this process), in order."""
+    made: list[int] = []
+    generate_pixels = generation.PixelSource.generate
+
+    def counted(source, indices):
+        made.extend(indices)
+        return generate_pixels(source, indices)
+
+    monkeypatch.setattr(generation.PixelSource, "generate", counted)
+    return made
+
+
 def test_images_audited_again_are_read_back_from_their_files_not_made_again(tiny_run, env, tmp_path, monkeypatch):
     """Auditing a job's images again after its registry grew reads their pixels back from
     the files (where they still hold the bytes journaled) instead of generating and marking
@@ -1173,14 +1186,7 @@ def test_images_audited_again_are_read_back_from_their_files_not_made_again(tiny
     edited = job / "approved" / "000004.png"
     edited.write_bytes(edited.read_bytes() + b"edited")  # no longer the bytes journaled
 
-    made: list[int] = []
-    generate_pixels = generation.PixelSource.generate
-
-    def counted(source, indices):
-        made.extend(indices)
-        return generate_pixels(source, indices)
-
-    monkeypatch.setattr(generation.PixelSource, "generate", counted)
+    made = generated_indices(monkeypatch)
     again = generation.generate(options, plugins)
     assert (again.approved, again.quarantined) == (5, 1) and made == [4]  # the rest read back
     now = images(job)
@@ -1218,10 +1224,7 @@ def test_images_of_a_run_that_recorded_no_registry_versions_are_audited_again_on
     with ReferenceRegistry(registry, create=True) as refs:  # grown since, unknown to the journal
         refs.add([job / "approved" / "000001.png"])
 
-    made: list[int] = []
-    generate_pixels = generation.PixelSource.generate
-    monkeypatch.setattr(generation.PixelSource, "generate", lambda source, indices: made.extend(indices)
-                        or generate_pixels(source, indices))
+    made = generated_indices(monkeypatch)
     again = generation.generate(options, plugins)
     assert "4 journaled image(s) were audited against what was not recorded (near_duplicate: a run before " \
            "stop 45): auditing them again" in caplog.text
