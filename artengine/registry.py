@@ -484,21 +484,7 @@ class ReferenceRegistry:
         self.writable = create
         self._lock = threading.RLock()
         self._index: _Index | None = None
-        self._refs: dict[int, Reference] = {}  # the references matches named
-        self._qualities: dict[int, int] = {}
-        # The references' thumbnail details by id, a row each, and which rows are made
-        # (which references are measured, :meth:`_measure`).
-        self._details = np.zeros((0, LUMA_SIDE * LUMA_SIDE))
-        self._detailed = np.zeros(0, dtype=bool)
-        # Beside them, the colours of their coloured parts (NaN where a reference has too
-        # little colour), for a search to compare the references it meets at once.
-        self._saturated = np.zeros((0, 3))
-        # The part tests' tables of the references last used (summed-area tables of their
-        # thumbnails in luminance, and the parts' lengths), up to PARTS_BYTES.
-        self._parts = _KeptBySize()
-        # The references' thumbnails in luminance last used, up to GRAYS_BYTES: a part
-        # test follows the colour bounds that decoded the thumbnail in the same search.
-        self._grays = _KeptBySize()
+        self._forget_measures()
         self._conn = self._connect(create)
         try:
             self._meta = self._check()
@@ -530,7 +516,7 @@ class ReferenceRegistry:
             conn.execute("PRAGMA foreign_keys = ON")
             if create:
                 if not conn.execute("SELECT name FROM sqlite_master").fetchall():
-                    conn.executescript("PRAGMA journal_mode = WAL;\n" + _SCHEMA + _TRIGGERS + _REWRITE_TRIGGERS)
+                    conn.executescript("PRAGMA journal_mode = WAL;\n" + _SCHEMA + _TRIGGERS)
                     self._init_meta(conn)
         except sqlite3.DatabaseError as exc:
             raise RegistryError(where, f"not a readable registry (SQLite: {exc})") from None
@@ -546,7 +532,6 @@ class ReferenceRegistry:
             "variants": json.dumps(list(REFERENCE_VARIANTS)),
             "uuid": uuid.uuid4().hex,
             "generation": "0",
-            "rewrites": "0",
             "created_at": _utcnow(),
             "versions": json.dumps(library_versions(), sort_keys=True),
         }
@@ -584,7 +569,7 @@ class ReferenceRegistry:
                                 "`artengine registry add`")
         if not meta.get("uuid") or not str(meta.get("generation", "")).isdigit():
             raise RegistryError(self.path, "corrupt registry: metadata is incomplete")
-        if self.writable and "rewrites" not in meta:  # made before it was kept: kept from now on
+        if self.writable and "rewrites" not in meta:  # a new registry, or one made before it was kept
             try:
                 with self._lock, self._conn:
                     self._conn.executescript(_REWRITE_TRIGGERS)
@@ -879,14 +864,23 @@ class ReferenceRegistry:
             return index
 
     def _forget_measures(self) -> None:
-        """Drop what was measured on references and kept (an id may now name another
-        reference, a thumbnail may have changed). Called with the lock held."""
-        self._details = np.zeros((0, self._details.shape[1]))
+        """Start (again) with nothing measured on references and kept: when the registry
+        is opened, and after an edit or a delete (an id may now name another reference, a
+        thumbnail may have changed). Called with the lock held."""
+        self._refs: dict[int, Reference] = {}  # the references matches named
+        self._qualities: dict[int, int] = {}
+        # The references' thumbnail details by id, a row each, and which rows are made
+        # (which references are measured, :meth:`_measure`, or taken from the index, :meth:`_seed`).
+        self._details = np.zeros((0, LUMA_SIDE * LUMA_SIDE))
         self._detailed = np.zeros(0, dtype=bool)
+        # Beside them, the colours of their coloured parts (NaN where a reference has too
+        # little colour), for a search to compare the references it meets at once.
         self._saturated = np.zeros((0, 3))
-        self._qualities.clear()
-        self._refs.clear()
+        # The part tests' tables of the references last used (summed-area tables of their
+        # thumbnails in luminance, and the parts' lengths), up to PARTS_BYTES.
         self._parts = _KeptBySize()
+        # The references' thumbnails in luminance last used, up to GRAYS_BYTES: a part
+        # test follows the colour bounds that decoded the thumbnail in the same search.
         self._grays = _KeptBySize()
 
     def search(self, hashes: ImageHashes, thresholds: dict[str, float],
@@ -1162,9 +1156,11 @@ class ReferenceRegistry:
             return self._details[refs]
 
     def _grow_details(self, size: int) -> None:
-        self._resize_details(max(size, 2 * len(self._detailed), int(self.index().ref_ids.max(initial=0)) + 1))
-
-    def _resize_details(self, size: int) -> None:
+        """Room for references up to id ``size - 1``, and up to the index's highest (its
+        ids are sorted). Called with the lock held."""
+        index = self._index
+        highest = int(index.ref_ids[-1]) if index is not None and len(index.ref_ids) else 0
+        size = max(size, 2 * len(self._detailed), highest + 1)
         details = np.zeros((size, self._details.shape[1]))
         details[:len(self._details)] = self._details
         detailed = np.zeros(size, dtype=bool)
@@ -1211,7 +1207,7 @@ class ReferenceRegistry:
             return
         ids = index.measured_ids
         if int(ids[-1]) >= len(self._detailed):
-            self._resize_details(max(int(ids[-1]) + 1, 2 * len(self._detailed)))
+            self._grow_details(int(ids[-1]) + 1)
         new = np.flatnonzero(~self._detailed[ids])
         if not len(new):
             return

@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
@@ -125,10 +123,7 @@ def main() -> None:
             if not measured:  # an index as made before stop 46, its reader measuring as it meets
                 reader._index = dataclasses.replace(index, measured_ids=None, details=None, saturated=None,
                                                     qualities=None)
-                reader._details = np.zeros((0, reader._details.shape[1]))
-                reader._detailed = np.zeros(0, dtype=bool)
-                reader._saturated = np.zeros((0, 3))
-                reader._qualities.clear()
+                reader._forget_measures()
             with threadpool_limits(limits=1, user_api="blas"):
                 start = time.perf_counter()
                 found = [[m.reference.id for m in reader.search(q, thresholds)] for q in queries]
